@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from tiny import make_pair
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel, Gemma3ForCausalLM, Gemma3TextConfig
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel
 
 from latentqa.errors import LatentQAError
 from latentqa.layers import check_layer_index, find_decoder_layers
@@ -83,5 +83,5 @@ def test_override_and_clear_errors():
 
 def test_layer_index_check():
     assert check_layer_index(-1, 30) == 29
-    with pytest.raises(LatentQAError, match="valid: 0..29"):
+    with pytest.raises(LatentQAError, match=r"valid: 0\.\.29"):
         check_layer_index(30, 30)

@@ -64,8 +64,9 @@ def test_generation_prompt_follows_the_last_turn(arch):
     ends_with_user = encode_dialog(tokenizer, as_dialog(KINDS[0][1]), 1)
     ends_with_reply = encode_dialog(tokenizer, as_dialog(KINDS[3][1]), 2)
     assert ends_with_user.text.endswith(
-        tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
-                                      add_generation_prompt=True).split("x")[-1]
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
+        ).split("x")[-1]
     )
     assert ends_with_reply.text.rstrip().endswith(tokenizer.eos_token)
 
@@ -137,7 +138,9 @@ def test_collate_left_pads_and_keeps_masks_aligned():
         real = batch.attention_mask[row].bool()
         assert batch.input_ids[row][real].tolist() == prompt.input_ids
         assert batch.label_mask[row].sum().item() == sum(prompt.label_mask)
-        assert not batch.attention_mask[row][: len(batch.input_ids[row]) - len(prompt.input_ids)].any()
+        assert not batch.attention_mask[row][
+            : len(batch.input_ids[row]) - len(prompt.input_ids)
+        ].any()
 
 
 def test_layout_rejects_empty_questions_and_zero_slots():

@@ -34,7 +34,8 @@ def validate_dialog(dialog: Sequence[Message], *, require_user: bool = True) -> 
     for index, message in enumerate(dialog):
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise LatentQAError(
-                f"message {index} must be a dict with string 'role' and 'content', got {message!r:.80}"
+                f"message {index} must be a dict with string 'role' and 'content', "
+                f"got {message!r:.80}"
             )
         role = message.get("role")
         if role not in ROLES:

@@ -92,9 +92,7 @@ def build_decoder_prompt(
     ids = head + [slot] * n_placeholders + list(_encode(tokenizer, after))
     labels = [False] * len(ids)
     if answer is not None:
-        full = render(
-            tokenizer, [*messages, {"role": "assistant", "content": answer}], False
-        )
+        full = render(tokenizer, [*messages, {"role": "assistant", "content": answer}], False)
         if not full.startswith(prompt_text):
             raise LatentQAError(
                 "the chat template renders the answer turn inconsistently with its "

@@ -9,7 +9,7 @@ never run: for a read at half depth this halves the target's cost.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import torch
 from torch import nn
@@ -71,10 +71,8 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def run_until(model: nn.Module, **inputs: torch.Tensor) -> None:
     """Run ``model(**inputs)``, treating an early stop from :func:`capture_layers` as done."""
-    try:
+    with suppress(_StopForward):
         model(**inputs, use_cache=False)
-    except _StopForward:
-        pass
 
 
 def read_hidden_states(

@@ -1,0 +1,76 @@
+"""``latentqa layers``: the decoder layers found in a model and their activation norms."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+SAMPLE_DIALOG = [
+    {"role": "system", "content": "You are a pirate captain who answers every question at sea."},
+    {"role": "user", "content": "What should I pack for a weekend trip?"},
+]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "layers",
+        help="list a model's decoder layers and per-layer activation norms on a sample dialog",
+        description=(
+            "Find the decoder block list by searching the module tree, run the model on a "
+            "sample dialog (system prompt masked, as the decoder would read it) and print "
+            "the mean residual-stream norm of the read span at every layer."
+        ),
+    )
+    parser.add_argument("--model", default="smollm2-135m", help="model spec (default: %(default)s)")
+    parser.add_argument(
+        "--layers-path", default=None, help="dotted path of the block list, to override the search"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--dtype", default="float32", help="float32 or bfloat16 (default: %(default)s)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from latentqa.chat import encode_dialog
+    from latentqa.layers import find_decoder_layers
+    from latentqa.models import load_model
+    from latentqa.read import read_activations
+
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    layers = find_decoder_layers(model, args.layers_path)
+    every = list(range(len(layers)))
+    with torch.no_grad():
+        (span,) = read_activations(model, tokenizer, [SAMPLE_DIALOG], every, n_masked=1,
+                                   layers_path=args.layers_path)  # fmt: skip
+    norms = span.float().norm(dim=-1).mean(dim=-1).tolist()  # [n_layers]
+    encoded = encode_dialog(tokenizer, SAMPLE_DIALOG, 1)
+    report = {
+        "model": args.model,
+        "architecture": type(model).__name__,
+        "layers_path": layers.path,
+        "n_layers": len(layers),
+        "block": type(layers[0]).__name__,
+        "hidden_size": span.shape[-1],
+        "read_tokens": encoded.read_length,
+        "masked_tokens": encoded.read_start,
+        "mean_norms": [round(n, 3) for n in norms],
+    }
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{report['architecture']}: {len(layers)} x {report['block']} at '{layers.path}', "
+          f"hidden size {report['hidden_size']}")  # fmt: skip
+    print(f"sample dialog: {encoded.read_start} system-prompt tokens masked, "
+          f"{encoded.read_length} tokens read")  # fmt: skip
+    top = max(norms)
+    for index, norm in enumerate(norms):
+        bar = "#" * max(1, round(40 * norm / top))
+        print(f"layer {index:3d}  mean norm {norm:9.2f}  {bar}")
+    return 0

@@ -1,0 +1,70 @@
+"""Command-line options generated from a typed config dataclass.
+
+Each field becomes ``--field-name`` with the field's docstring as its help, so
+``--help`` and the Python API never drift apart. Values given on the command
+line override a ``--config FILE.json``; unknown keys in that file are errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any
+
+from latentqa.configs import config_from_dict, config_from_file, field_docs, field_types
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(options) == 1:
+            return options[0]
+    return hint
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one option per field of ``cls`` (all optional: defaults live in the config)."""
+    docs = field_docs(cls)
+    for field in dataclasses.fields(cls):
+        hint = _unwrap_optional(field_types(cls)[field.name])
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default if field.default is not dataclasses.MISSING else None
+        help_text = docs.get(field.name, "")
+        if default is not None and default is not dataclasses.MISSING:
+            help_text += f" (default: {default})"
+        elif field.default is dataclasses.MISSING:
+            help_text += " (required)"
+        kwargs: dict[str, Any] = {
+            "dest": field.name,
+            "default": argparse.SUPPRESS,
+            "help": help_text,
+        }
+        origin = typing.get_origin(hint)
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin is list:
+            kwargs.update(nargs="+", type=typing.get_args(hint)[0], metavar="X")
+        elif origin is typing.Literal:
+            kwargs["choices"] = list(typing.get_args(hint))
+        else:
+            kwargs["type"] = hint
+            kwargs["metavar"] = field.name.upper()
+        parser.add_argument(flag, **kwargs)
+    parser.add_argument(
+        "--config",
+        dest="config_file",
+        default=None,
+        help="JSON file of options (command-line options override it; unknown keys are errors)",
+    )
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """Build ``cls`` from a ``--config`` file plus the options given on the command line."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    if getattr(args, "config_file", None):
+        base = dataclasses.asdict(config_from_file(cls, args.config_file))
+        base.update(given)
+        given = base
+    return config_from_dict(cls, given)

@@ -1,0 +1,169 @@
+"""The LIT decoder: its saved description, its inputs, and its answer loss.
+
+The decoder is the target model with LoRA adapters. It reads activation vectors
+patched in at placeholder positions (see :mod:`latentqa.layout` and
+:mod:`latentqa.patch`) and is trained with cross-entropy on answer tokens only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from latentqa.errors import LatentQAError
+from latentqa.layout import DecoderBatch, build_decoder_prompt, collate_prompts
+from latentqa.patch import PatchMode, patch_activations
+from latentqa.read import pad_token_id, position_ids_for
+
+SPEC_FILE = "latentqa.json"
+SPEC_FORMAT = "latentqa-decoder/1"
+
+
+@dataclass
+class DecoderSpec:
+    """What a trained decoder folder records about how it reads (``latentqa.json``)."""
+
+    target: str
+    """Model spec of the target whose activations the decoder reads."""
+    read_layers: list[int]
+    """Target decoder blocks whose outputs are read (concatenated along positions)."""
+    write_layer: int
+    """Decoder block at whose output the activations are patched in."""
+    mode: str
+    """Injection mode: ``replace`` or ``add``."""
+    max_read_tokens: int
+    """Only the last this-many read positions of a dialog are given to the decoder."""
+    hidden_size: int
+    """The target's hidden size, checked against the target at load time."""
+    n_layers: int
+    """The target's number of decoder blocks, checked at load time."""
+    extra: dict = field(default_factory=dict)
+    """Training config, data version and final metrics, for reproducibility."""
+
+    def save(self, folder: str | Path) -> None:
+        data = {"format": SPEC_FORMAT, **asdict(self)}
+        Path(folder, SPEC_FILE).write_text(json.dumps(data, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> DecoderSpec:
+        path = Path(folder, SPEC_FILE)
+        if not path.is_file():
+            raise LatentQAError(
+                f"{folder} is not a latentqa decoder folder (no {SPEC_FILE}); "
+                "pass a folder written by `latentqa train`"
+            )
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise LatentQAError(f"{path} is not valid JSON: {error}") from None
+        if data.pop("format", None) != SPEC_FORMAT:
+            raise LatentQAError(f"{path} is not a {SPEC_FORMAT} file")
+        return cls(**data)
+
+    def check_target(self, target: nn.Module, n_layers: int) -> None:
+        """Raise a clear error when ``target`` is not the model this decoder reads."""
+        hidden = getattr(getattr(target, "config", None), "hidden_size", None)
+        if hidden != self.hidden_size or n_layers != self.n_layers:
+            raise LatentQAError(
+                f"decoder was trained on {self.target!r} ({self.n_layers} layers, hidden "
+                f"size {self.hidden_size}) but the target has {n_layers} layers, hidden "
+                f"size {hidden}: load the matching target"
+            )
+
+
+def flatten_reads(span: torch.Tensor, max_read_tokens: int) -> torch.Tensor:
+    """``[n_layers, span, d_model]`` -> ``[n_layers * kept, d_model]``, last tokens kept."""
+    kept = span[:, -max_read_tokens:]
+    return kept.reshape(-1, kept.shape[-1])
+
+
+def decoder_batch(
+    tokenizer: PreTrainedTokenizerBase,
+    vectors: Sequence[torch.Tensor],
+    questions: Sequence[str],
+    answers: Sequence[str] | None = None,
+) -> tuple[DecoderBatch, torch.Tensor]:
+    """Lay out decoder prompts for flattened activation ``vectors`` (one per example).
+
+    Returns the padded batch and all vectors concatenated in placeholder order
+    ``[total_placeholders, d_model]``.
+    """
+    prompts = [
+        build_decoder_prompt(tokenizer, len(v), q, None if answers is None else answers[i])
+        for i, (v, q) in enumerate(zip(vectors, questions, strict=True))
+    ]
+    return collate_prompts(prompts, pad_token_id(tokenizer)), torch.cat(list(vectors))
+
+
+def _final_logits(causal_lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    logits = causal_lm.get_output_embeddings()(hidden)
+    cap = getattr(causal_lm.config, "final_logit_softcapping", None)
+    if cap:  # Gemma-style soft capping, part of the model's own forward
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def unwrap_causal_lm(model: nn.Module) -> nn.Module:
+    """The transformers CausalLM inside peft / DDP / FSDP wrappers."""
+    while True:
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        else:
+            return model
+
+
+def answer_token_loss(
+    decoder: nn.Module,
+    batch: DecoderBatch,
+    vectors: torch.Tensor,
+    *,
+    write_layer: int,
+    mode: PatchMode,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Cross-entropy of the answer tokens with ``vectors`` patched in.
+
+    Runs the decoder's transformer body, then the LM head only at the positions
+    that predict answer tokens: the answer is a few tokens of a ~100-token input,
+    so full-sequence logits would waste most of the head's compute and memory.
+
+    Args:
+        decoder: Decoder model (peft-wrapped CausalLM).
+        batch: Decoder inputs with a label mask.
+        vectors: ``[n_placeholders_total, d_model]`` activations.
+        write_layer: Block at whose output to patch.
+        mode: ``replace`` or ``add``.
+        reduction: ``mean`` (per answer token), ``sum``, or ``none`` (per example sums
+            and token counts as a ``[batch, 2]`` tensor).
+    """
+    causal_lm = unwrap_causal_lm(decoder)
+    # Target tokens are the answer; the logits that predict them sit one step earlier.
+    predicts = torch.zeros_like(batch.label_mask)
+    predicts[:, :-1] = batch.label_mask[:, 1:]
+    with patch_activations(causal_lm, write_layer, batch.placeholder_mask, vectors, mode):
+        hidden = causal_lm.base_model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=position_ids_for(batch.attention_mask),
+            use_cache=False,
+        ).last_hidden_state  # [batch, seq, d_model]
+    logits = _final_logits(causal_lm, hidden[predicts]).float()  # [n_answer_tokens, vocab]
+    targets = batch.input_ids[batch.label_mask]  # [n_answer_tokens], same row-major order
+    if reduction != "none":
+        return F.cross_entropy(logits, targets, reduction=reduction)
+    token_losses = F.cross_entropy(logits, targets, reduction="none")
+    rows = predicts.nonzero()[:, 0]
+    sums = torch.zeros(batch.input_ids.shape[0], device=logits.device).index_add_(
+        0, rows, token_losses
+    )
+    counts = predicts.sum(-1).to(sums.dtype)
+    return torch.stack([sums, counts], dim=-1)

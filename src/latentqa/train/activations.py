@@ -1,0 +1,123 @@
+"""Where the decoder's input vectors come from: the frozen target, live or cached.
+
+The target is the decoder's own base model with its adapters switched off, so
+training holds one copy of the weights. Its activations depend only on the
+dialog, so many QA examples of one behaviour share one read, and for a fixed
+dataset all reads can be computed once and cached on disk (``--cache-activations``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from latentqa.chat import EncodedDialog
+from latentqa.decoder import flatten_reads
+from latentqa.read import read_encoded
+
+
+class ActivationSource:
+    """Flattened read vectors ``[n_layers * kept, d_model]`` for encoded dialogs.
+
+    Args:
+        target: The model whose activations are read.
+        dialogs: Every dialog that may be asked for, by index.
+        pad_id: Padding token id for batching.
+        read_layers: Target blocks to read.
+        max_read_tokens: Positions kept per dialog (the last ones).
+        target_context: Called around every read, e.g. ``peft_model.disable_adapter``
+            so that the decoder's own weights act as the frozen target.
+        layers_path: Optional override for the decoder block search.
+    """
+
+    def __init__(
+        self,
+        target: nn.Module,
+        dialogs: Sequence[EncodedDialog],
+        pad_id: int,
+        read_layers: Sequence[int],
+        max_read_tokens: int,
+        *,
+        target_context: Callable[[], AbstractContextManager] = nullcontext,
+        layers_path: str | None = None,
+    ) -> None:
+        self.target = target
+        self.dialogs = list(dialogs)
+        self.pad_id = pad_id
+        self.read_layers = list(read_layers)
+        self.max_read_tokens = max_read_tokens
+        self.target_context = target_context
+        self.layers_path = layers_path
+        self._cache: dict[int, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def compute(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        """Run the target on the given dialogs (one padded batch)."""
+        with self.target_context():
+            spans = read_encoded(
+                self.target,
+                [self.dialogs[i] for i in indices],
+                self.pad_id,
+                self.read_layers,
+                layers_path=self.layers_path,
+            )
+        return [flatten_reads(span, self.max_read_tokens).clone() for span in spans]
+
+    def get(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        """Vectors for ``indices``: from the cache when loaded, else computed now."""
+        if self._cache is not None:
+            device = next(self.target.parameters()).device
+            return [self._cache[i].to(device) for i in indices]
+        unique = sorted(set(indices))
+        computed = dict(zip(unique, self.compute(unique), strict=True))
+        return [computed[i] for i in indices]
+
+    def fingerprint(self, target_name: str) -> str:
+        """A key that changes whenever the cached reads would."""
+        digest = hashlib.sha256()
+        meta = [target_name, self.read_layers, self.max_read_tokens, self.layers_path]
+        meta.append(str(next(self.target.parameters()).dtype))
+        digest.update(json.dumps(meta).encode())
+        for dialog in self.dialogs:
+            digest.update(json.dumps([dialog.input_ids, dialog.read_start]).encode())
+        return digest.hexdigest()[:16]
+
+    def load_or_build_cache(
+        self, path: Path, batch_size: int = 16, progress: bool = True, build: bool = True
+    ) -> None:
+        """Fill the in-memory cache from ``path``, computing and writing it if absent.
+
+        With ``build=False`` (non-zero ranks of a multi-process run) only waits for
+        nothing and loads: the caller synchronises after rank 0 built the file.
+        """
+        if not path.exists() and build:
+            vectors: dict[str, torch.Tensor] = {}
+            # Similar lengths together: less padding, faster reads.
+            order = sorted(range(len(self.dialogs)), key=lambda i: len(self.dialogs[i].input_ids))
+            for chunk in tqdm(
+                list(_chunks(order, batch_size)),
+                desc="caching target activations",
+                disable=not progress,
+            ):
+                for i, v in zip(chunk, self.compute(chunk), strict=True):
+                    vectors[str(i)] = v.cpu().contiguous()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            save_file(vectors, str(tmp))
+            os.replace(tmp, path)  # atomic: a killed run never leaves half a cache
+        loaded = load_file(str(path))
+        self._cache = {int(k): v for k, v in loaded.items()}
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])

@@ -1,0 +1,99 @@
+"""Configuration of Latent Interpretation Tuning (``latentqa train``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from latentqa.errors import LatentQAError
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a LIT run. Unknown options are errors."""
+
+    data: str
+    """Training data folder in the LatentQA format. A folder written by `latentqa data
+    build` (with train/ and heldout/ inside) uses its train/ split."""
+    out: str
+    """Output folder: adapter, latentqa.json, metrics.jsonl, loss.png, checkpoints/."""
+    target: str = "smollm2-135m"
+    """Target model: smollm2-135m (embedded), a local transformers folder, a .gguf file
+    or a hub id. The decoder is a LoRA copy of it."""
+    eval_data: str | None = None
+    """Held-out data folder; by default the heldout/ split beside --data's train/."""
+    kinds: list[str] | None = None
+    """Data kinds to use (system, control, stimulus, stimulus_completion); all by default."""
+    read_layers: list[int] | None = None
+    """Target layers whose outputs the decoder reads; default: about half depth."""
+    write_layer: int = 0
+    """Decoder layer at whose output the activations are patched in."""
+    mode: Literal["replace", "add"] = "replace"
+    """Injection: replace the hidden state, or add the norm-matched vector."""
+    max_read_tokens: int = 96
+    """Keep only the last this-many read positions of each dialog."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA path."""
+    lora_targets: str = "all-linear"
+    """peft target_modules: 'all-linear' or a comma-separated list of module names."""
+    lr: float = 2e-4
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    batch_size: int = 8
+    """Examples per micro-batch (per process)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    steps: int | None = None
+    """Optimizer steps; overrides epochs when set."""
+    epochs: float = 1.0
+    """Passes over the training data, when steps is not set."""
+    warmup_steps: int = 20
+    """Linear warmup, in optimizer steps, before the cosine decay."""
+    min_lr_ratio: float = 0.1
+    """The cosine decays to lr * min_lr_ratio."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables)."""
+    seed: int = 0
+    """Seed for LoRA init, data order and evaluation sampling."""
+    device: str = "auto"
+    """auto (CUDA if available, else CPU), cpu, cuda, cuda:N."""
+    dtype: str = "auto"
+    """Frozen weights' dtype: auto (bfloat16 where the hardware runs it fast), float32,
+    bfloat16. LoRA weights stay float32."""
+    cache_activations: bool = False
+    """Compute the frozen target's activations once and cache them on disk."""
+    cache_dir: str | None = None
+    """Where the activation cache goes; default <out>/activation-cache."""
+    eval_every: int = 50
+    """Evaluate on the held-out split every this-many optimizer steps (0: only at end)."""
+    eval_examples: int = 256
+    """Held-out examples per evaluation (fixed sample)."""
+    save_every: int = 50
+    """Write a checkpoint every this-many optimizer steps (0: only at end)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    max_examples: int | None = None
+    """Use at most this many training examples (a fixed random sample); all by default."""
+    layers_path: str | None = None
+    """Dotted path of the decoder block list, for models the layer search gets wrong."""
+    trust_remote_code: bool = False
+    """Allow custom model code from the model folder (only for models you trust)."""
+
+    def __post_init__(self) -> None:
+        positive = ("lora_r", "batch_size", "grad_accum", "max_read_tokens", "eval_examples")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise LatentQAError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise LatentQAError(f"steps must be at least 1, got {self.steps}")
+        if self.epochs <= 0:
+            raise LatentQAError(f"epochs must be positive, got {self.epochs}")
+        if self.lr <= 0:
+            raise LatentQAError(f"lr must be positive, got {self.lr}")
+        if self.read_layers is not None and not self.read_layers:
+            raise LatentQAError("read_layers must name at least one layer")

@@ -1,0 +1,97 @@
+"""Held-out answer loss with the real, zeroed and shuffled activations.
+
+The gap between them is the evidence that the decoder reads the activations
+rather than answering from the question alone: with zeroed vectors it sees
+nothing, with shuffled ones it sees another behaviour's activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from latentqa.decoder import answer_token_loss, decoder_batch
+from latentqa.patch import PatchMode
+from latentqa.train.activations import ActivationSource
+
+CONDITIONS = ("real", "zeroed", "shuffled")
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One held-out example: which dialog, which label, and the QA pair."""
+
+    dialog: int
+    label: str
+    question: str
+    answer: str
+
+
+def shuffled_partners(items: Sequence[EvalItem], seed: int) -> list[int]:
+    """For each item, the index of an item with a different label (fixed seed)."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(items), generator=generator).tolist()
+    partners = [0] * len(items)
+    for position, index in enumerate(order):
+        # Walk forward through the random order to the next different label.
+        for step in range(1, len(order)):
+            other = order[(position + step) % len(order)]
+            if items[other].label != items[index].label:
+                partners[index] = other
+                break
+        else:
+            partners[index] = order[(position + 1) % len(order)]
+    return partners
+
+
+@torch.no_grad()
+def evaluate_losses(
+    decoder: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    source: ActivationSource,
+    items: Sequence[EvalItem],
+    *,
+    write_layer: int,
+    mode: PatchMode,
+    batch_size: int,
+    seed: int,
+) -> dict[str, float]:
+    """Mean answer loss (nats/token) per condition over ``items``."""
+    was_training = decoder.training
+    decoder.eval()
+    partners = shuffled_partners(items, seed)
+    totals = {c: [0.0, 0.0] for c in CONDITIONS}
+    for start in range(0, len(items), batch_size):
+        chunk = list(range(start, min(start + batch_size, len(items))))
+        batch_items = [items[i] for i in chunk]
+        real = source.get([item.dialog for item in batch_items])
+        shuffled = source.get([items[partners[i]].dialog for i in chunk])
+        vectors = {
+            "real": real,
+            "zeroed": [torch.zeros_like(v) for v in real],
+            "shuffled": shuffled,
+        }
+        for condition in CONDITIONS:
+            batch, flat = decoder_batch(
+                tokenizer,
+                vectors[condition],
+                [item.question for item in batch_items],
+                [item.answer for item in batch_items],
+            )
+            device = flat.device
+            sums = answer_token_loss(
+                decoder,
+                batch.to(device),
+                flat,
+                write_layer=write_layer,
+                mode=mode,
+                reduction="none",
+            )
+            totals[condition][0] += float(sums[:, 0].sum())
+            totals[condition][1] += float(sums[:, 1].sum())
+    decoder.train(was_training)
+    return {f"loss_{c}": s / max(n, 1.0) for c, (s, n) in totals.items()}

@@ -1,0 +1,297 @@
+"""Latent Interpretation Tuning: train a LoRA decoder to answer questions about activations.
+
+One optimizer step: for ``grad_accum`` micro-batches, fetch the target's read
+vectors (live, or from the on-disk cache), lay out decoder prompts with one
+placeholder per vector, patch the vectors in at the write layer and take the
+cross-entropy of the answer tokens. Warmup + cosine is stepped once per
+optimizer step. Multi-process runs (``torchrun`` / ``accelerate launch``) go
+through accelerate, which wraps the objective in DDP (or FSDP when configured).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from latentqa.configs import config_to_dict
+from latentqa.decoder import DecoderSpec, answer_token_loss, decoder_batch
+from latentqa.errors import LatentQAError
+from latentqa.layers import check_layer_index
+from latentqa.layout import DecoderBatch
+from latentqa.models import load_model, resolve_device, resolve_dtype
+from latentqa.read import pad_token_id
+from latentqa.train.activations import ActivationSource
+from latentqa.train.checkpoint import (
+    TrainerState,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from latentqa.train.config import TrainConfig
+from latentqa.train.evaluate import evaluate_losses
+from latentqa.train.plots import plot_losses
+from latentqa.train.prepare import (
+    add_lora,
+    auto_dtype,
+    config_fingerprint,
+    n_decoder_layers,
+    prepare_data,
+    resolve_read_layers,
+)
+
+
+class LITObjective(nn.Module):
+    """The decoder's answer loss as a module, so DDP/FSDP see one forward per step."""
+
+    def __init__(self, decoder: nn.Module, write_layer: int, mode: str) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.write_layer = write_layer
+        self.mode = mode
+
+    def forward(self, batch: DecoderBatch, vectors: torch.Tensor) -> torch.Tensor:
+        return answer_token_loss(
+            self.decoder, batch, vectors, write_layer=self.write_layer, mode=self.mode
+        )
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float):
+    """Linear warmup to 1, then cosine down to ``min_ratio``, per optimizer step."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def example_order(n: int, seed: int, positions: range) -> list[int]:
+    """Example indices at stream ``positions``: epoch after epoch, each freshly shuffled."""
+    perms: dict[int, list[int]] = {}
+    out = []
+    for position in positions:
+        epoch, offset = divmod(position, n)
+        if epoch not in perms:
+            generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            perms[epoch] = torch.randperm(n, generator=generator).tolist()
+        out.append(perms[epoch][offset])
+    return out
+
+
+@dataclass
+class TrainResult:
+    """Where the decoder went and its last evaluation."""
+
+    out: Path
+    """The decoder folder."""
+    steps: int
+    """Optimizer steps completed."""
+    final_metrics: dict[str, float]
+    """Held-out losses at the end (empty without held-out data)."""
+    decoder: nn.Module
+    """The trained decoder (peft model), ready to use in this process."""
+
+
+def _rewrite_metrics(path: Path, keep_through_step: int) -> None:
+    """Drop metric lines written after the checkpoint a resumed run starts from."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= keep_through_step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Run LIT as configured; with ``resume`` continue from the latest checkpoint."""
+    from accelerate import Accelerator
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+    out = Path(config.out)
+    checkpoints = out / "checkpoints"
+    if not resume and latest_checkpoint(checkpoints) is not None:
+        raise LatentQAError(f"{out} already holds a run; pass --resume to continue it")
+    device = resolve_device(config.device)
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    if accelerator.num_processes > 1:
+        device = accelerator.device
+    dtype = auto_dtype(device) if config.dtype == "auto" else resolve_dtype(config.dtype)
+    model, tokenizer = load_model(
+        config.target, device=device, dtype=dtype, trust_remote_code=config.trust_remote_code
+    )
+    n_layers = n_decoder_layers(model, config.layers_path)
+    read_layers = resolve_read_layers(config, n_layers)
+    check_layer_index(config.write_layer, n_layers, "write layer")
+    data = prepare_data(config, tokenizer)
+    decoder = add_lora(model, config)
+    source = ActivationSource(
+        decoder,
+        data.dialogs,
+        pad_token_id(tokenizer),
+        read_layers,
+        config.max_read_tokens,
+        target_context=decoder.disable_adapter,
+        layers_path=config.layers_path,
+    )
+    if config.cache_activations:
+        cache = Path(config.cache_dir or out / "activation-cache")
+        path = cache / f"{source.fingerprint(config.target)}.safetensors"
+        with accelerator.main_process_first():
+            source.load_or_build_cache(path, progress=progress and accelerator.is_main_process)
+
+    per_step = config.batch_size * accelerator.num_processes * config.grad_accum
+    total_steps = config.steps or max(1, math.ceil(config.epochs * len(data.train) / per_step))
+    trainable = [p for p in decoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(config.warmup_steps, total_steps, config.min_lr_ratio)
+    )
+    fingerprint = config_fingerprint(config)
+    step = 0
+    if resume:
+        found = latest_checkpoint(checkpoints)
+        if found is None:
+            raise LatentQAError(f"--resume: no checkpoint in {checkpoints}")
+        checkpoint = load_checkpoint(found)
+        if checkpoint.state.config_fingerprint != fingerprint:
+            raise LatentQAError(
+                f"--resume: the options differ from the run in {out} (data, model, layers, "
+                "LoRA or batch); use the same options or a new --out"
+            )
+        set_peft_model_state_dict(decoder, checkpoint.adapter)
+        optimizer.load_state_dict(checkpoint.tensors["optimizer"])
+        scheduler.load_state_dict(checkpoint.tensors["scheduler"])
+        restore_rng(checkpoint)
+        step = checkpoint.state.step
+    objective, optimizer = accelerator.prepare(
+        LITObjective(decoder, config.write_layer, config.mode), optimizer
+    )
+    main = accelerator.is_main_process
+    metrics_path = out / "metrics.jsonl"
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        _rewrite_metrics(metrics_path, step if resume else -1)
+
+    def log(record: dict) -> None:
+        if main:
+            with metrics_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def evaluate() -> dict[str, float]:
+        if not data.eval_items:
+            return {}
+        return evaluate_losses(
+            decoder,
+            tokenizer,
+            source,
+            data.eval_items,
+            write_layer=config.write_layer,
+            mode=config.mode,
+            batch_size=config.batch_size,
+            seed=config.seed,
+        )
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    global_batch = config.batch_size * world
+    bar = tqdm(total=total_steps, initial=step, desc="LIT", disable=not (progress and main))
+    decoder.train()
+    last_eval: dict[str, float] = {}
+    while step < total_steps:
+        started, tokens, loss_sum = time.perf_counter(), 0, 0.0
+        for micro in range(config.grad_accum):
+            first = (step * config.grad_accum + micro) * global_batch + rank * config.batch_size
+            picks = example_order(
+                len(data.train), config.seed, range(first, first + config.batch_size)
+            )
+            examples = [data.train[i] for i in picks]
+            vectors = source.get([dialog for dialog, _, _ in examples])
+            batch, flat = decoder_batch(
+                tokenizer, vectors, [q for _, q, _ in examples], [a for _, _, a in examples]
+            )
+            batch = batch.to(flat.device)
+            sync = micro == config.grad_accum - 1
+            with nullcontext() if sync else accelerator.no_sync(objective):
+                loss = objective(batch, flat) / config.grad_accum
+                accelerator.backward(loss)
+            loss_sum += float(loss.detach())
+            tokens += int(batch.attention_mask.sum()) * world
+        if config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        elapsed = time.perf_counter() - started
+        lr = scheduler.get_last_lr()[0]
+        log(
+            {
+                "step": step,
+                "kind": "train",
+                "loss": loss_sum,
+                "lr": lr,
+                "tokens_per_s": tokens / elapsed,
+            }
+        )
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}")
+        if config.eval_every and step % config.eval_every == 0 and step < total_steps:
+            last_eval = evaluate()
+            log({"step": step, "kind": "eval", **last_eval})
+        if config.save_every and step % config.save_every == 0 and step < total_steps and main:
+            adapter = get_peft_model_state_dict(decoder)
+            state = TrainerState(step, fingerprint)
+            save_checkpoint(
+                checkpoints, state, adapter, optimizer, scheduler, config.keep_checkpoints
+            )
+        accelerator.wait_for_everyone()
+    bar.close()
+    last_eval = evaluate()
+    if last_eval:
+        log({"step": step, "kind": "eval", **last_eval})
+    if main:
+        _write_decoder(decoder, tokenizer, config, read_layers, n_layers, data, last_eval)
+        adapter = get_peft_model_state_dict(decoder)
+        save_checkpoint(
+            checkpoints, TrainerState(step, fingerprint), adapter, optimizer, scheduler,
+            config.keep_checkpoints,
+        )  # fmt: skip
+        plot_losses(metrics_path, out / "loss.png")
+    accelerator.wait_for_everyone()
+    return TrainResult(out, step, last_eval, decoder)
+
+
+def _write_decoder(decoder, tokenizer, config, read_layers, n_layers, data, metrics) -> None:
+    """Save the adapter (safetensors) and latentqa.json into the output folder."""
+    out = Path(config.out)
+    decoder.save_pretrained(out, safe_serialization=True)
+    hidden = decoder.get_base_model().config.hidden_size
+    spec = DecoderSpec(
+        target=config.target,
+        read_layers=read_layers,
+        write_layer=config.write_layer,
+        mode=config.mode,
+        max_read_tokens=config.max_read_tokens,
+        hidden_size=hidden,
+        n_layers=n_layers,
+        extra={
+            "train_config": config_to_dict(config),
+            "n_train_examples": len(data.train),
+            "n_train_labels": data.n_train_labels,
+            "n_eval_labels": data.n_eval_labels,
+            "final_metrics": metrics,
+        },
+    )
+    spec.save(out)
