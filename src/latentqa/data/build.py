@@ -211,7 +211,8 @@ def build_dataset(
         heldout_fraction: Share of each category's labels held out, in ``[0, 1)``.
         generate: Produces the target model's replies for ``stimulus_completion``
             behaviours (see :func:`latentqa.data.generation.make_generate`); ``None``
-            skips that kind.
+            skips that kind. An empty reply is stored as ``"..."`` because the format
+            needs a non-empty ``stimulus_model``.
         generator_id: Identity of ``generate`` for the reply cache and ``meta.json``;
             defaults to its ``generator_id`` attribute, else ``"custom"``.
         cache_path: JSONL reply cache; default ``out_dir/completions-cache.jsonl``.

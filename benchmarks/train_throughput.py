@@ -1,0 +1,421 @@
+"""Training throughput of LIT: the library's trainer path against a straightforward reference.
+
+Usage: ``python benchmarks/train_throughput.py [--warmup 2] [--steps 6] [--batch-size 8]
+[--data FOLDER] [--check-trainer]``
+
+Both paths train the embedded SmolLM2-135M decoder on the SAME batches (the trainer's own
+example order), read layer 15, write layer 0, ``replace`` injection, the same
+``max_read_tokens`` and LoRA (r=16, all linear layers, same seed), AdamW with the
+trainer's clipping and schedule:
+
+(a) library: frozen weights in the dtype ``auto_dtype`` picks (bfloat16 on CPUs with
+    native bf16), float32 LoRA from ``add_lora``, activations from an
+    ``ActivationSource`` with the on-disk cache (built before timing, reported
+    separately), ``decoder_batch`` + ``answer_token_loss`` (logits only at answer
+    positions) through the trainer's ``LITObjective`` and ``Accelerator``.
+(b) reference: float32 weights, peft LoRA; every step recomputes the target's
+    activations with a full forward (all blocks and the LM head,
+    ``output_hidden_states=True``) under ``disable_adapter()``, then the decoder forward
+    with ``labels=`` (logits at every position, -100 outside the answer), patched via
+    ``patch_activations``.
+
+Timed steps of (a) and (b) alternate, so background load on a shared machine hits both
+alike. Tokens are real (non-pad) decoder input tokens. ``--check-trainer`` also runs
+``latentqa.train.trainer.train`` itself on the same data and cache and reports the
+tokens/s it logs. The last line printed is a JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+READ_LAYER = 15
+WRITE_LAYER = 0
+MODE = "replace"
+TARGET_SPEEDUP = 2.5
+TARGET_RSS_MB = 4096
+
+_PERSONAS = [
+    f"{adjective} {role}"
+    for adjective in ("a cheerful", "a grumpy", "a meticulous", "a forgetful",
+                      "an adventurous", "a cautious", "a sarcastic", "a poetic")
+    for role in ("pirate captain", "librarian", "chess coach", "space engineer",
+                 "gardener", "detective", "chef", "history teacher")
+]  # fmt: skip
+_PROMPTS = [
+    "I am planning a weekend trip with my family and I have no idea where to start. "
+    "Could you help me put together a rough plan?",
+    "My code keeps crashing when I open a large file, and the error message is not very "
+    "helpful. How should I go about finding the cause?",
+    "What would be a good way to spend a rainy afternoon at home without looking at a "
+    "screen the whole time?",
+    "I want to learn a new language this year but I keep giving up after a few weeks. "
+    "Do you have any advice that actually works?",
+]
+
+
+def write_synthetic_data(folder: Path, n_behaviours: int = 64) -> Path:
+    """A LatentQA-format folder (system.json + qa.json): one persona per behaviour."""
+    folder.mkdir(parents=True, exist_ok=True)
+    behaviours, qa = [], {}
+    for i in range(n_behaviours):
+        persona = _PERSONAS[i % len(_PERSONAS)]
+        label = f"persona-{i:03d}"
+        behaviours.append(
+            {
+                "label": label,
+                "system": f"You are {persona}.",
+                "stimulus_user": _PROMPTS[i % len(_PROMPTS)],
+            }
+        )
+        qa[label] = [
+            [
+                "Who is the assistant pretending to be?",
+                f"The assistant is playing the part of {persona}, and it shapes the tone "
+                "and content of its replies to match that character.",
+            ],
+            [
+                "How will the assistant's reply differ from a plain answer?",
+                f"It will answer in the voice of {persona}, adding the habits, vocabulary "
+                "and attitude that such a person would show.",
+            ],
+        ]
+    (folder / "system.json").write_text(json.dumps(behaviours, indent=1))
+    (folder / "qa.json").write_text(json.dumps(qa, indent=1))
+    return folder
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, min_seconds: float = 1.0) -> float:
+    """Dense ``n x n`` matmul throughput in GFLOP/s (2 n^3 per product)."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    for _ in range(2):
+        torch.mm(a, b)
+    reps, start = 0, time.perf_counter()
+    while True:
+        torch.mm(a, b)
+        reps += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds and reps >= 3:
+            return 2 * n**3 * reps / elapsed / 1e9
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux (bytes on macOS).
+    scale = 1 / 1024**2 if sys.platform == "darwin" else 1 / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per path")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per path")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-read-tokens", type=int, default=96)
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="LatentQA-format folder (default: /tmp/lqa-data/train if it exists, "
+        "else a synthetic one in a temporary folder)",
+    )
+    parser.add_argument(
+        "--check-trainer",
+        action="store_true",
+        help="also time latentqa.train.trainer.train itself on the same data and cache",
+    )
+    args = parser.parse_args(argv)
+
+    # Imported up front so their one-off import cost is billed to neither path.
+    import transformers  # noqa: F401
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model
+
+    from latentqa.decoder import decoder_batch
+    from latentqa.layers import find_decoder_layers
+    from latentqa.models import EMBEDDED_MODEL, load_model
+    from latentqa.patch import patch_activations
+    from latentqa.read import left_pad, pad_token_id, position_ids_for
+    from latentqa.train.activations import ActivationSource
+    from latentqa.train.config import TrainConfig
+    from latentqa.train.prepare import add_lora, auto_dtype, prepare_data
+    from latentqa.train.trainer import LITObjective, example_order, lr_lambda
+
+    n_steps = args.warmup + args.steps
+    device = torch.device("cpu")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    peak = {"float32": matmul_gflops(torch.float32), "bfloat16": matmul_gflops(torch.bfloat16)}
+    print(
+        f"matmul peak (2048^2): float32 {peak['float32']:.0f} GFLOP/s, "
+        f"bfloat16 {peak['bfloat16']:.0f} GFLOP/s"
+    )
+
+    with tempfile.TemporaryDirectory(prefix="latentqa-train-bench-") as tmp:
+        tmp_path = Path(tmp)
+        if args.data is not None:
+            data_folder = Path(args.data)
+        elif Path("/tmp/lqa-data/train").is_dir():
+            data_folder = Path("/tmp/lqa-data/train")
+        else:
+            data_folder = write_synthetic_data(tmp_path / "data")
+        print(f"data: {data_folder}")
+        config = TrainConfig(
+            data=str(data_folder),
+            out=str(tmp_path / "out"),
+            target=EMBEDDED_MODEL,
+            read_layers=[READ_LAYER],
+            write_layer=WRITE_LAYER,
+            mode=MODE,
+            max_read_tokens=args.max_read_tokens,
+            batch_size=args.batch_size,
+            steps=n_steps,
+            device="cpu",
+            cache_activations=True,
+            cache_dir=str(tmp_path / "cache"),
+            eval_every=0,
+            save_every=0,
+        )
+
+        # ---- (a) the library's path, set up exactly as train() does -------------------
+        dtype = auto_dtype(device)
+        model_a, tokenizer = load_model(config.target, device=device, dtype=dtype)
+        data = prepare_data(config, tokenizer)
+        decoder = add_lora(model_a, config)
+        pad_id = pad_token_id(tokenizer)
+        source = ActivationSource(
+            decoder,
+            data.dialogs,
+            pad_id,
+            [READ_LAYER],
+            config.max_read_tokens,
+            target_context=decoder.disable_adapter,
+        )
+        cache_path = Path(config.cache_dir) / f"{source.fingerprint(config.target)}.safetensors"
+        start = time.perf_counter()
+        source.load_or_build_cache(cache_path, progress=False)
+        cache_build_s = time.perf_counter() - start
+        print(
+            f"{len(data.train)} examples, {len(data.dialogs)} dialogs; activation cache "
+            f"built in {cache_build_s:.2f} s (one-off, not timed below)"
+        )
+
+        # The same batches for both paths: the trainer's order, step by step.
+        batches = []
+        for step in range(n_steps):
+            first = step * config.batch_size
+            picks = example_order(
+                len(data.train), config.seed, range(first, first + config.batch_size)
+            )
+            batches.append([data.train[i] for i in picks])
+
+        accelerator = Accelerator(cpu=True)
+        trainable_a = [p for p in decoder.parameters() if p.requires_grad]
+        optimizer_a = torch.optim.AdamW(trainable_a, lr=config.lr, weight_decay=config.weight_decay)
+        scheduler_a = torch.optim.lr_scheduler.LambdaLR(
+            optimizer_a, lr_lambda(config.warmup_steps, n_steps, config.min_lr_ratio)
+        )
+        objective, optimizer_a = accelerator.prepare(
+            LITObjective(decoder, WRITE_LAYER, MODE), optimizer_a
+        )
+        decoder.train()
+
+        def step_a(examples) -> tuple[float, int, int]:
+            """One optimizer step as trainer.train takes it (grad_accum=1)."""
+            vectors = source.get([dialog for dialog, _, _ in examples])
+            batch, flat = decoder_batch(
+                tokenizer, vectors, [q for _, q, _ in examples], [a for _, _, a in examples]
+            )
+            batch = batch.to(flat.device)
+            loss = objective(batch, flat)
+            accelerator.backward(loss)
+            loss_value = float(loss.detach())
+            tokens = int(batch.attention_mask.sum())
+            accelerator.clip_grad_norm_(trainable_a, config.max_grad_norm)
+            optimizer_a.step()
+            scheduler_a.step()
+            optimizer_a.zero_grad(set_to_none=True)
+            return loss_value, tokens, int(batch.label_mask.sum())
+
+        # ---- (b) the reference algorithm -----------------------------------------------
+        model_b, _ = load_model(config.target, device=device, dtype=torch.float32)
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.lora_targets,
+            task_type="CAUSAL_LM",
+        )
+        torch.manual_seed(config.seed)
+        reference = get_peft_model(model_b, lora)
+        trainable_b = [p for p in reference.parameters() if p.requires_grad]
+        optimizer_b = torch.optim.AdamW(trainable_b, lr=config.lr, weight_decay=config.weight_decay)
+        scheduler_b = torch.optim.lr_scheduler.LambdaLR(
+            optimizer_b, lr_lambda(config.warmup_steps, n_steps, config.min_lr_ratio)
+        )
+        reference.train()
+
+        def step_b(examples) -> tuple[float, int, int]:
+            """Full target forward every step, full-sequence logits, float32."""
+            dialogs = [data.dialogs[d] for d, _, _ in examples]
+            ids, mask = left_pad([e.input_ids for e in dialogs], pad_id, device)
+            with torch.no_grad(), reference.disable_adapter():
+                out = reference(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=position_ids_for(mask),
+                    output_hidden_states=True,
+                    use_cache=False,
+                )
+            hidden = out.hidden_states[READ_LAYER + 1]  # output of block READ_LAYER
+            width = ids.shape[1]
+            vectors = [
+                hidden[row, width - len(e.input_ids) + e.read_start :][-config.max_read_tokens :]
+                for row, e in enumerate(dialogs)
+            ]
+            batch, flat = decoder_batch(
+                tokenizer, vectors, [q for _, q, _ in examples], [a for _, _, a in examples]
+            )
+            labels = batch.input_ids.masked_fill(~batch.label_mask, -100)
+            with patch_activations(reference, WRITE_LAYER, batch.placeholder_mask, flat, MODE):
+                loss = reference(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    position_ids=position_ids_for(batch.attention_mask),
+                    labels=labels,
+                    use_cache=False,
+                ).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable_b, config.max_grad_norm)
+            optimizer_b.step()
+            scheduler_b.step()
+            optimizer_b.zero_grad(set_to_none=True)
+            return (
+                float(loss.detach()),
+                int(batch.attention_mask.sum()),
+                int(batch.label_mask.sum()),
+            )
+
+        # ---- warm-up, then alternate timed steps ----------------------------------------
+        losses: dict[str, list[float]] = {"a": [], "b": []}
+        times: dict[str, list[float]] = {"a": [], "b": []}
+        tokens: dict[str, list[int]] = {"a": [], "b": []}
+        answers: list[int] = []
+        steppers = {"a": step_a, "b": step_b}
+        for name in ("a", "b"):
+            for step in range(args.warmup):
+                loss, _, _ = steppers[name](batches[step])
+                losses[name].append(loss)
+        for step in range(args.warmup, n_steps):
+            for name in ("a", "b"):
+                start = time.perf_counter()
+                loss, n_tokens, n_answer = steppers[name](batches[step])
+                times[name].append(time.perf_counter() - start)
+                losses[name].append(loss)
+                tokens[name].append(n_tokens)
+                if name == "a":
+                    answers.append(n_answer)
+        assert tokens["a"] == tokens["b"], "the two paths saw different batches"
+
+        rate = {name: sum(tokens[name]) / sum(times[name]) for name in ("a", "b")}
+        speedup = rate["a"] / rate["b"]
+        for name, label in (("a", f"library ({str(dtype).removeprefix('torch.')})"),
+                            ("b", "reference (float32)")):  # fmt: skip
+            step_ms = ", ".join(f"{t * 1e3:.0f}" for t in times[name])
+            print(
+                f"({name}) {label}: {rate[name]:.0f} tokens/s, median step "
+                f"{statistics.median(times[name]):.3f} s [{step_ms} ms]"
+            )
+            print(f"    losses: {', '.join(f'{x:.3f}' for x in losses[name])}")
+        print(f"tokens per step: {tokens['a']} (answer tokens {answers})")
+
+        # ---- model FLOP utilisation of (a) ----------------------------------------------
+        # FLOPs per step = 4 * N_body * tokens + 4 * V * d * answer_tokens, where
+        #   N_body = frozen parameters of the decoder blocks (no embeddings, no LoRA);
+        #   forward 2 * N_body per token, backward 2 * N_body per token (input gradients
+        #   only: the base weights are frozen, LoRA's own gradients are negligible);
+        #   the LM head (V * d) runs only on answer positions in (a), forward + input
+        #   gradient = 4 * V * d per answer token.
+        # Attention-score FLOPs (~ 4 * seq * d per layer and token) and padding are not
+        # counted, so the figure is a slight underestimate. Peak = matmul peak of dtype.
+        blocks = find_decoder_layers(decoder)
+        n_body = sum(
+            p.numel()
+            for block in blocks
+            for p in block.parameters()
+            if not p.requires_grad
+        )  # fmt: skip
+        head = decoder.get_base_model().get_output_embeddings().weight.numel()
+        flops = 4 * n_body * sum(tokens["a"]) + 4 * head * sum(answers)
+        achieved = flops / sum(times["a"]) / 1e9
+        dtype_name = str(dtype).removeprefix("torch.")
+        mfu = achieved / peak[dtype_name]
+        print(
+            f"(a) MFU: {achieved:.0f} GFLOP/s of {peak[dtype_name]:.0f} ({dtype_name} peak) "
+            f"= {mfu:.1%}  [N_body {n_body / 1e6:.1f}M, head {head / 1e6:.1f}M]"
+        )
+
+        trainer_rate = None
+        if args.check_trainer:
+            del reference, model_b, optimizer_b
+            from latentqa.train.trainer import train
+
+            train(config, progress=False)
+            records = [
+                json.loads(line)
+                for line in (Path(config.out) / "metrics.jsonl").read_text().splitlines()
+                if line.strip()
+            ]
+            rates = [r["tokens_per_s"] for r in records if r.get("kind") == "train"]
+            timed = rates[args.warmup :]
+            # Same batches, so per-step tokens are known: total tokens / total time.
+            trainer_rate = sum(tokens["a"]) / sum(
+                n / r for n, r in zip(tokens["a"], timed, strict=True)
+            )
+            print(f"trainer.train itself: {trainer_rate:.0f} tokens/s (from metrics.jsonl)")
+
+    rss = peak_rss_mb()
+    ok = speedup >= TARGET_SPEEDUP and rss <= TARGET_RSS_MB
+    print(
+        f"speedup {speedup:.2f}x (target >= {TARGET_SPEEDUP}), peak RSS {rss:.0f} MB "
+        f"(target <= {TARGET_RSS_MB}): {'OK' if ok else 'MISSED'}"
+    )
+    result = {
+        "benchmark": "train_throughput",
+        "model": EMBEDDED_MODEL,
+        "batch_size": args.batch_size,
+        "warmup_steps": args.warmup,
+        "timed_steps": args.steps,
+        "n_train_examples": len(data.train),
+        "threads": torch.get_num_threads(),
+        "speedup": round(speedup, 3),
+        "tokens_per_s": round(rate["a"], 1),
+        "reference_tokens_per_s": round(rate["b"], 1),
+        "trainer_tokens_per_s": None if trainer_rate is None else round(trainer_rate, 1),
+        "mean_tokens_per_step": round(statistics.mean(tokens["a"]), 1),
+        "step_s": [round(t, 4) for t in times["a"]],
+        "reference_step_s": [round(t, 4) for t in times["b"]],
+        "cache_build_s": round(cache_build_s, 3),
+        "mfu": round(mfu, 4),
+        "achieved_gflops": round(achieved, 1),
+        "peak_rss_mb": round(rss, 1),
+        "dtype": dtype_name,
+        "matmul_gflops": {k: round(v, 1) for k, v in peak.items()},
+        "targets_met": ok,
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

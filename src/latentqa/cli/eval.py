@@ -1,0 +1,82 @@
+"""``latentqa eval``: evaluations with baselines, as a markdown table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a decoder against baselines on the same items",
+        description="Evaluations print a markdown table, or with --json a JSON object as the last line.",
+    )
+    tasks = parser.add_subparsers(dest="task", metavar="TASK")
+    system = tasks.add_parser(
+        "system-prompt",
+        help="uncover hidden system prompts of held-out behaviours (multiple choice + open answers)",
+        description=(
+            "Held-out system-prompt behaviours: multiple choice among 5 answers to the same "
+            "question (chance 20%%) and open answers judged by sentence embeddings (chance "
+            "50%%), for the decoder and for baselines: zeroed / shuffled activations, the "
+            "untrained base model with the same patching, a ridge probe, and the target as a "
+            "black box."
+        ),
+    )
+    system.add_argument("--data", required=True, help="dataset folder from `latentqa data build`")
+    system.add_argument(
+        "--target", default="smollm2-135m", help="target model (default: %(default)s)"
+    )
+    system.add_argument(
+        "--decoder", default=None, help="decoder folder (default: the shipped decoder)"
+    )
+    system.add_argument("--n", type=int, default=None, help="evaluate at most N items")
+    system.add_argument("--seed", type=int, default=0, help="seed for options and shuffling")
+    system.add_argument("--layers", type=int, nargs="+", default=None,
+                        help="also sweep these read layers (multiple choice) and plot them")  # fmt: skip
+    system.add_argument("--out", default=None, help="folder for the per-layer PNG and JSON")
+    system.add_argument("--no-open", action="store_true", help="skip open-answer generation")
+    system.add_argument("--device", default="auto")
+    system.add_argument(
+        "--json", action="store_true", help="print the result as one JSON line last"
+    )
+    system.set_defaults(func=run_system_prompt)
+    parser.set_defaults(func=lambda _args: parser.print_help() or 1)
+
+
+def run_system_prompt(args: argparse.Namespace) -> int:
+    from latentqa.evals.report import markdown_table, plot_per_layer
+    from latentqa.evals.system_prompt import evaluate_system_prompt
+    from latentqa.reader import Reader
+
+    reader = Reader.load(args.target, args.decoder, device=args.device)
+    spec = reader.spec
+    base = Reader.base(
+        args.target, read_layers=spec.read_layers, write_layer=spec.write_layer,
+        mode=spec.mode, max_read_tokens=spec.max_read_tokens, device=args.device,
+    )  # fmt: skip
+    log = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    result = evaluate_system_prompt(
+        reader, base, args.data, n=args.n, seed=args.seed, open_answers=not args.no_open, log=log
+    )
+    if args.layers:
+        per_layer = {}
+        for layer in args.layers:
+            swept = evaluate_system_prompt(
+                reader, base, args.data, n=args.n, seed=args.seed, open_answers=False,
+                layer=layer, black_box=False, log=log,
+            )  # fmt: skip
+            per_layer[layer] = swept["methods"]
+        result["per_layer"] = per_layer
+        out = Path(args.out or ".")
+        out.mkdir(parents=True, exist_ok=True)
+        plot_per_layer(per_layer, "mc_accuracy", out / "system_prompt_layers.png",
+                       "System-prompt multiple choice per read layer", chance=0.2)  # fmt: skip
+        (out / "system_prompt_layers.json").write_text(json.dumps(per_layer, indent=2))
+    print(markdown_table(result))
+    if args.json:
+        print(json.dumps(result))
+    return 0

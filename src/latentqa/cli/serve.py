@@ -1,0 +1,84 @@
+"""``latentqa serve``: a local web page and JSON API to ask a decoder about activations."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+
+from latentqa.errors import LatentQAError
+
+DEFAULT_HOST = "127.0.0.1"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a local web page and JSON API for asking a decoder about activations",
+        description=(
+            "Start a local web app: write a dialog, ask the decoder questions about the "
+            "target's activations on it, pick the read layer, and chart how likely an answer "
+            "is at each layer. The model loads in the background; the page shows its progress. "
+            "The JSON API is documented at /docs. Binds 127.0.0.1 unless --host says otherwise."
+        ),
+    )
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST,
+        help="interface to bind (default: %(default)s; anything else exposes the server)",
+    )  # fmt: skip
+    parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    parser.add_argument(
+        "--target", default="smollm2-135m", help="target model spec (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--decoder", default=None, help="decoder folder from `latentqa train` (default: shipped)"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn log level (default: %(default)s)",
+    )  # fmt: skip
+    parser.set_defaults(func=run)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from latentqa.server import create_app
+    except ImportError as error:
+        raise LatentQAError(
+            f"`latentqa serve` needs fastapi and uvicorn ({error}); pip install fastapi uvicorn"
+        ) from None
+    if not 0 <= args.port <= 65535:
+        raise LatentQAError(f"--port must be between 0 and 65535, got {args.port}")
+    if not is_loopback(args.host):
+        print(
+            f"warning: serving on {args.host}, not only on this machine: anyone who can reach "
+            f"port {args.port} can run the model. The server has no authentication.",
+            file=sys.stderr,
+        )
+
+    def load():
+        from latentqa.reader import Reader
+
+        return Reader.load(args.target, args.decoder, device=args.device, dtype=args.dtype)
+
+    app = create_app(load, target=args.target, decoder=args.decoder or "shipped",
+                     device=args.device)  # fmt: skip
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"latentqa: serving on http://{shown}:{args.port}/ (the model loads in the "
+          "background; the page shows when it is ready; Ctrl+C stops)", file=sys.stderr)  # fmt: skip
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0

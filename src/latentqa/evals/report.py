@@ -1,0 +1,64 @@
+"""Markdown tables and plots for evaluation results."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def markdown_table(result: Mapping) -> str:
+    """One row per method, one column per metric."""
+    methods: Mapping[str, Mapping[str, object]] = result["methods"]
+    metrics: list[str] = []
+    for values in methods.values():
+        metrics += [m for m in values if m not in metrics]
+    lines = [
+        f"**{result['task']}** (n = {result.get('n', '?')})",
+        "",
+        "| method | " + " | ".join(metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
+    for name, values in methods.items():
+        lines.append(f"| {name} | " + " | ".join(_cell(values.get(m)) for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def plot_per_layer(
+    per_layer: Mapping[int, Mapping[str, Mapping[str, float]]],
+    metric: str,
+    path: Path,
+    title: str,
+    chance: float | None = None,
+) -> None:
+    """Line plot of ``metric`` per read layer, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = sorted(per_layer)
+    names: list[str] = []
+    for methods in per_layer.values():
+        names += [n for n in methods if n not in names and metric in methods[n]]
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=110)
+    for name in names:
+        ys = [per_layer[layer].get(name, {}).get(metric) for layer in layers]
+        axis.plot(layers, ys, "o-", label=name)
+    if chance is not None:
+        axis.axhline(chance, color="0.6", ls="--", lw=1, label="chance")
+    axis.set_xlabel("read layer")
+    axis.set_ylabel(metric.replace("_", " "))
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

@@ -1,0 +1,459 @@
+"""Ask a trained decoder questions about a target model's activations on a dialog.
+
+A :class:`Reader` holds ONE copy of the weights: the target with the decoder's LoRA
+adapters, read with the adapters disabled (as in training). A dialog is read once for
+all questions; generation patches the prompt pass only and decodes from the KV cache.
+:meth:`Reader.base` is the same reader without an adapter (a training-free,
+SelfIE / Patchscope-style baseline); the ``*_vectors`` methods and
+``vectors_transform`` let evaluations zero or shuffle the activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from latentqa.chat import EncodedDialog, Message, encode_dialog, render, validate_dialog
+from latentqa.decoder import (
+    SPEC_FILE,
+    DecoderSpec,
+    answer_token_loss,
+    decoder_batch,
+    flatten_reads,
+    unwrap_causal_lm,
+)
+from latentqa.errors import LatentQAError
+from latentqa.layers import check_layer_index, find_decoder_layers
+from latentqa.models import EMBEDDED_MODEL, load_model
+from latentqa.patch import PATCH_MODES, patch_activations
+from latentqa.read import pad_token_id, read_encoded
+
+VectorsTransform = Callable[[torch.Tensor], torch.Tensor]
+"""Maps read vectors ``[n, d_model]`` to replacements of the same shape."""
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+SHIPPED_DECODERS = Path(__file__).resolve().parent / "resources" / "decoders"
+_ANSWER_MARKER = "\u2063LATENTQA-ANSWER\u2063"
+
+
+def shipped_decoder(target: str) -> Path:
+    """The decoder folder shipped in the package for ``target`` (the embedded model only).
+
+    Raises:
+        LatentQAError: No decoder ships for ``target``, or the shipped folder is missing.
+    """
+    if str(target).strip().lower() != EMBEDDED_MODEL:
+        raise LatentQAError(
+            f"no decoder ships for target {str(target)!r} (only for {EMBEDDED_MODEL!r}); "
+            "pass a decoder folder written by `latentqa train`"
+        )
+    folder = SHIPPED_DECODERS / EMBEDDED_MODEL
+    if not (folder / SPEC_FILE).is_file():
+        raise LatentQAError(
+            f"the shipped decoder for {EMBEDDED_MODEL!r} is not installed ({folder} is missing); "
+            "train one with `latentqa train --out DIR` and pass it as the decoder"
+        )
+    return folder
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: nn.Module) -> list[int]:
+    """Token ids that end an answer: eos, and the chat template's end-of-turn token.
+
+    The end-of-turn token is found by rendering an assistant turn and taking the first
+    token after its content when that token is a special / added token.
+    """
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    candidates = [tokenizer.eos_token_id, *(eos if isinstance(eos, (list, tuple)) else [eos])]
+    ids = {int(c) for c in candidates if c is not None}
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _ANSWER_MARKER}]
+    tail = render(tokenizer, turns, False).partition(_ANSWER_MARKER)[2]
+    tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    if tail_ids and tail_ids[0] in special:
+        ids.add(int(tail_ids[0]))
+    return sorted(ids)
+
+
+def _context_length(model: nn.Module) -> int | None:
+    config = unwrap_causal_lm(model).config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text, "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def _as_questions(questions: str | Sequence[str]) -> list[str]:
+    items = [questions] if isinstance(questions, str) else list(questions)
+    if not items or not all(isinstance(q, str) and q.strip() for q in items):
+        raise LatentQAError(f"ask at least one question, as non-empty strings; got {items!r:.80}")
+    return items
+
+
+def _as_answers(answers: Sequence[str]) -> list[str]:
+    if isinstance(answers, str) or not answers or not all(isinstance(a, str) for a in answers):
+        raise LatentQAError("answers must be a non-empty list of strings")
+    return list(answers)
+
+
+class Reader:
+    """A decoder (target + LoRA adapters, or the bare target) reading the target's activations.
+
+    Args:
+        model: A peft model (target with the decoder's adapters) or a bare causal LM.
+        tokenizer: The target's tokenizer, with a chat template.
+        spec: How the decoder reads: read / write layers, mode, max_read_tokens.
+        decoder_path: The decoder folder, or ``None`` without an adapter.
+        target_name: The target's model spec, for reports.
+        layers_path: Optional dotted path of the decoder block list.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        spec: DecoderSpec,
+        *,
+        decoder_path: Path | None = None,
+        target_name: str | None = None,
+        layers_path: str | None = None,
+    ) -> None:
+        from peft import PeftModel
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.decoder_path = decoder_path
+        self.target_name = target_name if target_name is not None else spec.target
+        self.layers_path = layers_path
+        self.has_adapter = isinstance(model, PeftModel)
+        self.n_layers = len(find_decoder_layers(model, layers_path))
+        self.hidden_size = int(unwrap_causal_lm(model).config.hidden_size)
+        self.device = next(model.parameters()).device
+        self._pad_id = pad_token_id(tokenizer)
+        self._stop_ids = stop_token_ids(tokenizer, unwrap_causal_lm(model))
+        self._context = _context_length(model)
+
+    @classmethod
+    def load(
+        cls,
+        target: str = EMBEDDED_MODEL,
+        decoder: str | Path | None = None,
+        *,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "float32",
+    ) -> Reader:
+        """Load the target once and attach a trained decoder's adapters to it.
+
+        Args:
+            target: Model spec of the target (see :func:`latentqa.models.load_model`).
+            decoder: A folder written by ``latentqa train``; ``None``: the decoder shipped
+                for the embedded model.
+            device: ``auto``, ``cpu``, ``cuda[:N]``.
+            dtype: The frozen weights' dtype.
+
+        Raises:
+            LatentQAError: Missing or malformed decoder folder, or a decoder trained on
+                another target.
+        """
+        from peft import PeftModel
+
+        folder = shipped_decoder(str(target)) if decoder is None else Path(decoder).expanduser()
+        if not folder.is_dir():
+            raise LatentQAError(f"decoder folder {folder} does not exist")
+        spec = DecoderSpec.load(folder)
+        missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
+        if missing:
+            raise LatentQAError(
+                f"{folder} lacks {', '.join(missing)}: pass a folder written by `latentqa train` "
+                "(adapters are read from safetensors only)"
+            )
+        layers_path = spec.extra.get("train_config", {}).get("layers_path")
+        model, tokenizer = load_model(target, device=device, dtype=dtype)
+        spec.check_target(model, len(find_decoder_layers(model, layers_path)))
+        try:
+            peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+        except (OSError, ValueError, RuntimeError, KeyError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+            raise LatentQAError(f"could not load the adapter in {folder}: {first}") from error
+        return cls(
+            peft_model, tokenizer, spec, decoder_path=folder, target_name=str(target),
+            layers_path=layers_path,
+        )  # fmt: skip
+
+    @classmethod
+    def base(
+        cls,
+        target: str = EMBEDDED_MODEL,
+        *,
+        read_layers: Sequence[int] | None = None,
+        write_layer: int = 0,
+        mode: str = "replace",
+        max_read_tokens: int = 96,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "float32",
+        layers_path: str | None = None,
+    ) -> Reader:
+        """The untrained target reading its own activations, no adapter (a baseline).
+
+        ``read_layers`` defaults to half depth; the other arguments are as in
+        :class:`latentqa.decoder.DecoderSpec` and :meth:`load`.
+        """
+        if mode not in PATCH_MODES:
+            raise LatentQAError(
+                f"unknown injection mode {mode!r}; use one of {', '.join(PATCH_MODES)}"
+            )
+        if max_read_tokens < 1:
+            raise LatentQAError(f"max_read_tokens must be at least 1, got {max_read_tokens}")
+        model, tokenizer = load_model(target, device=device, dtype=dtype)
+        n_layers = len(find_decoder_layers(model, layers_path))
+        layers = [n_layers // 2] if read_layers is None else list(read_layers)
+        spec = DecoderSpec(
+            target=str(target),
+            read_layers=[check_layer_index(layer, n_layers, "read layer") for layer in layers],
+            write_layer=check_layer_index(write_layer, n_layers, "write layer"),
+            mode=mode,
+            max_read_tokens=max_read_tokens,
+            hidden_size=int(model.config.hidden_size),
+            n_layers=n_layers,
+        )
+        return cls(model, tokenizer, spec, target_name=str(target), layers_path=layers_path)
+
+    # Reading the target.
+
+    def _target_context(self) -> AbstractContextManager:
+        return self.model.disable_adapter() if self.has_adapter else nullcontext()
+
+    def _check_length(self, length: int, what: str) -> None:
+        if self._context is not None and length > self._context:
+            raise LatentQAError(
+                f"{what} is {length} tokens, longer than the model's context of "
+                f"{self._context} tokens; shorten it"
+            )
+
+    def encode(self, dialog: Sequence[Message]) -> EncodedDialog:
+        """Tokenize a dialog with its read span (a leading system prompt is masked)."""
+        messages = validate_dialog(dialog)
+        n_masked = 1 if messages[0]["role"] == "system" else 0
+        encoded = encode_dialog(self.tokenizer, messages, n_masked)
+        self._check_length(len(encoded.input_ids), "the dialog")
+        return encoded
+
+    @torch.no_grad()
+    def read_many(
+        self, dialogs: Sequence[Sequence[Message]], layer: int | None = None, batch_size: int = 16
+    ) -> list[torch.Tensor]:
+        """The target's read vectors for each dialog, ``[n_read_layers * kept, d_model]``.
+
+        Args:
+            dialogs: Lists of ``{"role", "content"}`` messages.
+            layer: Read this block instead of the spec's read layers.
+            batch_size: Dialogs per target forward pass.
+        """
+        if not isinstance(dialogs, (list, tuple)) or not dialogs:
+            raise LatentQAError("pass at least one dialog (a list of message lists)")
+        encoded = [self.encode(dialog) for dialog in dialogs]
+        layers = self.spec.read_layers if layer is None else [layer]
+        layers = [check_layer_index(item, self.n_layers, "read layer") for item in layers]
+        vectors: list[torch.Tensor] = []
+        with self._target_context():
+            for start in range(0, len(encoded), batch_size):
+                chunk = encoded[start : start + batch_size]
+                spans = read_encoded(
+                    self.model, chunk, self._pad_id, layers, layers_path=self.layers_path
+                )
+                # each span [n_layers, span, d_model] -> [n_layers * kept, d_model]
+                vectors += [flatten_reads(span, self.spec.max_read_tokens) for span in spans]
+        return vectors
+
+    def read(self, dialog: Sequence[Message], layer: int | None = None) -> torch.Tensor:
+        """The target's read vectors for one dialog, ``[n_read_layers * kept, d_model]``."""
+        return self.read_many([dialog], layer)[0]
+
+    def _check_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
+        if not isinstance(vectors, torch.Tensor) or vectors.dim() != 2 or len(vectors) < 1:
+            shape = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors)
+            raise LatentQAError(f"vectors must be a [n, d_model] tensor with n >= 1, got {shape}")
+        if vectors.shape[-1] != self.hidden_size:
+            raise LatentQAError(
+                f"vectors have size {vectors.shape[-1]} but the decoder's hidden size is "
+                f"{self.hidden_size}: they come from another model"
+            )
+        return vectors.to(self.device)
+
+    # Asking questions.
+
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        vectors: Sequence[torch.Tensor],
+        questions: Sequence[str],
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        batch_size: int = 32,
+    ) -> list[list[int]]:
+        """Answer token ids, up to the first stop token, per (vectors, question) row.
+
+        ``vectors[i]`` (``[n_i, d_model]``) is patched into the prompt pass of row ``i``
+        only; later tokens come from the KV cache. Rows run in left-padded batches.
+        """
+        questions = _as_questions(questions)
+        if len(vectors) != len(questions):
+            raise LatentQAError(f"{len(vectors)} vector sets for {len(questions)} questions")
+        if max_new_tokens < 1 or temperature < 0:
+            raise LatentQAError(f"need max_new_tokens >= 1, temperature >= 0; got "
+                                f"{max_new_tokens}, {temperature}")  # fmt: skip
+        vectors = [self._check_vectors(v) for v in vectors]
+        # Plain temperature sampling (no top-k / top-p from the model's generation config).
+        sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) \
+            if temperature > 0 else dict(do_sample=False)  # fmt: skip
+        causal_lm = unwrap_causal_lm(self.model)
+        answers: list[list[int]] = []
+        for start in range(0, len(questions), batch_size):
+            rows = slice(start, start + batch_size)
+            batch, flat = decoder_batch(self.tokenizer, vectors[rows], questions[rows])
+            batch = batch.to(self.device)  # ids and masks [rows, width]; flat [n, d_model]
+            width = batch.input_ids.shape[1]
+            self._check_length(width + max_new_tokens, "the decoder prompt plus max_new_tokens")
+            with patch_activations(
+                causal_lm, self.spec.write_layer, batch.placeholder_mask, flat, self.spec.mode,
+                layers_path=self.layers_path,
+            ):  # fmt: skip
+                output = self.model.generate(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=self._stop_ids,
+                    pad_token_id=self._pad_id,
+                    use_cache=True,
+                    **sampling,
+                )  # [rows, width + n_new]
+            answers += [self._until_stop(row) for row in output[:, width:].tolist()]
+        return answers
+
+    def _until_stop(self, ids: list[int]) -> list[int]:
+        stops = [i for i, token in enumerate(ids) if token in self._stop_ids]
+        return ids[: stops[0]] if stops else ids
+
+    def _texts(self, rows: list[list[int]]) -> list[str]:
+        return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in rows]
+
+    def ask_vectors(
+        self,
+        vectors: torch.Tensor,
+        questions: str | Sequence[str],
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+    ) -> list[str]:
+        """Answer questions about already-read vectors ``[n, d_model]`` (e.g. zeroed, shuffled)."""
+        items = _as_questions(questions)
+        rows = self.generate_ids([vectors] * len(items), items, max_new_tokens, temperature)
+        return self._texts(rows)
+
+    def ask(
+        self,
+        dialog: Sequence[Message],
+        questions: str | Sequence[str],
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        layer: int | None = None,
+        *,
+        vectors_transform: VectorsTransform | None = None,
+        batch_size: int = 32,
+    ) -> list[str]:
+        """Answer each question about the target's activations on ``dialog`` (read once).
+
+        Args:
+            dialog: ``{"role", "content"}`` messages; a leading system prompt is masked.
+            questions: The questions (a single string counts as one).
+            max_new_tokens: Answer length limit.
+            temperature: 0 for greedy decoding, else sampling.
+            layer: Read this target block instead of the decoder's read layers.
+            vectors_transform: Applied to the read vectors ``[n, d_model]`` first.
+            batch_size: Dialogs per target pass / rows per generation batch.
+
+        Returns:
+            One answer per question.
+        """
+        answers = self.ask_many(
+            [dialog], questions, max_new_tokens, temperature, layer,
+            vectors_transform=vectors_transform, batch_size=batch_size,
+        )  # fmt: skip
+        return answers[0]
+
+    def ask_many(
+        self,
+        dialogs: Sequence[Sequence[Message]],
+        questions: str | Sequence[str],
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        layer: int | None = None,
+        *,
+        vectors_transform: VectorsTransform | None = None,
+        batch_size: int = 32,
+    ) -> list[list[str]]:
+        """Ask every question about every dialog (see :meth:`ask`): ``[dialog][question]``."""
+        items = _as_questions(questions)
+        vectors = self.read_many(dialogs, layer, batch_size)
+        if vectors_transform is not None:
+            vectors = [vectors_transform(v) for v in vectors]
+        rows = [v for v in vectors for _ in items]  # dialog-major: every question per dialog
+        ids = self.generate_ids(rows, items * len(vectors), max_new_tokens, temperature, batch_size)
+        flat = self._texts(ids)
+        return [flat[i : i + len(items)] for i in range(0, len(flat), len(items))]
+
+    # Scoring answers.
+
+    @torch.no_grad()
+    def score_vectors(
+        self,
+        vectors: torch.Tensor,
+        question: str,
+        answers: Sequence[str],
+        normalize: bool = False,
+    ) -> list[float]:
+        """Log-likelihood of each candidate answer given already-read vectors ``[n, d_model]``.
+
+        The answer's tokens include the template's end-of-turn token (as in training).
+        With ``normalize`` each sum is divided by its number of answer tokens.
+        """
+        (question,) = _as_questions([question])
+        answers = _as_answers(answers)
+        vectors = self._check_vectors(vectors)
+        n = len(answers)
+        batch, flat = decoder_batch(self.tokenizer, [vectors] * n, [question] * n, answers)
+        self._check_length(batch.input_ids.shape[1], "the decoder prompt with its answer")
+        sums = answer_token_loss(
+            self.model, batch.to(self.device), flat, write_layer=self.spec.write_layer,
+            mode=self.spec.mode, reduction="none",
+        )  # fmt: skip
+        # sums: [n, 2] = per answer (summed nll, answer token count)
+        log_probs = -sums[:, 0]
+        if normalize:
+            log_probs = log_probs / sums[:, 1].clamp_min(1)
+        return [float(value) for value in log_probs]
+
+    def score(
+        self,
+        dialog: Sequence[Message],
+        question: str,
+        answers: Sequence[str],
+        normalize: bool = False,
+        layer: int | None = None,
+        *,
+        vectors_transform: VectorsTransform | None = None,
+    ) -> list[float]:
+        """Log-likelihood (sum of log-probs) of each candidate answer to ``question``.
+
+        One target read and one decoder forward over all candidates; ``normalize``,
+        ``layer`` and ``vectors_transform`` are as in :meth:`score_vectors` and :meth:`ask`.
+        """
+        (question,) = _as_questions([question])
+        _as_answers(answers)
+        vectors = self.read(dialog, layer)
+        if vectors_transform is not None:
+            vectors = vectors_transform(vectors)
+        return self.score_vectors(vectors, question, answers, normalize)

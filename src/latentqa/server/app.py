@@ -1,0 +1,206 @@
+"""The web app: a small page of its own and a JSON API over one :class:`~latentqa.reader.Reader`.
+
+Routes (the OpenAPI schema is at ``/openapi.json``, interactive docs at ``/docs``):
+
+- ``GET /``: the page (plain HTML / JS / CSS shipped in the package, no CDN).
+- ``GET /api/health``: loading / ready / error, and what is running.
+- ``GET /api/examples``: example dialogs to start from.
+- ``POST /api/ask``: the decoder's answers to questions about a dialog.
+- ``POST /api/score``: log-likelihoods of candidate answers.
+- ``POST /api/layer-scores``: the same at every target layer (the page's chart).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import HTMLResponse, Response
+
+from latentqa.errors import LatentQAError
+from latentqa.server.examples import EXAMPLES
+from latentqa.server.host import ModelHost, ReaderLike
+from latentqa.server.http_errors import BodySizeLimit, install_error_handlers
+from latentqa.server.schemas import (
+    LIMITS,
+    MAX_BODY_BYTES,
+    AskRequest,
+    AskResponse,
+    ErrorBody,
+    Example,
+    Health,
+    LayerScoresRequest,
+    LayerScoresResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
+
+STATIC_TYPES = {
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+ERRORS = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "Malformed JSON, or input the reader rejects (e.g. a layer out of range)",
+        413: f"Request body over {MAX_BODY_BYTES} bytes",
+        422: "Body that breaks the schema (empty dialog, too long message, unknown role)",
+        500: "Unexpected error inside a model call",
+        503: "The model is still loading, or failed to load",
+    }.items()
+}
+
+
+def _static(name: str) -> bytes:
+    return resources.files("latentqa.server").joinpath("static", name).read_bytes()
+
+
+def _check_layer(layer: int, n_layers: int | None) -> int:
+    if n_layers is None:
+        return layer
+    if not -n_layers <= layer < n_layers:
+        raise LatentQAError(
+            f"layer {layer} is out of range: the target has {n_layers} layers "
+            f"(valid: 0..{n_layers - 1}, or negative from the end)"
+        )
+    return layer % n_layers
+
+
+def create_app(
+    reader_factory: Callable[[], ReaderLike] | None = None,
+    *,
+    reader: ReaderLike | None = None,
+    target: str | None = None,
+    decoder: str | None = None,
+    device: str | None = None,
+) -> FastAPI:
+    """Build the web app around one reader.
+
+    The model loads in a background thread when the app starts (its lifespan), so the
+    page and ``/api/health`` answer at once; model endpoints answer 503 until it is
+    ready. Tests can pass an already loaded ``reader`` instead of a factory.
+
+    Args:
+        reader_factory: Builds the reader, e.g. ``lambda: Reader.load("smollm2-135m")``.
+        reader: An already loaded reader (exclusive with ``reader_factory``).
+        target: Target label shown while loading.
+        decoder: Decoder label shown while loading.
+        device: Device label shown while loading.
+
+    Returns:
+        The FastAPI application; ``app.state.host`` is its :class:`ModelHost`.
+    """
+    host = ModelHost(reader_factory, reader=reader,
+                     labels={"target": target, "decoder": decoder, "device": device})  # fmt: skip
+    page = {name: _static(name) for name in ("index.html", *STATIC_TYPES)}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        host.bind_loop()
+        host.start()
+        yield
+
+    app = FastAPI(
+        title="latentqa",
+        summary="Ask a decoder questions about a language model's activations.",
+        description=(
+            "A decoder (the target model with LoRA adapters) reads the frozen target's "
+            "activations on a dialog and answers questions about them in plain English. "
+            'Requests take turns on the single model. Errors are `{"error": message}`.'
+        ),
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.host = host
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    install_error_handlers(app)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page["index.html"])
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        if name not in STATIC_TYPES:
+            raise HTTPException(404, f"no static file {name!r}")
+        return Response(page[name], media_type=STATIC_TYPES[name],
+                        headers={"Cache-Control": "no-cache"})  # fmt: skip
+
+    @app.get("/api/health", response_model=Health, tags=["status"])
+    async def health() -> Health:
+        """Whether the model is loading, ready or failed, and what is running."""
+        return Health(**host.info(), limits=LIMITS)
+
+    @app.get("/api/examples", response_model=list[Example], tags=["status"])
+    async def examples() -> list[Example]:
+        """Example dialogs (with a hidden system prompt) and questions to start from."""
+        return EXAMPLES
+
+    def _read_layers(layer: int | None) -> tuple[int | None, list[int]]:
+        info = host.info()
+        if layer is None:
+            return None, list(info["read_layers"] or [])
+        checked = _check_layer(layer, info["n_layers"])
+        return checked, [checked]
+
+    @app.post("/api/ask", response_model=AskResponse, responses=ERRORS, tags=["read"])
+    async def ask(request: AskRequest) -> AskResponse:
+        """The decoder's answer to each question about the target's activations on the dialog."""
+        reader = host.reader
+        layer, layers = _read_layers(request.layer)
+        dialog = [message.model_dump() for message in request.dialog]
+        answers, seconds = await host.call(
+            reader.ask, dialog, list(request.questions), max_new_tokens=request.max_new_tokens,
+            temperature=request.temperature, layer=layer,
+        )  # fmt: skip
+        return AskResponse(answers=answers, read_layers=layers, seconds=round(seconds, 3))
+
+    @app.post("/api/score", response_model=ScoreResponse, responses=ERRORS, tags=["read"])
+    async def score(request: ScoreRequest) -> ScoreResponse:
+        """Log-likelihood of each candidate answer to the question (higher is likelier)."""
+        reader = host.reader
+        layer, layers = _read_layers(request.layer)
+        dialog = [message.model_dump() for message in request.dialog]
+        scores, seconds = await host.call(
+            reader.score, dialog, request.question, list(request.answers),
+            normalize=request.normalize, layer=layer,
+        )  # fmt: skip
+        return ScoreResponse(scores=scores, read_layers=layers, seconds=round(seconds, 3))
+
+    @app.post(
+        "/api/layer-scores", response_model=LayerScoresResponse, responses=ERRORS, tags=["read"]
+    )
+    async def layer_scores(request: LayerScoresRequest) -> LayerScoresResponse:
+        """Score the candidate answers with each target layer read in turn.
+
+        Each layer is one model call; other requests may take their turn in between.
+        """
+        reader = host.reader
+        info = host.info()
+        n_layers = info["n_layers"]
+        if request.layers is not None:
+            layers = [_check_layer(layer, n_layers) for layer in request.layers]
+        elif n_layers is None:
+            raise LatentQAError("the reader does not report its number of layers; pass `layers`")
+        else:
+            layers = list(range(n_layers))
+        if not layers:
+            raise LatentQAError("pass at least one layer")
+        dialog = [message.model_dump() for message in request.dialog]
+        rows: list[list[float]] = []
+        total = 0.0
+        for layer in layers:
+            row, seconds = await host.call(
+                reader.score, dialog, request.question, list(request.answers),
+                normalize=request.normalize, layer=layer,
+            )  # fmt: skip
+            rows.append(row)
+            total += seconds
+        return LayerScoresResponse(layers=layers, scores=rows,
+                                   read_layers=list(info["read_layers"] or []),
+                                   seconds=round(total, 3))  # fmt: skip
+
+    return app

@@ -1,0 +1,165 @@
+"""Request and response bodies of the JSON API, with the documented input limits.
+
+The limits keep one request from tying up the single model for minutes or from
+filling memory: a message holds at most :data:`MAX_MESSAGE_CHARS` characters and a
+request body at most :data:`MAX_BODY_BYTES` bytes. Breaking a limit is a 4xx answer
+with a one-line message, never a crash.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+MAX_MESSAGE_CHARS = 20_000
+"""Characters in one dialog message."""
+MAX_MESSAGES = 16
+"""Messages in one dialog."""
+MAX_QUESTIONS = 8
+"""Questions in one ``/api/ask`` request."""
+MAX_QUESTION_CHARS = 1_000
+"""Characters in one question or candidate answer."""
+MAX_ANSWERS = 8
+"""Candidate answers in one ``/api/score`` or ``/api/layer-scores`` request."""
+MAX_NEW_TOKENS = 256
+"""Upper bound on an answer's length in tokens."""
+MAX_BODY_BYTES = 2 * 1024 * 1024
+"""Bytes in one request body (a larger one gets 413)."""
+
+Role = Literal["system", "user", "assistant"]
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or only whitespace")
+    return value
+
+
+Text = Annotated[str, Field(max_length=MAX_QUESTION_CHARS), AfterValidator(_not_blank)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Message(_Strict):
+    """One turn of a dialog."""
+
+    role: Role = Field(description="system, user or assistant")
+    content: str = Field(max_length=MAX_MESSAGE_CHARS, description="the message text")
+
+
+Dialog = Annotated[
+    list[Message],
+    Field(
+        min_length=1,
+        max_length=MAX_MESSAGES,
+        description=(
+            "the dialog the target model reads; a leading system prompt is hidden from the "
+            "decoder (it must infer it from the activations of the later turns)"
+        ),
+    ),
+]
+Layer = Annotated[
+    int | None,
+    Field(description="read this target layer instead of the decoder's own read layer(s)"),
+]
+
+
+class AskRequest(_Strict):
+    """Questions about the target's activations on one dialog."""
+
+    dialog: Dialog
+    questions: list[Text] = Field(min_length=1, max_length=MAX_QUESTIONS)
+    layer: Layer = None
+    max_new_tokens: int = Field(default=64, ge=1, le=MAX_NEW_TOKENS)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 for greedy decoding")
+
+
+class AskResponse(BaseModel):
+    """The decoder's answers, one per question, in order."""
+
+    answers: list[str]
+    read_layers: list[int] = Field(description="the target layers that were read")
+    seconds: float = Field(description="time spent on the model, queueing excluded")
+
+
+class ScoreRequest(_Strict):
+    """Candidate answers to score for one question about one dialog."""
+
+    dialog: Dialog
+    question: Text
+    answers: list[Text] = Field(min_length=1, max_length=MAX_ANSWERS)
+    layer: Layer = None
+    normalize: bool = Field(default=False, description="divide by the answer's token count")
+
+
+class ScoreResponse(BaseModel):
+    """Log-likelihood of each candidate answer (sum of token log-probs, or mean if normalized)."""
+
+    scores: list[float]
+    read_layers: list[int]
+    seconds: float
+
+
+class LayerScoresRequest(_Strict):
+    """Candidate answers to score at every target layer (the page's chart)."""
+
+    dialog: Dialog
+    question: Text
+    answers: list[Text] = Field(min_length=1, max_length=MAX_ANSWERS)
+    normalize: bool = Field(default=True, description="mean log-prob per answer token")
+    layers: list[int] | None = Field(
+        default=None, max_length=512, description="layers to score; default: every layer"
+    )
+
+
+class LayerScoresResponse(BaseModel):
+    """``scores[i][j]``: log-likelihood of answer ``j`` when layer ``layers[i]`` is read."""
+
+    layers: list[int]
+    scores: list[list[float]]
+    read_layers: list[int] = Field(description="the decoder's own (trained) read layers")
+    seconds: float
+
+
+class Health(BaseModel):
+    """What is running, and whether the model is ready."""
+
+    status: Literal["loading", "ready", "error"]
+    message: str = Field(description="a human-readable line about the status")
+    target: str | None
+    decoder: str | None
+    device: str | None
+    n_layers: int | None
+    read_layer: int | None = Field(description="the decoder's (first) trained read layer")
+    read_layers: list[int] | None
+    limits: dict[str, int]
+
+
+class Example(BaseModel):
+    """A dialog to start from, with questions and a candidate answer to chart."""
+
+    title: str
+    dialog: list[Message]
+    questions: list[str]
+    answer: str
+
+
+class ErrorBody(BaseModel):
+    """Every error: a one-line message, plus the status for 503 answers."""
+
+    error: str
+    status: str | None = None
+
+
+LIMITS = {
+    "max_message_chars": MAX_MESSAGE_CHARS,
+    "max_messages": MAX_MESSAGES,
+    "max_questions": MAX_QUESTIONS,
+    "max_question_chars": MAX_QUESTION_CHARS,
+    "max_answers": MAX_ANSWERS,
+    "max_new_tokens": MAX_NEW_TOKENS,
+    "max_body_bytes": MAX_BODY_BYTES,
+}

@@ -1,0 +1,336 @@
+// The latentqa page: edit a dialog, ask questions, chart an answer's likelihood per layer.
+// Plain JS, no libraries; every model call goes through the JSON API under /api.
+(function () {
+  "use strict";
+
+  const $ = (id) => document.getElementById(id);
+  const COLORS = ["#4353d9", "#e07a1f", "#1f9d74", "#c2417a"];
+  const state = { ready: false, examples: [], health: null, busy: 0 };
+
+  // ---- API ----------------------------------------------------------------------------
+  async function api(path, body) {
+    const options = body === undefined ? {} : {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    };
+    let response;
+    try {
+      response = await fetch(path, options);
+    } catch (error) {
+      throw new Error("cannot reach the server (is `latentqa serve` still running?)");
+    }
+    let data = null;
+    try { data = await response.json(); } catch (error) { data = null; }
+    if (!response.ok) {
+      const message = data && data.error ? data.error : `HTTP ${response.status}`;
+      throw new Error(message);
+    }
+    return data;
+  }
+
+  function showError(id, error) {
+    const box = $(id);
+    box.hidden = !error;
+    box.textContent = error ? String(error.message || error) : "";
+  }
+
+  // ---- Status ---------------------------------------------------------------------------
+  function setStatus(kind, text) {
+    const box = $("status");
+    box.className = "status " + kind;
+    box.textContent = text;
+  }
+
+  function shortPath(value) {
+    if (!value) return "—";
+    const parts = String(value).split(/[\\/]/).filter(Boolean);
+    return parts.length > 2 ? "…/" + parts.slice(-2).join("/") : String(value);
+  }
+
+  function showRunning(health) {
+    const fields = {
+      "info-target": shortPath(health.target),
+      "info-decoder": shortPath(health.decoder),
+      "info-device": health.device || "—",
+      "info-layers": health.n_layers == null ? "—"
+        : `${health.n_layers} (reads ${(health.read_layers || []).join(", ") || "?"})`,
+    };
+    for (const [id, text] of Object.entries(fields)) {
+      $(id).textContent = text;
+      $(id).title = id === "info-layers" ? "" : String(health[id.slice(5)] || "");
+    }
+  }
+
+  function fillLayers(health) {
+    const select = $("layer");
+    select.textContent = "";
+    const reads = (health.read_layers || []).join(", ");
+    select.append(new Option(`decoder default (${reads || "trained"})`, ""));
+    for (let layer = 0; layer < (health.n_layers || 0); layer += 1) {
+      select.append(new Option(`layer ${layer}`, String(layer)));
+    }
+  }
+
+  async function pollHealth() {
+    let health;
+    try {
+      health = await api("/api/health");
+    } catch (error) {
+      setStatus("error", "Cannot reach the server: " + error.message);
+      setTimeout(pollHealth, 2000);
+      return;
+    }
+    state.health = health;
+    showRunning(health);
+    if (health.status === "ready") {
+      state.ready = true;
+      fillLayers(health);
+      setStatus("ready", `Model ready: ${health.message}. Write a dialog and ask away.`);
+      updateButtons();
+    } else if (health.status === "error") {
+      setStatus("error", health.message);
+    } else {
+      setStatus("loading", `Loading the model, please wait: ${health.message}…`);
+      setTimeout(pollHealth, 1000);
+    }
+  }
+
+  function updateButtons() {
+    const idle = state.ready && state.busy === 0;
+    $("ask").disabled = !idle;
+    $("chart-run").disabled = !idle;
+  }
+
+  async function busy(button, label, work) {
+    const original = button.textContent;
+    state.busy += 1;
+    updateButtons();
+    button.textContent = label;
+    try {
+      return await work();
+    } finally {
+      state.busy -= 1;
+      button.textContent = original;
+      updateButtons();
+    }
+  }
+
+  // ---- Dialog editor --------------------------------------------------------------------
+  function addTurn(role, content) {
+    const node = $("turn-template").content.firstElementChild.cloneNode(true);
+    const select = node.querySelector(".role");
+    const text = node.querySelector(".content");
+    select.value = role;
+    node.dataset.role = role;
+    text.value = content || "";
+    text.placeholder = { system: "Hidden instruction, e.g. You are a pirate captain.",
+      user: "What the user says", assistant: "The assistant's reply (optional)" }[role];
+    select.addEventListener("change", () => { node.dataset.role = select.value; });
+    node.querySelector(".remove").addEventListener("click", () => node.remove());
+    $("turns").append(node);
+    return text;
+  }
+
+  function readDialog() {
+    return Array.from(document.querySelectorAll("#turns .turn")).map((node) => ({
+      role: node.querySelector(".role").value,
+      content: node.querySelector(".content").value,
+    }));
+  }
+
+  function lines(id) {
+    return $(id).value.split("\n").map((line) => line.trim()).filter(Boolean);
+  }
+
+  function loadExample(example) {
+    $("turns").textContent = "";
+    for (const message of example.dialog) addTurn(message.role, message.content);
+    $("questions").value = example.questions.join("\n");
+    $("chart-question").value = example.questions[0] || "";
+    $("chart-answers").value = example.answer || "";
+    $("answers").textContent = "";
+    $("chart").textContent = "";
+    showError("ask-error", null);
+    showError("chart-error", null);
+  }
+
+  async function loadExamples() {
+    try {
+      state.examples = await api("/api/examples");
+    } catch (error) {
+      state.examples = [];
+    }
+    const select = $("example");
+    state.examples.forEach((example, index) => {
+      select.append(new Option(example.title, String(index)));
+    });
+    if (state.examples.length) {
+      select.value = "0";
+      loadExample(state.examples[0]);
+    } else {
+      addTurn("system", "");
+      addTurn("user", "");
+    }
+  }
+
+  // ---- Ask ------------------------------------------------------------------------------
+  function answerItem(question) {
+    const item = document.createElement("li");
+    const q = document.createElement("div");
+    q.className = "q";
+    q.textContent = "Q: " + question;
+    const a = document.createElement("div");
+    a.className = "a pending";
+    a.textContent = "thinking…";
+    item.append(q, a);
+    return item;
+  }
+
+  async function ask() {
+    showError("ask-error", null);
+    const questions = lines("questions");
+    const layerValue = $("layer").value;
+    const body = {
+      dialog: readDialog(),
+      questions,
+      layer: layerValue === "" ? null : Number(layerValue),
+      max_new_tokens: Number($("max-tokens").value) || 48,
+    };
+    const list = $("answers");
+    list.textContent = "";
+    const items = questions.map((question) => answerItem(question));
+    items.forEach((item) => list.append(item));
+    await busy($("ask"), "Asking…", async () => {
+      try {
+        const result = await api("/api/ask", body);
+        result.answers.forEach((answer, index) => {
+          const node = items[index].querySelector(".a");
+          node.className = "a answer";
+          node.textContent = answer || "(empty answer)";
+          const meta = document.createElement("div");
+          meta.className = "meta";
+          meta.textContent = `read layer ${result.read_layers.join(", ")}`;
+          items[index].append(meta);
+        });
+        if (!$("chart-question").value) $("chart-question").value = questions[0] || "";
+      } catch (error) {
+        list.textContent = "";
+        showError("ask-error", error);
+      }
+    });
+  }
+
+  // ---- Per-layer chart ------------------------------------------------------------------
+  function svg(tag, attributes, text) {
+    const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [key, value] of Object.entries(attributes || {})) node.setAttribute(key, value);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function niceMax(value) {
+    if (!(value > 0)) return 1;
+    const step = Math.pow(10, Math.floor(Math.log10(value)));
+    for (const factor of [1, 2, 2.5, 5, 10]) if (factor * step >= value) return factor * step;
+    return 10 * step;
+  }
+
+  function drawChart(result, answers) {
+    const box = $("chart");
+    box.textContent = "";
+    const probs = result.scores.map((row) => row.map((logp) => Math.exp(logp)));
+    const top = niceMax(Math.max(...probs.flat()));
+    const n = result.layers.length;
+    const width = Math.max(640, n * (answers.length * 9 + 10)) + 70;
+    const height = 260;
+    const pad = { left: 56, right: 14, top: 14, bottom: 40 };
+    const plotW = width - pad.left - pad.right;
+    const plotH = height - pad.top - pad.bottom;
+    const slot = plotW / n;
+    const barW = Math.max(2, (slot * 0.8) / answers.length);
+    const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img",
+      "aria-label": "Mean per-token probability of each answer at each layer" });
+    result.layers.forEach((layer, i) => {
+      if (result.read_layers.includes(layer)) {
+        root.append(svg("rect", { class: "read-layer", x: pad.left + i * slot, y: pad.top,
+          width: slot, height: plotH }));
+      }
+    });
+    for (let k = 0; k <= 4; k += 1) {
+      const y = pad.top + plotH - (plotH * k) / 4;
+      root.append(svg("line", { class: "grid-line", x1: pad.left, x2: width - pad.right,
+        y1: y, y2: y }));
+      root.append(svg("text", { x: pad.left - 6, y: y + 4, "text-anchor": "end" },
+        ((top * k) / 4).toPrecision(2)));
+    }
+    result.layers.forEach((layer, i) => {
+      answers.forEach((answer, j) => {
+        const value = probs[i][j];
+        const h = (plotH * value) / top;
+        const bar = svg("rect", { x: pad.left + i * slot + slot * 0.1 + j * barW,
+          y: pad.top + plotH - h, width: barW - 1, height: Math.max(h, 0.5),
+          fill: COLORS[j % COLORS.length], rx: 1.5 });
+        bar.append(svg("title", {}, `layer ${layer}, "${answer}": per-token probability `
+          + `${value.toFixed(4)} (log-prob ${result.scores[i][j].toFixed(3)})`));
+        root.append(bar);
+      });
+      const every = n > 40 ? 5 : n > 20 ? 2 : 1;
+      if (i % every === 0 || result.read_layers.includes(layer)) {
+        root.append(svg("text", { x: pad.left + (i + 0.5) * slot, y: pad.top + plotH + 15,
+          "text-anchor": "middle" }, String(layer)));
+      }
+    });
+    root.append(svg("line", { class: "axis", x1: pad.left, x2: width - pad.right,
+      y1: pad.top + plotH, y2: pad.top + plotH }));
+    root.append(svg("text", { x: pad.left + plotW / 2, y: height - 6, "text-anchor": "middle" },
+      "target layer read (shaded: the decoder's trained read layer)"));
+    root.append(svg("text", { x: 12, y: pad.top + plotH / 2, "text-anchor": "middle",
+      transform: `rotate(-90 12 ${pad.top + plotH / 2})` }, "per-token probability"));
+    box.append(root);
+    const legend = document.createElement("div");
+    legend.className = "legend";
+    answers.forEach((answer, j) => {
+      const span = document.createElement("span");
+      span.style.setProperty("--swatch", COLORS[j % COLORS.length]);
+      span.textContent = answer;
+      legend.append(span);
+    });
+    const note = document.createElement("span");
+    note.className = "muted";
+    note.textContent = `${n} layers scored in ${result.seconds.toFixed(1)} s`;
+    legend.append(note);
+    box.append(legend);
+  }
+
+  async function chart() {
+    showError("chart-error", null);
+    const answers = lines("chart-answers").slice(0, 4);
+    const body = { dialog: readDialog(), question: $("chart-question").value,
+      answers, normalize: true };
+    $("chart").textContent = "";
+    await busy($("chart-run"), "Scoring…", async () => {
+      try {
+        drawChart(await api("/api/layer-scores", body), answers);
+      } catch (error) {
+        showError("chart-error", error);
+      }
+    });
+  }
+
+  // ---- Wiring ---------------------------------------------------------------------------
+  document.querySelectorAll("[data-add]").forEach((button) => {
+    button.addEventListener("click", () => addTurn(button.dataset.add, "").focus());
+  });
+  $("example").addEventListener("change", (event) => {
+    const example = state.examples[Number(event.target.value)];
+    if (example) loadExample(example);
+  });
+  $("ask").addEventListener("click", ask);
+  $("chart-run").addEventListener("click", chart);
+  $("questions").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !$("ask").disabled) ask();
+  });
+  loadExamples();
+  pollHealth();
+})();

@@ -1,0 +1,124 @@
+"""The page end to end: headless Chromium (Debian's package) driven by Playwright's client.
+
+Uses the system browser at /usr/bin/chromium (``apt-get install chromium``); never
+``playwright install``. Skipped, with the reason, where Chromium or playwright is missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from test_server import DIALOG, QUESTIONS, build_tiny_decoder
+
+from latentqa.reader import Reader
+from latentqa.server import BackgroundServer, create_app
+
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+)
+CHROMIUM = next(
+    (p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).exists()),
+    None,
+)
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium not found at /usr/bin/chromium (apt-get install chromium)"
+)
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def reader(tmp_path_factory) -> Reader:
+    model, decoder = build_tiny_decoder(tmp_path_factory.mktemp("browser"))
+    return Reader.load(str(model), decoder, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    opened = context.new_page()
+    opened.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    yield opened
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def test_type_a_dialog_ask_and_chart(reader, page, tmp_path):
+    with BackgroundServer(create_app(reader=reader)) as server:
+        page.goto(server.url + "/")
+        page.wait_for_selector("#status.ready")
+        assert "ready" in page.inner_text("#status").lower()
+        assert page.inner_text("#info-device") == "cpu"
+        assert page.inner_text("#info-layers").startswith("4")
+        # Type a dialog of our own instead of the example.
+        while page.locator("#turns .remove").count():
+            page.locator("#turns .remove").first.click()
+        page.click("[data-add=system]")
+        page.locator("#turns .content").nth(0).fill(DIALOG[0]["content"])
+        page.click("[data-add=user]")
+        page.locator("#turns .content").nth(1).fill(DIALOG[1]["content"])
+        page.fill("#questions", "\n".join(QUESTIONS))
+        page.fill("#max-tokens", "4")
+        page.select_option("#layer", "1")
+        page.click("#ask")
+        page.wait_for_function("document.querySelectorAll('#answers .a.answer').length === 2")
+        shown = page.locator("#answers .a.answer").all_inner_texts()
+        expected = reader.ask(DIALOG, QUESTIONS, max_new_tokens=4, layer=1)
+        assert shown == [answer or "(empty answer)" for answer in expected]
+        assert page.is_hidden("#ask-error")
+        # The per-layer chart: one bar per layer and candidate answer.
+        page.fill("#chart-question", QUESTIONS[0])
+        page.fill("#chart-answers", "A pirate captain.\nA French chef.")
+        page.click("#chart-run")
+        page.wait_for_selector("#chart svg")
+        assert page.locator("#chart svg rect[fill]").count() == 4 * 2
+        assert "4 layers scored" in page.inner_text("#chart .legend")
+        # A bad request shows the server's message and the page keeps working.
+        page.locator("#turns .remove").nth(1).click()
+        page.click("#ask")
+        page.wait_for_selector("#ask-error:not([hidden])")
+        assert "no user turn" in page.inner_text("#ask-error")
+        page.click("[data-add=user]")
+        page.locator("#turns .content").nth(1).fill(DIALOG[1]["content"])
+        page.click("#ask")
+        page.wait_for_function("document.querySelectorAll('#answers .a.answer').length === 2")
+        shot = tmp_path / "page.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+
+
+def test_page_shows_loading_then_ready(reader, page):
+    release = threading.Event()
+
+    def slow() -> Reader:
+        release.wait(60)
+        return reader
+
+    with BackgroundServer(create_app(slow, target="tiny-model", device="cpu")) as server:
+        page.goto(server.url + "/")
+        page.wait_for_selector("#status.loading")
+        assert "loading" in page.inner_text("#status").lower()
+        assert page.is_disabled("#ask") and page.inner_text("#info-target") == "tiny-model"
+        # The example dialog is there while the model loads.
+        assert page.locator("#turns .turn").count() >= 2
+        release.set()
+        page.wait_for_selector("#status.ready")
+        assert page.is_enabled("#ask")

@@ -1,0 +1,220 @@
+"""Reading with a trained tiny decoder: answers, scores, one target read, errors, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from lit_fixtures import write_tiny_data, write_tiny_model
+
+import latentqa.cli as cli
+from latentqa.configs import config_from_dict
+from latentqa.decoder import answer_token_loss, decoder_batch, unwrap_causal_lm
+from latentqa.errors import LatentQAError
+from latentqa.layers import find_decoder_layers
+from latentqa.patch import patch_activations
+from latentqa.read import position_ids_for
+from latentqa.reader import Reader
+from latentqa.train.config import TrainConfig
+from latentqa.train.trainer import train
+
+DIALOG = [
+    {"role": "system", "content": "You are a pirate captain."},
+    {"role": "user", "content": "Hello, how are you today?"},
+]
+QUESTIONS = [
+    "What persona is the assistant adopting?",
+    "Who is the assistant?",
+    "Describe the tone.",
+]
+ANSWERS = ["The assistant is a pirate captain.", "A French chef.", "A pirate.", "x"]
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reader")
+    model = write_tiny_model(root / "model")
+    values = dict(
+        data=str(write_tiny_data(root / "data")), out=str(root / "decoder"), target=str(model),
+        steps=3, batch_size=4, lr=1e-2, warmup_steps=1, eval_every=0, save_every=0,
+        eval_examples=4, dtype="float32", device="cpu",
+    )  # fmt: skip
+    train(config_from_dict(TrainConfig, values), progress=False)
+    return {"model": model, "decoder": root / "decoder", "root": root}
+
+
+@pytest.fixture(scope="module")
+def reader(paths):
+    return Reader.load(str(paths["model"]), paths["decoder"], device="cpu")
+
+
+def _n_hooks(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_load_and_ask_returns_one_answer_per_question(reader):
+    assert reader.has_adapter and reader.spec.read_layers == [2]
+    hooks = _n_hooks(reader.model)
+    answers = reader.ask(DIALOG, QUESTIONS, max_new_tokens=4)
+    assert len(answers) == len(QUESTIONS) and all(isinstance(a, str) for a in answers)
+    assert reader.ask(DIALOG, QUESTIONS[0], max_new_tokens=2, temperature=1.0, layer=1)
+    many = reader.ask_many([DIALOG, DIALOG[1:]], QUESTIONS[:2], max_new_tokens=4)
+    assert [len(row) for row in many] == [2, 2] and many[0] == answers[:2]
+    reader.score(DIALOG, QUESTIONS[0], ANSWERS)
+    assert _n_hooks(reader.model) == hooks
+
+
+def test_many_questions_cost_one_target_read_and_decode_from_the_cache(reader):
+    calls: list[tuple[int, int]] = []
+    block = find_decoder_layers(reader.model)[0]
+
+    def record(_module: torch.nn.Module, _args: object, output: object) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        calls.append(tuple(hidden.shape[:2]))
+
+    handle = block.register_forward_hook(record)
+    try:
+        reader.ask(DIALOG, QUESTIONS, max_new_tokens=3)
+        reads = [shape for shape in calls if shape[0] == 1]
+        decodes = [shape for shape in calls if shape[0] == len(QUESTIONS)]
+        assert len(reads) == 1 and len(reads) + len(decodes) == len(calls)
+        assert 1 <= len(decodes) <= 3 and all(seq == 1 for _, seq in decodes[1:])  # KV cache
+        calls.clear()
+        reader.score(DIALOG, QUESTIONS[0], ANSWERS)
+        assert [b for b, _ in calls] == [1, len(ANSWERS)]  # one read, one decoder forward
+    finally:
+        handle.remove()
+
+
+def _logits_without_cache(
+    reader: Reader, vectors: torch.Tensor, question: str, tokens: list[int]
+) -> torch.Tensor:
+    """Next-token logits ``[len(tokens) + 1, vocab]`` from one full forward, no KV cache."""
+    batch, flat = decoder_batch(reader.tokenizer, [vectors], [question])
+    width = batch.input_ids.shape[1]
+    ids = torch.cat([batch.input_ids, torch.tensor([tokens], dtype=torch.long)], 1)
+    mask = torch.ones_like(ids)
+    slots = torch.zeros_like(ids, dtype=torch.bool)
+    slots[:, :width] = batch.placeholder_mask
+    causal_lm = unwrap_causal_lm(reader.model)
+    with torch.no_grad(), patch_activations(causal_lm, reader.spec.write_layer, slots, flat,
+                                            reader.spec.mode):  # fmt: skip
+        logits = reader.model(input_ids=ids, attention_mask=mask, use_cache=False,
+                              position_ids=position_ids_for(mask)).logits  # fmt: skip
+    return logits[0, width - 1 :]
+
+
+@pytest.mark.parametrize("adapter", [True, False])
+def test_cached_generation_matches_a_no_cache_reference(reader, paths, monkeypatch, adapter):
+    reader = reader if adapter else Reader.base(str(paths["model"]), device="cpu")
+    captured: list[torch.Tensor] = []
+    generate = reader.model.generate
+
+    def spy(**kwargs: object) -> torch.Tensor:
+        out = generate(**kwargs, output_logits=True, return_dict_in_generate=True)
+        captured.append(torch.stack(out.logits, 1))  # [rows, steps, vocab]
+        return out.sequences
+
+    monkeypatch.setattr(reader.model, "generate", spy)
+    vectors = reader.read(DIALOG)
+    batched = reader.generate_ids([vectors] * len(QUESTIONS), QUESTIONS, max_new_tokens=5)
+    (cached,) = captured
+    for row, (question, ids) in enumerate(zip(QUESTIONS, batched, strict=True)):
+        reference = _logits_without_cache(reader, vectors, question, ids)
+        steps = len(ids) + (len(ids) < 5)  # the answer's tokens, and the stop token if any
+        torch.testing.assert_close(cached[row, :steps], reference[:steps], rtol=1e-4, atol=1e-4)
+        assert reference[: len(ids)].argmax(-1).tolist() == ids  # greedy
+
+
+def test_answers_do_not_depend_on_batching(reader):
+    vectors = reader.read(DIALOG)
+    batched = reader.generate_ids([vectors] * len(QUESTIONS), QUESTIONS, max_new_tokens=5)
+    for question, ids in zip(QUESTIONS, batched, strict=True):
+        assert reader.generate_ids([vectors], [question], max_new_tokens=5) == [ids]
+    answers = reader.ask(DIALOG, QUESTIONS, max_new_tokens=5)
+    assert reader.ask_vectors(vectors, QUESTIONS, max_new_tokens=5) == answers
+    assert [reader.ask(DIALOG, [q], max_new_tokens=5)[0] for q in QUESTIONS] == answers
+
+
+def test_score_matches_answer_token_loss_and_one_by_one(reader):
+    scores = reader.score(DIALOG, QUESTIONS[0], ANSWERS)
+    vectors = reader.read(DIALOG)
+    batch, flat = decoder_batch(reader.tokenizer, [vectors] * 4, [QUESTIONS[0]] * 4, ANSWERS)
+    with torch.no_grad():
+        sums = answer_token_loss(reader.model, batch, flat, write_layer=0, mode="replace",
+                                 reduction="none")  # fmt: skip
+    assert scores == pytest.approx((-sums[:, 0]).tolist(), rel=1e-5, abs=1e-5)
+    ranked = sorted(range(4), key=lambda i: -float(sums[i, 0]))
+    assert sorted(range(4), key=scores.__getitem__) == ranked
+    single = [reader.score(DIALOG, QUESTIONS[0], [a])[0] for a in ANSWERS]
+    assert scores == pytest.approx(single, rel=1e-4, abs=1e-4)
+    normalized = reader.score(DIALOG, QUESTIONS[0], ANSWERS, normalize=True)
+    assert normalized == pytest.approx((-sums[:, 0] / sums[:, 1]).tolist(), rel=1e-5, abs=1e-5)
+    zeroed = reader.score(DIALOG, QUESTIONS[0], ANSWERS, vectors_transform=torch.zeros_like)
+    assert zeroed == pytest.approx(reader.score_vectors(torch.zeros_like(vectors),
+                                                        QUESTIONS[0], ANSWERS))  # fmt: skip
+    assert zeroed != pytest.approx(scores)
+
+
+def test_base_reader_has_no_adapter(paths):
+    base = Reader.base(str(paths["model"]), device="cpu")
+    assert not base.has_adapter and base.decoder_path is None and base.spec.read_layers == [2]
+    assert len(base.ask(DIALOG, QUESTIONS[:2], max_new_tokens=2)) == 2
+    assert len(base.score(DIALOG, QUESTIONS[0], ANSWERS[:2], normalize=True)) == 2
+
+
+def test_mismatched_target_and_bad_folders_are_errors(paths, tmp_path):
+    qwen = write_tiny_model(tmp_path / "qwen", "qwen2")
+    with pytest.raises(LatentQAError, match="decoder was trained on"):
+        Reader.load(str(qwen), paths["decoder"], device="cpu")
+    with pytest.raises(LatentQAError, match="not a latentqa decoder folder"):
+        Reader.load(str(paths["model"]), paths["model"], device="cpu")
+    with pytest.raises(LatentQAError, match="does not exist"):
+        Reader.load(str(paths["model"]), tmp_path / "nowhere", device="cpu")
+    with pytest.raises(LatentQAError, match="no decoder ships"):
+        Reader.load(str(paths["model"]), None, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda r: r.ask([{"role": "system", "content": "Hi"}], ["Q?"]), "no user turn"),
+        (lambda r: r.ask(DIALOG, [" "]), "non-empty"),
+        (lambda r: r.ask(DIALOG, []), "at least one question"),
+        (lambda r: r.ask([{"role": "robot", "content": "Hi"}], ["Q?"]), "unknown role"),
+        (lambda r: r.ask(DIALOG, ["Q?"], layer=7), "read layer 7 is out of range"),
+        (lambda r: r.ask(DIALOG, ["Q?"], max_new_tokens=0), "max_new_tokens"),
+        (lambda r: r.ask([{"role": "user", "content": "sea " * 600}], ["Q?"]), "context"),
+        (lambda r: r.score(DIALOG, "Q?", []), "non-empty list"),
+        (lambda r: r.score_vectors(torch.zeros(3, 5), "Q?", ["a"]), "hidden size"),
+    ],
+)
+def test_bad_input_gets_one_line_errors(reader, call, message):
+    with pytest.raises(LatentQAError, match=message) as error:
+        call(reader)
+    assert "\n" not in str(error.value)
+
+
+def _main(monkeypatch, argv: list[str]) -> int:
+    if "read" not in cli.SUBCOMMAND_MODULES:
+        monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", [*cli.SUBCOMMAND_MODULES, "read"])
+    return cli.main(argv)
+
+
+def test_cli_json_and_text_output(paths, monkeypatch, capsys, tmp_path):
+    common = ["--target", str(paths["model"]), "--decoder", str(paths["decoder"]),
+              "--device", "cpu", "--max-new-tokens", "3"]  # fmt: skip
+    argv = ["read", "--system", "You are a pirate.", "--user", "Hi", "-q", QUESTIONS[0],
+            "-q", QUESTIONS[1], "--json", *common]  # fmt: skip
+    assert _main(monkeypatch, argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    (result,) = report["results"]
+    assert [m["role"] for m in result["dialog"]] == ["system", "user"]
+    assert [a["question"] for a in result["answers"]] == QUESTIONS[:2]
+    dialogs = tmp_path / "dialogs.json"
+    dialogs.write_text(json.dumps([DIALOG, DIALOG[1:]]))
+    assert _main(monkeypatch, ["read", "--dialogs", str(dialogs), "-q", "Who?", *common]) == 0
+    assert capsys.readouterr().out.count("Q: Who?") == 2
+    assert _main(monkeypatch, ["read", "-q", "Who?", *common]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
