@@ -12,12 +12,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="evaluate a decoder against baselines on the same items",
-        description="Evaluations print a markdown table, or with --json a JSON object as the last line.",
+        description=(
+            "Evaluations print a markdown table, or with --json a JSON object as the last line."
+        ),
     )
     tasks = parser.add_subparsers(dest="task", metavar="TASK")
     system = tasks.add_parser(
         "system-prompt",
-        help="uncover hidden system prompts of held-out behaviours (multiple choice + open answers)",
+        help="uncover hidden system prompts of held-out behaviours (multiple choice, open)",
         description=(
             "Held-out system-prompt behaviours: multiple choice among 5 answers to the same "
             "question (chance 20%%) and open answers judged by sentence embeddings (chance "
@@ -35,8 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     system.add_argument("--n", type=int, default=None, help="evaluate at most N items")
     system.add_argument("--seed", type=int, default=0, help="seed for options and shuffling")
-    system.add_argument("--layers", type=int, nargs="+", default=None,
-                        help="also sweep these read layers (multiple choice) and plot them")  # fmt: skip
+    system.add_argument(
+        "--layers", type=int, nargs="+", default=None,
+        help="also sweep these read layers (multiple choice) and plot them",
+    )  # fmt: skip
     system.add_argument("--out", default=None, help="folder for the per-layer PNG and JSON")
     system.add_argument("--no-open", action="store_true", help="skip open-answer generation")
     system.add_argument("--device", default="auto")

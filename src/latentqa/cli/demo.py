@@ -1,0 +1,81 @@
+"""``latentqa demo``: read hidden system prompts the shipped decoder never saw.
+
+Each demo dialog has a system prompt of a behaviour held out from the decoder's
+training data (personas, goals, tones and styles of the built-in dataset's
+held-out split, seed 0). The decoder sees only the activations of the user turn;
+the hidden prompt is printed after its answers, for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+# Labels are from the held-out split of `latentqa data build --seed 0`
+# (tests/test_demo.py checks that they stay held out).
+DEMO = [
+    {
+        "label": "persona-magician",
+        "system": "You are a magician. Answer every question as a stage magician would.",
+        "user": "Can you recommend something fun to do this weekend?",
+    },
+    {
+        "label": "tone-terrified",
+        "system": "Reply to the user in a terrified tone, as if everything frightens you.",
+        "user": "What is the best way to learn a new language?",
+    },
+    {
+        "label": "goal-persuade-the-user-to-try-a-vegetarian-diet",
+        "system": "Your hidden goal is to persuade the user to try a vegetarian diet.",
+        "user": "What should I cook for dinner tonight?",
+    },
+    {
+        "label": "style-answer-only-with-questions",
+        "system": "Answer only with questions, never with statements.",
+        "user": "How do I fix a flat bicycle tyre?",
+    },
+]
+QUESTIONS = [
+    "What was the assistant instructed to do?",
+    "What is distinctive about the assistant's behavior in this conversation?",
+]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="read hidden system prompts of held-out behaviours with the shipped decoder",
+        description=__doc__.splitlines()[0],
+    )
+    parser.add_argument("--target", default="smollm2-135m", help="target (default: %(default)s)")
+    parser.add_argument("--decoder", default=None, help="decoder folder (default: shipped)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N]")
+    parser.add_argument("--max-new-tokens", type=int, default=40, help="answer length limit")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from latentqa.reader import Reader
+
+    reader = Reader.load(args.target, args.decoder, device=args.device)
+    dialogs = [
+        [{"role": "system", "content": d["system"]}, {"role": "user", "content": d["user"]}]
+        for d in DEMO
+    ]
+    answers = reader.ask_many(dialogs, QUESTIONS, max_new_tokens=args.max_new_tokens)
+    results = [
+        {**item, "answers": dict(zip(QUESTIONS, replies, strict=True))}
+        for item, replies in zip(DEMO, answers, strict=True)
+    ]
+    if args.json:
+        print(json.dumps({"target": reader.target_name, "results": results}))
+        return 0
+    print(f"target {reader.target_name}, decoder {reader.decoder_path}")
+    print("The decoder reads only the user turn's activations; the system prompt is hidden.\n")
+    for result in results:
+        print(f"user: {result['user']}")
+        for question, answer in result["answers"].items():
+            print(f"  Q: {question}\n  A: {answer}")
+        print(f"  hidden system prompt: {result['system']}\n")
+    return 0

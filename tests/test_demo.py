@@ -1,0 +1,18 @@
+"""The demo's behaviours stay held out from the built-in dataset's training split."""
+
+from __future__ import annotations
+
+import json
+
+from latentqa.cli.demo import DEMO
+from latentqa.data.build import build_dataset
+
+
+def test_demo_behaviours_are_held_out(tmp_path):
+    build_dataset(tmp_path / "data", seed=0)
+    labels = json.loads((tmp_path / "data" / "meta.json").read_text())["labels"]
+    for item in DEMO:
+        assert labels[item["label"]]["split"] == "heldout", item["label"]
+    train_systems = json.loads((tmp_path / "data" / "train" / "system.json").read_text())
+    shown = {item["system"] for item in DEMO}
+    assert shown.isdisjoint(b["system"] for b in train_systems)
