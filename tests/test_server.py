@@ -235,6 +235,9 @@ def test_openapi_lists_the_endpoints(client):
     assert {"AskRequest", "AskResponse", "ScoreRequest", "Health"} <= set(
         schema["components"]["schemas"]
     )
+    docs = client.get("/docs")  # our own page: FastAPI's loads scripts from a CDN
+    assert docs.status_code == 200 and "/static/docs.js" in docs.text and "cdn" not in docs.text
+    assert client.get("/redoc").status_code == 404
 
 
 def test_loading_then_ready_and_a_failed_load(reader):

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import sys
+from typing import TYPE_CHECKING
 
 from latentqa.errors import LatentQAError
+
+if TYPE_CHECKING:
+    from latentqa.reader import Reader
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -70,15 +75,26 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    def load():
-        from latentqa.reader import Reader
+    logger = logging.getLogger("latentqa.server")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("latentqa: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
-        return Reader.load(args.target, args.decoder, device=args.device, dtype=args.dtype)
+    def load() -> Reader:
+        from latentqa import reader  # imported here: torch is slow to import
+
+        return reader.Reader.load(args.target, args.decoder, device=args.device, dtype=args.dtype)
 
     app = create_app(load, target=args.target, decoder=args.decoder or "shipped",
                      device=args.device)  # fmt: skip
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"latentqa: serving on http://{shown}:{args.port}/ (the model loads in the "
-          "background; the page shows when it is ready; Ctrl+C stops)", file=sys.stderr)  # fmt: skip
+    print(
+        f"latentqa: serving on http://{shown}:{args.port}/ (the model loads in the background; "
+        "the page shows when it is ready; Ctrl+C stops)",
+        file=sys.stderr,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -1,8 +1,10 @@
 """The web app: a small page of its own and a JSON API over one :class:`~latentqa.reader.Reader`.
 
-Routes (the OpenAPI schema is at ``/openapi.json``, interactive docs at ``/docs``):
+Routes (the OpenAPI schema is at ``/openapi.json``; FastAPI's own ``/docs`` and ``/redoc``
+load scripts from a CDN, so they are replaced by a small page of our own):
 
 - ``GET /``: the page (plain HTML / JS / CSS shipped in the package, no CDN).
+- ``GET /docs``: the API reference, rendered from ``/openapi.json``.
 - ``GET /api/health``: loading / ready / error, and what is running.
 - ``GET /api/examples``: example dialogs to start from.
 - ``POST /api/ask``: the decoder's answers to questions about a dialog.
@@ -39,6 +41,7 @@ from latentqa.server.schemas import (
 
 STATIC_TYPES = {
     "app.js": "text/javascript; charset=utf-8",
+    "docs.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
@@ -95,7 +98,7 @@ def create_app(
     """
     host = ModelHost(reader_factory, reader=reader,
                      labels={"target": target, "decoder": decoder, "device": device})  # fmt: skip
-    page = {name: _static(name) for name in ("index.html", *STATIC_TYPES)}
+    page = {name: _static(name) for name in ("index.html", "docs.html", *STATIC_TYPES)}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -113,6 +116,8 @@ def create_app(
         ),
         version="1",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.host = host
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
@@ -121,6 +126,10 @@ def create_app(
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page["index.html"])
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(page["docs.html"])
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> Response:

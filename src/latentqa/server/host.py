@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -87,11 +86,7 @@ def describe_reader(reader: Any) -> dict[str, Any]:
 
 
 def _label(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
+    return None if value is None else str(value)
 
 
 class ModelHost:
@@ -237,5 +232,6 @@ class ModelHost:
             except Exception as error:
                 logger.exception("model call failed")
                 first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                raise ModelFailure(f"the model call failed: {type(error).__name__}: {first}")
+                message = f"the model call failed: {type(error).__name__}: {first}"
+                raise ModelFailure(message) from error
             return result, time.perf_counter() - start

@@ -129,13 +129,13 @@ class Health(BaseModel):
 
     status: Literal["loading", "ready", "error"]
     message: str = Field(description="a human-readable line about the status")
-    target: str | None
-    decoder: str | None
-    device: str | None
-    n_layers: int | None
+    target: str | None = Field(description="the target model spec")
+    decoder: str | None = Field(description="the decoder folder (LoRA adapters)")
+    device: str | None = Field(description="where the model runs")
+    n_layers: int | None = Field(description="the target's number of decoder layers")
     read_layer: int | None = Field(description="the decoder's (first) trained read layer")
-    read_layers: list[int] | None
-    limits: dict[str, int]
+    read_layers: list[int] | None = Field(description="all the decoder's trained read layers")
+    limits: dict[str, int] = Field(description="input limits: characters, items, tokens, bytes")
 
 
 class Example(BaseModel):

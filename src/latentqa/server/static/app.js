@@ -86,7 +86,9 @@
     if (health.status === "ready") {
       state.ready = true;
       fillLayers(health);
-      setStatus("ready", `Model ready: ${health.message}. Write a dialog and ask away.`);
+      const loaded = health.message.replace(/^ready\s*/, "");
+      setStatus("ready", `Model ready${loaded ? " " + loaded : ""}. Write a dialog, then ask `
+        + "questions about what the target model's activations reveal.");
       updateButtons();
     } else if (health.status === "error") {
       setStatus("error", health.message);
@@ -232,23 +234,25 @@
   function niceMax(value) {
     if (!(value > 0)) return 1;
     const step = Math.pow(10, Math.floor(Math.log10(value)));
-    for (const factor of [1, 2, 2.5, 5, 10]) if (factor * step >= value) return factor * step;
+    for (const factor of [1, 2, 5, 10]) if (factor * step >= value * 0.999) return factor * step;
     return 10 * step;
   }
 
   function drawChart(result, answers) {
     const box = $("chart");
     box.textContent = "";
-    const probs = result.scores.map((row) => row.map((logp) => Math.exp(logp)));
-    const top = niceMax(Math.max(...probs.flat()));
+    // Rows not scored yet are null: their bars are simply missing.
+    const probs = result.scores.map((row) => (row ? row.map((logp) => Math.exp(logp)) : null));
+    const top = niceMax(Math.max(0, ...probs.filter(Boolean).flat()));
     const n = result.layers.length;
-    const width = Math.max(640, n * (answers.length * 9 + 10)) + 70;
-    const height = 260;
-    const pad = { left: 56, right: 14, top: 14, bottom: 40 };
+    const width = Math.max(300, box.clientWidth || 960);
+    const height = 250;
+    const pad = { left: 66, right: 10, top: 12, bottom: 40 };
     const plotW = width - pad.left - pad.right;
     const plotH = height - pad.top - pad.bottom;
     const slot = plotW / n;
-    const barW = Math.max(2, (slot * 0.8) / answers.length);
+    const barW = Math.max(1.5, Math.min(28, (slot * 0.8) / answers.length));
+    const groupW = barW * answers.length;
     const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img",
       "aria-label": "Mean per-token probability of each answer at each layer" });
     result.layers.forEach((layer, i) => {
@@ -257,18 +261,19 @@
           width: slot, height: plotH }));
       }
     });
-    for (let k = 0; k <= 4; k += 1) {
-      const y = pad.top + plotH - (plotH * k) / 4;
+    for (let k = 0; k <= 5; k += 1) {
+      const y = pad.top + plotH - (plotH * k) / 5;
       root.append(svg("line", { class: "grid-line", x1: pad.left, x2: width - pad.right,
         y1: y, y2: y }));
       root.append(svg("text", { x: pad.left - 6, y: y + 4, "text-anchor": "end" },
-        ((top * k) / 4).toPrecision(2)));
+        String(Number(((top * k) / 5).toPrecision(3)))));
     }
     result.layers.forEach((layer, i) => {
       answers.forEach((answer, j) => {
+        if (!probs[i]) return;
         const value = probs[i][j];
         const h = (plotH * value) / top;
-        const bar = svg("rect", { x: pad.left + i * slot + slot * 0.1 + j * barW,
+        const bar = svg("rect", { x: pad.left + (i + 0.5) * slot - groupW / 2 + j * barW,
           y: pad.top + plotH - h, width: barW - 1, height: Math.max(h, 0.5),
           fill: COLORS[j % COLORS.length], rx: 1.5 });
         bar.append(svg("title", {}, `layer ${layer}, "${answer}": per-token probability `
@@ -285,8 +290,8 @@
       y1: pad.top + plotH, y2: pad.top + plotH }));
     root.append(svg("text", { x: pad.left + plotW / 2, y: height - 6, "text-anchor": "middle" },
       "target layer read (shaded: the decoder's trained read layer)"));
-    root.append(svg("text", { x: 12, y: pad.top + plotH / 2, "text-anchor": "middle",
-      transform: `rotate(-90 12 ${pad.top + plotH / 2})` }, "per-token probability"));
+    root.append(svg("text", { x: 14, y: pad.top + plotH / 2, "text-anchor": "middle",
+      transform: `rotate(-90 14 ${pad.top + plotH / 2})` }, "per-token probability"));
     box.append(root);
     const legend = document.createElement("div");
     legend.className = "legend";
@@ -298,21 +303,37 @@
     });
     const note = document.createElement("span");
     note.className = "muted";
-    note.textContent = `${n} layers scored in ${result.seconds.toFixed(1)} s`;
+    const done = probs.filter(Boolean).length;
+    note.textContent = done < n ? `scoring… ${done} of ${n} layers`
+      : `${n} layers scored in ${result.seconds.toFixed(1)} s`;
     legend.append(note);
     box.append(legend);
   }
 
+  // Score the layers a few at a time, so the chart fills in as results arrive.
   async function chart() {
     showError("chart-error", null);
     const answers = lines("chart-answers").slice(0, 4);
-    const body = { dialog: readDialog(), question: $("chart-question").value,
+    const base = { dialog: readDialog(), question: $("chart-question").value,
       answers, normalize: true };
+    const health = state.health || {};
+    const n = health.n_layers || 0;
+    const all = Array.from({ length: n }, (_, layer) => layer);
+    const result = { layers: all, scores: all.map(() => null),
+      read_layers: health.read_layers || [], seconds: 0 };
+    const step = Math.max(1, Math.ceil(n / 6));
     $("chart").textContent = "";
     await busy($("chart-run"), "Scoring…", async () => {
       try {
-        drawChart(await api("/api/layer-scores", body), answers);
+        for (let start = 0; start < n; start += step) {
+          const layers = all.slice(start, start + step);
+          const part = await api("/api/layer-scores", { ...base, layers });
+          part.scores.forEach((row, k) => { result.scores[part.layers[k]] = row; });
+          result.seconds += part.seconds;
+          drawChart(result, answers);
+        }
       } catch (error) {
+        $("chart").textContent = "";
         showError("chart-error", error);
       }
     });
