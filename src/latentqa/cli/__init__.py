@@ -13,7 +13,7 @@ import sys
 from latentqa.errors import LatentQAError
 
 # Modules under latentqa.cli, in the order their subcommands appear in --help.
-SUBCOMMAND_MODULES = ["demo", "read", "serve", "train", "data", "eval", "layers"]
+SUBCOMMAND_MODULES = ["demo", "read", "serve", "train", "steer", "data", "eval", "layers"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -71,6 +71,9 @@ def register(subparsers: Any) -> None:
         metavar="FILE",
         help="reply cache (default DIR/completions-cache.jsonl)",
     )
+    from latentqa.data.relations import add_build_arguments
+
+    add_build_arguments(build)
 
     stats = commands.add_parser(
         "stats",
@@ -95,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    if args.task == "relations":
+        from latentqa.data.relations import run_build
+
+        return run_build(args)
     from latentqa.data.build import build_dataset
 
     if args.max_new_tokens < 1 or args.batch_size < 1:

@@ -48,6 +48,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--json", action="store_true", help="print the result as one JSON line last"
     )
     system.set_defaults(func=run_system_prompt)
+    from latentqa.evals.all import add_all_task
+    from latentqa.evals.relations import add_relations_task
+
+    add_relations_task(tasks)
+    add_all_task(tasks)
+    from latentqa.cli.steer import add_eval_tasks
+
+    add_eval_tasks(tasks)
     parser.set_defaults(func=lambda _args: parser.print_help() or 1)
 
 

@@ -45,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--save-control",
+        default=None,
+        metavar="FILE.json",
+        help="save the questions and decoded answers as a control for `latentqa steer`",
+    )
     parser.set_defaults(func=run)
 
 
@@ -81,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
     reader = Reader.load(args.target, args.decoder, device=args.device, dtype=args.dtype)
     answers = reader.ask_many(dialogs, args.questions, max_new_tokens=args.max_new_tokens,
                               temperature=args.temperature, layer=args.layer)  # fmt: skip
+    if args.save_control:
+        from latentqa.steer.control import save_control
+
+        pairs = [(q, a) for row in answers for q, a in zip(args.questions, row, strict=True)]
+        save_control(args.save_control, [q for q, _ in pairs], [a for _, a in pairs])
     results = [
         {
             "dialog": dialog,

@@ -41,6 +41,7 @@ FIELDS: tuple[str, ...] = (
     "stimulus_user",
     "stimulus_thought",
     "stimulus_model",
+    "read_text",
 )
 """The optional string fields of a behaviour item (besides ``label``)."""
 
@@ -88,6 +89,7 @@ class Behavior:
     stimulus_model: str = ""
     control_thought: str = ""
     stimulus_thought: str = ""
+    read_text: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

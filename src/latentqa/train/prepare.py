@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from latentqa.chat import EncodedDialog, encode_dialog
 from latentqa.configs import config_to_dict
 from latentqa.data.format import LatentQADataset, load_latentqa
+from latentqa.data.relations import subject_span
 from latentqa.errors import LatentQAError
 from latentqa.layers import check_layer_index, find_decoder_layers
 from latentqa.train.config import TrainConfig
@@ -75,10 +76,14 @@ def _encode_all(
     examples = []
     for example in dataset.examples():
         behavior = example.behavior
-        key = (behavior.kind, json.dumps(behavior.dialog()))
+        key = (behavior.kind, json.dumps(behavior.dialog()), behavior.read_text)
         if key not in index_of:
             index_of[key] = len(dialogs)
-            dialogs.append(encode_dialog(tokenizer, behavior.dialog(), behavior.n_masked_messages))
+            if behavior.read_text:  # read only this text's tokens (e.g. a relation's subject)
+                encoded = subject_span(tokenizer, behavior.dialog(), behavior.read_text)
+            else:
+                encoded = encode_dialog(tokenizer, behavior.dialog(), behavior.n_masked_messages)
+            dialogs.append(encoded)
         examples.append((index_of[key], behavior.label, example.question, example.answer))
     return examples
 

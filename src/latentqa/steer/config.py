@@ -1,0 +1,73 @@
+"""Configuration of control by steering (``latentqa steer``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from latentqa.errors import LatentQAError
+
+
+@dataclass
+class SteerConfig:
+    """Everything that defines a steering run. Unknown options are errors."""
+
+    out: str
+    """Output folder: the target's steering adapter (adapter_model.safetensors,
+    adapter_config.json), steer.json, metrics.jsonl and loss.png."""
+    control: str | None = None
+    """Control file: a JSON list of [question, answer] pairs (or {question, answer}
+    objects) that the decoder should answer about the steered target."""
+    target: str = "smollm2-135m"
+    """Target model to steer: smollm2-135m (embedded), a local folder, a .gguf file."""
+    decoder: str | None = None
+    """Decoder folder from `latentqa train`; default: the decoder shipped for the target."""
+    layers: list[int] | None = None
+    """Target layers that get steering LoRA adapters; default: every layer up to the
+    deepest read layer (later layers cannot change what the decoder reads)."""
+    read_layers: list[int] | None = None
+    """Target layers the decoder reads while steering; default: the decoder's own."""
+    per_layer_loss: bool = False
+    """With several read layers: read each layer separately, each with its own loss
+    (averaged), instead of one reading of all layers together."""
+    prompts: str | None = None
+    """Prompts the target is read on: a JSON list of strings or a text file with one
+    prompt per line; default: the built-in ordinary user prompts."""
+    max_prompts: int | None = 256
+    """Use at most this many prompts (a fixed random sample); all when unset."""
+    steps: int = 40
+    """Optimizer steps."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW) of the steering adapter."""
+    batch_size: int = 4
+    """Prompts per step; every control pair is asked about every prompt."""
+    warmup_steps: int = 5
+    """Linear warmup before a cosine decay to lr / 10."""
+    lora_r: int = 8
+    """Rank of the steering LoRA."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_targets: str = "all-linear"
+    """Linear modules to adapt in the chosen layers: all-linear or a comma-separated list
+    of module names (q_proj,v_proj,...)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables)."""
+    seed: int = 0
+    """Seed for the LoRA initialisation and the prompt order."""
+    device: str = "auto"
+    """auto (CUDA if available, else CPU), cpu, cuda, cuda:N."""
+    dtype: str = "float32"
+    """Frozen weights' dtype: float32 or bfloat16 (LoRA weights stay float32)."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "lora_r", "lora_alpha"):
+            if getattr(self, name) < 1:
+                raise LatentQAError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise LatentQAError(f"max_prompts must be at least 1, got {self.max_prompts}")
+        if self.lr <= 0:
+            raise LatentQAError(f"lr must be positive, got {self.lr}")
+        if self.warmup_steps < 0 or self.max_grad_norm < 0:
+            raise LatentQAError("warmup_steps and max_grad_norm must not be negative")
+        for name in ("layers", "read_layers"):
+            if getattr(self, name) is not None and not getattr(self, name):
+                raise LatentQAError(f"{name} must name at least one layer")

@@ -1,0 +1,192 @@
+"""Generate and score text with a (steered, unsteered or hooked) chat model as it stands.
+
+Nothing here switches adapters: the caller picks the model's state (a steered peft
+model, ``disable_adapter()``, a steering-vector hook) and these helpers use it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from latentqa.chat import render
+from latentqa.decoder import unwrap_causal_lm
+from latentqa.errors import LatentQAError
+from latentqa.read import left_pad, pad_token_id, position_ids_for
+from latentqa.reader import stop_token_ids
+
+
+def _messages(prompt: str, system: str | None) -> list[dict[str, str]]:
+    head = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": prompt}]
+
+
+def prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, system: str | None = None
+) -> list[int]:
+    """Token ids of a user prompt (after an optional system prompt) and the reply header."""
+    text = render(tokenizer, _messages(prompt, system), add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _lm_logits(causal_lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head (with Gemma-style soft capping) on ``[n, d_model]`` -> ``[n, vocab]``."""
+    logits = causal_lm.get_output_embeddings()(hidden).float()
+    cap = getattr(causal_lm.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+@torch.no_grad()
+def generate_texts(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    system: str | None = None,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+) -> list[str]:
+    """Greedy replies to each prompt (one user turn, optional system prompt), KV-cached.
+
+    Args:
+        model: A causal LM or peft model, in the state to generate with.
+        tokenizer: Its tokenizer (with a chat template).
+        prompts: User messages.
+        system: A system prompt put before every prompt (the prompting baseline).
+        max_new_tokens: Reply length limit.
+        batch_size: Prompts per ``generate`` call (left-padded).
+
+    Returns:
+        One reply per prompt, stripped, without special tokens.
+    """
+    if max_new_tokens < 1:
+        raise LatentQAError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    pad = pad_token_id(tokenizer)
+    stops = stop_token_ids(tokenizer, unwrap_causal_lm(model))
+    replies: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        rows = [prompt_ids(tokenizer, p, system) for p in prompts[start : start + batch_size]]
+        input_ids, attention = left_pad(rows, pad, _device(model))  # [rows, width]
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=stops,
+            pad_token_id=pad,
+            use_cache=True,
+        )  # [rows, width + n_new]
+        for row in output[:, input_ids.shape[1] :].tolist():
+            ends = [i for i, token in enumerate(row) if token in stops]
+            kept = row[: ends[0]] if ends else row
+            replies.append(tokenizer.decode(kept, skip_special_tokens=True).strip())
+    return replies
+
+
+@torch.no_grad()
+def continuation_logprobs(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    heads: Sequence[Sequence[int]],
+    tails: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 16,
+) -> list[tuple[float, int]]:
+    """Sum log-probability of each ``tail`` given its ``head``, and the tail's length.
+
+    Args:
+        model: A causal LM or peft model, in the state to score with.
+        tokenizer: Its tokenizer (for the pad id).
+        heads: Context token ids per row (at least one token each).
+        tails: Scored token ids per row (rows with no tail score ``(0.0, 0)``).
+        batch_size: Rows per forward pass.
+    """
+    causal_lm = unwrap_causal_lm(model)
+    results: list[tuple[float, int]] = []
+    for start in range(0, len(heads), batch_size):
+        chunk = list(zip(heads[start : start + batch_size], tails[start : start + batch_size],
+                         strict=True))  # fmt: skip
+        rows = [list(head) + list(tail) for head, tail in chunk]
+        input_ids, attention = left_pad(rows, pad_token_id(tokenizer), _device(model))
+        # The body runs with whatever adapters / hooks are active; the LM head runs only
+        # where a position predicts a tail token.
+        hidden = causal_lm.base_model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=position_ids_for(attention),
+            use_cache=False,
+        ).last_hidden_state  # [rows, seq, d_model]
+        width = input_ids.shape[1]
+        predicts = torch.zeros((len(rows), width), dtype=torch.bool, device=hidden.device)
+        for row, (_, tail) in enumerate(chunk):
+            if tail:
+                predicts[row, width - len(tail) - 1 : width - 1] = True
+        targets = torch.cat(
+            [input_ids[row, width - len(tail) :] for row, (_, tail) in enumerate(chunk)]
+        )  # [n_scored], row-major like predicts
+        logits = _lm_logits(causal_lm, hidden[predicts])  # [n_scored, vocab]
+        picked = -F.cross_entropy(logits, targets, reduction="none")  # [n_scored]
+        offset = 0
+        for _, tail in chunk:
+            n = len(tail)
+            results.append((float(picked[offset : offset + n].sum()), n))
+            offset += n
+    return results
+
+
+def reply_logprobs(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    replies: Sequence[str],
+    *,
+    system: str | None = None,
+    batch_size: int = 16,
+) -> list[tuple[float, int]]:
+    """``(sum log-prob, n tokens)`` of each reply's text as the assistant's answer to its prompt.
+
+    The end-of-turn token is not scored, so truncated generations score fairly.
+    """
+    heads = [prompt_ids(tokenizer, p, system) for p in prompts]
+    tails = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in replies]
+    return continuation_logprobs(model, tokenizer, heads, tails, batch_size=batch_size)
+
+
+def text_logprobs(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    prefix: str = "",
+    batch_size: int = 16,
+) -> list[tuple[float, int]]:
+    """``(sum log-prob, n tokens)`` of plain texts (no chat template), after ``prefix``.
+
+    Each text is conditioned on the BOS token (else the end-of-text token) and
+    ``prefix``, so that every one of its tokens is scored.
+    """
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    head = ([] if start is None else [int(start)]) + list(
+        tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    )
+    if not head:
+        raise LatentQAError("the tokenizer has neither a BOS nor an EOS token to start a text")
+    tails = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return continuation_logprobs(model, tokenizer, [head] * len(texts), tails,
+                                 batch_size=batch_size)  # fmt: skip
+
+
+def perplexity(scores: Sequence[tuple[float, int]]) -> float:
+    """Per-token perplexity of summed log-probs ``(sum, n)``: exp(-sum / n) over all rows."""
+    total = sum(s for s, _ in scores)
+    count = sum(n for _, n in scores)
+    return math.exp(-total / count) if count else float("nan")

@@ -1,0 +1,307 @@
+"""One copy of the target's weights carrying two LoRA adapters: the decoder and the steer.
+
+The frozen decoder is loaded as the peft adapter ``"decoder"``; the trainable
+steering adapter ``"steer"`` sits only on the chosen target layers (LoraConfig
+``layers_to_transform``). Exactly one adapter is active at a time:
+
+- the target's read pass runs with only ``"steer"`` active (the steered target);
+- the decoder pass runs with only ``"decoder"`` active (the decoder as trained);
+- the unsteered target is the base model, with every adapter disabled.
+
+peft's ``set_adapter`` also changes ``requires_grad`` (it makes the active adapter
+trainable and the others frozen), so :meth:`SteerableModel.use` re-applies this
+module's rule after every switch: only the steering adapter's weights require
+gradients, whichever adapter is active. A switch between the read pass and the
+decoder pass therefore keeps the steering weights in the autograd graph.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from latentqa.decoder import DecoderSpec
+from latentqa.errors import LatentQAError
+from latentqa.layers import check_layer_index, find_decoder_layers
+from latentqa.models import EMBEDDED_MODEL, load_model
+from latentqa.reader import ADAPTER_FILES, shipped_decoder
+
+DECODER_ADAPTER = "decoder"
+STEER_ADAPTER = "steer"
+
+
+def linear_module_names(model: nn.Module, layers_path: str | None = None) -> list[str]:
+    """Names (last path component) of the linear modules inside a decoder block.
+
+    Works on a bare model and on a peft-wrapped one (a LoRA layer counts as the linear
+    module it wraps; the adapters' own linear modules are skipped).
+    """
+    block = find_decoder_layers(model, layers_path)[0]
+    names = set()
+    for name, module in block.named_modules():
+        parts = name.split(".")
+        if not name or any(part.startswith("lora_") or part == "base_layer" for part in parts):
+            continue
+        if isinstance(getattr(module, "base_layer", module), nn.Linear):
+            names.add(parts[-1])
+    return sorted(names)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+class SteerableModel:
+    """The target with the frozen decoder adapter and, once added, a steering adapter.
+
+    Args:
+        model: A peft model whose adapter ``"decoder"`` is the decoder.
+        tokenizer: The target's tokenizer (with a chat template).
+        spec: How the decoder reads (read / write layers, mode, max_read_tokens).
+        decoder_path: The decoder folder.
+        target_name: The target's model spec.
+        layers_path: Optional dotted path of the decoder block list.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        spec: DecoderSpec,
+        *,
+        decoder_path: Path,
+        target_name: str,
+        layers_path: str | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.decoder_path = decoder_path
+        self.target_name = target_name
+        self.layers_path = layers_path
+        self.blocks = find_decoder_layers(model, layers_path)
+        self.n_layers = len(self.blocks)
+        self.device = next(model.parameters()).device
+        self.steer_layers: list[int] = []
+        self._freeze()
+
+    @classmethod
+    def load(
+        cls,
+        target: str = EMBEDDED_MODEL,
+        decoder: str | Path | None = None,
+        *,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "float32",
+    ) -> SteerableModel:
+        """Load the target once and attach the decoder's adapter as ``"decoder"`` (frozen).
+
+        Args:
+            target: Model spec of the target (see :func:`latentqa.models.load_model`).
+            decoder: A folder written by ``latentqa train``; ``None``: the shipped decoder.
+            device: ``auto``, ``cpu``, ``cuda[:N]``.
+            dtype: The frozen weights' dtype.
+
+        Raises:
+            LatentQAError: Missing or malformed decoder folder, or a decoder trained on
+                another target.
+        """
+        from peft import PeftModel
+
+        folder = shipped_decoder(str(target)) if decoder is None else Path(decoder).expanduser()
+        if not folder.is_dir():
+            raise LatentQAError(f"decoder folder {folder} does not exist")
+        spec = DecoderSpec.load(folder)
+        missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
+        if missing:
+            raise LatentQAError(f"{folder} lacks {', '.join(missing)}: not a decoder folder")
+        layers_path = spec.extra.get("train_config", {}).get("layers_path")
+        model, tokenizer = load_model(target, device=device, dtype=dtype)
+        spec.check_target(model, len(find_decoder_layers(model, layers_path)))
+        try:
+            peft_model = PeftModel.from_pretrained(
+                model, str(folder), adapter_name=DECODER_ADAPTER, is_trainable=False
+            )
+        except (OSError, ValueError, RuntimeError, KeyError) as error:
+            raise LatentQAError(
+                f"could not load the adapter in {folder}: {_first_line(error)}"
+            ) from error
+        return cls(
+            peft_model, tokenizer, spec, decoder_path=folder, target_name=str(target),
+            layers_path=layers_path,
+        )  # fmt: skip
+
+    # Adapters.
+
+    def _freeze(self) -> None:
+        """Only the steering adapter's weights require gradients (base and decoder never)."""
+        marker = f".{STEER_ADAPTER}."
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_(marker in name)
+
+    def use(self, adapter: str) -> None:
+        """Make ``adapter`` the only active one, keeping the gradient rule of :meth:`_freeze`."""
+        self.model.set_adapter(adapter)
+        self._freeze()
+
+    @property
+    def has_steering(self) -> bool:
+        return STEER_ADAPTER in self.model.peft_config
+
+    def add_steering(
+        self,
+        layers: Sequence[int] | None = None,
+        *,
+        r: int = 8,
+        alpha: int = 16,
+        targets: str = "all-linear",
+        seed: int = 0,
+    ) -> list[int]:
+        """Add a fresh trainable steering adapter (replacing any previous one).
+
+        Args:
+            layers: Target layers to adapt; default: 0 through the deepest read layer.
+            r: LoRA rank.
+            alpha: LoRA alpha.
+            targets: ``all-linear`` (every linear module of the chosen blocks) or a
+                comma-separated list of module names.
+            seed: Seed of the LoRA initialisation.
+
+        Returns:
+            The adapted layers, normalised and sorted.
+        """
+        from peft import LoraConfig
+
+        if layers is None:
+            layers = range(max(self.spec.read_layers) + 1)
+        chosen = sorted(
+            {check_layer_index(layer, self.n_layers, "steer layer") for layer in layers}
+        )
+        if targets == "all-linear":
+            modules = linear_module_names(self.model, self.layers_path)
+        else:
+            modules = [name.strip() for name in targets.split(",") if name.strip()]
+        if not modules:
+            raise LatentQAError(f"no linear modules to adapt (lora_targets={targets!r})")
+        self.remove_steering()
+        config = LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=0.0,
+            target_modules=modules,
+            layers_to_transform=chosen,
+            layers_pattern=self.blocks.path.rsplit(".", 1)[-1],
+            task_type="CAUSAL_LM",
+        )
+        torch.manual_seed(seed)
+        try:
+            self.model.add_adapter(STEER_ADAPTER, config)
+        except ValueError as error:
+            raise LatentQAError(f"cannot add the steering adapter: {_first_line(error)}") from None
+        self._freeze()
+        for parameter in self.steering_parameters():
+            parameter.data = parameter.data.float()
+        self.steer_layers = chosen
+        self.use(STEER_ADAPTER)
+        return chosen
+
+    def remove_steering(self) -> None:
+        """Delete the steering adapter, if any (the decoder becomes the active adapter)."""
+        if self.has_steering:
+            self.use(DECODER_ADAPTER)
+            self.model.delete_adapter(STEER_ADAPTER)
+            self.steer_layers = []
+            self._freeze()
+
+    def steering_parameters(self) -> list[nn.Parameter]:
+        """The steering adapter's weights (the only trainable ones)."""
+        marker = f".{STEER_ADAPTER}."
+        return [p for name, p in self.model.named_parameters() if marker in name]
+
+    # Views of the one model.
+
+    @contextmanager
+    def steered(self) -> Iterator[nn.Module]:
+        """Context in which the model is the steered target (only ``"steer"`` active)."""
+        if not self.has_steering:
+            raise LatentQAError("no steering adapter: train one first")
+        self.use(STEER_ADAPTER)
+        yield self.model
+
+    @contextmanager
+    def unsteered(self) -> Iterator[nn.Module]:
+        """Context in which the model is the plain target (every adapter disabled).
+
+        On exit peft re-enables the active adapter and marks it trainable; the gradient
+        rule of :meth:`_freeze` is re-applied.
+        """
+        try:
+            with self.model.disable_adapter():
+                yield self.model
+        finally:
+            self._freeze()
+
+    def save_steering(self, out: str | Path) -> Path:
+        """Write the steering adapter as a plain peft folder (safetensors) into ``out``.
+
+        peft writes a named adapter into a subfolder; its files are moved up so that
+        ``PeftModel.from_pretrained(base_model, out)`` loads it directly.
+        """
+        if not self.has_steering:
+            raise LatentQAError("no steering adapter to save")
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            self.model.save_pretrained(
+                tmp, selected_adapters=[STEER_ADAPTER], safe_serialization=True
+            )
+            written = Path(tmp) / STEER_ADAPTER
+            source = written if written.is_dir() else Path(tmp)
+            for path in source.iterdir():
+                if path.is_file():
+                    shutil.move(str(path), out / path.name)
+        return out
+
+
+def load_steered(
+    target: str,
+    folder: str | Path,
+    *,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "float32",
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """Load ``target`` with a steering adapter written by ``latentqa steer``.
+
+    The result is an ordinary peft model: ``model.generate(...)`` generates steered
+    text, and ``with model.disable_adapter():`` gives the unsteered target.
+
+    Returns:
+        ``(peft_model, tokenizer)`` in eval mode.
+
+    Raises:
+        LatentQAError: The folder holds no steering adapter, or it does not fit ``target``.
+    """
+    from peft import PeftModel
+
+    folder = Path(folder).expanduser()
+    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
+    if missing:
+        raise LatentQAError(
+            f"{folder} lacks {', '.join(missing)}: pass a folder written by `latentqa steer`"
+        )
+    model, tokenizer = load_model(target, device=device, dtype=dtype)
+    try:
+        steered = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        raise LatentQAError(
+            f"could not load the adapter in {folder}: {_first_line(error)}"
+        ) from error
+    return steered.eval(), tokenizer

