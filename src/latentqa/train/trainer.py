@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from latentqa.train.config import TrainConfig
 from latentqa.train.evaluate import evaluate_losses
 from latentqa.train.plots import plot_losses
 from latentqa.train.prepare import (
+    PreparedData,
     add_lora,
     auto_dtype,
     config_fingerprint,
@@ -77,17 +79,61 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
     return factor
 
 
-def example_order(n: int, seed: int, positions: range) -> list[int]:
-    """Example indices at stream ``positions``: epoch after epoch, each freshly shuffled."""
+def epoch_permutation(
+    n: int, seed: int, epoch: int, lengths: Sequence[int] | None = None, group: int = 1
+) -> list[int]:
+    """The shuffled example order of one epoch, a pure function of its arguments.
+
+    With ``lengths``, each window of ``32 * group`` shuffled examples is sorted by
+    length, cut into batches of ``group`` and the batches shuffled again: a batch then
+    holds examples of similar length (a quarter of a random batch was padding), while
+    which examples share a window stays random.
+    """
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=generator).tolist()
+    if lengths is None or group <= 1:
+        return order
+    window, grouped = 32 * group, []
+    for start in range(0, n, window):
+        chunk = sorted(order[start : start + window], key=lengths.__getitem__)
+        batches = [chunk[i : i + group] for i in range(0, len(chunk), group)]
+        for b in torch.randperm(len(batches), generator=generator).tolist():
+            grouped += batches[b]
+    return grouped
+
+
+def example_order(
+    n: int,
+    seed: int,
+    positions: range,
+    lengths: Sequence[int] | None = None,
+    group: int = 1,
+) -> list[int]:
+    """Example indices at stream ``positions``: epoch after epoch, each freshly shuffled.
+
+    The data position of a run is just its step count: resuming recomputes the same
+    order (see :func:`epoch_permutation` for ``lengths`` and ``group``).
+    """
     perms: dict[int, list[int]] = {}
     out = []
     for position in positions:
         epoch, offset = divmod(position, n)
         if epoch not in perms:
-            generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-            perms[epoch] = torch.randperm(n, generator=generator).tolist()
+            perms[epoch] = epoch_permutation(n, seed, epoch, lengths, group)
         out.append(perms[epoch][offset])
     return out
+
+
+def example_lengths(data: PreparedData, max_read_tokens: int, n_read_layers: int) -> list[int]:
+    """Approximate decoder length of each training example, for length-grouped batches.
+
+    Placeholders (read positions kept, per read layer) plus question and answer at
+    about four characters a token.
+    """
+    return [
+        min(data.dialogs[d].read_length, max_read_tokens) * n_read_layers + (len(q) + len(a)) // 4
+        for d, q, a in data.train
+    ]
 
 
 @dataclass
@@ -206,6 +252,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
 
     rank, world = accelerator.process_index, accelerator.num_processes
     global_batch = config.batch_size * world
+    lengths = example_lengths(data, config.max_read_tokens, len(read_layers))
     bar = tqdm(total=total_steps, initial=step, desc="LIT", disable=not (progress and main))
     decoder.train()
     last_eval: dict[str, float] = {}
@@ -214,7 +261,11 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         for micro in range(config.grad_accum):
             first = (step * config.grad_accum + micro) * global_batch + rank * config.batch_size
             picks = example_order(
-                len(data.train), config.seed, range(first, first + config.batch_size)
+                len(data.train),
+                config.seed,
+                range(first, first + config.batch_size),
+                lengths,
+                global_batch,
             )
             examples = [data.train[i] for i in picks]
             vectors = source.get([dialog for dialog, _, _ in examples])
