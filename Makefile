@@ -33,6 +33,7 @@ install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/latentqa layers --model smollm2-135m
+	$(VENV)/bin/latentqa demo
 
 test: install
 	$(VENV)/bin/ruff check .
