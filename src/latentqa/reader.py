@@ -61,6 +61,26 @@ def shipped_decoder(target: str) -> Path:
     return folder
 
 
+def open_decoder_folder(target: str, decoder: str | Path | None) -> tuple[Path, DecoderSpec]:
+    """The decoder folder (``None``: the shipped one) and its spec, checked for adapters.
+
+    Raises:
+        LatentQAError: The folder is missing, has no ``latentqa.json``, or lacks the
+            safetensors adapter files.
+    """
+    folder = shipped_decoder(str(target)) if decoder is None else Path(decoder).expanduser()
+    if not folder.is_dir():
+        raise LatentQAError(f"decoder folder {folder} does not exist")
+    spec = DecoderSpec.load(folder)
+    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
+    if missing:
+        raise LatentQAError(
+            f"{folder} lacks {', '.join(missing)}: pass a folder written by `latentqa train` "
+            "(adapters are read from safetensors only)"
+        )
+    return folder, spec
+
+
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: nn.Module) -> list[int]:
     """Token ids that end an answer: eos, and the chat template's end-of-turn token.
 
@@ -161,16 +181,7 @@ class Reader:
         """
         from peft import PeftModel
 
-        folder = shipped_decoder(str(target)) if decoder is None else Path(decoder).expanduser()
-        if not folder.is_dir():
-            raise LatentQAError(f"decoder folder {folder} does not exist")
-        spec = DecoderSpec.load(folder)
-        missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
-        if missing:
-            raise LatentQAError(
-                f"{folder} lacks {', '.join(missing)}: pass a folder written by `latentqa train` "
-                "(adapters are read from safetensors only)"
-            )
+        folder, spec = open_decoder_folder(str(target), decoder)
         layers_path = spec.extra.get("train_config", {}).get("layers_path")
         model, tokenizer = load_model(target, device=device, dtype=dtype)
         spec.check_target(model, len(find_decoder_layers(model, layers_path)))

@@ -31,7 +31,7 @@ from latentqa.decoder import DecoderSpec
 from latentqa.errors import LatentQAError
 from latentqa.layers import check_layer_index, find_decoder_layers
 from latentqa.models import EMBEDDED_MODEL, load_model
-from latentqa.reader import ADAPTER_FILES, shipped_decoder
+from latentqa.reader import ADAPTER_FILES, open_decoder_folder
 
 DECODER_ADAPTER = "decoder"
 STEER_ADAPTER = "steer"
@@ -116,13 +116,7 @@ class SteerableModel:
         """
         from peft import PeftModel
 
-        folder = shipped_decoder(str(target)) if decoder is None else Path(decoder).expanduser()
-        if not folder.is_dir():
-            raise LatentQAError(f"decoder folder {folder} does not exist")
-        spec = DecoderSpec.load(folder)
-        missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
-        if missing:
-            raise LatentQAError(f"{folder} lacks {', '.join(missing)}: not a decoder folder")
+        folder, spec = open_decoder_folder(str(target), decoder)
         layers_path = spec.extra.get("train_config", {}).get("layers_path")
         model, tokenizer = load_model(target, device=device, dtype=dtype)
         spec.check_target(model, len(find_decoder_layers(model, layers_path)))
