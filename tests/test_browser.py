@@ -6,6 +6,7 @@ Uses the system browser at /usr/bin/chromium (``apt-get install chromium``); nev
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -76,6 +77,20 @@ def test_type_a_dialog_ask_and_chart(reader, page, tmp_path):
         expected = reader.ask(DIALOG, QUESTIONS, max_new_tokens=4, layer=1)
         assert shown == [answer or "(empty answer)" for answer in expected]
         assert page.is_hidden("#ask-error")
+        # Beside each answer: its evidence (real vs zeroed activations), with a tooltip.
+        weighed = reader.ask_with_evidence(DIALOG, QUESTIONS, max_new_tokens=4, layer=1)
+        badges = page.locator("#answers .evidence")
+        assert badges.count() == len(QUESTIONS)
+        for index, answer in enumerate(weighed):
+            badge = badges.nth(index)
+            text = badge.inner_text()
+            assert re.fullmatch(r"(read|guessed) [+\u2212]\d+\.\d\d nats/token", text), text
+            assert text.startswith(answer.label)
+            shown_value = float(text.split()[1].replace("\u2212", "-"))
+            assert shown_value == pytest.approx(answer.evidence, abs=0.011)
+            tooltip = badge.get_attribute("title")
+            assert "real activations" in tooltip and "zeroed" in tooltip
+        assert "zeroed" in page.inner_text("#evidence-legend")
         # The per-layer chart: one bar per layer and candidate answer.
         page.fill("#chart-question", QUESTIONS[0])
         page.fill("#chart-answers", "A pirate captain.\nA French chef.")

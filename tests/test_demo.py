@@ -16,3 +16,12 @@ def test_demo_behaviours_are_held_out(tmp_path):
     train_systems = json.loads((tmp_path / "data" / "train" / "system.json").read_text())
     shown = {item["system"] for item in DEMO}
     assert shown.isdisjoint(b["system"] for b in train_systems)
+
+
+def test_demo_options_are_the_builtin_answers_of_their_labels():
+    from latentqa.cli.demo import QUESTIONS
+    from latentqa.evals.system_prompt import SHIPPED_DATA
+
+    qa = json.loads((SHIPPED_DATA / "qa.json").read_text())
+    for item in DEMO:
+        assert dict(qa[item["label"]])[QUESTIONS[0]] == item["instructed"]

@@ -11,7 +11,7 @@ from lit_fixtures import MORE_PERSONAS, write_tiny_data, write_tiny_model
 
 from latentqa.evals.probe import LogisticProbe, RidgeProbe
 from latentqa.evals.report import markdown_table, plot_per_layer
-from latentqa.evals.system_prompt import N_OPTIONS, build_items
+from latentqa.evals.system_prompt import MEASURES, N_OPTIONS, build_items
 
 HELDOUT = ("persona-spy", "persona-judge", "persona-nurse", "persona-clown", "persona-king",
            "persona-monk")  # fmt: skip
@@ -79,8 +79,10 @@ def test_system_prompt_evaluation_runs_every_method(tmp_path):
     base = Reader.base(str(model), read_layers=reader.spec.read_layers, device="cpu")
     result = evaluate_system_prompt(reader, base, data, question=QUESTION, max_new_tokens=4)
     assert result["task"] == "system-prompt" and result["n"] == len(HELDOUT) * 3
-    expected = {"lit", "lit_zeroed", "lit_shuffled", "base_patchscope", "linear_probe", "black_box"}
+    expected = {"lit", "lit_zeroed", "lit_shuffled", "no_system_prompt", "base_patchscope",
+                "linear_probe", "black_box"}  # fmt: skip
     assert set(result["methods"]) == expected
     for values in result["methods"].values():
+        assert tuple(values) == MEASURES
         assert 0.0 <= values["mc_accuracy"] <= 1.0
     json.dumps(result)

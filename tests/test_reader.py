@@ -15,7 +15,7 @@ from latentqa.errors import LatentQAError
 from latentqa.layers import find_decoder_layers
 from latentqa.patch import patch_activations
 from latentqa.read import position_ids_for
-from latentqa.reader import Reader
+from latentqa.reader import EVIDENCE_THRESHOLD, Answer, Reader
 from latentqa.train.config import TrainConfig
 from latentqa.train.trainer import train
 
@@ -157,6 +157,67 @@ def test_score_matches_answer_token_loss_and_one_by_one(reader):
     assert zeroed != pytest.approx(scores)
 
 
+def test_evidence_is_real_minus_zeroed_mean_log_likelihood(reader):
+    answers = reader.ask_with_evidence(DIALOG, QUESTIONS, max_new_tokens=5)
+    assert all(isinstance(a, Answer) for a in answers)
+    assert [a.text for a in answers] == reader.ask(DIALOG, QUESTIONS, max_new_tokens=5)
+    vectors = reader.read(DIALOG)
+    for question, answer in zip(QUESTIONS, answers, strict=True):
+        (real,) = reader.score_vectors(vectors, question, [answer.text], normalize=True)
+        (zeroed,) = reader.score_vectors(torch.zeros_like(vectors), question, [answer.text],
+                                         normalize=True)  # fmt: skip
+        assert answer.logprob_real == pytest.approx(real, abs=1e-4)
+        assert answer.logprob_zeroed == pytest.approx(zeroed, abs=1e-4)
+        assert answer.evidence == pytest.approx(real - zeroed, abs=1e-4)
+        assert answer.evidence == answer.logprob_real - answer.logprob_zeroed
+        assert answer.read == (answer.evidence > EVIDENCE_THRESHOLD)
+        assert answer.label == ("read" if answer.read else "guessed") and str(answer) == answer.text
+    # Given answers, any rows and batch sizes: the same figures.
+    rows = [vectors, vectors[:3], torch.randn_like(vectors)]
+    weighed = reader.evidence_vectors(rows, QUESTIONS, ANSWERS[:3])
+    one_by_one = reader.evidence_vectors(rows, QUESTIONS, ANSWERS[:3], batch_size=1)
+    for a, b in zip(weighed, one_by_one, strict=True):
+        assert a.evidence == pytest.approx(b.evidence, abs=1e-4)
+    many = reader.ask_many_with_evidence([DIALOG, DIALOG[1:]], QUESTIONS[:2], max_new_tokens=5)
+    assert [len(row) for row in many] == [2, 2]
+    assert [a.evidence for a in many[0]] == pytest.approx([a.evidence for a in answers[:2]],
+                                                          abs=1e-4)  # fmt: skip
+
+
+def test_evidence_is_zero_when_the_activations_are_zeroed(reader):
+    answers = reader.ask_with_evidence(DIALOG, QUESTIONS, max_new_tokens=4,
+                                       vectors_transform=torch.zeros_like)  # fmt: skip
+    for answer in answers:
+        assert answer.evidence == pytest.approx(0.0, abs=1e-6) and not answer.read
+        assert answer.logprob_real == pytest.approx(answer.logprob_zeroed, abs=1e-6)
+
+
+def test_evidence_costs_one_scoring_pass_per_condition(reader):
+    calls: list[tuple[int, int]] = []
+    block = find_decoder_layers(reader.model)[0]
+
+    def record(_module: torch.nn.Module, _args: object, output: object) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        calls.append(tuple(hidden.shape[:2]))
+
+    handle = block.register_forward_hook(record)
+    try:
+        reader.ask_with_evidence(DIALOG, QUESTIONS, max_new_tokens=3)
+    finally:
+        handle.remove()
+    full = [shape for shape in calls if shape[0] == len(QUESTIONS) and shape[1] > 1]
+    assert len([shape for shape in calls if shape[0] == 1]) == 1  # one target read
+    assert len(full) == 3  # the generation's prompt pass, then real and zeroed scoring
+
+
+def test_evidence_rows_must_match(reader):
+    vectors = reader.read(DIALOG)
+    with pytest.raises(LatentQAError, match="one of each per row"):
+        reader.evidence_vectors([vectors], QUESTIONS[:2], ["a", "b"])
+    with pytest.raises(LatentQAError, match="list of strings"):
+        reader.evidence_vectors([vectors], QUESTIONS[:1], "a")
+
+
 def test_base_reader_has_no_adapter(paths):
     base = Reader.base(str(paths["model"]), device="cpu")
     assert not base.has_adapter and base.decoder_path is None and base.spec.read_layers == [2]
@@ -202,7 +263,7 @@ def _main(monkeypatch, argv: list[str]) -> int:
     return cli.main(argv)
 
 
-def test_cli_json_and_text_output(paths, monkeypatch, capsys, tmp_path):
+def test_cli_json_and_text_output(paths, reader, monkeypatch, capsys, tmp_path):
     common = ["--target", str(paths["model"]), "--decoder", str(paths["decoder"]),
               "--device", "cpu", "--max-new-tokens", "3"]  # fmt: skip
     argv = ["read", "--system", "You are a pirate.", "--user", "Hi", "-q", QUESTIONS[0],
@@ -212,6 +273,23 @@ def test_cli_json_and_text_output(paths, monkeypatch, capsys, tmp_path):
     (result,) = report["results"]
     assert [m["role"] for m in result["dialog"]] == ["system", "user"]
     assert [a["question"] for a in result["answers"]] == QUESTIONS[:2]
+    assert report["evidence_threshold"] == EVIDENCE_THRESHOLD
+    for item in result["answers"]:
+        assert {"answer", "evidence", "read", "logprob_real", "logprob_zeroed"} <= set(item)
+        assert item["evidence"] == pytest.approx(item["logprob_real"] - item["logprob_zeroed"])
+        assert item["read"] == (item["evidence"] > EVIDENCE_THRESHOLD)
+    dialog = [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hi"}]
+    expected = reader.ask_with_evidence(dialog, QUESTIONS[:2], max_new_tokens=3)
+    assert [item["answer"] for item in result["answers"]] == [a.text for a in expected]
+    assert [item["evidence"] for item in result["answers"]] == pytest.approx(
+        [a.evidence for a in expected], abs=1e-4
+    )
+    argv = ["read", "--system", "You are a pirate.", "--user", "Hi", "-q", QUESTIONS[0], *common]
+    assert _main(monkeypatch, argv) == 0
+    text = capsys.readouterr().out
+    tag = f"[{expected[0].label} {expected[0].evidence:+.2f} nats/token]"
+    assert f"A: {expected[0].text}  {tag}" in text
+    assert "more likely each answer is with the real activations than with zeroed ones" in text
     dialogs = tmp_path / "dialogs.json"
     dialogs.write_text(json.dumps([DIALOG, DIALOG[1:]]))
     assert _main(monkeypatch, ["read", "--dialogs", str(dialogs), "-q", "Who?", *common]) == 0

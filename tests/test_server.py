@@ -16,7 +16,7 @@ from lit_fixtures import write_tiny_data, write_tiny_model
 import latentqa.cli as cli
 from latentqa.configs import config_from_dict
 from latentqa.errors import LatentQAError
-from latentqa.reader import Reader
+from latentqa.reader import EVIDENCE_THRESHOLD, Reader
 from latentqa.server import MAX_MESSAGE_CHARS, BackgroundServer, create_app
 from latentqa.train.config import TrainConfig
 from latentqa.train.trainer import train
@@ -72,6 +72,14 @@ class Overlap:
         finally:
             self._exit()
 
+    def ask_with_evidence(self, *args, **kwargs):
+        self._enter()
+        try:
+            time.sleep(0.005)
+            return self.reader.ask_with_evidence(*args, **kwargs)
+        finally:
+            self._exit()
+
     def score(self, *args, **kwargs):
         self._enter()
         try:
@@ -93,7 +101,8 @@ def overlap(reader) -> Overlap:
 
 @pytest.fixture(scope="module")
 def server(overlap):
-    with BackgroundServer(create_app(reader=overlap)) as running:
+    # 20 concurrent requests below: above the default queue cap (tested in test_server_bounds)
+    with BackgroundServer(create_app(reader=overlap, max_waiting=32)) as running:
         yield running
 
 
@@ -122,9 +131,16 @@ def test_ask_and_score_match_the_reader(client, reader):
     body = response.json()
     assert body["answers"] == reader.ask(DIALOG, QUESTIONS, max_new_tokens=TOKENS)
     assert body["read_layers"] == [2]
+    weighed = reader.ask_with_evidence(DIALOG, QUESTIONS, max_new_tokens=TOKENS)
+    assert body["evidence"] == pytest.approx([a.evidence for a in weighed], abs=1e-4)
+    assert body["logprob_real"] == pytest.approx([a.logprob_real for a in weighed], abs=1e-4)
+    assert body["logprob_zeroed"] == pytest.approx([a.logprob_zeroed for a in weighed], abs=1e-4)
+    assert body["evidence_threshold"] == EVIDENCE_THRESHOLD
     at_one = client.post("/api/ask", json=ask_body(layer=1)).json()
     assert at_one["answers"] == reader.ask(DIALOG, QUESTIONS, max_new_tokens=TOKENS, layer=1)
-    assert at_one["read_layers"] == [1]
+    assert at_one["read_layers"] == [1] and len(at_one["evidence"]) == len(QUESTIONS)
+    single = client.post("/api/ask", json=ask_body(questions=QUESTIONS[:1])).json()
+    assert len(single["answers"]) == len(single["evidence"]) == 1
     answers = ["A pirate captain.", "A French chef."]
     scores = client.post(
         "/api/score", json={"dialog": DIALOG, "question": QUESTIONS[0], "answers": answers}
@@ -235,6 +251,12 @@ def test_openapi_lists_the_endpoints(client):
     assert {"AskRequest", "AskResponse", "ScoreRequest", "Health"} <= set(
         schema["components"]["schemas"]
     )
+    response = schema["components"]["schemas"]["AskResponse"]
+    assert {"answers", "evidence", "logprob_real", "logprob_zeroed", "evidence_threshold"} <= set(
+        response["required"]
+    )
+    assert response["properties"]["evidence"]["items"]["type"] == "number"
+    assert "zeroed" in response["properties"]["evidence"]["description"]
     docs = client.get("/docs")  # our own page: FastAPI's loads scripts from a CDN
     assert docs.status_code == 200 and "/static/docs.js" in docs.text and "cdn" not in docs.text
     assert client.get("/redoc").status_code == 404

@@ -90,11 +90,45 @@ class EncodedDialog:
         return len(self.input_ids) - self.read_start
 
 
+_SYSTEM_MARKER = "\u2063LATENTQA-SYSTEM\u2063"
+
+
+def default_system_end(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], add_generation_prompt: bool
+) -> int:
+    """Where a system prompt that the template inserts by itself ends (characters), else 0.
+
+    Some templates (SmolLM2's, Qwen's) add a default system prompt when a dialog has
+    none. Rendering the dialog once more with a marker system prompt gives the text
+    that follows any system prompt; when the plain rendering ends with that same
+    text, everything before it is the template's default.
+    """
+    if not messages or messages[0]["role"] == "system":
+        return 0
+    marked = render(
+        tokenizer, [{"role": "system", "content": _SYSTEM_MARKER}, *messages], add_generation_prompt
+    )
+    if marked.count(_SYSTEM_MARKER) != 1:
+        return 0
+    after = marked.split(_SYSTEM_MARKER)[1]
+    text = render(tokenizer, messages, add_generation_prompt)
+    if not (text.endswith(after) and len(text) > len(after)):
+        return 0
+    # A masked system prompt's boundary also covers its turn's closing tokens (see
+    # encode_dialog): skip the same closing text here.
+    alone = render(tokenizer, [{"role": "system", "content": _SYSTEM_MARKER}], False)
+    closing = alone.split(_SYSTEM_MARKER)[1] if alone.count(_SYSTEM_MARKER) == 1 else ""
+    skip = len(closing) if marked.startswith(alone) and after.startswith(closing) else 0
+    return len(text) - len(after) + skip
+
+
 def encode_dialog(
     tokenizer: PreTrainedTokenizerBase,
     dialog: Sequence[Message],
     n_masked: int = 0,
     add_generation_prompt: bool | None = None,
+    *,
+    mask_default_system: bool = False,
 ) -> EncodedDialog:
     """Render and tokenize a dialog, and find where its read span starts.
 
@@ -107,6 +141,10 @@ def encode_dialog(
             through attention, which is what the decoder has to learn to read.
         add_generation_prompt: Append the assistant header; by default when the last
             message is not the assistant's.
+        mask_default_system: With no system message, also leave out a default system
+            prompt that the template inserts by itself (see :func:`default_system_end`),
+            so that a dialog read without its system prompt has the same read span as
+            one read with it masked.
 
     Returns:
         The token ids and the index of the first read token.
@@ -138,6 +176,8 @@ def encode_dialog(
                 )
             cursor = found + len(message["content"])
         boundary = max(boundary, cursor)
+    elif mask_default_system:
+        boundary = default_system_end(tokenizer, messages, add_generation_prompt)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = encoded["input_ids"]
     read_start = first_token_at(encoded["offset_mapping"], boundary) if boundary else 0

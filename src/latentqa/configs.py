@@ -101,9 +101,13 @@ def config_from_dict(cls: type[T], values: dict[str, Any]) -> T:
 def config_from_file(cls: type[T], path: str | Path) -> T:
     """Load a config from a JSON file (unknown keys are errors)."""
     try:
-        values = json.loads(Path(path).read_text())
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise LatentQAError(f"config file {path} does not exist") from None
+    except OSError as error:
+        raise LatentQAError(f"cannot read config file {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise LatentQAError(f"config file {path} is not UTF-8: it must be UTF-8 JSON") from None
     except json.JSONDecodeError as error:
         raise LatentQAError(f"config file {path} is not valid JSON: {error}") from None
     if not isinstance(values, dict):

@@ -8,7 +8,7 @@ patched in at placeholder positions (see :mod:`latentqa.layout` and
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,6 +44,12 @@ class DecoderSpec:
     """The target's hidden size, checked against the target at load time."""
     n_layers: int
     """The target's number of decoder blocks, checked at load time."""
+    pool: str = "none"
+    """``none``: one vector per read position; ``mean``: one per read layer (the mean)."""
+    vector_mean: list[float] | None = None
+    """Per-dimension mean of the training vectors, when the decoder reads them standardized."""
+    vector_std: list[float] | None = None
+    """Per-dimension standard deviation of the training vectors (with ``vector_mean``)."""
     extra: dict = field(default_factory=dict)
     """Training config, data version and final metrics, for reproducibility."""
 
@@ -53,6 +59,9 @@ class DecoderSpec:
 
     @classmethod
     def load(cls, folder: str | Path) -> DecoderSpec:
+        import dataclasses
+        import typing
+
         path = Path(folder, SPEC_FILE)
         if not path.is_file():
             raise LatentQAError(
@@ -60,11 +69,63 @@ class DecoderSpec:
                 "pass a folder written by `latentqa train`"
             )
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except OSError as error:
+            raise LatentQAError(f"cannot read {path}: {error.strerror or error}") from None
+        except UnicodeDecodeError:
+            raise LatentQAError(f"{path} is not UTF-8: it must be UTF-8 JSON") from None
         except json.JSONDecodeError as error:
             raise LatentQAError(f"{path} is not valid JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise LatentQAError(
+                f"{path} must hold a JSON object ({SPEC_FORMAT}), got a {type(data).__name__}"
+            )
         if data.pop("format", None) != SPEC_FORMAT:
             raise LatentQAError(f"{path} is not a {SPEC_FORMAT} file")
+        hints = typing.get_type_hints(cls)
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise LatentQAError(
+                f"{path} has unknown field(s) {', '.join(map(repr, unknown))}: written by a "
+                "newer latentqa? update latentqa, or retrain the decoder"
+            )
+        missing = [
+            name
+            for name, f in known.items()
+            if name not in data
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise LatentQAError(
+                f"{path} lacks field(s) {', '.join(map(repr, missing))}: "
+                "pass a folder written by `latentqa train`"
+            )
+
+        def fits(value: object, hint: object) -> bool:
+            origin, args = typing.get_origin(hint), typing.get_args(hint)
+            if hint is int:
+                return isinstance(value, int) and not isinstance(value, bool)
+            if hint is float:
+                return isinstance(value, int | float) and not isinstance(value, bool)
+            if origin is list:
+                return isinstance(value, list) and all(fits(v, args[0]) for v in value)
+            if hint is dict or origin is dict:
+                return isinstance(value, dict)
+            return not isinstance(hint, type) or isinstance(value, hint)
+
+        words = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+                 dict: "a JSON object", list[int]: "a list of integers"}  # fmt: skip
+        for name, value in data.items():
+            hint = hints[name]
+            if not fits(value, hint):
+                expected = words.get(hint, str(hint))
+                raise LatentQAError(
+                    f"{path}: field {name!r} must be {expected}, got {json.dumps(value)[:60]}"
+                )
+        if not data["read_layers"]:
+            raise LatentQAError(f"{path}: field 'read_layers' is empty")
         return cls(**data)
 
     def check_target(self, target: nn.Module, n_layers: int) -> None:
@@ -78,10 +139,53 @@ class DecoderSpec:
             )
 
 
-def flatten_reads(span: torch.Tensor, max_read_tokens: int) -> torch.Tensor:
-    """``[n_layers, span, d_model]`` -> ``[n_layers * kept, d_model]``, last tokens kept."""
+def flatten_reads(span: torch.Tensor, max_read_tokens: int, pool: str = "none") -> torch.Tensor:
+    """``[n_layers, span, d_model]`` -> the decoder's input vectors, last tokens kept.
+
+    ``pool="none"``: ``[n_layers * kept, d_model]``; ``pool="mean"``: ``[n_layers,
+    d_model]``, each layer's mean over its kept positions.
+    """
     kept = span[:, -max_read_tokens:]
+    if pool == "mean":
+        return kept.float().mean(1).to(kept.dtype)  # [n_layers, d_model]
     return kept.reshape(-1, kept.shape[-1])
+
+
+def standardizer(
+    mean: Sequence[float] | torch.Tensor | None, std: Sequence[float] | torch.Tensor | None
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``v -> (v - mean) / std`` per dimension, or ``None`` without statistics.
+
+    Residual streams have a few dimensions hundreds of times larger than the rest; the
+    decoder's RMSNorm would let those drown the small, behaviour-specific directions.
+    Standardizing with the training vectors' statistics (as a linear probe does) makes
+    every dimension equally loud.
+    """
+    if mean is None or std is None:
+        return None
+    mean_t = torch.as_tensor(mean, dtype=torch.float32)
+    std_t = torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6)
+
+    def apply(vectors: torch.Tensor) -> torch.Tensor:
+        m, s = mean_t.to(vectors.device), std_t.to(vectors.device)
+        return ((vectors.float() - m) / s).to(vectors.dtype)  # [n, d_model]
+
+    return apply
+
+
+def fit_standardizer(vectors: Sequence[torch.Tensor]) -> tuple[list[float], list[float]]:
+    """Per-dimension mean and standard deviation over all rows of ``vectors``."""
+    rows = torch.cat([v.float().cpu() for v in vectors])  # [n_rows, d_model]
+    return rows.mean(0).tolist(), rows.std(0).clamp_min(1e-6).tolist()
+
+
+def decoder_inputs(span: torch.Tensor, spec: DecoderSpec) -> torch.Tensor:
+    """The decoder's input vectors for one read span ``[n_layers, span, d_model]``, as
+    ``spec`` says: last ``max_read_tokens`` positions, pooled or not, standardized or not.
+    """
+    vectors = flatten_reads(span, spec.max_read_tokens, spec.pool)
+    scale = standardizer(spec.vector_mean, spec.vector_std)
+    return vectors if scale is None else scale(vectors)
 
 
 def decoder_batch(

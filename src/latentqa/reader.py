@@ -6,12 +6,15 @@ all questions; generation patches the prompt pass only and decodes from the KV c
 :meth:`Reader.base` is the same reader without an adapter (a training-free,
 SelfIE / Patchscope-style baseline); the ``*_vectors`` methods and
 ``vectors_transform`` let evaluations zero or shuffle the activations.
+:meth:`Reader.ask_with_evidence` also reports, per answer, whether it was read from the
+activations or could be guessed from the question alone (see :class:`Answer`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,7 +27,7 @@ from latentqa.decoder import (
     DecoderSpec,
     answer_token_loss,
     decoder_batch,
-    flatten_reads,
+    decoder_inputs,
     unwrap_causal_lm,
 )
 from latentqa.errors import LatentQAError
@@ -39,6 +42,50 @@ VectorsTransform = Callable[[torch.Tensor], torch.Tensor]
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 SHIPPED_DECODERS = Path(__file__).resolve().parent / "resources" / "decoders"
 _ANSWER_MARKER = "\u2063LATENTQA-ANSWER\u2063"
+
+EVIDENCE_THRESHOLD = 0.1
+"""Evidence, in nats per answer token, above which an answer counts as *read*.
+
+An answer whose mean per-token log-likelihood rises by more than this when the real
+activations replace zeroed ones is labelled "read" (from the activations); otherwise
+"guessed" (the question alone, or the decoder's prior, explains it). The one place this
+cut-off is set: the CLI, the server and the web page all take it from here.
+"""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A generated answer and how much the activations support it.
+
+    Attributes:
+        text: The decoded answer.
+        evidence: ``logprob_real - logprob_zeroed``, in nats per answer token. Above 0 the
+            real activations made this answer more likely than zeroed activations of the
+            same shape did; near or below 0 the decoder would have said it anyway.
+        logprob_real: Mean log-likelihood per answer token with the real activations.
+        logprob_zeroed: The same with the activations replaced by zeros.
+
+    Both log-likelihoods score ``text`` as :meth:`Reader.score_vectors` does with
+    ``normalize=True`` (the answer's tokens include the end-of-turn token).
+    """
+
+    text: str
+    evidence: float
+    logprob_real: float
+    logprob_zeroed: float
+
+    @property
+    def read(self) -> bool:
+        """Whether ``evidence`` exceeds :data:`EVIDENCE_THRESHOLD` (read, not guessed)."""
+        return self.evidence > EVIDENCE_THRESHOLD
+
+    @property
+    def label(self) -> str:
+        """``"read"`` or ``"guessed"``, by :attr:`read`."""
+        return "read" if self.read else "guessed"
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def shipped_decoder(target: str) -> Path:
@@ -204,6 +251,7 @@ class Reader:
         write_layer: int = 0,
         mode: str = "replace",
         max_read_tokens: int = 96,
+        pool: str = "none",
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "float32",
         layers_path: str | None = None,
@@ -228,6 +276,7 @@ class Reader:
             write_layer=check_layer_index(write_layer, n_layers, "write layer"),
             mode=mode,
             max_read_tokens=max_read_tokens,
+            pool=pool,
             hidden_size=int(model.config.hidden_size),
             n_layers=n_layers,
         )
@@ -246,10 +295,13 @@ class Reader:
             )
 
     def encode(self, dialog: Sequence[Message]) -> EncodedDialog:
-        """Tokenize a dialog with its read span (a leading system prompt is masked)."""
+        """Tokenize a dialog with its read span (a leading system prompt is masked, and so is
+        a default system prompt the chat template adds to a dialog without one)."""
         messages = validate_dialog(dialog)
         n_masked = 1 if messages[0]["role"] == "system" else 0
-        encoded = encode_dialog(self.tokenizer, messages, n_masked)
+        # Without a system message, a template's default system prompt is left out too:
+        # the read span then starts where it would after a (masked) system prompt.
+        encoded = encode_dialog(self.tokenizer, messages, n_masked, mask_default_system=True)
         self._check_length(len(encoded.input_ids), "the dialog")
         return encoded
 
@@ -277,7 +329,7 @@ class Reader:
                     self.model, chunk, self._pad_id, layers, layers_path=self.layers_path
                 )
                 # each span [n_layers, span, d_model] -> [n_layers * kept, d_model]
-                vectors += [flatten_reads(span, self.spec.max_read_tokens) for span in spans]
+                vectors += [decoder_inputs(span, self.spec) for span in spans]
         return vectors
 
     def read(self, dialog: Sequence[Message], layer: int | None = None) -> torch.Tensor:
@@ -387,7 +439,8 @@ class Reader:
             batch_size: Dialogs per target pass / rows per generation batch.
 
         Returns:
-            One answer per question.
+            One answer per question, as plain strings; :meth:`ask_with_evidence` takes the
+            same arguments and also reports how much each answer owes to the activations.
         """
         answers = self.ask_many(
             [dialog], questions, max_new_tokens, temperature, layer,
@@ -407,14 +460,176 @@ class Reader:
         batch_size: int = 32,
     ) -> list[list[str]]:
         """Ask every question about every dialog (see :meth:`ask`): ``[dialog][question]``."""
+        _, _, flat, width = self._answer_rows(
+            dialogs, questions, max_new_tokens, temperature, layer, vectors_transform, batch_size
+        )
+        return [flat[i : i + width] for i in range(0, len(flat), width)]
+
+    def _answer_rows(
+        self, dialogs, questions, max_new_tokens, temperature, layer, vectors_transform, batch_size
+    ) -> tuple[list[torch.Tensor], list[str], list[str], int]:
+        """Read every dialog once, answer every question: (row vectors, row questions,
+        answer texts, questions per dialog), rows dialog-major."""
         items = _as_questions(questions)
         vectors = self.read_many(dialogs, layer, batch_size)
         if vectors_transform is not None:
             vectors = [vectors_transform(v) for v in vectors]
         rows = [v for v in vectors for _ in items]  # dialog-major: every question per dialog
-        ids = self.generate_ids(rows, items * len(vectors), max_new_tokens, temperature, batch_size)
-        flat = self._texts(ids)
-        return [flat[i : i + len(items)] for i in range(0, len(flat), len(items))]
+        row_questions = items * len(vectors)
+        ids = self.generate_ids(rows, row_questions, max_new_tokens, temperature, batch_size)
+        return rows, row_questions, self._texts(ids), len(items)
+
+    def ask_with_evidence(
+        self,
+        dialog: Sequence[Message],
+        questions: str | Sequence[str],
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        layer: int | None = None,
+        *,
+        vectors_transform: VectorsTransform | None = None,
+        batch_size: int = 32,
+    ) -> list[Answer]:
+        """Answer like :meth:`ask`, and weigh each answer against zeroed activations.
+
+        After generation, each answer is scored twice: with the vectors it was generated
+        from, and with zeros of the same shape (one batched decoder pass per condition).
+        ``Answer.evidence`` is the difference of the mean per-token log-likelihoods; an
+        answer with evidence above :data:`EVIDENCE_THRESHOLD` was *read* from the
+        activations, otherwise it was *guessed* from the question.
+
+        Args:
+            dialog: ``{"role", "content"}`` messages; a leading system prompt is masked.
+            questions: The questions (a single string counts as one).
+            max_new_tokens: Answer length limit.
+            temperature: 0 for greedy decoding, else sampling.
+            layer: Read this target block instead of the decoder's read layers.
+            vectors_transform: Applied to the read vectors ``[n, d_model]`` first; the
+                zeroed condition uses zeros of the transformed vectors' shape.
+            batch_size: Dialogs per target pass / rows per generation and scoring batch.
+
+        Returns:
+            One :class:`Answer` per question; ``str(answer)`` is its text, equal to what
+            :meth:`ask` returns.
+        """
+        answers = self.ask_many_with_evidence(
+            [dialog], questions, max_new_tokens, temperature, layer,
+            vectors_transform=vectors_transform, batch_size=batch_size,
+        )  # fmt: skip
+        return answers[0]
+
+    def ask_many_with_evidence(
+        self,
+        dialogs: Sequence[Sequence[Message]],
+        questions: str | Sequence[str],
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        layer: int | None = None,
+        *,
+        vectors_transform: VectorsTransform | None = None,
+        batch_size: int = 32,
+    ) -> list[list[Answer]]:
+        """:meth:`ask_with_evidence` for every dialog: ``[dialog][question]`` answers."""
+        rows, row_questions, texts, width = self._answer_rows(
+            dialogs, questions, max_new_tokens, temperature, layer, vectors_transform, batch_size
+        )
+        flat = self.evidence_vectors(rows, row_questions, texts, batch_size)
+        return [flat[i : i + width] for i in range(0, len(flat), width)]
+
+    def evidence_vectors(
+        self,
+        vectors: Sequence[torch.Tensor],
+        questions: Sequence[str],
+        answers: Sequence[str],
+        batch_size: int = 32,
+    ) -> list[Answer]:
+        """Weigh given answers: real ``vectors`` against zeroed ones, per row.
+
+        Row ``i`` scores ``answers[i]`` to ``questions[i]`` given ``vectors[i]``
+        (``[n_i, d_model]``), once as is and once with zeros of the same shape, each
+        condition in batches of ``batch_size`` rows. ``evidence`` equals
+        ``score_vectors(v, q, [a], normalize=True)`` minus the same with
+        ``torch.zeros_like(v)``, up to batching round-off.
+
+        Args:
+            vectors: One ``[n, d_model]`` tensor per row.
+            questions: One question per row.
+            answers: One answer per row (may be empty: it is scored by its end-of-turn
+                token alone).
+            batch_size: Rows per decoder pass.
+
+        Returns:
+            One :class:`Answer` per row.
+
+        Raises:
+            LatentQAError: Rows of unequal lengths, empty questions, or vectors of the
+                wrong hidden size.
+        """
+        questions = _as_questions(questions)
+        if isinstance(answers, str) or not all(isinstance(a, str) for a in answers):
+            raise LatentQAError("answers must be a list of strings")
+        answers = list(answers)
+        if not len(vectors) == len(questions) == len(answers):
+            raise LatentQAError(
+                f"{len(vectors)} vector sets, {len(questions)} questions and "
+                f"{len(answers)} answers: need one of each per row"
+            )
+        if batch_size < 1:
+            raise LatentQAError(f"batch_size must be at least 1, got {batch_size}")
+        real = [self._check_vectors(v) for v in vectors]
+        zeroed = [torch.zeros_like(v) for v in real]
+        logprob_real = self._mean_log_likelihoods(real, questions, answers, batch_size)
+        logprob_zeroed = self._mean_log_likelihoods(zeroed, questions, answers, batch_size)
+        return [
+            Answer(text=text, evidence=lr - lz, logprob_real=lr, logprob_zeroed=lz)
+            for text, lr, lz in zip(answers, logprob_real, logprob_zeroed, strict=True)
+        ]
+
+    @torch.no_grad()
+    def _mean_log_likelihoods(
+        self,
+        vectors: Sequence[torch.Tensor],
+        questions: Sequence[str],
+        answers: Sequence[str],
+        batch_size: int,
+    ) -> list[float]:
+        """Mean per-token log-likelihood of ``answers[i]`` given row ``i`` (as score_vectors)."""
+        return self.score_rows(vectors, questions, answers, normalize=True, batch_size=batch_size)
+
+    @torch.no_grad()
+    def score_rows(
+        self,
+        vectors: Sequence[torch.Tensor],
+        questions: Sequence[str],
+        answers: Sequence[str],
+        normalize: bool = False,
+        batch_size: int = 32,
+    ) -> list[float]:
+        """Log-likelihood of ``answers[i]`` to ``questions[i]`` given ``vectors[i]``, batched.
+
+        Many (vectors, question, answer) rows in decoder passes of ``batch_size`` rows:
+        evaluations score thousands of options, and one pass per item would leave the
+        hardware mostly idle. With ``normalize`` each sum is divided by its token count.
+        """
+        if not len(vectors) == len(questions) == len(answers):
+            raise LatentQAError(
+                f"{len(vectors)} vector sets, {len(questions)} questions and "
+                f"{len(answers)} answers: need one of each per row"
+            )
+        values: list[float] = []
+        for start in range(0, len(answers), batch_size):
+            rows = slice(start, start + batch_size)
+            chunk = [self._check_vectors(v) for v in vectors[rows]]
+            batch, flat = decoder_batch(self.tokenizer, chunk, questions[rows], answers[rows])
+            self._check_length(batch.input_ids.shape[1], "the decoder prompt with its answer")
+            sums = answer_token_loss(
+                self.model, batch.to(self.device), flat, write_layer=self.spec.write_layer,
+                mode=self.spec.mode, reduction="none",
+            )  # fmt: skip
+            # sums: [rows, 2] = per row (summed nll, answer token count)
+            scores = -sums[:, 0] / sums[:, 1].clamp_min(1) if normalize else -sums[:, 0]
+            values += scores.tolist()
+        return values
 
     # Scoring answers.
 

@@ -4,6 +4,11 @@ Each demo dialog has a system prompt of a behaviour held out from the decoder's
 training data (personas, goals, tones and styles of the built-in dataset's
 held-out split, seed 0). The decoder sees only the activations of the user turn;
 the hidden prompt is printed after its answers, for comparison.
+
+Two readouts per dialog: open answers, each with its evidence (how much more
+likely the real activations make it than zeroed ones), and the decoder's pick
+among the demo's behaviours (the option whose likelihood the activations raise
+most over zeroed activations, chance 1 in 4).
 """
 
 from __future__ import annotations
@@ -16,21 +21,25 @@ import json
 DEMO = [
     {
         "label": "persona-magician",
+        "instructed": "It was instructed to act as a magician.",
         "system": "You are a magician. Answer every question as a stage magician would.",
         "user": "Can you recommend something fun to do this weekend?",
     },
     {
         "label": "tone-terrified",
+        "instructed": "It was instructed to respond in a terrified tone.",
         "system": "Reply to the user in a terrified tone, as if everything frightens you.",
         "user": "What is the best way to learn a new language?",
     },
     {
         "label": "goal-persuade-the-user-to-try-a-vegetarian-diet",
+        "instructed": "It was instructed to persuade the user to try a vegetarian diet.",
         "system": "Your hidden goal is to persuade the user to try a vegetarian diet.",
         "user": "What should I cook for dinner tonight?",
     },
     {
         "label": "style-answer-only-with-questions",
+        "instructed": "It was instructed to answer only with questions.",
         "system": "Answer only with questions, never with statements.",
         "user": "How do I fix a flat bicycle tyre?",
     },
@@ -56,18 +65,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latentqa.reader import Reader
+    import torch
+
+    from latentqa.reader import EVIDENCE_THRESHOLD, Reader
 
     reader = Reader.load(args.target, args.decoder, device=args.device)
     dialogs = [
         [{"role": "system", "content": d["system"]}, {"role": "user", "content": d["user"]}]
         for d in DEMO
     ]
-    answers = reader.ask_many(dialogs, QUESTIONS, max_new_tokens=args.max_new_tokens)
-    results = [
-        {**item, "answers": dict(zip(QUESTIONS, replies, strict=True))}
-        for item, replies in zip(DEMO, answers, strict=True)
-    ]
+    answers = reader.ask_many_with_evidence(dialogs, QUESTIONS, max_new_tokens=args.max_new_tokens)
+    options = [d["instructed"] for d in DEMO]
+    results = []
+    for item, dialog, replies in zip(DEMO, dialogs, answers, strict=True):
+        vectors = reader.read(dialog)
+        real = reader.score_vectors(vectors, QUESTIONS[0], options, normalize=True)
+        zero = reader.score_vectors(torch.zeros_like(vectors), QUESTIONS[0], options, True)
+        gain = [r - z for r, z in zip(real, zero, strict=True)]
+        pick = max(range(len(options)), key=gain.__getitem__)
+        results.append({
+            **item,
+            "answers": {q: a.text for q, a in zip(QUESTIONS, replies, strict=True)},
+            "evidence": {q: a.evidence for q, a in zip(QUESTIONS, replies, strict=True)},
+            "pick": options[pick],
+            "pick_correct": options[pick] == item["instructed"],
+        })  # fmt: skip
     if args.json:
         print(json.dumps({"target": reader.target_name, "results": results}))
         return 0
@@ -76,6 +98,16 @@ def run(args: argparse.Namespace) -> int:
     for result in results:
         print(f"user: {result['user']}")
         for question, answer in result["answers"].items():
-            print(f"  Q: {question}\n  A: {answer}")
+            evidence = result["evidence"][question]
+            tag = "read" if evidence > EVIDENCE_THRESHOLD else "guessed"
+            print(f"  Q: {question}\n  A: {answer}  [{tag} {evidence:+.2f} nats/token]")
+        mark = "right" if result["pick_correct"] else "wrong"
+        print(f"  pick among the {len(options)} demo behaviours: {result['pick']} ({mark})")
         print(f"  hidden system prompt: {result['system']}\n")
+    right = sum(r["pick_correct"] for r in results)
+    print(
+        f"picked the hidden behaviour for {right} of {len(results)} dialogs (chance 1 in "
+        f"{len(options)}). Evidence: how much more likely an answer is with the real "
+        f"activations than with zeroed ones; above {EVIDENCE_THRESHOLD} counts as read."
+    )
     return 0

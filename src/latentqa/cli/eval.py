@@ -22,13 +22,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="uncover hidden system prompts of held-out behaviours (multiple choice, open)",
         description=(
             "Held-out system-prompt behaviours: multiple choice among 5 answers to the same "
-            "question (chance 20%%) and open answers judged by sentence embeddings (chance "
-            "50%%), for the decoder and for baselines: zeroed / shuffled activations, the "
-            "untrained base model with the same patching, a ridge probe, and the target as a "
-            "black box."
+            "question (chance 20%), the same calibrated against zeroed activations (chance "
+            "20%), yes/no questions about the gold answer and another behaviour's (chance "
+            "50%) and open answers judged by sentence embeddings (chance 50%), for the "
+            "decoder and for baselines: zeroed / shuffled activations, the same user turn "
+            "without its system prompt, the untrained base model with the same patching, a "
+            "ridge probe, and the target as a black box. Runs out of the box on the held-out "
+            "set shipped in the package."
         ),
     )
-    system.add_argument("--data", required=True, help="dataset folder from `latentqa data build`")
+    system.add_argument(
+        "--data", default=None,
+        help="dataset folder: train/ + heldout/ from `latentqa data build`, or one folder in "
+        "the LatentQA release layout (system.json + qa.json; the probe trains on its train/ "
+        "subfolder if any, else on a seeded half of its labels). Default: the held-out set "
+        "shipped in the package (177 system behaviours of 59 labels the built-in dataset's "
+        "train split never contains)",
+    )  # fmt: skip
     system.add_argument(
         "--target", default="smollm2-135m", help="target model (default: %(default)s)"
     )
@@ -43,6 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     system.add_argument("--out", default=None, help="folder for the per-layer PNG and JSON")
     system.add_argument("--no-open", action="store_true", help="skip open-answer generation")
+    system.add_argument(
+        "--methods", nargs="+", default=None, metavar="METHOD",
+        help="run only these methods (lit lit_zeroed lit_shuffled no_system_prompt "
+        "base_patchscope linear_probe black_box; default: all)",
+    )  # fmt: skip
     system.add_argument("--device", default="auto")
     system.add_argument(
         "--json", action="store_true", help="print the result as one JSON line last"
@@ -60,26 +75,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_system_prompt(args: argparse.Namespace) -> int:
+    from latentqa.errors import LatentQAError
     from latentqa.evals.report import markdown_table, plot_per_layer
-    from latentqa.evals.system_prompt import evaluate_system_prompt
+    from latentqa.evals.system_prompt import CHANCE, METHODS, evaluate_system_prompt
     from latentqa.reader import Reader
 
+    unknown = sorted(set(args.methods or ()) - set(METHODS))
+    if unknown:
+        raise LatentQAError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     reader = Reader.load(args.target, args.decoder, device=args.device)
     spec = reader.spec
-    base = Reader.base(
-        args.target, read_layers=spec.read_layers, write_layer=spec.write_layer,
-        mode=spec.mode, max_read_tokens=spec.max_read_tokens, device=args.device,
-    )  # fmt: skip
+    base = None
+    if args.methods is None or "base_patchscope" in args.methods:
+        base = Reader.base(
+            args.target, read_layers=spec.read_layers, write_layer=spec.write_layer,
+            mode=spec.mode, max_read_tokens=spec.max_read_tokens, pool=spec.pool,
+            device=args.device,
+        )  # fmt: skip
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
     result = evaluate_system_prompt(
-        reader, base, args.data, n=args.n, seed=args.seed, open_answers=not args.no_open, log=log
-    )
+        reader, base, args.data, n=args.n, seed=args.seed, open_answers=not args.no_open,
+        log=log, methods=args.methods,
+    )  # fmt: skip
     if args.layers:
         per_layer = {}
         for layer in args.layers:
             swept = evaluate_system_prompt(
                 reader, base, args.data, n=args.n, seed=args.seed, open_answers=False,
-                layer=layer, black_box=False, log=log,
+                layer=layer, black_box=False, log=log, methods=args.methods,
             )  # fmt: skip
             per_layer[layer] = swept["methods"]
         result["per_layer"] = per_layer
@@ -88,7 +111,7 @@ def run_system_prompt(args: argparse.Namespace) -> int:
         plot_per_layer(per_layer, "mc_accuracy", out / "system_prompt_layers.png",
                        "System-prompt multiple choice per read layer", chance=0.2)  # fmt: skip
         (out / "system_prompt_layers.json").write_text(json.dumps(per_layer, indent=2))
-    print(markdown_table(result))
+    print(markdown_table(result, chance=CHANCE))
     if args.json:
         print(json.dumps(result))
     return 0

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from latentqa.errors import LatentQAError
+
+if TYPE_CHECKING:
+    from latentqa.reader import Answer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Run the target on a dialog (its system prompt masked, as in training), patch the "
             "activations of the rest into the decoder and print its answers to each question. "
-            "The dialog is read once for all questions."
+            "The dialog is read once for all questions. Beside each answer, its evidence: how "
+            "much more likely (nats per answer token) the answer is with the real activations "
+            "than with zeroed ones; 'read' above the threshold, else 'guessed'."
         ),
     )
     parser.add_argument("--system", default=None, help="system prompt (hidden from the decoder)")
@@ -62,9 +67,11 @@ def dialogs_from_args(args: argparse.Namespace) -> list[list[dict[str, str]]]:
             raise LatentQAError("pass either --dialogs or --system/--user/--assistant, not both")
         path = Path(args.dialogs)
         try:
-            data: Any = json.loads(path.read_text())
+            data: Any = json.loads(path.read_text(encoding="utf-8"))
         except OSError as error:
             raise LatentQAError(f"cannot read {path}: {error.strerror or error}") from None
+        except UnicodeDecodeError:
+            raise LatentQAError(f"{path} is not UTF-8: it must be UTF-8 JSON") from None
         except json.JSONDecodeError as error:
             raise LatentQAError(f"{path} is not valid JSON: {error}") from None
         if not isinstance(data, list) or not data or not all(isinstance(d, list) for d in data):
@@ -80,44 +87,75 @@ def dialogs_from_args(args: argparse.Namespace) -> list[list[dict[str, str]]]:
     ]
 
 
+def evidence_tag(answer: Answer) -> str:
+    """``[read +1.23 nats/token]`` or ``[guessed -0.02 nats/token]`` for the text output."""
+    return f"[{answer.label} {answer.evidence:+.2f} nats/token]"
+
+
+def evidence_legend() -> str:
+    """The one-line legend printed under the text output."""
+    from latentqa.reader import EVIDENCE_THRESHOLD
+
+    return (
+        "evidence: how much more likely each answer is with the real activations than with "
+        "zeroed ones, in log-likelihood (nats) per answer token; "
+        f"'read' above {EVIDENCE_THRESHOLD:.2f}, else 'guessed' from the question alone"
+    )
+
+
+def answer_record(question: str, answer: Answer) -> dict[str, Any]:
+    """One answer in ``--json`` output: the text, its evidence and both log-likelihoods."""
+    return {
+        "question": question,
+        "answer": answer.text,
+        "evidence": answer.evidence,
+        "read": answer.read,
+        "logprob_real": answer.logprob_real,
+        "logprob_zeroed": answer.logprob_zeroed,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
-    from latentqa.reader import Reader
+    from latentqa.reader import EVIDENCE_THRESHOLD, Reader
 
     dialogs = dialogs_from_args(args)
     reader = Reader.load(args.target, args.decoder, device=args.device, dtype=args.dtype)
-    answers = reader.ask_many(dialogs, args.questions, max_new_tokens=args.max_new_tokens,
-                              temperature=args.temperature, layer=args.layer)  # fmt: skip
+    answers = reader.ask_many_with_evidence(
+        dialogs, args.questions, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, layer=args.layer,
+    )  # fmt: skip
     if args.save_control:
         from latentqa.steer.control import save_control
 
-        pairs = [(q, a) for row in answers for q, a in zip(args.questions, row, strict=True)]
+        pairs = [(q, a.text) for row in answers for q, a in zip(args.questions, row, strict=True)]
         save_control(args.save_control, [q for q, _ in pairs], [a for _, a in pairs])
-    results = [
-        {
-            "dialog": dialog,
-            "answers": [
-                {"question": q, "answer": a} for q, a in zip(args.questions, row, strict=True)
-            ],
-        }
-        for dialog, row in zip(dialogs, answers, strict=True)
-    ]
     if args.json:
         report = {
             "target": args.target,
             "decoder": str(reader.decoder_path),
             "read_layers": reader.spec.read_layers if args.layer is None else [args.layer],
-            "results": results,
+            "evidence_threshold": EVIDENCE_THRESHOLD,
+            "results": [
+                {
+                    "dialog": dialog,
+                    "answers": [
+                        answer_record(q, a) for q, a in zip(args.questions, row, strict=True)
+                    ],
+                }
+                for dialog, row in zip(dialogs, answers, strict=True)
+            ],
         }
         print(json.dumps(report))
         return 0
-    for index, result in enumerate(results):
-        if len(results) > 1:
+    for index, (dialog, row) in enumerate(zip(dialogs, answers, strict=True)):
+        if len(dialogs) > 1:
             print(f"dialog {index + 1}:")
-        for message in result["dialog"]:
+        for message in dialog:
             print(f"  {message['role']}: {message['content']}")
-        for item in result["answers"]:
-            print(f"Q: {item['question']}")
-            print(f"A: {item['answer']}")
-        if index < len(results) - 1:
+        for question, answer in zip(args.questions, row, strict=True):
+            print(f"Q: {question}")
+            print(f"A: {answer.text}  {evidence_tag(answer)}")
+        if index < len(dialogs) - 1:
             print()
+    print(f"({evidence_legend()})")
     return 0

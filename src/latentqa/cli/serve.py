@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import math
 import sys
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
     from latentqa.reader import Reader
 
 DEFAULT_HOST = "127.0.0.1"
+DEFAULT_MAX_WAITING = 8  # as latentqa.server.host (not imported here: fastapi may be missing)
+DEFAULT_REQUEST_TIMEOUT = 120.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +43,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
+    parser.add_argument(
+        "--max-waiting", type=int, default=DEFAULT_MAX_WAITING, metavar="N",
+        help="requests that may wait for the model at once; one more gets 503 "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT, metavar="SECONDS",
+        help="a request taking longer, queueing included, is stopped between model calls "
+        "and gets 504 (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--allow-host", action="append", default=[], metavar="NAME",
+        help="on a loopback address, also answer requests with this Host name (repeatable; "
+        "127.0.0.1, localhost and [::1] always work; others are refused against DNS "
+        "rebinding)",
+    )  # fmt: skip
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
         help="uvicorn log level (default: %(default)s)",
@@ -68,6 +87,12 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     if not 0 <= args.port <= 65535:
         raise LatentQAError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.max_waiting < 0:
+        raise LatentQAError(f"--max-waiting must be 0 or more, got {args.max_waiting}")
+    if not (math.isfinite(args.request_timeout) and args.request_timeout > 0):
+        raise LatentQAError(
+            f"--request-timeout must be a positive number of seconds, got {args.request_timeout}"
+        )
     if not is_loopback(args.host):
         print(
             f"warning: serving on {args.host}, not only on this machine: anyone who can reach "
@@ -89,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
         return reader.Reader.load(args.target, args.decoder, device=args.device, dtype=args.dtype)
 
     app = create_app(load, target=args.target, decoder=args.decoder or "shipped",
-                     device=args.device)  # fmt: skip
+                     device=args.device, max_waiting=args.max_waiting,
+                     request_timeout=args.request_timeout,
+                     allowed_hosts=args.allow_host)  # fmt: skip
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(
         f"latentqa: serving on http://{shown}:{args.port}/ (the model loads in the background; "

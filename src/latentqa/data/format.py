@@ -265,13 +265,18 @@ def choose_heldout(labels: Sequence[str], heldout_fraction: float, seed: int) ->
     return sorted(ordered[:count])
 
 
-def load_latentqa(folder: str | Path, kinds: Iterable[str] | None = None) -> LatentQADataset:
+def load_latentqa(
+    folder: str | Path, kinds: Iterable[str] | None = None, *, require_qa: bool = True
+) -> LatentQADataset:
     """Load a dataset folder in the public LatentQA format.
 
     Args:
         folder: Folder holding ``qa.json`` and any of the ``<kind>.json`` files.
         kinds: Kinds to load (default: every kind whose file exists). A kind named here
             whose file is missing is an error.
+        require_qa: With ``False``, ``qa.json`` may be missing and labels may lack QA
+            pairs (the public release's training ``system.json`` ships without its QA);
+            the caller derives questions from the behaviours themselves.
 
     Returns:
         The dataset; ``qa`` keeps only the labels its behaviours use.
@@ -300,24 +305,24 @@ def load_latentqa(folder: str | Path, kinds: Iterable[str] | None = None) -> Lat
         if not chosen:
             raise LatentQAError("no behaviour kinds requested")
     qa_path = root / "qa.json"
-    if not qa_path.is_file():
+    if not qa_path.is_file() and require_qa:
         raise LatentQAError(f"{qa_path}: file missing (every dataset needs its QA pairs)")
 
     behaviors: list[Behavior] = []
     for kind in [k for k in KINDS if k in chosen]:
         behaviors.extend(_parse_behaviors(root / f"{kind}.json", kind))
-    qa = _parse_qa(qa_path)
+    qa = _parse_qa(qa_path) if qa_path.is_file() else {}
 
     used = list(dict.fromkeys(b.label for b in behaviors))
     lacking = [label for label in used if not qa.get(label)]
-    if lacking:
+    if lacking and require_qa:
         raise LatentQAError(
             f"{qa_path}: no QA pairs for {len(lacking)} behaviour label(s): {_name_few(lacking)}"
         )
     if not behaviors:
         files = ", ".join(f"{kind}.json" for kind in chosen)
         raise LatentQAError(f"{root}: empty dataset (no behaviours in {files})")
-    return LatentQADataset(tuple(behaviors), {label: qa[label] for label in used})
+    return LatentQADataset(tuple(behaviors), {label: qa[label] for label in used if label in qa})
 
 
 def _message(role: str, content: str) -> dict[str, str]:
@@ -336,7 +341,10 @@ def _read_json(path: Path) -> Any:
     except OSError as error:
         raise LatentQAError(f"{path}: cannot read ({error.strerror or error})") from error
     except UnicodeDecodeError as error:
-        raise LatentQAError(f"{path}: not UTF-8 text ({error.reason})") from error
+        raise LatentQAError(
+            f"{path}: not UTF-8 text ({error.reason} at byte {error.start}): "
+            "the file must be UTF-8 JSON"
+        ) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:

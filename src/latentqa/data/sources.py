@@ -109,6 +109,11 @@ def package_file(package: str, relative: str, install: str) -> Path:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise LatentQAError(
+            f"{path}: not UTF-8 text ({error.reason} at byte {error.start}): "
+            "the file must be UTF-8 JSON"
+        ) from None
     except (OSError, ValueError) as error:
         raise LatentQAError(f"{path}: cannot read as JSON ({error})") from error
 

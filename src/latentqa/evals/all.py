@@ -101,19 +101,20 @@ class SuiteContext:
         from latentqa.reader import Reader
 
         spec = self.reader(task).spec
-        key = ("base", json.dumps([spec.read_layers, spec.write_layer, spec.mode]))
+        key = ("base", json.dumps([spec.read_layers, spec.write_layer, spec.mode, spec.pool]))
         if key not in self._readers:
             self._readers[key] = Reader.base(
                 self.target, read_layers=spec.read_layers, write_layer=spec.write_layer,
-                mode=spec.mode, max_read_tokens=spec.max_read_tokens, device=self.device,
+                mode=spec.mode, max_read_tokens=spec.max_read_tokens, pool=spec.pool,
+                device=self.device,
             )  # fmt: skip
         return self._readers[key]
 
 
 def _system_prompt(ctx: SuiteContext) -> dict[str, Any]:
     """Adapter for :func:`latentqa.evals.system_prompt.evaluate_system_prompt`."""
-    from latentqa.evals.report import plot_per_layer
-    from latentqa.evals.system_prompt import evaluate_system_prompt
+    from latentqa.evals.report import markdown_table, plot_per_layer
+    from latentqa.evals.system_prompt import CHANCE, evaluate_system_prompt
 
     data = ctx.data_for("system-prompt")
     reader, base = ctx.reader("system-prompt"), ctx.base("system-prompt")
@@ -131,6 +132,7 @@ def _system_prompt(ctx: SuiteContext) -> dict[str, Any]:
         title = "System-prompt multiple choice per read layer"
         plot_per_layer(per_layer, "mc_accuracy", ctx.out / name, title, chance=0.2)
         result.update(per_layer=per_layer, plots=[name])
+    result["markdown"] = markdown_table(result, chance=CHANCE)
     return result
 
 

@@ -40,7 +40,7 @@ from latentqa.data.relations import (
     fuzzy_match,
     subject_span,
 )
-from latentqa.decoder import flatten_reads, unwrap_causal_lm
+from latentqa.decoder import decoder_inputs, unwrap_causal_lm
 from latentqa.errors import LatentQAError
 from latentqa.evals.blackbox import plain_target
 from latentqa.evals.probe import LogisticProbe
@@ -291,7 +291,7 @@ def evaluate_relations(
     lit_layers = list(reader.spec.read_layers) if layer is None else [layer]
     log(f"relations: {len(items)} items, read layers {lit_layers}")
     spans = read_subjects(reader, items, lit_layers, batch_size)  # [n_layers, span, d] each
-    vectors = [flatten_reads(s, reader.spec.max_read_tokens) for s in spans]
+    vectors = [decoder_inputs(s, reader.spec) for s in spans]
     rng = random.Random(seed + 1)
     conditions = {
         "lit": lambda: vectors,

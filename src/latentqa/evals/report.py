@@ -14,8 +14,11 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def markdown_table(result: Mapping) -> str:
-    """One row per method, one column per metric."""
+def markdown_table(result: Mapping, chance: Mapping[str, float] | None = None) -> str:
+    """One row per method, one column per metric (``–`` where a method has none).
+
+    ``chance`` (metric -> score of a method that knows nothing) adds a last ``chance`` row.
+    """
     methods: Mapping[str, Mapping[str, object]] = result["methods"]
     metrics: list[str] = []
     for values in methods.values():
@@ -28,6 +31,8 @@ def markdown_table(result: Mapping) -> str:
     ]
     for name, values in methods.items():
         lines.append(f"| {name} | " + " | ".join(_cell(values.get(m)) for m in metrics) + " |")
+    if chance:
+        lines.append("| *chance* | " + " | ".join(_cell(chance.get(m)) for m in metrics) + " |")
     return "\n".join(lines)
 
 

@@ -7,27 +7,49 @@ load scripts from a CDN, so they are replaced by a small page of our own):
 - ``GET /docs``: the API reference, rendered from ``/openapi.json``.
 - ``GET /api/health``: loading / ready / error, and what is running.
 - ``GET /api/examples``: example dialogs to start from.
-- ``POST /api/ask``: the decoder's answers to questions about a dialog.
+- ``POST /api/ask``: the decoder's answers to questions about a dialog, each with its
+  evidence (read from the activations, or guessed from the question).
 - ``POST /api/score``: log-likelihoods of candidate answers.
 - ``POST /api/layer-scores``: the same at every target layer (the page's chart).
+
+Bounds (see :class:`~latentqa.server.host.ModelHost`): at most ``max_waiting`` requests
+wait for the model (one more gets 503), each request has ``request_timeout`` seconds,
+queueing included (then 504), a request whose client disconnects stops between model
+calls, ``/api/layer-scores`` scores each distinct layer once (at most
+:data:`~latentqa.server.schemas.MAX_LAYERS`), a server on a loopback address answers only
+``Host: 127.0.0.1 / localhost / [::1]`` (DNS rebinding), and a 500 answer says only
+``internal error; see the server log``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
 from latentqa.errors import LatentQAError
 from latentqa.server.examples import EXAMPLES
-from latentqa.server.host import ModelHost, ReaderLike
-from latentqa.server.http_errors import BodySizeLimit, install_error_handlers
+from latentqa.server.host import (
+    DEFAULT_MAX_WAITING,
+    DEFAULT_REQUEST_TIMEOUT,
+    ModelHost,
+    ReaderLike,
+    Session,
+)
+from latentqa.server.http_errors import (
+    INTERNAL_ERROR,
+    BodySizeLimit,
+    InternalErrors,
+    LoopbackHostGuard,
+    install_error_handlers,
+)
 from latentqa.server.schemas import (
     LIMITS,
     MAX_BODY_BYTES,
+    MAX_LAYERS,
     AskRequest,
     AskResponse,
     ErrorBody,
@@ -48,11 +70,13 @@ STATIC_TYPES = {
 ERRORS = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
-        400: "Malformed JSON, or input the reader rejects (e.g. a layer out of range)",
+        400: "Malformed JSON, input the reader rejects (e.g. a layer out of range), or a "
+        "Host header a loopback server does not answer",
         413: f"Request body over {MAX_BODY_BYTES} bytes",
         422: "Body that breaks the schema (empty dialog, too long message, unknown role)",
-        500: "Unexpected error inside a model call",
-        503: "The model is still loading, or failed to load",
+        500: f"Unexpected error; the body says only {INTERNAL_ERROR!r}",
+        503: "The model is still loading, failed to load, or too many requests wait for it",
+        504: "The request ran past the server's deadline (queueing included)",
     }.items()
 }
 
@@ -72,6 +96,17 @@ def _check_layer(layer: int, n_layers: int | None) -> int:
     return layer % n_layers
 
 
+def _distinct_layers(layers: Sequence[int], n_layers: int | None) -> list[int]:
+    """Checked layers, each once, in the order given, at most :data:`MAX_LAYERS`."""
+    distinct = list(dict.fromkeys(_check_layer(layer, n_layers) for layer in layers))
+    if len(distinct) > MAX_LAYERS:
+        raise LatentQAError(
+            f"`layers` names {len(distinct)} distinct layers; one request scores at most "
+            f"{MAX_LAYERS}: split them over several requests"
+        )
+    return distinct
+
+
 def create_app(
     reader_factory: Callable[[], ReaderLike] | None = None,
     *,
@@ -79,6 +114,9 @@ def create_app(
     target: str | None = None,
     decoder: str | None = None,
     device: str | None = None,
+    max_waiting: int = DEFAULT_MAX_WAITING,
+    request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    allowed_hosts: Sequence[str] = (),
 ) -> FastAPI:
     """Build the web app around one reader.
 
@@ -92,12 +130,18 @@ def create_app(
         target: Target label shown while loading.
         decoder: Decoder label shown while loading.
         device: Device label shown while loading.
+        max_waiting: Requests that may wait for the model at once; one more gets 503.
+        request_timeout: Seconds a request may take, queueing included, before it gets 504
+            (``None``: no limit). A model call already running finishes; the rest never run.
+        allowed_hosts: ``Host`` names accepted on a loopback address besides 127.0.0.1,
+            localhost and [::1] (``"*"``: any).
 
     Returns:
         The FastAPI application; ``app.state.host`` is its :class:`ModelHost`.
     """
     host = ModelHost(reader_factory, reader=reader,
-                     labels={"target": target, "decoder": decoder, "device": device})  # fmt: skip
+                     labels={"target": target, "decoder": decoder, "device": device},
+                     max_waiting=max_waiting, request_timeout=request_timeout)  # fmt: skip
     page = {name: _static(name) for name in ("index.html", "docs.html", *STATIC_TYPES)}
 
     @asynccontextmanager
@@ -121,6 +165,8 @@ def create_app(
     )
     app.state.host = host
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(InternalErrors)
+    app.add_middleware(LoopbackHostGuard, allowed=tuple(allowed_hosts))  # outermost: first
     install_error_handlers(app)
 
     @app.get("/", include_in_schema=False)
@@ -156,58 +202,94 @@ def create_app(
         return checked, [checked]
 
     @app.post("/api/ask", response_model=AskResponse, responses=ERRORS, tags=["read"])
-    async def ask(request: AskRequest) -> AskResponse:
-        """The decoder's answer to each question about the target's activations on the dialog."""
+    async def ask(request: AskRequest, http: Request) -> AskResponse:
+        """The decoder's answer to each question about the target's activations on the dialog.
+
+        Each answer comes with its evidence: its mean log-likelihood per token with the
+        real activations minus with zeroed ones (nats per token). Above
+        `evidence_threshold` it was read from the activations; otherwise the decoder
+        would have guessed it from the question alone.
+        """
+        from latentqa.reader import EVIDENCE_THRESHOLD  # here: torch loads with the model
+
         reader = host.reader
         layer, layers = _read_layers(request.layer)
         dialog = [message.model_dump() for message in request.dialog]
-        answers, seconds = await host.call(
-            reader.ask, dialog, list(request.questions), max_new_tokens=request.max_new_tokens,
-            temperature=request.temperature, layer=layer,
-        )  # fmt: skip
-        return AskResponse(answers=answers, read_layers=layers, seconds=round(seconds, 3))
+
+        async def work(session: Session) -> tuple[list, float]:
+            return await session.call(
+                reader.ask_with_evidence, dialog, list(request.questions),
+                max_new_tokens=request.max_new_tokens, temperature=request.temperature,
+                layer=layer,
+            )  # fmt: skip
+
+        answers, seconds = await host.serve(work, is_disconnected=http.is_disconnected)
+        return AskResponse(
+            answers=[answer.text for answer in answers],
+            evidence=[answer.evidence for answer in answers],
+            logprob_real=[answer.logprob_real for answer in answers],
+            logprob_zeroed=[answer.logprob_zeroed for answer in answers],
+            evidence_threshold=EVIDENCE_THRESHOLD,
+            read_layers=layers,
+            seconds=round(seconds, 3),
+        )
 
     @app.post("/api/score", response_model=ScoreResponse, responses=ERRORS, tags=["read"])
-    async def score(request: ScoreRequest) -> ScoreResponse:
+    async def score(request: ScoreRequest, http: Request) -> ScoreResponse:
         """Log-likelihood of each candidate answer to the question (higher is likelier)."""
         reader = host.reader
         layer, layers = _read_layers(request.layer)
         dialog = [message.model_dump() for message in request.dialog]
-        scores, seconds = await host.call(
-            reader.score, dialog, request.question, list(request.answers),
-            normalize=request.normalize, layer=layer,
-        )  # fmt: skip
+
+        async def work(session: Session) -> tuple[list[float], float]:
+            return await session.call(
+                reader.score, dialog, request.question, list(request.answers),
+                normalize=request.normalize, layer=layer,
+            )  # fmt: skip
+
+        scores, seconds = await host.serve(work, is_disconnected=http.is_disconnected)
         return ScoreResponse(scores=scores, read_layers=layers, seconds=round(seconds, 3))
 
     @app.post(
         "/api/layer-scores", response_model=LayerScoresResponse, responses=ERRORS, tags=["read"]
     )
-    async def layer_scores(request: LayerScoresRequest) -> LayerScoresResponse:
+    async def layer_scores(request: LayerScoresRequest, http: Request) -> LayerScoresResponse:
         """Score the candidate answers with each target layer read in turn.
 
-        Each layer is one model call; other requests may take their turn in between.
+        Each distinct layer is one model call (at most 64 per request; duplicates are
+        scored once); other requests may take their turn in between.
         """
         reader = host.reader
         info = host.info()
         n_layers = info["n_layers"]
         if request.layers is not None:
-            layers = [_check_layer(layer, n_layers) for layer in request.layers]
+            layers = _distinct_layers(request.layers, n_layers)
         elif n_layers is None:
             raise LatentQAError("the reader does not report its number of layers; pass `layers`")
+        elif n_layers > MAX_LAYERS:
+            raise LatentQAError(
+                f"the target has {n_layers} layers and one request scores at most "
+                f"{MAX_LAYERS}: pass `layers`, split over several requests"
+            )
         else:
             layers = list(range(n_layers))
         if not layers:
             raise LatentQAError("pass at least one layer")
         dialog = [message.model_dump() for message in request.dialog]
-        rows: list[list[float]] = []
-        total = 0.0
-        for layer in layers:
-            row, seconds = await host.call(
-                reader.score, dialog, request.question, list(request.answers),
-                normalize=request.normalize, layer=layer,
-            )  # fmt: skip
-            rows.append(row)
-            total += seconds
+
+        async def work(session: Session) -> tuple[list[list[float]], float]:
+            rows: list[list[float]] = []
+            total = 0.0
+            for layer in layers:  # a deadline or a disconnect stops it between calls
+                row, seconds = await session.call(
+                    reader.score, dialog, request.question, list(request.answers),
+                    normalize=request.normalize, layer=layer,
+                )  # fmt: skip
+                rows.append(row)
+                total += seconds
+            return rows, total
+
+        rows, total = await host.serve(work, is_disconnected=http.is_disconnected)
         return LayerScoresResponse(layers=layers, scores=rows,
                                    read_layers=list(info["read_layers"] or []),
                                    seconds=round(total, 3))  # fmt: skip

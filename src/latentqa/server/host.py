@@ -6,24 +6,44 @@ weights load. Every model call goes through :meth:`ModelHost.call`: it waits its
 without holding a worker thread (a capacity limiter of one, FIFO), then runs in a
 worker thread under a lock, so the forward hooks that patch activations of two
 requests never interleave and the event loop stays free.
+
+A request's model calls run inside :meth:`ModelHost.serve`, which bounds them: at most
+``max_waiting`` requests wait for the model (one more is refused with
+:class:`QueueFull`), a request answers :class:`DeadlineExceeded` once
+``request_timeout`` seconds have passed since it arrived, and its work stops when the
+client disconnects (:class:`ClientGone`). A model call that is already running cannot
+be interrupted: it finishes, alone on the model, and its result is dropped; the calls
+the request had not started yet never run.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 
 from latentqa.errors import LatentQAError
 
+if TYPE_CHECKING:
+    from latentqa.reader import Answer
+
 logger = logging.getLogger("latentqa.server")
 
 T = TypeVar("T")
+
+DEFAULT_MAX_WAITING = 8
+"""Requests that may wait for the model at once; one more is answered 503."""
+DEFAULT_REQUEST_TIMEOUT = 120.0
+"""Seconds a request may take, queueing included, before it is answered 504."""
+DISCONNECT_POLL_SECONDS = 0.1
+"""How often a request checks whether its client is still connected."""
 
 
 class ReaderLike(Protocol):
@@ -38,6 +58,17 @@ class ReaderLike(Protocol):
         layer: int | None = None,
     ) -> list[str]:
         """Answer each question about the target's activations on ``dialog``."""
+        ...
+
+    def ask_with_evidence(
+        self,
+        dialog: list[dict[str, str]],
+        questions: list[str],
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        layer: int | None = None,
+    ) -> list[Answer]:
+        """As :meth:`ask`, each answer with its evidence (real vs zeroed activations)."""
         ...
 
     def score(
@@ -63,6 +94,22 @@ class ModelUnavailable(Exception):
 
 class ModelFailure(Exception):
     """An unexpected error inside a model call (answered with 500; the server keeps serving)."""
+
+
+class QueueFull(Exception):
+    """Too many requests already wait for the model (answered with 503)."""
+
+
+class DeadlineExceeded(Exception):
+    """The request ran past its deadline (answered with 504); its remaining calls never run."""
+
+
+class ClientGone(Exception):
+    """The client disconnected; the request's remaining calls never run."""
+
+
+class _Abandoned(Exception):
+    """Raised in a worker thread for a call whose request gave up before it started."""
 
 
 def describe_reader(reader: Any) -> dict[str, Any]:
@@ -97,6 +144,9 @@ class ModelHost:
             in a background thread, by :meth:`start`.
         reader: An already loaded reader (then the host is ready at once).
         labels: What to show while loading: ``target``, ``decoder``, ``device``.
+        max_waiting: Requests that may wait for the model at once (see :meth:`serve`).
+        request_timeout: Seconds a request may take, queueing included (``None``: no
+            limit).
     """
 
     def __init__(
@@ -105,9 +155,22 @@ class ModelHost:
         *,
         reader: ReaderLike | None = None,
         labels: dict[str, str | None] | None = None,
+        max_waiting: int = DEFAULT_MAX_WAITING,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
         if (reader_factory is None) == (reader is None):
             raise ValueError("pass exactly one of reader_factory and reader")
+        if isinstance(max_waiting, bool) or not isinstance(max_waiting, int) or max_waiting < 0:
+            raise ValueError(f"max_waiting must be an integer >= 0, got {max_waiting!r}")
+        if request_timeout is not None and not (
+            isinstance(request_timeout, int | float)
+            and math.isfinite(request_timeout)
+            and request_timeout > 0
+        ):
+            raise ValueError(f"request_timeout must be a positive number, got {request_timeout!r}")
+        self.max_waiting = max_waiting
+        self.request_timeout = None if request_timeout is None else float(request_timeout)
+        self._in_flight = 0
         self._factory = reader_factory
         self._reader = reader
         self._labels = dict(labels or {})
@@ -201,11 +264,99 @@ class ModelHost:
 
     # Model calls.
 
+    @property
+    def waiting(self) -> int:
+        """Requests admitted by :meth:`serve` and not finished (the one running included)."""
+        return self._in_flight
+
     def bind_loop(self) -> None:
         """Create the queue for the running event loop (called at application startup)."""
         self._limiter = anyio.CapacityLimiter(1)
 
-    async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
+    async def serve(
+        self,
+        work: Callable[[Session], Awaitable[T]],
+        *,
+        is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+    ) -> T:
+        """Run one request's model calls (``work`` makes them with ``session.call``), bounded.
+
+        Args:
+            work: Makes the request's model calls through the :class:`Session` it is given.
+            is_disconnected: Polled while the request runs (e.g. Starlette's
+                ``request.is_disconnected``); when it turns true the request stops.
+
+        Raises:
+            QueueFull: ``max_waiting`` requests already wait for the model.
+            DeadlineExceeded: ``request_timeout`` seconds passed before the work ended.
+            ClientGone: The client disconnected before the work ended.
+        """
+        if self._in_flight > self.max_waiting:
+            raise QueueFull(
+                f"the server is busy: {self.max_waiting} requests already wait for the model "
+                "(its limit, `latentqa serve --max-waiting`); try again in a few seconds"
+            )
+        self._in_flight += 1
+        session = Session(self)
+        outcome: list[tuple[bool, Any]] = []
+
+        async def body() -> None:
+            try:
+                outcome.append((True, await work(session)))
+            except Exception as error:  # cancellation is a BaseException and passes
+                outcome.append((False, error))
+
+        async def watch(group: anyio.abc.TaskGroup) -> None:
+            assert is_disconnected is not None
+            while True:
+                await anyio.sleep(DISCONNECT_POLL_SECONDS)
+                try:
+                    gone = await is_disconnected()
+                except Exception:  # the check itself failed: keep serving, stop watching
+                    logger.debug("disconnect check failed", exc_info=True)
+                    return
+                if gone:
+                    session.gone = True
+                    group.cancel_scope.cancel()
+                    return
+
+        try:
+            async with anyio.create_task_group() as group:
+                if is_disconnected is not None:
+                    group.start_soon(watch, group)
+                with anyio.move_on_after(self.request_timeout) as timer:
+                    await body()
+                group.cancel_scope.cancel()
+        finally:
+            session.abandoned.set()  # calls of this request not yet started never run
+            self._in_flight -= 1
+        if outcome:
+            done, value = outcome[0]
+            if not done:
+                raise value
+            return value
+        if session.gone:
+            logger.info("client disconnected: stopped after %d model call(s)", session.calls)
+            raise ClientGone("the client disconnected")
+        if timer.cancelled_caught:
+            logger.warning(
+                "request stopped at its deadline (%g s) after %d model call(s)",
+                self.request_timeout, session.calls,
+            )  # fmt: skip
+            raise DeadlineExceeded(
+                f"the request took longer than the server's limit of {self.request_timeout:g} s "
+                "(queueing included) and was stopped; ask for less at once (fewer layers, "
+                "questions or tokens) or try again when the server is less busy"
+            )
+        raise RuntimeError("the request ended without a result")  # pragma: no cover
+
+    async def call(
+        self,
+        function: Callable[..., T],
+        *args: Any,
+        _abandoned: threading.Event | None = None,
+        **kwargs: Any,
+    ) -> tuple[T, float]:
         """Run ``function(*args, **kwargs)`` in a worker thread, alone on the model.
 
         Returns:
@@ -219,11 +370,24 @@ class ModelHost:
         if self._limiter is None:
             self.bind_loop()
         assert self._limiter is not None
-        return await anyio.to_thread.run_sync(self._run, function, args, kwargs,
-                                              limiter=self._limiter)  # fmt: skip
+        abandoned = _abandoned if _abandoned is not None else threading.Event()
+        # Cancelled (deadline, disconnect), the await returns at once and the thread is
+        # left to finish a call already running; a call not yet started is skipped.
+        try:
+            return await anyio.to_thread.run_sync(
+                self._run, function, args, kwargs, abandoned,
+                abandon_on_cancel=True, limiter=self._limiter,
+            )  # fmt: skip
+        except anyio.get_cancelled_exc_class():
+            abandoned.set()
+            raise
 
-    def _run(self, function: Callable[..., T], args: tuple, kwargs: dict) -> tuple[T, float]:
+    def _run(
+        self, function: Callable[..., T], args: tuple, kwargs: dict, abandoned: threading.Event
+    ) -> tuple[T, float]:
         with self._lock:
+            if abandoned.is_set():
+                raise _Abandoned
             start = time.perf_counter()
             try:
                 result = function(*args, **kwargs)
@@ -235,3 +399,21 @@ class ModelHost:
                 message = f"the model call failed: {type(error).__name__}: {first}"
                 raise ModelFailure(message) from error
             return result, time.perf_counter() - start
+
+
+class Session:
+    """One request's way to the model inside :meth:`ModelHost.serve`."""
+
+    def __init__(self, host: ModelHost) -> None:
+        self._host = host
+        self.abandoned = threading.Event()
+        """Set when the request ends: its calls not yet started are skipped."""
+        self.gone = False
+        """Whether the client disconnected."""
+        self.calls = 0
+        """Model calls started so far."""
+
+    async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
+        """As :meth:`ModelHost.call`; the call is skipped if the request has already ended."""
+        self.calls += 1
+        return await self._host.call(function, *args, _abandoned=self.abandoned, **kwargs)

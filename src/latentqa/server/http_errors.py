@@ -1,15 +1,20 @@
-"""Every failure as a JSON ``{"error": "<one line>"}`` answer, and the request-size guard.
+"""Every failure as a JSON ``{"error": "<one line>"}`` answer, and the request guards.
 
-Status codes: 400 malformed JSON or input the reader rejects (:class:`LatentQAError`),
-404 / 405 unknown route or method, 413 a body over :data:`MAX_BODY_BYTES`, 422 a body
-that breaks the schema (empty dialog, message too long, unknown role, empty question),
-500 an unexpected error inside a model call, 503 while the model loads or after it
-failed to load.
+Status codes: 400 malformed JSON, input the reader rejects (:class:`LatentQAError`), or
+a ``Host`` header a loopback server does not answer (:class:`LoopbackHostGuard`), 404 /
+405 unknown route or method, 413 a body over :data:`MAX_BODY_BYTES`, 422 a body that
+breaks the schema (empty dialog, message too long, unknown role, empty question), 499
+(logged only) the client disconnected, 500 an unexpected error (the body says only
+:data:`INTERNAL_ERROR`; the detail goes to the server log), 503 while the model loads,
+after it failed to load, or when too many requests already wait for it, 504 a request
+that ran past its deadline.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ipaddress
+import logging
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,10 +24,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from latentqa.errors import LatentQAError
-from latentqa.server.host import ModelFailure, ModelUnavailable
+from latentqa.server.host import (
+    ClientGone,
+    DeadlineExceeded,
+    ModelFailure,
+    ModelUnavailable,
+    QueueFull,
+)
 from latentqa.server.schemas import MAX_BODY_BYTES
 
+logger = logging.getLogger("latentqa.server")
+
 MAX_LISTED_ERRORS = 3
+INTERNAL_ERROR = "internal error; see the server log"
+"""The whole message of every 500 answer (no exception text or paths reach the client)."""
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+"""``Host`` names a loopback server answers (with any port)."""
+CLIENT_CLOSED_REQUEST = 499
 
 
 def error_response(status_code: int, message: str, **extra: Any) -> JSONResponse:
@@ -98,7 +116,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ModelFailure)
     async def _failed(_request: Request, exc: ModelFailure) -> JSONResponse:
-        return error_response(500, str(exc))
+        # The traceback was logged where the call failed; the client gets no detail.
+        return error_response(500, INTERNAL_ERROR)
+
+    @app.exception_handler(QueueFull)
+    async def _busy(_request: Request, exc: QueueFull) -> JSONResponse:
+        return error_response(503, str(exc), status="busy")
+
+    @app.exception_handler(DeadlineExceeded)
+    async def _late(_request: Request, exc: DeadlineExceeded) -> JSONResponse:
+        return error_response(504, str(exc))
+
+    @app.exception_handler(ClientGone)
+    async def _gone(_request: Request, exc: ClientGone) -> JSONResponse:
+        return error_response(CLIENT_CLOSED_REQUEST, str(exc))  # nobody reads it
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -155,3 +186,99 @@ class BodySizeLimit:
         except BodyTooLarge:
             if not started:
                 await self._response()(scope, receive, send)
+
+
+class InternalErrors:
+    """ASGI middleware: any unexpected exception becomes a 500 :data:`INTERNAL_ERROR` answer.
+
+    The exception, with its traceback, goes to the ``latentqa.server`` log only.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception:
+            logger.exception("unexpected error in %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            await error_response(500, INTERNAL_ERROR)(scope, receive, send)
+
+
+def host_name(header: str) -> str:
+    """The name in a ``Host`` header, port removed, lower-case: ``[::1]:80`` -> ``[::1]``."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        return value[: end + 1] if end > 0 else value
+    if value.count(":") == 1:
+        value = value.split(":", 1)[0]
+    return value.removesuffix(".")
+
+
+def is_loopback_address(address: str) -> bool:
+    """Whether ``address`` is a loopback IP (``127.0.0.0/8``, ``::1``)."""
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class LoopbackHostGuard:
+    """ASGI middleware: on a loopback socket, answer only requests addressed to this machine.
+
+    A web page can point its own host name at 127.0.0.1 (DNS rebinding) and then call a
+    local server from the browser as if same-origin; its requests still carry that name
+    in ``Host``. So when the connection arrived on a loopback address, a ``Host`` other
+    than :data:`LOOPBACK_HOSTS` (any port) or ``allowed`` is answered 400. Connections on
+    other addresses (a server bound to a public interface) are not checked.
+
+    Args:
+        app: The application.
+        allowed: More host names to accept (e.g. the machine's name); ``"*"`` accepts all.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: Iterable[str] = ()) -> None:
+        self.app = app
+        extra = [host_name(name) for name in allowed]
+        self.any = "*" in extra
+        self.allowed = frozenset([*LOOPBACK_HOSTS, *extra])
+
+    def _refusal(self, header: str) -> JSONResponse:
+        shown = header if len(header) <= 100 else header[:100] + "..."
+        return error_response(
+            400,
+            f"Host header {shown!r} is not accepted: this server listens on a loopback "
+            "address and answers only requests addressed to 127.0.0.1, localhost or [::1] "
+            "(a guard against DNS rebinding); open it at http://127.0.0.1:<port>/, or "
+            "start it with `latentqa serve --allow-host NAME`",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if (
+            self.any
+            or scope["type"] != "http"
+            or not server
+            or not is_loopback_address(str(server[0]))
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = [value for key, value in scope.get("headers") or [] if key == b"host"]
+        header = headers[0].decode("latin-1") if headers else ""
+        if len(headers) > 1 or (headers and host_name(header) not in self.allowed):
+            await self._refusal(header)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

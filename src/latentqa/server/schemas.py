@@ -26,6 +26,10 @@ MAX_NEW_TOKENS = 256
 """Upper bound on an answer's length in tokens."""
 MAX_BODY_BYTES = 2 * 1024 * 1024
 """Bytes in one request body (a larger one gets 413)."""
+MAX_LAYERS = 64
+"""Distinct layers in one ``/api/layer-scores`` request (each is one model call)."""
+MAX_LAYER_ITEMS = 512
+"""Items in ``/api/layer-scores``'s ``layers`` list, duplicates included."""
 
 Role = Literal["system", "user", "assistant"]
 
@@ -78,9 +82,30 @@ class AskRequest(_Strict):
 
 
 class AskResponse(BaseModel):
-    """The decoder's answers, one per question, in order."""
+    """The decoder's answers, one per question, in order, each with its evidence.
+
+    ``evidence[i]`` says whether ``answers[i]`` was read from the activations or guessed
+    from the question: the answer's mean log-likelihood per token with the real
+    activations minus with zeroed ones (nats per token). Above ``evidence_threshold``
+    the answer counts as read.
+    """
 
     answers: list[str]
+    evidence: list[float] = Field(
+        description=(
+            "per answer: how much more likely it is with the real activations than with "
+            "zeroed ones, in nats per answer token (above 0: the activations support it)"
+        )
+    )
+    logprob_real: list[float] = Field(
+        description="per answer: mean log-likelihood per token with the real activations"
+    )
+    logprob_zeroed: list[float] = Field(
+        description="per answer: mean log-likelihood per token with zeroed activations"
+    )
+    evidence_threshold: float = Field(
+        description="evidence above which an answer counts as read (else guessed)"
+    )
     read_layers: list[int] = Field(description="the target layers that were read")
     seconds: float = Field(description="time spent on the model, queueing excluded")
 
@@ -111,7 +136,12 @@ class LayerScoresRequest(_Strict):
     answers: list[Text] = Field(min_length=1, max_length=MAX_ANSWERS)
     normalize: bool = Field(default=True, description="mean log-prob per answer token")
     layers: list[int] | None = Field(
-        default=None, max_length=512, description="layers to score; default: every layer"
+        default=None,
+        max_length=MAX_LAYER_ITEMS,
+        description=(
+            f"layers to score (duplicates are scored once; at most {MAX_LAYERS} distinct); "
+            "default: every layer"
+        ),
     )
 
 
@@ -151,7 +181,9 @@ class ErrorBody(BaseModel):
     """Every error: a one-line message, plus the status for 503 answers."""
 
     error: str
-    status: str | None = None
+    status: str | None = Field(
+        default=None, description="503 only: loading, error (failed to load) or busy"
+    )
 
 
 LIMITS = {
@@ -162,4 +194,5 @@ LIMITS = {
     "max_answers": MAX_ANSWERS,
     "max_new_tokens": MAX_NEW_TOKENS,
     "max_body_bytes": MAX_BODY_BYTES,
+    "max_layers": MAX_LAYERS,
 }

@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from latentqa.chat import EncodedDialog, first_token_at, render
 from latentqa.configs import config_to_dict
 from latentqa.data.sources import load_user_prompts
-from latentqa.decoder import answer_token_loss, decoder_batch, flatten_reads
+from latentqa.decoder import answer_token_loss, decoder_batch, decoder_inputs
 from latentqa.errors import LatentQAError
 from latentqa.layers import check_layer_index
 from latentqa.read import pad_token_id, read_encoded
@@ -117,7 +117,7 @@ def steering_loss(
     losses = []
     for group in groups:
         # per prompt [len(group) * kept, d_model], once per control pair
-        vectors = [flatten_reads(span[group], spec.max_read_tokens) for span in spans]
+        vectors = [decoder_inputs(span[group], spec) for span in spans]
         rows = [v for v in vectors for _ in pairs]
         batch, flat = decoder_batch(steerable.tokenizer, rows, questions, answers)
         losses.append(answer_token_loss(steerable.model, batch.to(steerable.device), flat,

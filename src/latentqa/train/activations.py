@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from latentqa.chat import EncodedDialog
-from latentqa.decoder import flatten_reads
+from latentqa.decoder import flatten_reads, standardizer
 from latentqa.read import read_encoded
 
 
@@ -37,6 +37,10 @@ class ActivationSource:
         target_context: Called around every read, e.g. ``peft_model.disable_adapter``
             so that the decoder's own weights act as the frozen target.
         layers_path: Optional override for the decoder block search.
+        pool: ``none`` or ``mean`` (see :func:`latentqa.decoder.flatten_reads`).
+
+    Set :attr:`scale` (see :func:`latentqa.decoder.standardizer`) to standardize the
+    vectors; :meth:`compute` applies it, so the cache holds standardized vectors.
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class ActivationSource:
         *,
         target_context: Callable[[], AbstractContextManager] = nullcontext,
         layers_path: str | None = None,
+        pool: str = "none",
     ) -> None:
         self.target = target
         self.dialogs = list(dialogs)
@@ -57,6 +62,9 @@ class ActivationSource:
         self.max_read_tokens = max_read_tokens
         self.target_context = target_context
         self.layers_path = layers_path
+        self.pool = pool
+        self.scale: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._scale_key: list[float] = []
         self._cache: dict[int, torch.Tensor] | None = None
 
     @torch.no_grad()
@@ -70,7 +78,15 @@ class ActivationSource:
                 self.read_layers,
                 layers_path=self.layers_path,
             )
-        return [flatten_reads(span, self.max_read_tokens).clone() for span in spans]
+        vectors = [flatten_reads(span, self.max_read_tokens, self.pool) for span in spans]
+        if self.scale is not None:
+            vectors = [self.scale(v) for v in vectors]
+        return [v.clone() for v in vectors]
+
+    def standardize(self, mean: list[float], std: list[float]) -> None:
+        """From now on, return vectors standardized with these per-dimension statistics."""
+        self.scale = standardizer(mean, std)
+        self._scale_key = [sum(mean), sum(std)]
 
     def get(self, indices: Sequence[int]) -> list[torch.Tensor]:
         """Vectors for ``indices``: from the cache when loaded, else computed now."""
@@ -84,7 +100,8 @@ class ActivationSource:
     def fingerprint(self, target_name: str) -> str:
         """A key that changes whenever the cached reads would."""
         digest = hashlib.sha256()
-        meta = [target_name, self.read_layers, self.max_read_tokens, self.layers_path]
+        meta = [target_name, self.read_layers, self.max_read_tokens, self.layers_path, self.pool,
+                self._scale_key]  # fmt: skip
         meta.append(str(next(self.target.parameters()).dtype))
         digest.update(json.dumps(meta).encode())
         for dialog in self.dialogs:

@@ -20,6 +20,26 @@ class TrainConfig:
     target: str = "smollm2-135m"
     """Target model: smollm2-135m (embedded), a local transformers folder, a .gguf file
     or a hub id. The decoder is a LoRA copy of it."""
+    extra_data: list[str] | None = None
+    """More training folders in the public LatentQA release layout (e.g. the release's
+    train/ with its 7,844 system prompts); qa.json is optional there: questions are
+    derived from each label and its masked prompt (see --task-mix)."""
+    task_mix: str = "open=1"
+    """Training tasks and their proportions, e.g. 'open=1,yes_no=2,choice=1,reconstruct=1,
+    context=1'. open: the data's QA pairs; yes_no: is this answer right (50/50 true or
+    another label's answer); choice: pick the gold answer among 5 listed; reconstruct:
+    reproduce the masked system prompt / control turn; context: predict the 1-16 tokens
+    before or after a window of plain text. 'open=1' alone is plain LIT (every QA pair once
+    per epoch); any other mix draws steps x batch examples, each used once."""
+    task_examples: int = 20000
+    """Examples drawn from a task mix when --steps is not set."""
+    read_pool: Literal["none", "mean"] = "none"
+    """none: one placeholder per read position; mean: one placeholder per read layer
+    holding the mean of that layer's read positions (shorter decoder inputs)."""
+    standardize: bool = False
+    """Standardize each read vector per dimension with the mean and standard deviation of
+    up to 512 training dialogs' vectors (stored in latentqa.json and applied whenever the
+    decoder reads): a few huge residual dimensions then no longer drown the rest."""
     eval_data: str | None = None
     """Held-out data folder; by default the heldout/ split beside --data's train/."""
     kinds: list[str] | None = None
@@ -85,7 +105,10 @@ class TrainConfig:
     """Allow custom model code from the model folder (only for models you trust)."""
 
     def __post_init__(self) -> None:
-        positive = ("lora_r", "batch_size", "grad_accum", "max_read_tokens", "eval_examples")
+        positive = (
+            "lora_r", "batch_size", "grad_accum", "max_read_tokens", "eval_examples",
+            "task_examples",
+        )  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise LatentQAError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -95,5 +118,10 @@ class TrainConfig:
             raise LatentQAError(f"epochs must be positive, got {self.epochs}")
         if self.lr <= 0:
             raise LatentQAError(f"lr must be positive, got {self.lr}")
+        if self.read_pool not in ("none", "mean"):
+            raise LatentQAError(f"read_pool must be none or mean, got {self.read_pool!r}")
+        from latentqa.train.tasks import parse_task_mix
+
+        parse_task_mix(self.task_mix)  # unknown tasks are errors before any load
         if self.read_layers is not None and not self.read_layers:
             raise LatentQAError("read_layers must name at least one layer")

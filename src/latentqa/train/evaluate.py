@@ -29,6 +29,8 @@ class EvalItem:
     label: str
     question: str
     answer: str
+    task: str = "open"
+    """Which training task the item exercises (losses are also reported per task)."""
 
 
 def shuffled_partners(items: Sequence[EvalItem], seed: int) -> list[int]:
@@ -60,11 +62,17 @@ def evaluate_losses(
     batch_size: int,
     seed: int,
 ) -> dict[str, float]:
-    """Mean answer loss (nats/token) per condition over ``items``."""
+    """Mean answer loss (nats/token) per condition over ``items``, overall and per task.
+
+    Keys: ``loss_<condition>`` and, when the items span several tasks,
+    ``loss_<condition>_<task>``.
+    """
     was_training = decoder.training
     decoder.eval()
     partners = shuffled_partners(items, seed)
-    totals = {c: [0.0, 0.0] for c in CONDITIONS}
+    tasks = sorted({item.task for item in items})
+    keys = [(c, None) for c in CONDITIONS] + [(c, t) for c in CONDITIONS for t in tasks]
+    totals: dict[tuple[str, str | None], list[float]] = {key: [0.0, 0.0] for key in keys}
     for start in range(0, len(items), batch_size):
         chunk = list(range(start, min(start + batch_size, len(items))))
         batch_items = [items[i] for i in chunk]
@@ -91,7 +99,15 @@ def evaluate_losses(
                 mode=mode,
                 reduction="none",
             )
-            totals[condition][0] += float(sums[:, 0].sum())
-            totals[condition][1] += float(sums[:, 1].sum())
+            totals[condition, None][0] += float(sums[:, 0].sum())
+            totals[condition, None][1] += float(sums[:, 1].sum())
+            for row, item in enumerate(batch_items):
+                totals[condition, item.task][0] += float(sums[row, 0])
+                totals[condition, item.task][1] += float(sums[row, 1])
     decoder.train(was_training)
-    return {f"loss_{c}": s / max(n, 1.0) for c, (s, n) in totals.items()}
+    result = {}
+    for (condition, task), (total, count) in totals.items():
+        if task is None or len(tasks) > 1:
+            name = f"loss_{condition}" if task is None else f"loss_{condition}_{task}"
+            result[name] = total / max(count, 1.0)
+    return result

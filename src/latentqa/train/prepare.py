@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,13 +17,23 @@ from latentqa.data.format import LatentQADataset, load_latentqa
 from latentqa.data.relations import subject_span
 from latentqa.errors import LatentQAError
 from latentqa.layers import check_layer_index, find_decoder_layers
+from latentqa.questions import RECONSTRUCT_QUESTION
 from latentqa.train.config import TrainConfig
 from latentqa.train.evaluate import EvalItem
+from latentqa.train.tasks import (
+    Fact,
+    TaskExample,
+    TaskSampler,
+    derived_qa,
+    masked_text,
+    parse_task_mix,
+)
 
 # Options whose change makes a checkpoint meaningless to resume from.
 _FINGERPRINT_KEYS = (
     "data", "target", "kinds", "read_layers", "write_layer", "mode", "max_read_tokens",
     "lora_r", "lora_alpha", "lora_targets", "batch_size", "grad_accum", "seed", "max_examples",
+    "extra_data", "task_mix", "task_examples", "read_pool", "standardize",
 )  # fmt: skip
 
 
@@ -65,6 +75,10 @@ class PreparedData:
     """Fixed held-out sample."""
     n_train_labels: int
     n_eval_labels: int
+    task_counts: dict[str, int] = field(default_factory=dict)
+    """Training examples per task (see :mod:`latentqa.train.tasks`)."""
+    n_dropped_lookalikes: int = 0
+    """Extra-data labels left out because they name a held-out behaviour."""
 
 
 def _encode_all(
@@ -72,10 +86,10 @@ def _encode_all(
     tokenizer: PreTrainedTokenizerBase,
     dialogs: list[EncodedDialog],
     index_of: dict[tuple[str, str], int],
-) -> list[tuple[int, str, str, str]]:
-    examples = []
-    for example in dataset.examples():
-        behavior = example.behavior
+) -> tuple[list[Fact], list[tuple[int, str]]]:
+    """Encode each behaviour's dialog once; its QA pairs and masked text refer to it."""
+    facts, hidden = [], []
+    for behavior in dataset.behaviors:
         key = (behavior.kind, json.dumps(behavior.dialog()), behavior.read_text)
         if key not in index_of:
             index_of[key] = len(dialogs)
@@ -84,43 +98,121 @@ def _encode_all(
             else:
                 encoded = encode_dialog(tokenizer, behavior.dialog(), behavior.n_masked_messages)
             dialogs.append(encoded)
-        examples.append((index_of[key], behavior.label, example.question, example.answer))
-    return examples
+            if masked_text(behavior) and not behavior.read_text:
+                hidden.append((index_of[key], masked_text(behavior)))
+        pairs = list(dataset.qa.get(behavior.label) or derived_qa(behavior.label))
+        if masked_text(behavior) and not behavior.read_text:
+            # The masked prompt itself answers the reconstruction question: as a fact it
+            # also feeds yes/no ("is this the prompt?") against other labels' prompts.
+            pairs.append((RECONSTRUCT_QUESTION, masked_text(behavior)))
+        facts += [Fact(index_of[key], behavior.label, q, a) for q, a in pairs]
+    return facts, hidden
+
+
+def _load_split(folder: Path, config: TrainConfig, require_qa: bool = True) -> LatentQADataset:
+    return load_latentqa(folder, config.kinds, require_qa=require_qa)
+
+
+def _texts(datasets: list[LatentQADataset]) -> list[str]:
+    """Plain texts for context prediction: every prompt and turn the data holds."""
+    texts = []
+    for dataset in datasets:
+        for b in dataset.behaviors:
+            texts += [b.system, b.control_user, b.control_model, b.stimulus_user, b.stimulus_model]
+    return sorted({t for t in texts if len(t) >= 16})
+
+
+def _contains_words(label: str, words: list[str]) -> bool:
+    tokens = label.split("-")
+    return any(tokens[i : i + len(words)] == words for i in range(len(tokens) - len(words) + 1))
+
+
+def drop_heldout_lookalikes(
+    dataset: LatentQADataset, heldout_labels: list[str]
+) -> tuple[LatentQADataset, int]:
+    """Drop behaviours whose label contains a held-out label's words.
+
+    Extra data (the public release) uses other label names for similar behaviours:
+    ``persona-tone-passive-aggressive`` there is the held-out ``tone-passive-aggressive``
+    here. Training on it would make the held-out evaluation a test of recall.
+    """
+    slugs = [label.split("-", 1)[-1].split("-") for label in heldout_labels]
+    keep = [label for label in dataset.labels if not any(_contains_words(label, s) for s in slugs)]
+    return dataset.select_labels(keep), len(dataset.labels) - len(keep)
 
 
 def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
-    """Load, encode and sample the training and held-out data."""
+    """Load, encode and sample the training and held-out data, task by task."""
     train_folder, eval_folder = data_folders(config)
-    train_set = load_latentqa(train_folder, config.kinds)
+    train_sets = [_load_split(train_folder, config)]
+    extra = [_load_split(Path(f), config, False) for f in config.extra_data or []]
+    n_dropped = 0
+    if eval_folder is not None and extra:
+        heldout_labels = load_latentqa(eval_folder, config.kinds).labels
+        for dataset in extra:
+            kept, dropped = drop_heldout_lookalikes(dataset, heldout_labels)
+            train_sets.append(kept)
+            n_dropped += dropped
+    else:
+        train_sets += extra
     dialogs: list[EncodedDialog] = []
     index_of: dict[tuple[str, str], int] = {}
-    train = _encode_all(train_set, tokenizer, dialogs, index_of)
-    if not train:
+    facts, hidden = [], []
+    for dataset in train_sets:
+        more_facts, more_hidden = _encode_all(dataset, tokenizer, dialogs, index_of)
+        facts += more_facts
+        hidden += more_hidden
+    if not facts and not hidden:
         raise LatentQAError(f"no training examples in {train_folder}")
-    generator = torch.Generator().manual_seed(config.seed)
-    if config.max_examples is not None and config.max_examples < len(train):
-        keep = torch.randperm(len(train), generator=generator)[: config.max_examples]
-        train = [train[i] for i in sorted(keep.tolist())]
+    train_labels = {label for dataset in train_sets for label in dataset.labels}
+    mix = parse_task_mix(config.task_mix)
+    if mix == {"open": 1.0}:
+        # Every QA pair once per epoch, as plain LIT does.
+        train = [TaskExample(f.dialog, f.question, f.answer, "open") for f in facts]
+        generator = torch.Generator().manual_seed(config.seed)
+        if config.max_examples is not None and config.max_examples < len(train):
+            keep = torch.randperm(len(train), generator=generator)[: config.max_examples]
+            train = [train[i] for i in sorted(keep.tolist())]
+    else:
+        per_step = config.batch_size * config.grad_accum
+        n = config.steps * per_step if config.steps else config.task_examples
+        n = min(n, config.max_examples or n)
+        sampler = TaskSampler(facts, hidden, _texts(train_sets), tokenizer, config.seed)
+        train = sampler.sample(mix, n, len(dialogs))
+        dialogs += sampler.context_dialogs
     eval_items: list[EvalItem] = []
     n_eval_labels = 0
     if eval_folder is not None:
         eval_set = load_latentqa(eval_folder, config.kinds)
-        overlap = set(eval_set.labels) & set(train_set.labels)
+        overlap = set(eval_set.labels) & train_labels
         if overlap:
             raise LatentQAError(
                 f"{len(overlap)} held-out labels also appear in training data "
                 f"(e.g. {sorted(overlap)[0]!r}): the evaluation would not be held out"
             )
-        held = _encode_all(eval_set, tokenizer, dialogs, index_of)
-        pick = torch.randperm(len(held), generator=generator)[: config.eval_examples].tolist()
-        eval_items = [EvalItem(held[i][0], held[i][1], held[i][2], held[i][3]) for i in pick]
+        held_facts, held_hidden = _encode_all(eval_set, tokenizer, dialogs, index_of)
+        sampler = TaskSampler(held_facts, held_hidden, _texts([eval_set]), tokenizer, config.seed)
+        usable = {t: w for t, w in mix.items() if sampler.available()[t]} or {"open": 1.0}
+        held = sampler.sample(usable, config.eval_examples, len(dialogs))
+        dialogs += sampler.context_dialogs
+        labels = {f.dialog: f.label for f in held_facts}
+        eval_items = [
+            EvalItem(e.dialog, labels.get(e.dialog, f"text-{e.dialog}"), e.question, e.answer,
+                     e.task)
+            for e in held
+        ]  # fmt: skip
         n_eval_labels = len(eval_set.labels)
+    counts: dict[str, int] = {}
+    for example in train:
+        counts[example.task] = counts.get(example.task, 0) + 1
     return PreparedData(
         dialogs=dialogs,
-        train=[(d, q, a) for d, _, q, a in train],
+        train=[(e.dialog, e.question, e.answer) for e in train],
         eval_items=eval_items,
-        n_train_labels=len(train_set.labels),
+        n_train_labels=len(train_labels),
         n_eval_labels=n_eval_labels,
+        task_counts=counts,
+        n_dropped_lookalikes=n_dropped,
     )
 
 

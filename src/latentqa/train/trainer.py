@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from latentqa.configs import config_to_dict
-from latentqa.decoder import DecoderSpec, answer_token_loss, decoder_batch
+from latentqa.decoder import DecoderSpec, answer_token_loss, decoder_batch, fit_standardizer
 from latentqa.errors import LatentQAError
 from latentqa.layers import check_layer_index
 from latentqa.layout import DecoderBatch
@@ -124,16 +124,19 @@ def example_order(
     return out
 
 
-def example_lengths(data: PreparedData, max_read_tokens: int, n_read_layers: int) -> list[int]:
+def example_lengths(
+    data: PreparedData, max_read_tokens: int, n_read_layers: int, pool: str = "none"
+) -> list[int]:
     """Approximate decoder length of each training example, for length-grouped batches.
 
     Placeholders (read positions kept, per read layer) plus question and answer at
     about four characters a token.
     """
-    return [
-        min(data.dialogs[d].read_length, max_read_tokens) * n_read_layers + (len(q) + len(a)) // 4
-        for d, q, a in data.train
-    ]
+
+    def kept(d: int) -> int:
+        return 1 if pool == "mean" else min(data.dialogs[d].read_length, max_read_tokens)
+
+    return [kept(d) * n_read_layers + (len(q) + len(a)) // 4 for d, q, a in data.train]
 
 
 @dataclass
@@ -191,7 +194,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         config.max_read_tokens,
         target_context=decoder.disable_adapter,
         layers_path=config.layers_path,
+        pool=config.read_pool,
     )
+    stats = _fit_standardizer(source, data, config) if config.standardize else None
     if config.cache_activations:
         cache = Path(config.cache_dir or out / "activation-cache")
         path = cache / f"{source.fingerprint(config.target)}.safetensors"
@@ -252,7 +257,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
 
     rank, world = accelerator.process_index, accelerator.num_processes
     global_batch = config.batch_size * world
-    lengths = example_lengths(data, config.max_read_tokens, len(read_layers))
+    lengths = example_lengths(data, config.max_read_tokens, len(read_layers), config.read_pool)
     bar = tqdm(total=total_steps, initial=step, desc="LIT", disable=not (progress and main))
     decoder.train()
     last_eval: dict[str, float] = {}
@@ -313,7 +318,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     if last_eval:
         log({"step": step, "kind": "eval", **last_eval})
     if main:
-        _write_decoder(decoder, tokenizer, config, read_layers, n_layers, data, last_eval)
+        _write_decoder(decoder, tokenizer, config, read_layers, n_layers, data, last_eval, stats)
         adapter = get_peft_model_state_dict(decoder)
         save_checkpoint(
             checkpoints, TrainerState(step, fingerprint), adapter, optimizer, scheduler,
@@ -324,7 +329,26 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     return TrainResult(out, step, last_eval, decoder)
 
 
-def _write_decoder(decoder, tokenizer, config, read_layers, n_layers, data, metrics) -> None:
+def _fit_standardizer(
+    source: ActivationSource, data: PreparedData, config: TrainConfig, limit: int = 512
+) -> tuple[list[float], list[float]]:
+    """Statistics of the raw vectors of up to ``limit`` training dialogs (seeded sample);
+    ``source`` standardizes with them from then on. Deterministic, so a resumed run
+    refits the same values."""
+    dialogs = sorted({d for d, _, _ in data.train})
+    generator = torch.Generator().manual_seed(config.seed)
+    pick = [dialogs[i] for i in torch.randperm(len(dialogs), generator=generator)[:limit]]
+    raw: list[torch.Tensor] = []
+    for start in range(0, len(pick), 16):
+        raw += source.compute(pick[start : start + 16])
+    mean, std = fit_standardizer(raw)
+    source.standardize(mean, std)
+    return mean, std
+
+
+def _write_decoder(
+    decoder, tokenizer, config, read_layers, n_layers, data, metrics, stats=None
+) -> None:
     """Save the adapter (safetensors) and latentqa.json into the output folder."""
     out = Path(config.out)
     decoder.save_pretrained(out, safe_serialization=True)
@@ -335,12 +359,17 @@ def _write_decoder(decoder, tokenizer, config, read_layers, n_layers, data, metr
         write_layer=config.write_layer,
         mode=config.mode,
         max_read_tokens=config.max_read_tokens,
+        pool=config.read_pool,
+        vector_mean=stats[0] if stats else None,
+        vector_std=stats[1] if stats else None,
         hidden_size=hidden,
         n_layers=n_layers,
         extra={
             "train_config": config_to_dict(config),
             "n_train_examples": len(data.train),
             "n_train_labels": data.n_train_labels,
+            "task_counts": data.task_counts,
+            "n_dropped_lookalikes": data.n_dropped_lookalikes,
             "n_eval_labels": data.n_eval_labels,
             "final_metrics": metrics,
         },

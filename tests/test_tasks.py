@@ -1,0 +1,243 @@
+"""Training tasks that force reading: mix parsing, balance, options, context windows."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from lit_fixtures import write_tiny_data, write_tiny_model
+from tiny import make_tokenizer
+
+from latentqa.configs import config_from_dict
+from latentqa.data.format import load_latentqa
+from latentqa.decoder import DecoderSpec, flatten_reads
+from latentqa.errors import LatentQAError
+from latentqa.models import load_model
+from latentqa.questions import NO, RECONSTRUCT_QUESTION, YES, choice_question, yes_no_question
+from latentqa.train.config import TrainConfig
+from latentqa.train.prepare import prepare_data
+from latentqa.train.tasks import (
+    CONTEXT_TOKENS,
+    CONTEXT_WINDOW,
+    N_CHOICES,
+    TASKS,
+    Fact,
+    TaskSampler,
+    derived_qa,
+    parse_task_mix,
+)
+from latentqa.train.trainer import train
+
+LABELS = [f"persona-{name}" for name in ("pirate", "chef", "spy", "judge", "poet", "nurse")]
+
+
+def facts() -> list[Fact]:
+    out = []
+    for i, label in enumerate(LABELS):
+        name = label.split("-")[1]
+        out.append(Fact(i, label, "Who is it?", f"A {name}."))
+        out.append(Fact(i, label, RECONSTRUCT_QUESTION, f"You are a {name}, always."))
+    return out
+
+
+def sampler(seed: int = 0, texts=("The quick brown fox jumps over the lazy dog again.",)):
+    hidden = [(i, f"You are a {label}.") for i, label in enumerate(LABELS)]
+    return TaskSampler(facts(), hidden, list(texts), make_tokenizer(), seed)
+
+
+def test_parse_task_mix_normalises_and_rejects_unknown_tasks():
+    assert parse_task_mix("open=1,yes_no=3") == {"open": 0.25, "yes_no": 0.75}
+    assert parse_task_mix({"context": 2}) == {"context": 1.0}
+    assert parse_task_mix("choice") == {"choice": 1.0}
+    for bad in ("bogus=1", "open=x", "open=0", "open=-1", "open=inf"):
+        with pytest.raises(LatentQAError):
+            parse_task_mix(bad)
+    with pytest.raises(LatentQAError, match="unknown training task"):
+        TrainConfig(data="d", out="o", task_mix="open=1,telepathy=1")
+
+
+def test_derived_qa_from_release_labels():
+    pairs = dict(derived_qa("goal-metacognition-problem-solving"))
+    assert "A goal to pursue." in pairs.values()
+    assert "Metacognition problem solving." in pairs.values()
+    assert derived_qa("sqa-eval-o1-scenario-132") == []
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_yes_no_is_balanced_and_its_no_answers_are_other_labels(seed):
+    examples = sampler(seed).sample({"yes_no": 1.0}, 200, context_offset=100)
+    answers = Counter(e.answer for e in examples)
+    assert set(answers) == {YES, NO}
+    assert 0.35 < answers[YES] / 200 < 0.65  # 50/50 in expectation
+    truth = {(f.dialog, f.question): f.answer for f in facts()}
+    for e in examples:
+        question = next(q for (d, q) in truth if d == e.dialog and e.question.startswith(q))
+        candidate = e.question.split('"')[1]
+        assert e.question == yes_no_question(question, candidate)
+        assert (candidate == truth[e.dialog, question]) == (e.answer == YES)
+
+
+def test_choice_lists_gold_among_distinct_options_of_the_same_question():
+    examples = sampler().sample({"choice": 1.0}, 50, context_offset=100)
+    truth = {(f.dialog, f.question): f.answer for f in facts()}
+    for e in examples:
+        question = e.question.splitlines()[0]
+        options = [line[2:] for line in e.question.splitlines() if line.startswith("- ")]
+        assert len(options) == N_CHOICES == len(set(options))
+        assert e.answer == truth[e.dialog, question] and e.answer in options
+        assert e.question == choice_question(question, options)
+    # The gold option's position is random: the prior alone cannot pick it.
+    positions = Counter(
+        [line[2:] for line in e.question.splitlines() if line.startswith("- ")].index(e.answer)
+        for e in examples
+    )
+    assert len(positions) >= 3
+
+
+def test_context_windows_predict_the_neighbouring_tokens():
+    s = sampler(texts=["alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu"])
+    examples = s.sample({"context": 1.0}, 40, context_offset=1000)
+    assert [e.dialog for e in examples] == list(range(1000, 1040))
+    tokenizer = s.tokenizer
+    for e, window in zip(examples, s.context_dialogs, strict=True):
+        assert CONTEXT_WINDOW[0] <= window.read_length <= CONTEXT_WINDOW[1]
+        text = tokenizer.decode(window.input_ids)
+        assert text == window.text
+        answer_tokens = tokenizer(e.answer, add_special_tokens=False)["input_ids"]
+        assert len(answer_tokens) <= CONTEXT_TOKENS[1] + 2
+        if "after" in e.question:  # the window is the end of the text read so far
+            assert e.answer not in tokenizer.decode(window.input_ids[window.read_start :])
+        else:
+            before = tokenizer.decode(window.input_ids[: window.read_start])
+            assert before.rstrip().endswith(e.answer)
+
+
+def test_sampling_is_a_pure_function_of_the_seed():
+    a = sampler(3).sample({t: 1.0 for t in TASKS}, 60, 100)
+    b = sampler(3).sample({t: 1.0 for t in TASKS}, 60, 100)
+    c = sampler(4).sample({t: 1.0 for t in TASKS}, 60, 100)
+    assert a == b and a != c
+    assert {e.task for e in a} == set(TASKS)
+
+
+def test_missing_material_for_a_task_is_a_clear_error():
+    empty = TaskSampler(facts()[:1], [], [], make_tokenizer(), 0)
+    with pytest.raises(LatentQAError, match="nothing for task"):
+        empty.sample({"yes_no": 1.0, "context": 1.0}, 4, 0)
+
+
+def test_flatten_reads_mean_pool_gives_one_vector_per_layer():
+    span = torch.randn(2, 7, 16)
+    pooled = flatten_reads(span, 5, "mean")
+    assert pooled.shape == (2, 16)
+    torch.testing.assert_close(pooled, span[:, -5:].mean(1))
+    assert flatten_reads(span, 5).shape == (10, 16)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tasks")
+    data = write_tiny_data(root / "data")
+    release = root / "release"
+    release.mkdir()
+    items = [
+        {"label": f"goal-{w}-things", "system": f"Always talk about {w}.", "stimulus_user": "Hi"}
+        for w in ("cats", "dogs", "boats", "trains", "stars", "rocks")
+    ]
+    (release / "system.json").write_text(json.dumps(items))  # no qa.json, as released
+    return write_tiny_model(root / "model"), data, release
+
+
+def test_release_folder_loads_without_qa(workspace):
+    _, _, release = workspace
+    with pytest.raises(LatentQAError, match=r"qa\.json"):
+        load_latentqa(release)
+    assert len(load_latentqa(release, require_qa=False).behaviors) == 6
+
+
+def test_prepare_data_mixes_tasks_over_release_prompts(workspace, tmp_path):
+    model, data, release = workspace
+    cfg = config_from_dict(
+        TrainConfig,
+        dict(data=str(data), out=str(tmp_path), target=str(model), extra_data=[str(release)],
+             task_mix="open=1,yes_no=1,choice=1,reconstruct=1,context=1", steps=20,
+             batch_size=4, eval_examples=32),
+    )  # fmt: skip
+    _, tokenizer = load_model(cfg.target, device="cpu", dtype="float32")
+    prepared = prepare_data(cfg, tokenizer)
+    assert len(prepared.train) == 80  # steps x batch, each example used once
+    assert set(prepared.task_counts) == set(TASKS)
+    reconstructed = {a for _, q, a in prepared.train if q == RECONSTRUCT_QUESTION}
+    assert any(a.startswith("Always talk about") for a in reconstructed)  # release prompts
+    assert all(0 <= d < len(prepared.dialogs) for d, _, _ in prepared.train)
+    assert {item.task for item in prepared.eval_items} > {"open"}
+
+
+def test_training_with_a_mix_and_mean_pooling(workspace, tmp_path):
+    model, data, release = workspace
+    cfg = config_from_dict(
+        TrainConfig,
+        dict(data=str(data), out=str(tmp_path / "run"), target=str(model),
+             extra_data=[str(release)], task_mix="yes_no=1,reconstruct=1,context=1",
+             read_pool="mean", steps=4, batch_size=4, eval_every=0, save_every=0,
+             eval_examples=16, dtype="float32", lr=1e-2),
+    )  # fmt: skip
+    result = train(cfg, progress=False)
+    spec = DecoderSpec.load(result.out)
+    assert spec.pool == "mean"
+    assert sum(spec.extra["task_counts"].values()) == 16
+    assert {"loss_real", "loss_zeroed", "loss_shuffled"} <= set(result.final_metrics)
+    assert any(key.startswith("loss_real_") for key in result.final_metrics)
+    assert Path(result.out, "adapter_model.safetensors").is_file()
+
+
+def test_a_dialog_without_system_prompt_reads_the_same_span_as_one_with_it_masked():
+    from tiny import GEMMA_TEMPLATE
+
+    from latentqa.chat import encode_dialog
+
+    tokenizer = make_tokenizer()  # ChatML that inserts a default system prompt
+    user = {"role": "user", "content": "Hello there, how are you?"}
+    masked = encode_dialog(tokenizer, [{"role": "system", "content": "Be a pirate."}, user], 1)
+    plain = encode_dialog(tokenizer, [user], 0, mask_default_system=True)
+    assert plain.read_start > 0
+    assert plain.input_ids[plain.read_start :] == masked.input_ids[masked.read_start :]
+    assert encode_dialog(tokenizer, [user], 0).read_start == 0  # unchanged by default
+    gemma = make_tokenizer(GEMMA_TEMPLATE)  # no default system prompt: nothing to leave out
+    assert encode_dialog(gemma, [user], 0, mask_default_system=True).read_start == 0
+
+
+def test_extra_data_that_names_a_heldout_behaviour_is_left_out():
+    from latentqa.data.format import Behavior, LatentQADataset
+    from latentqa.train.prepare import drop_heldout_lookalikes
+
+    labels = ["persona-tone-passive-aggressive", "goal-passive-income", "persona-spy-novelist"]
+    dataset = LatentQADataset(tuple(Behavior(label, "system", system="x") for label in labels))
+    kept, dropped = drop_heldout_lookalikes(dataset, ["tone-passive-aggressive", "persona-spy"])
+    assert dropped == 2 and kept.labels == ["goal-passive-income"]
+
+
+def test_standardized_reading_is_recorded_and_applied_when_reading(workspace, tmp_path):
+    from latentqa.reader import Reader
+
+    model, data, _ = workspace
+    cfg = config_from_dict(
+        TrainConfig,
+        dict(data=str(data), out=str(tmp_path / "run"), target=str(model), standardize=True,
+             steps=2, batch_size=4, eval_every=0, save_every=0, eval_examples=8,
+             dtype="float32"),
+    )  # fmt: skip
+    result = train(cfg, progress=False)
+    spec = DecoderSpec.load(result.out)
+    assert len(spec.vector_mean) == len(spec.vector_std) == 32  # the tiny model's width
+    reader = Reader.load(str(model), result.out, device="cpu")
+    dialog = [{"role": "system", "content": "You are a spy."}, {"role": "user", "content": "Hi"}]
+    raw = Reader.base(str(model), read_layers=spec.read_layers, device="cpu").read(dialog)
+    expected = (raw - torch.tensor(spec.vector_mean)) / torch.tensor(spec.vector_std)
+    torch.testing.assert_close(reader.read(dialog), expected, rtol=1e-4, atol=1e-4)
