@@ -578,24 +578,14 @@ class Reader:
             raise LatentQAError(f"batch_size must be at least 1, got {batch_size}")
         real = [self._check_vectors(v) for v in vectors]
         zeroed = [torch.zeros_like(v) for v in real]
-        logprob_real = self._mean_log_likelihoods(real, questions, answers, batch_size)
-        logprob_zeroed = self._mean_log_likelihoods(zeroed, questions, answers, batch_size)
+        logprob_real = self.score_rows(real, questions, answers, True, batch_size)
+        logprob_zeroed = self.score_rows(zeroed, questions, answers, True, batch_size)
         return [
             Answer(text=text, evidence=lr - lz, logprob_real=lr, logprob_zeroed=lz)
             for text, lr, lz in zip(answers, logprob_real, logprob_zeroed, strict=True)
         ]
 
     @torch.no_grad()
-    def _mean_log_likelihoods(
-        self,
-        vectors: Sequence[torch.Tensor],
-        questions: Sequence[str],
-        answers: Sequence[str],
-        batch_size: int,
-    ) -> list[float]:
-        """Mean per-token log-likelihood of ``answers[i]`` given row ``i`` (as score_vectors)."""
-        return self.score_rows(vectors, questions, answers, normalize=True, batch_size=batch_size)
-
     @torch.no_grad()
     def score_rows(
         self,
@@ -648,19 +638,8 @@ class Reader:
         """
         (question,) = _as_questions([question])
         answers = _as_answers(answers)
-        vectors = self._check_vectors(vectors)
-        n = len(answers)
-        batch, flat = decoder_batch(self.tokenizer, [vectors] * n, [question] * n, answers)
-        self._check_length(batch.input_ids.shape[1], "the decoder prompt with its answer")
-        sums = answer_token_loss(
-            self.model, batch.to(self.device), flat, write_layer=self.spec.write_layer,
-            mode=self.spec.mode, reduction="none",
-        )  # fmt: skip
-        # sums: [n, 2] = per answer (summed nll, answer token count)
-        log_probs = -sums[:, 0]
-        if normalize:
-            log_probs = log_probs / sums[:, 1].clamp_min(1)
-        return [float(value) for value in log_probs]
+        n = len(answers)  # all candidates in one decoder pass
+        return self.score_rows([vectors] * n, [question] * n, answers, normalize, batch_size=n)
 
     def score(
         self,

@@ -302,36 +302,29 @@ class _ZeroedScores:
         self.reader, self.items = reader, items
         self.cache: dict[tuple, list[float]] = {}
 
-    def fill(self, vectors: Sequence[torch.Tensor]) -> None:
-        """Score every item's options with zeros shaped like ``vectors`` (one batched pass)."""
-        todo = [i for i, v in enumerate(vectors) if self._key(v, i) not in self.cache]
-        if not todo:
-            return
-        zeros = [torch.zeros_like(vectors[i]) for i in todo]
-        scores = _option_scores(self.reader, zeros, [self.items[i] for i in todo], "zeroed")
-        for i, row in zip(todo, scores, strict=True):
-            self.cache[self._key(vectors[i], i)] = row
-
     @staticmethod
     def _key(vectors: torch.Tensor, index: int) -> tuple:
         return (tuple(vectors.shape), vectors.dtype, index)
 
-    def __call__(self, vectors: torch.Tensor, index: int) -> list[float]:
-        if self._key(vectors, index) not in self.cache:
-            self.fill_one(vectors, index)
-        return self.cache[self._key(vectors, index)]
+    def fill(self, vectors: Sequence[torch.Tensor], indices: Sequence[int]) -> None:
+        """Score the options of items ``indices`` with zeros shaped like ``vectors`` (batched)."""
+        todo = [(v, i) for v, i in zip(vectors, indices, strict=True)
+                if self._key(v, i) not in self.cache]  # fmt: skip
+        if not todo:
+            return
+        zeros = [torch.zeros_like(v) for v, _ in todo]
+        scores = _option_scores(self.reader, zeros, [self.items[i] for _, i in todo], "zeroed")
+        for (v, i), row in zip(todo, scores, strict=True):
+            self.cache[self._key(v, i)] = row
 
-    def fill_one(self, vectors: torch.Tensor, index: int) -> None:
-        item = self.items[index]
-        zeros = torch.zeros_like(vectors)
-        self.cache[self._key(vectors, index)] = self.reader.score_vectors(
-            zeros, item.question, item.options, True
-        )
+    def __call__(self, vectors: torch.Tensor, index: int) -> list[float]:
+        self.fill([vectors], [index])
+        return self.cache[self._key(vectors, index)]
 
 
 def _decoder_scores(reader: Reader, vectors: Sequence[torch.Tensor], items, zeroed, desc: str):
     """Normalised option scores; all-zero vectors come from (and fill) the zeroed cache."""
-    zeroed.fill([v for v in vectors])
+    zeroed.fill(vectors, range(len(vectors)))
     live = [i for i, v in enumerate(vectors) if v.any()]
     scores = _option_scores(reader, [vectors[i] for i in live], [items[i] for i in live], desc)
     by_index = dict(zip(live, scores, strict=True))
