@@ -1,7 +1,8 @@
 """Training throughput of LIT: the library's trainer path against a straightforward reference.
 
-Usage: ``python benchmarks/train_throughput.py [--warmup 2] [--steps 6] [--batch-size 8]
-[--data FOLDER] [--dtype auto] [--threads N] [--check-trainer]``
+Usage: ``python benchmarks/train_throughput.py [--warmup 2] [--steps 4] [--rounds 3]
+[--batch-size 8] [--share-reads N] [--data FOLDER] [--dtype auto] [--threads N]
+[--check-trainer]``
 
 Both paths train the embedded SmolLM2-135M decoder on the same shuffled examples (the
 library groups examples of similar length into a batch, as the trainer does; the
@@ -12,8 +13,10 @@ AdamW with the trainer's clipping and schedule:
 (a) library: frozen weights in the dtype ``auto_dtype`` picks (bfloat16 only where the
     hardware runs it faster), float32 LoRA from ``add_lora``, activations from an
     ``ActivationSource`` with the on-disk cache (built before timing, reported
-    separately), ``decoder_batch`` + ``answer_token_loss`` (logits only at answer
-    positions) through the trainer's ``LITObjective`` and ``Accelerator``.
+    separately), the trainer's example order and ``lit_inputs`` (up to ``share_reads``
+    examples of one dialog compute its read once), the answer loss (logits only at
+    answer positions) through the trainer's ``LITObjective`` and ``Accelerator``, the
+    math attention kernel on a CPU (``cpu_attention``).
 (b) reference: float32 weights, peft LoRA; every step recomputes the target's
     activations with a full forward (all blocks and the LM head,
     ``output_hidden_states=True``) under ``disable_adapter()``, then the decoder forward
@@ -21,9 +24,12 @@ AdamW with the trainer's clipping and schedule:
     ``patch_activations``.
 
 Timed steps of (a) and (b) alternate, so background load on a shared machine hits both
-alike. Tokens are real (non-pad) decoder input tokens. ``--check-trainer`` also runs
-``latentqa.train.trainer.train`` itself on the same data and cache and reports the
-tokens/s it logs. The last line printed is a JSON object.
+alike; ``--rounds`` blocks of ``--steps`` steps each give one speedup per round, and the
+median is reported with its spread. Tokens are the real (non-pad) decoder input tokens
+of each example laid out alone: the work to do, the same measure for both paths even
+where (a) computes a shared read once; ``examples_per_s`` counts examples.
+``--check-trainer`` also runs ``latentqa.train.trainer.train`` itself on the same data
+and cache and reports the tokens/s it logs. The last line printed is a JSON object.
 """
 
 from __future__ import annotations
@@ -31,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -39,6 +44,7 @@ import time
 from pathlib import Path
 
 import torch
+from train_support import matmul_gflops, peak_rss_mb, subset_data, write_synthetic_data
 
 READ_LAYER = 15
 WRITE_LAYER = 0
@@ -46,104 +52,22 @@ MODE = "replace"
 TARGET_SPEEDUP = 2.5
 TARGET_RSS_MB = 4096
 
-_PERSONAS = [
-    f"{adjective} {role}"
-    for adjective in ("a cheerful", "a grumpy", "a meticulous", "a forgetful",
-                      "an adventurous", "a cautious", "a sarcastic", "a poetic")
-    for role in ("pirate captain", "librarian", "chess coach", "space engineer",
-                 "gardener", "detective", "chef", "history teacher")
-]  # fmt: skip
-_PROMPTS = [
-    "I am planning a weekend trip with my family and I have no idea where to start. "
-    "Could you help me put together a rough plan?",
-    "My code keeps crashing when I open a large file, and the error message is not very "
-    "helpful. How should I go about finding the cause?",
-    "What would be a good way to spend a rainy afternoon at home without looking at a "
-    "screen the whole time?",
-    "I want to learn a new language this year but I keep giving up after a few weeks. "
-    "Do you have any advice that actually works?",
-]
-
-
-def write_synthetic_data(folder: Path, n_behaviours: int = 64) -> Path:
-    """A LatentQA-format folder (system.json + qa.json): one persona per behaviour."""
-    folder.mkdir(parents=True, exist_ok=True)
-    behaviours, qa = [], {}
-    for i in range(n_behaviours):
-        persona = _PERSONAS[i % len(_PERSONAS)]
-        label = f"persona-{i:03d}"
-        behaviours.append(
-            {
-                "label": label,
-                "system": f"You are {persona}.",
-                "stimulus_user": _PROMPTS[i % len(_PROMPTS)],
-            }
-        )
-        qa[label] = [
-            [
-                "Who is the assistant pretending to be?",
-                f"The assistant is playing the part of {persona}, and it shapes the tone "
-                "and content of its replies to match that character.",
-            ],
-            [
-                "How will the assistant's reply differ from a plain answer?",
-                f"It will answer in the voice of {persona}, adding the habits, vocabulary "
-                "and attitude that such a person would show.",
-            ],
-        ]
-    (folder / "system.json").write_text(json.dumps(behaviours, indent=1))
-    (folder / "qa.json").write_text(json.dumps(qa, indent=1))
-    return folder
-
-
-def subset_data(source: Path, folder: Path, n_labels: int) -> Path:
-    """Copy the behaviours of the first ``n_labels`` labels of ``qa.json`` (all kinds).
-
-    The activation cache covers every dialog of the folder, so a large folder would
-    spend minutes building it; a label subset keeps the data's shape and the run short.
-    """
-    qa = json.loads((source / "qa.json").read_text())
-    keep = set(list(qa)[:n_labels])
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in source.glob("*.json"):
-        if path.name == "qa.json":
-            continue
-        items = json.loads(path.read_text())
-        if isinstance(items, list):
-            (folder / path.name).write_text(
-                json.dumps([item for item in items if item.get("label") in keep])
-            )
-    (folder / "qa.json").write_text(json.dumps({k: v for k, v in qa.items() if k in keep}))
-    return folder
-
-
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, min_seconds: float = 1.0) -> float:
-    """Dense ``n x n`` matmul throughput in GFLOP/s (2 n^3 per product)."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    for _ in range(2):
-        torch.mm(a, b)
-    reps, start = 0, time.perf_counter()
-    while True:
-        torch.mm(a, b)
-        reps += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds and reps >= 3:
-            return 2 * n**3 * reps / elapsed / 1e9
-
-
-def peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux (bytes on macOS).
-    scale = 1 / 1024**2 if sys.platform == "darwin" else 1 / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
 
 def main(argv: list[str] | None = None) -> int:
+    from latentqa.train.config import TrainConfig
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per path")
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per path")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per path and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; the median is reported")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-read-tokens", type=int, default=96)
+    parser.add_argument(
+        "--share-reads",
+        type=int,
+        default=TrainConfig.share_reads,
+        help="path (a): examples of one dialog that share its read (the trainer's default)",
+    )
     parser.add_argument(
         "--dtype",
         default="auto",
@@ -156,15 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data",
         default=None,
-        help="LatentQA-format folder (default: /tmp/lqa-data/train if it exists, "
-        "else a synthetic one in a temporary folder)",
+        help="LatentQA-format folder (default: a synthetic one in a temporary folder)",
     )
     parser.add_argument(
         "--labels",
         type=int,
         default=24,
-        help="with a given or found data folder, use only the behaviours of the first "
-        "this-many labels of its qa.json (0: all; the cache covers every dialog)",
+        help="with --data, use only the behaviours of the first this-many labels of its "
+        "qa.json (0: all; the cache covers every dialog)",
     )
     parser.add_argument(
         "--check-trainer",
@@ -183,14 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     from latentqa.models import EMBEDDED_MODEL, load_model
     from latentqa.patch import patch_activations
     from latentqa.read import left_pad, pad_token_id, position_ids_for
+    from latentqa.shared_prefix import SharedBatch, cpu_attention
     from latentqa.train.activations import ActivationSource
-    from latentqa.train.config import TrainConfig
+    from latentqa.train.order import example_lengths, example_order
     from latentqa.train.prepare import add_lora, auto_dtype, prepare_data
-    from latentqa.train.trainer import LITObjective, example_lengths, example_order, lr_lambda
+    from latentqa.train.trainer import LITObjective, lit_inputs, lr_lambda
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    n_steps = args.warmup + args.steps
+    n_steps = args.warmup + args.rounds * args.steps
     device = torch.device("cpu")
     load = os.getloadavg()[0]
     cores = os.cpu_count() or 1
@@ -208,19 +132,14 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="latentqa-train-bench-") as tmp:
         tmp_path = Path(tmp)
-        if args.data is not None:
-            data_folder = Path(args.data)
-        elif Path("/tmp/lqa-data/train").is_dir():
-            data_folder = Path("/tmp/lqa-data/train")
-        else:
-            data_folder = None
-        if data_folder is None:
+        if args.data is None:
             data_folder = write_synthetic_data(tmp_path / "data")
             print(f"data: synthetic, {data_folder}")
         elif args.labels:
-            print(f"data: {data_folder}, behaviours of its first {args.labels} labels")
-            data_folder = subset_data(data_folder, tmp_path / "data", args.labels)
+            print(f"data: {args.data}, behaviours of its first {args.labels} labels")
+            data_folder = subset_data(Path(args.data), tmp_path / "data", args.labels)
         else:
+            data_folder = Path(args.data)
             print(f"data: {data_folder}")
         config = TrainConfig(
             data=str(data_folder),
@@ -231,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             mode=MODE,
             max_read_tokens=args.max_read_tokens,
             batch_size=args.batch_size,
+            share_reads=args.share_reads,
             steps=n_steps,
             device="cpu",
             cache_activations=True,
@@ -238,8 +158,6 @@ def main(argv: list[str] | None = None) -> int:
             eval_every=0,
             save_every=0,
         )
-
-        losses: dict[str, list[float]] = {"a": [], "b": []}
 
         # ---- (a) the library's path, set up exactly as train() does -------------------
         dtype = auto_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
@@ -255,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             config.max_read_tokens,
             target_context=decoder.disable_adapter,
         )
-        cache_path = Path(config.cache_dir) / f"{source.fingerprint(config.target)}.safetensors"
+        cache_path = Path(config.cache_dir) / "acts.safetensors"
         start = time.perf_counter()
         source.load_or_build_cache(cache_path, progress=False)
         cache_build_s = time.perf_counter() - start
@@ -264,14 +182,17 @@ def main(argv: list[str] | None = None) -> int:
             f"built in {cache_build_s:.2f} s (one-off, not timed below)"
         )
 
-        # Both paths draw from the same shuffled epoch. The library batches examples of
-        # similar length together, as the trainer does; the reference takes the plain
-        # shuffled order (random batches), as a straightforward implementation would.
+        # Both paths draw from the same shuffled epochs. The library orders examples as
+        # the trainer does (similar lengths together, a dialog's examples side by side);
+        # the reference takes the plain shuffled order, as a straightforward
+        # implementation would.
         lengths = example_lengths(data, config.max_read_tokens, 1)
+        dialogs = [d for d, _, _ in data.train]
+        stream = range(n_steps * config.batch_size)
         orders = {
-            "a": example_order(len(data.train), config.seed, range(n_steps * config.batch_size),
-                               lengths, config.batch_size),
-            "b": example_order(len(data.train), config.seed, range(n_steps * config.batch_size)),
+            "a": example_order(len(data.train), config.seed, stream, lengths, config.batch_size,
+                               dialogs, config.share_reads),
+            "b": example_order(len(data.train), config.seed, stream),
         }  # fmt: skip
         batches = {
             name: [
@@ -291,24 +212,24 @@ def main(argv: list[str] | None = None) -> int:
             LITObjective(decoder, WRITE_LAYER, MODE), optimizer_a
         )
         decoder.train()
+        computed: list[int] = []  # tokens (a) actually ran (shared reads once)
 
         def step_a(examples) -> tuple[float, int, int]:
             """One optimizer step as trainer.train takes it (grad_accum=1)."""
-            vectors = source.get([dialog for dialog, _, _ in examples])
-            batch, flat = decoder_batch(
-                tokenizer, vectors, [q for _, q, _ in examples], [a for _, _, a in examples]
-            )
+            batch, flat, n_tokens = lit_inputs(tokenizer, source, examples, config.share_reads)
             batch = batch.to(flat.device)
-            loss = objective(batch, flat)
-            accelerator.backward(loss)
-            loss_value = float(loss.detach())
-            tokens = int(batch.attention_mask.sum())
+            with cpu_attention(device):
+                loss = objective(batch, flat)
+                accelerator.backward(loss)
             accelerator.clip_grad_norm_(trainable_a, config.max_grad_norm)
             optimizer_a.step()
             scheduler_a.step()
             optimizer_a.zero_grad(set_to_none=True)
-            return loss_value, tokens, int(batch.label_mask.sum())
+            shared = isinstance(batch, SharedBatch)
+            computed.append(batch.n_tokens if shared else n_tokens)
+            return float(loss.detach()), n_tokens, int(batch.label_mask.sum())
 
+        losses: dict[str, list[float]] = {"a": [], "b": []}
         for step in range(args.warmup):
             losses["a"].append(step_a(batches["a"][step])[0])
         # The library path alone (setup, cache, warm-up), before the reference is loaded.
@@ -331,7 +252,6 @@ def main(argv: list[str] | None = None) -> int:
             optimizer_b, lr_lambda(config.warmup_steps, n_steps, config.min_lr_ratio)
         )
         reference.train()
-
         dialog_tokens: list[int] = []  # real target tokens read per reference step
 
         def step_b(examples) -> tuple[float, int, int]:
@@ -370,19 +290,16 @@ def main(argv: list[str] | None = None) -> int:
             scheduler_b.step()
             optimizer_b.zero_grad(set_to_none=True)
             dialog_tokens.append(int(mask.sum()))
-            return (
-                float(loss.detach()),
-                int(batch.attention_mask.sum()),
-                int(batch.label_mask.sum()),
-            )
+            return float(loss.detach()), int(batch.attention_mask.sum()), 0
 
-        # ---- warm-up, then alternate timed steps ----------------------------------------
+        # ---- warm-up, then rounds of alternating timed steps ----------------------------
+        for step in range(args.warmup):
+            losses["b"].append(step_b(batches["b"][step])[0])
+        del computed[:]  # warm-up steps are not timed
+        steppers = {"a": step_a, "b": step_b}
         times: dict[str, list[float]] = {"a": [], "b": []}
         tokens: dict[str, list[int]] = {"a": [], "b": []}
         answers: list[int] = []
-        steppers = {"a": step_a, "b": step_b}
-        for step in range(args.warmup):
-            losses["b"].append(step_b(batches["b"][step])[0])
         for step in range(args.warmup, n_steps):
             for name in ("a", "b"):
                 start = time.perf_counter()
@@ -393,27 +310,50 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "a":
                     answers.append(n_answer)
 
-        rate = {name: sum(tokens[name]) / sum(times[name]) for name in ("a", "b")}
-        speedup = rate["a"] / rate["b"]
+        def rounds(values: list) -> list[list]:
+            return [values[r * args.steps : (r + 1) * args.steps] for r in range(args.rounds)]
+
+        per_round = {
+            name: [
+                sum(n) / sum(t)
+                for n, t in zip(rounds(tokens[name]), rounds(times[name]), strict=True)
+            ]
+            for name in ("a", "b")
+        }  # tokens/s of each path in each round
+        speedups = [a / b for a, b in zip(per_round["a"], per_round["b"], strict=True)]
+        speedup = statistics.median(speedups)
+        rate = {name: statistics.median(per_round[name]) for name in ("a", "b")}
+        examples_rate = {
+            name: config.batch_size * len(times[name]) / sum(times[name]) for name in ("a", "b")
+        }
         for name, label in (("a", f"library ({str(dtype).removeprefix('torch.')})"),
                             ("b", "reference (float32)")):  # fmt: skip
             step_ms = ", ".join(f"{t * 1e3:.0f}" for t in times[name])
+            rounds_text = ", ".join(f"{r:.0f}" for r in per_round[name])
             print(
-                f"({name}) {label}: {rate[name]:.0f} tokens/s, median step "
+                f"({name}) {label}: {rate[name]:.0f} tokens/s (rounds: {rounds_text}), "
+                f"{examples_rate[name]:.2f} examples/s, median step "
                 f"{statistics.median(times[name]):.3f} s [{step_ms} ms]"
             )
             print(f"    losses: {', '.join(f'{x:.3f}' for x in losses[name])}")
-        print(f"tokens per step: (a) {tokens['a']}, (b) {tokens['b']}; answer tokens {answers}")
+        print(
+            f"tokens per step: (a) {tokens['a']} of which computed {computed}, "
+            f"(b) {tokens['b']}; answer tokens (a) {answers}"
+        )
+        print(
+            f"speedup per round: {', '.join(f'{x:.2f}' for x in speedups)}; median "
+            f"{speedup:.2f}x, spread {min(speedups):.2f}-{max(speedups):.2f}"
+        )
 
         # ---- model FLOP utilisation of (a) ----------------------------------------------
-        # FLOPs per step = 4 * N_body * tokens + 4 * V * d * answer_tokens, where
+        # FLOPs per step = 4 * N_body * computed tokens + 4 * V * d * answer_tokens, where
         #   N_body = frozen parameters of the decoder blocks (no embeddings, no LoRA);
         #   forward 2 * N_body per token, backward 2 * N_body per token (input gradients
         #   only: the base weights are frozen, LoRA's own gradients are negligible);
         #   the LM head (V * d) runs only on answer positions in (a), forward + input
-        #   gradient = 4 * V * d per answer token.
-        # Attention-score FLOPs (~ 4 * seq * d per layer and token) and padding are not
-        # counted, so the figure is a slight underestimate. Peak = matmul peak of dtype.
+        #   gradient = 4 * V * d per answer token. Computed tokens count a shared read
+        #   once. Attention-score FLOPs and padding are not counted (a slight
+        #   underestimate). Peak = matmul peak of the dtype.
         blocks = find_decoder_layers(decoder)
         n_body = sum(
             p.numel()
@@ -422,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             if not p.requires_grad
         )  # fmt: skip
         head = decoder.get_base_model().get_output_embeddings().weight.numel()
-        flops = 4 * n_body * sum(tokens["a"]) + 4 * head * sum(answers)
+        flops = 4 * n_body * sum(computed) + 4 * head * sum(answers)
         achieved = flops / sum(times["a"]) / 1e9
         dtype_name = str(dtype).removeprefix("torch.")
         mfu = achieved / peak[dtype_name]
@@ -438,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         work_ratio = flops_b / flops
         print(
             f"(b) MFU: {mfu_b:.1%} of the float32 peak; (b) does {work_ratio:.2f}x the "
-            f"FLOPs of (a) ({timed_dialog_tokens / args.steps:.0f} target tokens per step)"
+            f"FLOPs of (a) ({timed_dialog_tokens / len(times['b']):.0f} target tokens per step)"
         )
 
         trainer_rate = None
@@ -453,12 +393,8 @@ def main(argv: list[str] | None = None) -> int:
                 if line.strip()
             ]
             rates = [r["tokens_per_s"] for r in records if r.get("kind") == "train"]
-            timed = rates[args.warmup :]
-            # Same batches, so per-step tokens are known: total tokens / total time.
-            trainer_rate = sum(tokens["a"]) / sum(
-                n / r for n, r in zip(tokens["a"], timed, strict=True)
-            )
-            print(f"trainer.train itself: {trainer_rate:.0f} tokens/s (from metrics.jsonl)")
+            trainer_rate = statistics.median(rates[args.warmup :])
+            print(f"trainer.train itself: median {trainer_rate:.0f} tokens/s (metrics.jsonl)")
 
     # The target is the trainer's memory: the library path's peak, taken before this
     # script loads the reference's second model copy into the same process.
@@ -467,22 +403,30 @@ def main(argv: list[str] | None = None) -> int:
     ok = speedup >= TARGET_SPEEDUP and rss <= TARGET_RSS_MB
     print(f"peak RSS of the library path alone (before the reference loads): {library_rss:.0f} MB")
     print(
-        f"speedup {speedup:.2f}x (target >= {TARGET_SPEEDUP}), peak RSS {rss:.0f} MB "
-        f"(target <= {TARGET_RSS_MB}): {'OK' if ok else 'MISSED'}"
+        f"speedup {speedup:.2f}x (median of {args.rounds} rounds; target >= "
+        f"{TARGET_SPEEDUP}), peak RSS {rss:.0f} MB (target <= {TARGET_RSS_MB}): "
+        f"{'OK' if ok else 'MISSED'}"
     )
     result = {
         "benchmark": "train_throughput",
         "model": EMBEDDED_MODEL,
         "batch_size": args.batch_size,
+        "share_reads": args.share_reads,
         "warmup_steps": args.warmup,
         "timed_steps": args.steps,
+        "rounds": args.rounds,
         "n_train_examples": len(data.train),
         "threads": torch.get_num_threads(),
         "speedup": round(speedup, 3),
+        "speedup_rounds": [round(x, 3) for x in speedups],
+        "speedup_spread": round(max(speedups) - min(speedups), 3),
         "tokens_per_s": round(rate["a"], 1),
         "reference_tokens_per_s": round(rate["b"], 1),
+        "examples_per_s": round(examples_rate["a"], 3),
+        "reference_examples_per_s": round(examples_rate["b"], 3),
         "trainer_tokens_per_s": None if trainer_rate is None else round(trainer_rate, 1),
         "mean_tokens_per_step": round(statistics.mean(tokens["a"]), 1),
+        "mean_computed_tokens_per_step": round(statistics.mean(computed), 1),
         "step_s": [round(t, 4) for t in times["a"]],
         "reference_step_s": [round(t, 4) for t in times["b"]],
         "cache_build_s": round(cache_build_s, 3),

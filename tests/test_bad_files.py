@@ -1,5 +1,6 @@
 """Untrusted files give one-line LatentQAErrors, not tracebacks: a malformed decoder
-latentqa.json, and JSON files that are not UTF-8 (nothing here loads a model)."""
+latentqa.json, config / dialogs / control / prompts files that are not UTF-8, bad build
+options; a config file may hold only some options (nothing here loads a model)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,17 @@ from pathlib import Path
 import pytest
 
 import latentqa.cli as cli
+from latentqa.cli.options import add_config_arguments, config_from_args
 from latentqa.cli.read import dialogs_from_args
 from latentqa.configs import config_from_file
 from latentqa.data import sources
 from latentqa.data.format import load_latentqa
+from latentqa.data.relations import build_relations_dataset
 from latentqa.decoder import SPEC_FILE, SPEC_FORMAT, DecoderSpec
 from latentqa.errors import LatentQAError
+from latentqa.steer.control import load_control
+from latentqa.steer.trainer import load_prompts
+from latentqa.train.config import TrainConfig
 
 NOT_UTF8 = b'{"name": "caf\xe9"}'  # Latin-1
 
@@ -133,3 +139,85 @@ def test_config_file_that_is_not_utf8(tmp_path):
     assert config_from_file(Options, path) == Options(lr=0.1)
     with pytest.raises(LatentQAError, match="cannot read config file"):
         config_from_file(Options, tmp_path)  # a folder
+
+
+def _cli_refuses(capsys, argv: list[str], message: str) -> None:
+    """Exit 2 with one line on stderr naming ``message``, and no traceback."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+
+
+@pytest.fixture
+def no_steer_load(monkeypatch):
+    """Steering fails the test if it gets as far as loading the model."""
+
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad file was refused")
+
+    monkeypatch.setattr("latentqa.steer.model.load_model", load)
+
+
+@pytest.mark.usefixtures("no_steer_load")
+def test_control_file_that_is_not_utf8(tmp_path, capsys):
+    path = tmp_path / "control.json"
+    path.write_bytes(b'[["Who is caf\xe9?", "A pirate."]]')
+    with pytest.raises(LatentQAError) as error:
+        load_control(path)
+    assert str(path) in one_line(error) and "must be UTF-8 JSON" in str(error.value)
+    out = tmp_path / "steered"
+    _cli_refuses(capsys, ["steer", "--control", str(path), "--out", str(out)], "not UTF-8")
+    assert not out.exists()
+
+
+@pytest.mark.usefixtures("no_steer_load")
+def test_prompts_file_that_is_not_utf8(tmp_path, capsys):
+    for name in ("prompts.txt", "prompts.json"):
+        path = tmp_path / name
+        path.write_bytes(b'["caf\xe9"]' if name.endswith(".json") else b"caf\xe9\n")
+        with pytest.raises(LatentQAError) as error:
+            load_prompts(path)
+        assert str(path) in one_line(error) and "not UTF-8" in str(error.value)
+    argv = ["steer", "--qa", "Who?", "A pirate.", "--prompts", str(path),
+            "--out", str(tmp_path / "steered")]  # fmt: skip
+    _cli_refuses(capsys, argv, "not UTF-8")
+    assert not (tmp_path / "steered").exists()
+
+
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_relations_build_with_a_bad_max_subjects(tmp_path, capsys, value):
+    out = tmp_path / "relations"
+    argv = ["data", "build", "--task", "relations", "--no-filter", "--max-subjects", value,
+            "--out", str(out)]  # fmt: skip
+    _cli_refuses(capsys, argv, f"--max-subjects must be at least 1, got {value}")
+    assert not out.exists()
+    with pytest.raises(LatentQAError, match="max_subjects must be at least 1"):
+        build_relations_dataset(out, max_subjects=int(value))
+    assert not out.exists()
+
+
+def _train_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, TrainConfig)
+    return parser.parse_args(argv)
+
+
+def test_config_file_of_hyperparameters_only(tmp_path, capsys):
+    path = tmp_path / "hyper.json"
+    path.write_text(json.dumps({"lr": 0.01, "steps": 5, "data": "from-file"}))
+    config = config_from_args(TrainConfig, _train_args(["--config", str(path), "--data", "d",
+                                                        "--out", "o", "--steps", "7"]))  # fmt: skip
+    # The file fills what the command line leaves out; the command line wins.
+    assert (config.data, config.out, config.lr, config.steps) == ("d", "o", 0.01, 7)
+    with pytest.raises(LatentQAError) as error:
+        config_from_args(TrainConfig, _train_args(["--config", str(path)]))
+    assert "missing required option(s) out: pass --out" in one_line(error)
+    path.write_text(json.dumps({"lr": 0.01, "lerning_rate": 1}))
+    with pytest.raises(LatentQAError, match="unknown option"):
+        config_from_args(TrainConfig, _train_args(["--config", str(path), "--data", "d",
+                                                   "--out", "o"]))  # fmt: skip
+    path.write_bytes(b'{"lr": 0.1, "note": "\xff"}')
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(path), "--data", "d", "--out", str(out)]
+    _cli_refuses(capsys, argv, "must be UTF-8 JSON")
+    assert not out.exists()

@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import itertools
 import json
+import math
 import textwrap
 import types
 import typing
@@ -91,15 +92,31 @@ def config_from_dict(cls: type[T], values: dict[str, Any]) -> T:
             f"unknown option(s) {', '.join(unknown)} for {cls.__name__}; "
             f"valid options: {', '.join(sorted(fields))}"
         )
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [name for name in required if name not in values]
+    if missing:
+        flags = " and ".join(_flag(name) for name in missing)
+        raise LatentQAError(
+            f"missing required option(s) {', '.join(missing)}: pass {flags} "
+            "(or put them in the --config file)"
+        )
     hints = field_types(cls)
-    try:
-        return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
-    except TypeError as error:  # a required option is missing
-        raise LatentQAError(f"{cls.__name__}: {error}") from None
+    return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
 
 
-def config_from_file(cls: type[T], path: str | Path) -> T:
-    """Load a config from a JSON file (unknown keys are errors)."""
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The options of a JSON config file, unchecked against any config class.
+
+    A file may hold only some options (e.g. hyperparameters) when the rest come from the
+    command line, so required options are checked after the two are merged.
+
+    Raises:
+        LatentQAError: The file is missing, unreadable, not UTF-8, not JSON or not an object.
+    """
     try:
         values = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -112,7 +129,71 @@ def config_from_file(cls: type[T], path: str | Path) -> T:
         raise LatentQAError(f"config file {path} is not valid JSON: {error}") from None
     if not isinstance(values, dict):
         raise LatentQAError(f"config file {path} must hold a JSON object")
-    return config_from_dict(cls, values)
+    return values
+
+
+def config_from_file(cls: type[T], path: str | Path) -> T:
+    """Load a config from a JSON file (unknown keys are errors)."""
+    return config_from_dict(cls, read_config_file(path))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def require_int(name: str, value: int | None, minimum: int, *, optional: bool = False) -> None:
+    """Raise a one-line error unless ``value`` is at least ``minimum`` (or ``None`` if optional).
+
+    Raises:
+        LatentQAError: Naming the option, the value and what to set instead.
+    """
+    if value is None and optional:
+        return
+    if value is None or value < minimum:
+        raise LatentQAError(
+            f"{name} must be at least {minimum}, got {value}: set {_flag(name)} to "
+            f"{minimum} or more"
+        )
+
+
+def require_number(
+    name: str,
+    value: float,
+    low: float,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Raise a one-line error unless ``value`` is finite and within the given bounds.
+
+    Args:
+        name: The option, named in the message.
+        value: Its value; NaN and infinities are always refused.
+        low: Lower bound, included unless ``low_open``.
+        high: Upper bound (``None``: none), included unless ``high_open``.
+        low_open: Exclude ``low`` itself.
+        high_open: Exclude ``high`` itself.
+
+    Raises:
+        LatentQAError: Naming the option, the value and the range to choose from.
+    """
+    fits = math.isfinite(value) and (value > low if low_open else value >= low)
+    if high is not None:
+        fits = fits and (value < high if high_open else value <= high)
+    if fits:
+        return
+    if high is not None:
+        span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        rule, wanted = f"be in {span}", f"a number in {span}"
+    elif low == 0 and low_open:
+        rule, wanted = "be positive", "a finite number above 0"
+    elif low == 0:
+        rule, wanted = "not be negative", "a finite number, 0 or more"
+    else:
+        bound = f"{'above' if low_open else 'at least'} {low:g}"
+        rule, wanted = f"be {bound}", f"a finite number {bound}"
+    raise LatentQAError(f"{name} must {rule}, got {value}: set {_flag(name)} to {wanted}")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

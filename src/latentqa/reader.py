@@ -25,7 +25,6 @@ from latentqa.chat import EncodedDialog, Message, encode_dialog, render, validat
 from latentqa.decoder import (
     SPEC_FILE,
     DecoderSpec,
-    answer_token_loss,
     decoder_batch,
     decoder_inputs,
     unwrap_causal_lm,
@@ -34,7 +33,9 @@ from latentqa.errors import LatentQAError
 from latentqa.layers import check_layer_index, find_decoder_layers
 from latentqa.models import EMBEDDED_MODEL, load_model
 from latentqa.patch import PATCH_MODES, patch_activations
+from latentqa.preflight import check_questions
 from latentqa.read import pad_token_id, read_encoded
+from latentqa.shared_prefix import shared_answer_loss, shared_decoder_batch
 
 VectorsTransform = Callable[[torch.Tensor], torch.Tensor]
 """Maps read vectors ``[n, d_model]`` to replacements of the same shape."""
@@ -151,13 +152,6 @@ def _context_length(model: nn.Module) -> int | None:
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     value = getattr(text, "max_position_embeddings", None)
     return int(value) if value else None
-
-
-def _as_questions(questions: str | Sequence[str]) -> list[str]:
-    items = [questions] if isinstance(questions, str) else list(questions)
-    if not items or not all(isinstance(q, str) and q.strip() for q in items):
-        raise LatentQAError(f"ask at least one question, as non-empty strings; got {items!r:.80}")
-    return items
 
 
 def _as_answers(answers: Sequence[str]) -> list[str]:
@@ -363,7 +357,7 @@ class Reader:
         ``vectors[i]`` (``[n_i, d_model]``) is patched into the prompt pass of row ``i``
         only; later tokens come from the KV cache. Rows run in left-padded batches.
         """
-        questions = _as_questions(questions)
+        questions = check_questions(questions)
         if len(vectors) != len(questions):
             raise LatentQAError(f"{len(vectors)} vector sets for {len(questions)} questions")
         if max_new_tokens < 1 or temperature < 0:
@@ -412,7 +406,7 @@ class Reader:
         temperature: float = 0.0,
     ) -> list[str]:
         """Answer questions about already-read vectors ``[n, d_model]`` (e.g. zeroed, shuffled)."""
-        items = _as_questions(questions)
+        items = check_questions(questions)
         rows = self.generate_ids([vectors] * len(items), items, max_new_tokens, temperature)
         return self._texts(rows)
 
@@ -470,7 +464,7 @@ class Reader:
     ) -> tuple[list[torch.Tensor], list[str], list[str], int]:
         """Read every dialog once, answer every question: (row vectors, row questions,
         answer texts, questions per dialog), rows dialog-major."""
-        items = _as_questions(questions)
+        items = check_questions(questions)
         vectors = self.read_many(dialogs, layer, batch_size)
         if vectors_transform is not None:
             vectors = [vectors_transform(v) for v in vectors]
@@ -565,7 +559,7 @@ class Reader:
             LatentQAError: Rows of unequal lengths, empty questions, or vectors of the
                 wrong hidden size.
         """
-        questions = _as_questions(questions)
+        questions = check_questions(questions)
         if isinstance(answers, str) or not all(isinstance(a, str) for a in answers):
             raise LatentQAError("answers must be a list of strings")
         answers = list(answers)
@@ -608,17 +602,29 @@ class Reader:
             )
         values: list[float] = []
         for start in range(0, len(answers), batch_size):
-            rows = slice(start, start + batch_size)
-            chunk = [self._check_vectors(v) for v in vectors[rows]]
-            batch, flat = decoder_batch(self.tokenizer, chunk, questions[rows], answers[rows])
-            self._check_length(batch.input_ids.shape[1], "the decoder prompt with its answer")
-            sums = answer_token_loss(
+            rows = range(start, min(start + batch_size, len(answers)))
+            # Rows given the same vectors object read once: their prompts share the
+            # prefix up to the last placeholder (see latentqa.shared_prefix).
+            groups: dict[int, list[int]] = {}
+            for row in rows:
+                groups.setdefault(id(vectors[row]), []).append(row)
+            members = list(groups.values())
+            reads = [self._check_vectors(vectors[group[0]]) for group in members]
+            pairs = [[(questions[r], answers[r]) for r in group] for group in members]
+            batch, flat = shared_decoder_batch(self.tokenizer, reads, pairs)
+            self._check_length(
+                int(batch.position_ids.max()) + 1, "the decoder prompt with its answer"
+            )
+            sums = shared_answer_loss(
                 self.model, batch.to(self.device), flat, write_layer=self.spec.write_layer,
                 mode=self.spec.mode, reduction="none",
             )  # fmt: skip
-            # sums: [rows, 2] = per row (summed nll, answer token count)
+            # sums: [branches, 2] = per row (summed nll, answer token count), group order
             scores = -sums[:, 0] / sums[:, 1].clamp_min(1) if normalize else -sums[:, 0]
-            values += scores.tolist()
+            by_row = dict(
+                zip([r for group in members for r in group], scores.tolist(), strict=True)
+            )
+            values += [by_row[row] for row in rows]
         return values
 
     # Scoring answers.
@@ -636,7 +642,7 @@ class Reader:
         The answer's tokens include the template's end-of-turn token (as in training).
         With ``normalize`` each sum is divided by its number of answer tokens.
         """
-        (question,) = _as_questions([question])
+        (question,) = check_questions([question])
         answers = _as_answers(answers)
         n = len(answers)  # all candidates in one decoder pass
         return self.score_rows([vectors] * n, [question] * n, answers, normalize, batch_size=n)
@@ -656,7 +662,7 @@ class Reader:
         One target read and one decoder forward over all candidates; ``normalize``,
         ``layer`` and ``vectors_transform`` are as in :meth:`score_vectors` and :meth:`ask`.
         """
-        (question,) = _as_questions([question])
+        (question,) = check_questions([question])
         _as_answers(answers)
         vectors = self.read(dialog, layer)
         if vectors_transform is not None:

@@ -34,6 +34,12 @@ def register(subparsers: Any) -> None:
         ),
     )
     build.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    build.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty folder that is not a dataset built here (its train/, "
+        "heldout/ and meta.json are replaced; other files stay)",
+    )
     build.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     build.add_argument(
         "--heldout-fraction",
@@ -102,10 +108,11 @@ def _build(args: argparse.Namespace) -> int:
         from latentqa.data.relations import run_build
 
         return run_build(args)
-    from latentqa.data.build import build_dataset
+    from latentqa.data.build import build_dataset, check_build_out
 
     if args.max_new_tokens < 1 or args.batch_size < 1:
         raise LatentQAError("--max-new-tokens and --batch-size must be positive")
+    check_build_out(args.out, args.force)  # a foreign --out fails before the model loads
     start = time.perf_counter()
     generate = None
     generator_id = None
@@ -126,6 +133,7 @@ def _build(args: argparse.Namespace) -> int:
         generate=generate,
         generator_id=generator_id,
         cache_path=args.cache,
+        force=args.force,
     )
     elapsed = time.perf_counter() - start
     for split, counts in summary["counts"].items():

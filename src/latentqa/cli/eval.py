@@ -78,11 +78,20 @@ def run_system_prompt(args: argparse.Namespace) -> int:
     from latentqa.errors import LatentQAError
     from latentqa.evals.report import markdown_table, plot_per_layer
     from latentqa.evals.system_prompt import CHANCE, METHODS, evaluate_system_prompt
+    from latentqa.preflight import check_output_folder, preflight_decoder
     from latentqa.reader import Reader
 
     unknown = sorted(set(args.methods or ()) - set(METHODS))
     if unknown:
         raise LatentQAError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    # Checked before any load: a bad --layers used to fail after the whole main evaluation.
+    preflight_decoder(args.target, args.decoder, layers=args.layers, device=args.device)
+    if args.data is not None and not Path(args.data).exists():
+        raise LatentQAError(f"--data {args.data} does not exist")
+    if args.n is not None and args.n < 1:
+        raise LatentQAError(f"--n must be at least 1, got {args.n}")
+    if args.layers:
+        check_output_folder(args.out, "--out")
     reader = Reader.load(args.target, args.decoder, device=args.device)
     spec = reader.spec
     base = None

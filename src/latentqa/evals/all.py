@@ -297,6 +297,14 @@ def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
 
 def run_all_command(args: argparse.Namespace) -> int:
     """Run ``latentqa eval all``; exit status 1 when an evaluation failed."""
+    from latentqa.models import resolve_device
+    from latentqa.preflight import check_layers, check_output_folder, model_shape
+
+    # Before any model loads: a bad --layers would otherwise fail after each main evaluation.
+    resolve_device(args.device)
+    check_output_folder(args.out, "--out")
+    shape = model_shape(args.target)
+    check_layers(args.layers, shape[0] if shape else None, "read layer")
     ctx = SuiteContext(
         out=args.out, target=args.target, decoder=args.decoder,
         decoders=_pairs(args.task_decoder, "--task-decoder"), data=_pairs(args.data, "--data"),

@@ -435,14 +435,28 @@ def add_relations_task(tasks: argparse._SubParsersAction) -> None:
 
 def run_relations(args: argparse.Namespace) -> int:
     """Run ``latentqa eval relations``; prints the tables (and JSON with ``--json``)."""
+    from latentqa.preflight import check_output_folder, preflight_decoder
+
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    # Every option is checked before any load: the sweep runs after the main evaluation.
+    pairs = [item.split("=", 1) for item in args.layer_decoder]
+    if any(len(pair) != 2 or not pair[0].lstrip("-").isdigit() for pair in pairs):
+        raise LatentQAError("--layer-decoder takes LAYER=DIR, e.g. 9=runs/rel-l9")
+    if pairs and not args.layers:
+        raise LatentQAError("--layer-decoder is used by the sweep only: add --layers")
+    if not Path(args.data).is_dir():
+        raise LatentQAError(f"--data {args.data} does not exist or is not a folder")
+    preflight_decoder(args.target, args.decoder, layers=args.layers, device=args.device)
+    for layer, folder in pairs:
+        if int(layer) not in args.layers:
+            raise LatentQAError(f"--layer-decoder {layer}={folder}: add {layer} to --layers")
+        preflight_decoder(args.target, folder, layers=[int(layer)], device=args.device)
+    if args.layers:
+        check_output_folder(args.out, "--out")
     reader = Reader.load(args.target, args.decoder, device=args.device)
     result = evaluate_relations(reader, args.data, n=args.n, seed=args.seed,
                                 max_new_tokens=args.max_new_tokens, log=log)  # fmt: skip
     if args.layers:
-        pairs = [item.split("=", 1) for item in args.layer_decoder]
-        if any(len(pair) != 2 or not pair[0].lstrip("-").isdigit() for pair in pairs):
-            raise LatentQAError("--layer-decoder takes LAYER=DIR, e.g. 9=runs/rel-l9")
         readers = {int(k): Reader.load(args.target, v, device=args.device) for k, v in pairs}
         result.update(sweep_layers(reader, args.data, args.layers, args.out or ".",
                                    layer_readers=readers, n=args.n, seed=args.seed,

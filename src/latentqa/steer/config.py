@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from latentqa.configs import require_int, require_number
 from latentqa.errors import LatentQAError
 
 
@@ -59,15 +60,24 @@ class SteerConfig:
     """Frozen weights' dtype: float32 or bfloat16 (LoRA weights stay float32)."""
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every option that needs no file or model, so bad values fail at once.
+
+        Raises:
+            LatentQAError: One line naming the option, its value and what to set instead.
+        """
+        if not str(self.out).strip():
+            raise LatentQAError("out must not be empty: set --out to a folder")
         for name in ("steps", "batch_size", "lora_r", "lora_alpha"):
-            if getattr(self, name) < 1:
-                raise LatentQAError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_prompts is not None and self.max_prompts < 1:
-            raise LatentQAError(f"max_prompts must be at least 1, got {self.max_prompts}")
-        if self.lr <= 0:
-            raise LatentQAError(f"lr must be positive, got {self.lr}")
-        if self.warmup_steps < 0 or self.max_grad_norm < 0:
-            raise LatentQAError("warmup_steps and max_grad_norm must not be negative")
+            require_int(name, getattr(self, name), 1)
+        require_int("max_prompts", self.max_prompts, 1, optional=True)
+        require_int("warmup_steps", self.warmup_steps, 0)
+        require_number("lr", self.lr, 0, low_open=True)
+        require_number("max_grad_norm", self.max_grad_norm, 0)
+        if not self.lora_targets.strip():
+            raise LatentQAError("lora_targets must not be empty: use all-linear or module names")
         for name in ("layers", "read_layers"):
             if getattr(self, name) is not None and not getattr(self, name):
                 raise LatentQAError(f"{name} must name at least one layer")

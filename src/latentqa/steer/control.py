@@ -64,15 +64,17 @@ def load_control(path: str | Path) -> list[QAPair]:
     """Read a control file (see the module docstring) and return its pairs.
 
     Raises:
-        LatentQAError: The file is missing, not JSON, or not a valid control.
+        LatentQAError: The file is missing, not UTF-8 JSON, or not a valid control.
     """
     path = Path(path).expanduser()
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise LatentQAError(f"control file {path} does not exist") from None
     except OSError as error:
         raise LatentQAError(f"cannot read {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise LatentQAError(f"control file {path} is not UTF-8: it must be UTF-8 JSON") from None
     except json.JSONDecodeError as error:
         raise LatentQAError(f"control file {path} is not valid JSON: {error}") from None
     return parse_control(data, str(path))

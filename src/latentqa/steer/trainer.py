@@ -24,12 +24,14 @@ from latentqa.data.sources import load_user_prompts
 from latentqa.decoder import answer_token_loss, decoder_batch, decoder_inputs
 from latentqa.errors import LatentQAError
 from latentqa.layers import check_layer_index
+from latentqa.preflight import check_layers, preflight_decoder
 from latentqa.read import pad_token_id, read_encoded
 from latentqa.reader import ADAPTER_FILES
 from latentqa.steer.config import SteerConfig
 from latentqa.steer.control import QAPair, combine_controls
 from latentqa.steer.model import DECODER_ADAPTER, STEER_ADAPTER, SteerableModel
-from latentqa.train.trainer import example_order, lr_lambda
+from latentqa.train.order import example_order
+from latentqa.train.trainer import lr_lambda
 
 STEER_FILE = "steer.json"
 STEER_FORMAT = "latentqa-steer/1"
@@ -64,10 +66,14 @@ def load_prompts(
     else:
         path = Path(path).expanduser()
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as error:
             raise LatentQAError(
                 f"cannot read prompts file {path}: {error.strerror or error}"
+            ) from None
+        except UnicodeDecodeError:
+            raise LatentQAError(
+                f"prompts file {path} is not UTF-8: save it as UTF-8 text or JSON"
             ) from None
         if path.suffix.lower() == ".json":
             try:
@@ -266,6 +272,10 @@ def steer(
         raise LatentQAError(f"{out} already holds a steering adapter; choose another --out")
     prompts = load_prompts(config.prompts, config.max_prompts, config.seed)
     if steerable is None:
+        # Layers and the decoder folder are checked before the load, from latentqa.json.
+        spec = preflight_decoder(config.target, config.decoder, layers=config.read_layers,
+                                 device=config.device, dtype=config.dtype)  # fmt: skip
+        check_layers(config.layers, spec.n_layers, "steer layer")
         steerable = SteerableModel.load(config.target, config.decoder, device=config.device,
                                         dtype=config.dtype)  # fmt: skip
     records = train_steering(steerable, control, prompts, config, progress=progress)

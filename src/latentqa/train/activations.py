@@ -3,7 +3,9 @@
 The target is the decoder's own base model with its adapters switched off, so
 training holds one copy of the weights. Its activations depend only on the
 dialog, so many QA examples of one behaviour share one read, and for a fixed
-dataset all reads can be computed once and cached on disk (``--cache-activations``).
+dataset all reads can be computed once and cached on disk (``--cache-activations``),
+under a key that covers the target's weight files, so a model changed in place is
+read afresh.
 """
 
 from __future__ import annotations
@@ -22,7 +24,29 @@ from tqdm.auto import tqdm
 
 from latentqa.chat import EncodedDialog
 from latentqa.decoder import flatten_reads, standardizer
+from latentqa.errors import LatentQAError
 from latentqa.read import read_encoded
+
+
+def weights_fingerprint(target: str) -> str:
+    """What identifies ``target``'s weights on disk, for cache keys.
+
+    A local folder or GGUF file (the embedded model included): name, size and
+    modification time of each file (a folder's top level), so a model rewritten in
+    place gets a new key. A hub id: the id itself (the loaded config's revision is
+    added by :meth:`ActivationSource.fingerprint`).
+    """
+    from latentqa.models import _classify_spec
+
+    try:
+        kind, where = _classify_spec(target)
+    except LatentQAError:
+        return str(target)  # not a loadable spec: the model was given some other way
+    path = Path(where)
+    if kind == "hub" or not path.exists():
+        return str(target)
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    return json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
 
 
 class ActivationSource:
@@ -98,11 +122,17 @@ class ActivationSource:
         return [computed[i] for i in indices]
 
     def fingerprint(self, target_name: str) -> str:
-        """A key that changes whenever the cached reads would."""
+        """A key that changes whenever the cached reads would.
+
+        Covers the target's weights (:func:`weights_fingerprint`, and the hub revision
+        its config was loaded from), the read options, the dtype and every dialog.
+        """
         digest = hashlib.sha256()
         meta = [target_name, self.read_layers, self.max_read_tokens, self.layers_path, self.pool,
                 self._scale_key]  # fmt: skip
         meta.append(str(next(self.target.parameters()).dtype))
+        meta.append(weights_fingerprint(target_name))
+        meta.append(getattr(getattr(self.target, "config", None), "_commit_hash", None))
         digest.update(json.dumps(meta).encode())
         for dialog in self.dialogs:
             digest.update(json.dumps([dialog.input_ids, dialog.read_start]).encode())

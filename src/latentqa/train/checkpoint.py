@@ -3,15 +3,18 @@
 A checkpoint is a folder ``step-NNNNNNN`` written under a temporary name and
 renamed into place, then ``latest`` (a one-line file) is replaced atomically. A
 run killed at any instant leaves either the previous checkpoint or the new one,
-never half of one. Tensors are stored with safetensors / ``torch.load(weights_only=True)``
-so loading never unpickles arbitrary objects.
+never half of one; the temporary folders of killed writes are removed at the next
+save or resume. Tensors are stored with safetensors / ``torch.load(weights_only=True)``
+so loading never unpickles arbitrary objects, and a damaged file is a one-line error.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from latentqa.errors import LatentQAError
@@ -27,6 +31,11 @@ ADAPTER_FILE = "adapter.safetensors"
 STATE_FILE = "optimizer.pt"
 TRAINER_FILE = "trainer_state.json"
 LATEST = "latest"
+_STEP = re.compile(r"step-\d{7,}")
+_UNREADABLE = (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError,
+               SafetensorError)  # fmt: skip
+"""What reading a damaged or truncated checkpoint file raises (JSON and UTF-8 errors
+are ValueErrors)."""
 
 
 @dataclass
@@ -45,6 +54,28 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete what killed checkpoint writes left in ``folder``; the paths removed.
+
+    Only one process of one run writes a checkpoint folder, so at a save or a resume
+    every temporary ``.step-*`` folder and ``.latest.tmp*`` file is a leftover.
+    """
+    removed = []
+    for path in sorted(folder.glob(".step-*")) + sorted(folder.glob(f".{LATEST}.tmp*")):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def checkpoint_dirs(folder: Path) -> list[Path]:
+    """The finished checkpoint folders ``step-N`` under ``folder``, oldest first."""
+    found = [p for p in folder.glob("step-*") if _STEP.fullmatch(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
 def save_checkpoint(
     folder: Path,
     state: TrainerState,
@@ -53,10 +84,18 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint ``step-N`` under ``folder`` atomically and prune old ones."""
+    """Write checkpoint ``step-N`` under ``folder`` atomically; keep the ``keep`` newest.
+
+    Raises:
+        LatentQAError: ``keep`` is below 1 (keeping every checkpoint silently could fill
+            the disk; the newest is always kept, it is the one ``latest`` names).
+    """
+    if keep < 1:
+        raise LatentQAError(f"keep_checkpoints must be at least 1, got {keep}")
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(folder)
     final = folder / f"step-{state.step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=folder))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp", dir=folder))
     try:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in adapter.items()}, tmp / ADAPTER_FILE
@@ -81,19 +120,25 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _atomic_write_text(folder / LATEST, final.name + "\n")
-    steps = sorted(p for p in folder.glob("step-*") if p.is_dir() and not p.name.startswith("."))
-    for old in steps[:-keep] if keep > 0 else []:
+    # The one just written always stays: ``latest`` names it.
+    older = [p for p in checkpoint_dirs(folder) if p != final]
+    for old in older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    """The checkpoint named by ``latest``, or ``None`` when there is none."""
-    pointer = folder / LATEST
-    if not pointer.is_file():
+    """The checkpoint named by ``latest``, or ``None`` when there is none.
+
+    A ``latest`` that is unreadable or names anything but a ``step-N`` folder here
+    counts as none.
+    """
+    try:
+        name = (folder / LATEST).read_text(encoding="utf-8").strip()
+    except (OSError, ValueError):
         return None
-    path = folder / pointer.read_text().strip()
-    return path if (path / TRAINER_FILE).is_file() else None
+    path = folder / name
+    return path if _STEP.fullmatch(name) and (path / TRAINER_FILE).is_file() else None
 
 
 @dataclass
@@ -108,17 +153,44 @@ class Checkpoint:
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    """Read a checkpoint folder written by :func:`save_checkpoint`."""
+    """Read a checkpoint folder written by :func:`save_checkpoint`.
+
+    Raises:
+        LatentQAError: A file is missing, truncated or not what it should be (one line
+            naming the file and what to do).
+    """
+    name = TRAINER_FILE
     try:
-        trainer = json.loads((path / TRAINER_FILE).read_text())
+        trainer = json.loads((path / TRAINER_FILE).read_text(encoding="utf-8"))
+        name = ADAPTER_FILE
         adapter = load_file(str(path / ADAPTER_FILE))
+        name = STATE_FILE
         tensors = torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
-    except (OSError, json.JSONDecodeError, RuntimeError) as error:
-        raise LatentQAError(
-            f"checkpoint {path} is unreadable ({error}); delete it to restart"
-        ) from None
-    state = TrainerState(trainer["step"], trainer["config_fingerprint"])
+        name = TRAINER_FILE
+        state = TrainerState(int(trainer["step"]), str(trainer["config_fingerprint"]))
+        version, internal, _ = trainer["python_rng"]
+        name = STATE_FILE
+        if not isinstance(tensors, dict):
+            raise ValueError(f"holds a {type(tensors).__name__}, not a dict")
+        missing = {"optimizer", "scheduler", "torch_rng", "cuda_rng"} - set(tensors)
+        if missing or not isinstance(internal, list) or not isinstance(version, int):
+            raise ValueError(f"missing {sorted(missing)}" if missing else "bad RNG state")
+    except (*_UNREADABLE, KeyError, TypeError) as error:
+        raise LatentQAError(_damaged(path, name, error)) from None
     return Checkpoint(path, state, adapter, tensors, trainer["python_rng"])
+
+
+def _damaged(path: Path, name: str, error: BaseException) -> str:
+    """The one-line message for a damaged checkpoint, with the way out."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    why = f"{type(error).__name__}: {lines[0][:120]}" if lines else type(error).__name__
+    older = [p.name for p in checkpoint_dirs(path.parent) if p != path]
+    way_out = (
+        f"write an older checkpoint's name ({older[-1]}) into {path.parent / LATEST}"
+        if older
+        else "start over with --force"
+    )
+    return f"checkpoint {path} is damaged ({name}: {why}); {way_out}"
 
 
 def restore_rng(checkpoint: Checkpoint) -> None:

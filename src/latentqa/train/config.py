@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from latentqa.configs import require_int, require_number
 from latentqa.errors import LatentQAError
 
 
@@ -68,6 +69,10 @@ class TrainConfig:
     """Examples per micro-batch (per process)."""
     grad_accum: int = 1
     """Micro-batches per optimizer step."""
+    share_reads: int = 4
+    """Put up to this many examples of one dialog next to each other in a batch and
+    compute their read once (the decoder prompt up to the last placeholder is shared;
+    loss and gradients are unchanged, see docs/performance.md); 1: every example alone."""
     steps: int | None = None
     """Optimizer steps; overrides epochs when set."""
     epochs: float = 1.0
@@ -105,23 +110,47 @@ class TrainConfig:
     """Allow custom model code from the model folder (only for models you trust)."""
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every option that needs no file or model, so bad values fail at once.
+
+        Raises:
+            LatentQAError: One line naming the option, its value and what to set instead.
+        """
+        for name in ("data", "out"):
+            if not str(getattr(self, name)).strip():
+                raise LatentQAError(f"{name} must not be empty: set {name} to a folder")
         positive = (
-            "lora_r", "batch_size", "grad_accum", "max_read_tokens", "eval_examples",
-            "task_examples",
+            "lora_r", "lora_alpha", "batch_size", "grad_accum", "share_reads", "max_read_tokens",
+            "eval_examples", "task_examples", "keep_checkpoints",
         )  # fmt: skip
         for name in positive:
-            if getattr(self, name) < 1:
-                raise LatentQAError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.steps is not None and self.steps < 1:
-            raise LatentQAError(f"steps must be at least 1, got {self.steps}")
-        if self.epochs <= 0:
-            raise LatentQAError(f"epochs must be positive, got {self.epochs}")
-        if self.lr <= 0:
-            raise LatentQAError(f"lr must be positive, got {self.lr}")
+            require_int(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "eval_every", "save_every"):
+            require_int(name, getattr(self, name), 0)
+        for name in ("steps", "max_examples"):
+            require_int(name, getattr(self, name), 1, optional=True)
+        require_number("epochs", self.epochs, 0, low_open=True)
+        require_number("lr", self.lr, 0, low_open=True)
+        require_number("weight_decay", self.weight_decay, 0)
+        require_number("max_grad_norm", self.max_grad_norm, 0)
+        require_number("lora_dropout", self.lora_dropout, 0, 1, high_open=True)
+        require_number("min_lr_ratio", self.min_lr_ratio, 0, 1)
         if self.read_pool not in ("none", "mean"):
             raise LatentQAError(f"read_pool must be none or mean, got {self.read_pool!r}")
+        if self.mode not in ("replace", "add"):
+            raise LatentQAError(f"mode must be replace or add, got {self.mode!r}")
+        if not self.lora_targets.strip():
+            raise LatentQAError("lora_targets must not be empty: use all-linear or module names")
+        from latentqa.data.format import KINDS
         from latentqa.train.tasks import parse_task_mix
 
         parse_task_mix(self.task_mix)  # unknown tasks are errors before any load
+        if self.kinds is not None:
+            unknown = sorted(set(self.kinds) - set(KINDS))
+            if unknown or not self.kinds:
+                what = f"unknown data kind(s) {unknown}" if unknown else "kinds is empty"
+                raise LatentQAError(f"{what}: set --kinds to any of {', '.join(KINDS)}")
         if self.read_layers is not None and not self.read_layers:
             raise LatentQAError("read_layers must name at least one layer")

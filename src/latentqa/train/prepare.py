@@ -60,6 +60,8 @@ def resolve_read_layers(config: TrainConfig, n_layers: int) -> list[int]:
 def config_fingerprint(config: TrainConfig) -> str:
     values = config_to_dict(config)
     subset = {key: values[key] for key in _FINGERPRINT_KEYS}
+    if config.share_reads != 1:  # batches differ; runs from before the option keep theirs
+        subset["share_reads"] = config.share_reads
     return hashlib.sha256(json.dumps(subset, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -24,22 +23,30 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from latentqa.configs import config_to_dict
-from latentqa.decoder import DecoderSpec, answer_token_loss, decoder_batch, fit_standardizer
+from latentqa.decoder import (
+    SPEC_FILE,
+    DecoderSpec,
+    answer_token_loss,
+    decoder_batch,
+    fit_standardizer,
+)
 from latentqa.errors import LatentQAError
 from latentqa.layers import check_layer_index
 from latentqa.layout import DecoderBatch
 from latentqa.models import load_model, resolve_device, resolve_dtype
+from latentqa.preflight import preflight_train
 from latentqa.read import pad_token_id
-from latentqa.train.activations import ActivationSource
-from latentqa.train.checkpoint import (
-    TrainerState,
-    latest_checkpoint,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
+from latentqa.shared_prefix import (
+    SharedBatch,
+    cpu_attention,
+    shared_answer_loss,
+    shared_decoder_batch,
 )
+from latentqa.train.activations import ActivationSource
+from latentqa.train.checkpoint import TrainerState, restore_rng, save_checkpoint
 from latentqa.train.config import TrainConfig
 from latentqa.train.evaluate import evaluate_losses
+from latentqa.train.order import example_lengths, example_order
 from latentqa.train.plots import plot_losses
 from latentqa.train.prepare import (
     PreparedData,
@@ -49,6 +56,13 @@ from latentqa.train.prepare import (
     n_decoder_layers,
     prepare_data,
     resolve_read_layers,
+)
+from latentqa.train.run_folder import (
+    CHECKPOINTS,
+    check_flags,
+    open_run,
+    start_writing,
+    write_atomically,
 )
 
 
@@ -61,10 +75,35 @@ class LITObjective(nn.Module):
         self.write_layer = write_layer
         self.mode = mode
 
-    def forward(self, batch: DecoderBatch, vectors: torch.Tensor) -> torch.Tensor:
-        return answer_token_loss(
-            self.decoder, batch, vectors, write_layer=self.write_layer, mode=self.mode
+    def forward(self, batch: DecoderBatch | SharedBatch, vectors: torch.Tensor) -> torch.Tensor:
+        loss = shared_answer_loss if isinstance(batch, SharedBatch) else answer_token_loss
+        return loss(self.decoder, batch, vectors, write_layer=self.write_layer, mode=self.mode)
+
+
+def lit_inputs(
+    tokenizer, source: ActivationSource, examples: Sequence[tuple[int, str, str]], share: int
+) -> tuple[DecoderBatch | SharedBatch, torch.Tensor, int]:
+    """The decoder inputs of one micro-batch and its tokens (each example counted whole).
+
+    With ``share`` > 1, examples of one dialog (up to ``share`` of them) read its
+    activations once through a shared prefix; the loss and gradient are the same.
+    """
+    if share <= 1:
+        vectors = source.get([dialog for dialog, _, _ in examples])
+        batch, flat = decoder_batch(
+            tokenizer, vectors, [q for _, q, _ in examples], [a for _, _, a in examples]
         )
+        return batch, flat, int(batch.attention_mask.sum())
+    groups: dict[tuple[int, int], list[tuple[str, str]]] = {}
+    seen: dict[int, int] = {}
+    for dialog, question, answer in examples:
+        # A dialog with more than `share` examples in the batch starts a second prefix.
+        key = (dialog, seen.get(dialog, 0) // share)
+        seen[dialog] = seen.get(dialog, 0) + 1
+        groups.setdefault(key, []).append((question, answer))
+    vectors = source.get([dialog for dialog, _ in groups])
+    batch, flat = shared_decoder_batch(tokenizer, vectors, list(groups.values()))
+    return batch, flat, batch.n_example_tokens
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float):
@@ -77,66 +116,6 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
-
-
-def epoch_permutation(
-    n: int, seed: int, epoch: int, lengths: Sequence[int] | None = None, group: int = 1
-) -> list[int]:
-    """The shuffled example order of one epoch, a pure function of its arguments.
-
-    With ``lengths``, each window of ``32 * group`` shuffled examples is sorted by
-    length, cut into batches of ``group`` and the batches shuffled again: a batch then
-    holds examples of similar length (a quarter of a random batch was padding), while
-    which examples share a window stays random.
-    """
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(n, generator=generator).tolist()
-    if lengths is None or group <= 1:
-        return order
-    window, grouped = 32 * group, []
-    for start in range(0, n, window):
-        chunk = sorted(order[start : start + window], key=lengths.__getitem__)
-        batches = [chunk[i : i + group] for i in range(0, len(chunk), group)]
-        for b in torch.randperm(len(batches), generator=generator).tolist():
-            grouped += batches[b]
-    return grouped
-
-
-def example_order(
-    n: int,
-    seed: int,
-    positions: range,
-    lengths: Sequence[int] | None = None,
-    group: int = 1,
-) -> list[int]:
-    """Example indices at stream ``positions``: epoch after epoch, each freshly shuffled.
-
-    The data position of a run is just its step count: resuming recomputes the same
-    order (see :func:`epoch_permutation` for ``lengths`` and ``group``).
-    """
-    perms: dict[int, list[int]] = {}
-    out = []
-    for position in positions:
-        epoch, offset = divmod(position, n)
-        if epoch not in perms:
-            perms[epoch] = epoch_permutation(n, seed, epoch, lengths, group)
-        out.append(perms[epoch][offset])
-    return out
-
-
-def example_lengths(
-    data: PreparedData, max_read_tokens: int, n_read_layers: int, pool: str = "none"
-) -> list[int]:
-    """Approximate decoder length of each training example, for length-grouped batches.
-
-    Placeholders (read positions kept, per read layer) plus question and answer at
-    about four characters a token.
-    """
-
-    def kept(d: int) -> int:
-        return 1 if pool == "mean" else min(data.dialogs[d].read_length, max_read_tokens)
-
-    return [kept(d) * n_read_layers + (len(q) + len(a)) // 4 for d, q, a in data.train]
 
 
 @dataclass
@@ -153,26 +132,31 @@ class TrainResult:
     """The trained decoder (peft model), ready to use in this process."""
 
 
-def _rewrite_metrics(path: Path, keep_through_step: int) -> None:
-    """Drop metric lines written after the checkpoint a resumed run starts from."""
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= keep_through_step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+def train(
+    config: TrainConfig, *, resume: bool = False, force: bool = False, progress: bool = True
+) -> TrainResult:
+    """Run LIT as configured.
 
+    Args:
+        config: The run's options.
+        resume: Continue from the latest checkpoint in ``config.out``.
+        force: Start over in a non-empty ``config.out`` (see
+            :mod:`latentqa.train.run_folder`); without it such a folder is refused.
+        progress: Show a progress bar.
 
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Run LIT as configured; with ``resume`` continue from the latest checkpoint."""
+    Raises:
+        LatentQAError: Bad options or inputs, or an output folder that is not this
+            run's to write (checked before the model loads).
+    """
     from accelerate import Accelerator
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
+    check_flags(resume=resume, force=force)
+    preflight_train(config, resume=resume)  # bad paths, layers, numbers: before the load
     out = Path(config.out)
-    checkpoints = out / "checkpoints"
-    if not resume and latest_checkpoint(checkpoints) is not None:
-        raise LatentQAError(f"{out} already holds a run; pass --resume to continue it")
+    checkpoints = out / CHECKPOINTS
+    fingerprint = config_fingerprint(config)
+    checkpoint = open_run(out, fingerprint, resume=resume, force=force)
     device = resolve_device(config.device)
     accelerator = Accelerator(cpu=device.type == "cpu")
     if accelerator.num_processes > 1:
@@ -210,22 +194,19 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(config.warmup_steps, total_steps, config.min_lr_ratio)
     )
-    fingerprint = config_fingerprint(config)
     step = 0
-    if resume:
-        found = latest_checkpoint(checkpoints)
-        if found is None:
-            raise LatentQAError(f"--resume: no checkpoint in {checkpoints}")
-        checkpoint = load_checkpoint(found)
-        if checkpoint.state.config_fingerprint != fingerprint:
+    if checkpoint is not None:
+        try:
+            set_peft_model_state_dict(decoder, checkpoint.adapter)
+            optimizer.load_state_dict(checkpoint.tensors["optimizer"])
+            scheduler.load_state_dict(checkpoint.tensors["scheduler"])
+            restore_rng(checkpoint)
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
+            why = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
             raise LatentQAError(
-                f"--resume: the options differ from the run in {out} (data, model, layers, "
-                "LoRA or batch); use the same options or a new --out"
-            )
-        set_peft_model_state_dict(decoder, checkpoint.adapter)
-        optimizer.load_state_dict(checkpoint.tensors["optimizer"])
-        scheduler.load_state_dict(checkpoint.tensors["scheduler"])
-        restore_rng(checkpoint)
+                f"checkpoint {checkpoint.path} does not fit this run ({why}); "
+                "start over with --force"
+            ) from None
         step = checkpoint.state.step
     objective, optimizer = accelerator.prepare(
         LITObjective(decoder, config.write_layer, config.mode), optimizer
@@ -233,8 +214,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     main = accelerator.is_main_process
     metrics_path = out / "metrics.jsonl"
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        _rewrite_metrics(metrics_path, step if resume else -1)
+        start_writing(out, resume_step=step if checkpoint is not None else None, force=force)
 
     def log(record: dict) -> None:
         if main:
@@ -258,6 +238,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     rank, world = accelerator.process_index, accelerator.num_processes
     global_batch = config.batch_size * world
     lengths = example_lengths(data, config.max_read_tokens, len(read_layers), config.read_pool)
+    dialogs = [dialog for dialog, _, _ in data.train]
     bar = tqdm(total=total_steps, initial=step, desc="LIT", disable=not (progress and main))
     decoder.train()
     last_eval: dict[str, float] = {}
@@ -271,19 +252,18 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
                 range(first, first + config.batch_size),
                 lengths,
                 global_batch,
+                dialogs,
+                config.share_reads,
             )
             examples = [data.train[i] for i in picks]
-            vectors = source.get([dialog for dialog, _, _ in examples])
-            batch, flat = decoder_batch(
-                tokenizer, vectors, [q for _, q, _ in examples], [a for _, _, a in examples]
-            )
+            batch, flat, n_tokens = lit_inputs(tokenizer, source, examples, config.share_reads)
             batch = batch.to(flat.device)
             sync = micro == config.grad_accum - 1
-            with nullcontext() if sync else accelerator.no_sync(objective):
+            with nullcontext() if sync else accelerator.no_sync(objective), cpu_attention(device):
                 loss = objective(batch, flat) / config.grad_accum
                 accelerator.backward(loss)
             loss_sum += float(loss.detach())
-            tokens += int(batch.attention_mask.sum()) * world
+            tokens += n_tokens * world
         if config.max_grad_norm > 0:
             accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
@@ -299,6 +279,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
                 "loss": loss_sum,
                 "lr": lr,
                 "tokens_per_s": tokens / elapsed,
+                "examples_per_s": global_batch * config.grad_accum / elapsed,
             }
         )
         bar.update(1)
@@ -349,9 +330,8 @@ def _fit_standardizer(
 def _write_decoder(
     decoder, tokenizer, config, read_layers, n_layers, data, metrics, stats=None
 ) -> None:
-    """Save the adapter (safetensors) and latentqa.json into the output folder."""
-    out = Path(config.out)
-    decoder.save_pretrained(out, safe_serialization=True)
+    """Save the adapter (safetensors) and latentqa.json into the output folder, each
+    file replaced whole (see :func:`latentqa.train.run_folder.write_atomically`)."""
     hidden = decoder.get_base_model().config.hidden_size
     spec = DecoderSpec(
         target=config.target,
@@ -374,4 +354,9 @@ def _write_decoder(
             "final_metrics": metrics,
         },
     )
-    spec.save(out)
+
+    def write(folder: Path) -> None:
+        decoder.save_pretrained(folder, safe_serialization=True)
+        spec.save(folder)
+
+    write_atomically(Path(config.out), write, last=SPEC_FILE)

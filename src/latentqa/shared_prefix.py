@@ -1,0 +1,242 @@
+"""Answer losses with each read computed once: prompts that share a prefix, packed.
+
+Several decoder prompts often read the same activations: the QA pairs of one training
+dialog, or every option scored for one question. Up to the last placeholder those
+prompts are the same ids with the same vectors patched in, so the decoder's hidden
+states there are the same too. Pack them into one row: the prefix once, then every
+prompt's own tokens (its *branch*), with an attention mask under which a branch sees
+the prefix and itself but no other branch, and position ids that restart each branch
+where the prefix ends. The loss and its gradients equal
+:func:`latentqa.decoder.answer_token_loss` on the unpacked prompts (tested); the
+prefix is computed once, in one forward pass (a second pass over a cache cost as much
+in per-op overhead on a CPU as the prefix it saved).
+
+One tree (``P`` placeholders, from :func:`latentqa.layout.build_decoder_prompt`); a row
+holds one or more trees side by side, left-padded::
+
+    <header> <user> P P ... P | \\n Q1 <end> <assistant> A1 | \\n Q2 ... A2 | ...
+    segments  0 ........... 0 | 1 ....................... 1 | 2 ........ 2 |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from latentqa.decoder import _final_logits, unwrap_causal_lm
+from latentqa.errors import LatentQAError
+from latentqa.layout import build_decoder_prompt
+from latentqa.patch import PatchMode, patch_activations
+from latentqa.read import pad_token_id
+
+# Measured on the embedded model (docs/performance.md): rows of ~256 tokens ran a
+# training step faster than one row per tree (~180) and than ~512.
+ROW_TOKENS = 256
+
+
+@dataclass
+class SharedBatch:
+    """Rows of packed prompt trees: a prefix, then the branches that continue it.
+
+    A row holds one or more trees side by side (left-padded), so short trees fill
+    the room a long one leaves: padding costs as much compute as real tokens.
+    """
+
+    input_ids: torch.Tensor  # [rows, seq]
+    trees: torch.Tensor  # [rows, seq] long: which tree of the row, -1 on padding
+    segments: torch.Tensor  # [rows, seq] long: 0 the tree's prefix, k its branch k
+    position_ids: torch.Tensor  # [rows, seq], each tree from 0, each branch after its prefix
+    placeholder_mask: torch.Tensor  # [rows, seq] bool
+    label_mask: torch.Tensor  # [rows, seq] bool, answer tokens
+    branch_index: torch.Tensor  # [rows, seq] long: the branch's number in the batch, or -1
+    n_branches: int
+    """Branches (prompts) in the batch."""
+    n_example_tokens: int
+    """Tokens of the prompts as if each ran alone (the unshared layout)."""
+
+    def to(self, device: torch.device | str) -> SharedBatch:
+        moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in vars(self).items()}
+        return SharedBatch(**moved)
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens the decoder computes: each prefix once, plus every branch."""
+        return int((self.trees >= 0).sum())
+
+
+def _pack(lengths: list[int], width: int) -> list[list[int]]:
+    """First-fit decreasing: tree indices per row, no row longer than ``width``."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for tree in sorted(range(len(lengths)), key=lambda t: -lengths[t]):
+        row = next((r for r, free in enumerate(room) if free >= lengths[tree]), None)
+        if row is None:
+            rows.append([])
+            room.append(width)
+            row = len(rows) - 1
+        rows[row].append(tree)
+        room[row] -= lengths[tree]
+    return rows
+
+
+def shared_decoder_batch(
+    tokenizer: PreTrainedTokenizerBase,
+    vectors: Sequence[torch.Tensor],
+    groups: Sequence[Sequence[tuple[str, str | None]]],
+    row_tokens: int = ROW_TOKENS,
+) -> tuple[SharedBatch, torch.Tensor]:
+    """Lay out one tree per entry of ``vectors``: its prefix, then one branch per QA pair.
+
+    Args:
+        tokenizer: The decoder's tokenizer.
+        vectors: ``[n_i, d_model]`` activations of each prefix.
+        groups: For each prefix, the (question, answer) pairs that read it; ``None``
+            answers lay out the generation prompt only.
+        row_tokens: Pack trees into rows of up to this many tokens (or the longest
+            tree): fewer, fuller rows waste less compute on padding, while attention
+            grows with the square of a row's length.
+
+    Returns:
+        The batch (branches numbered in group order) and the vectors concatenated in
+        placeholder order ``[total_placeholders, d_model]`` (row by row, as patched).
+    """
+    if len(vectors) != len(groups) or any(not group for group in groups):
+        raise LatentQAError("every read needs at least one question")
+    trees: list[tuple[list[int], list[list[int]], list[list[bool]]]] = []
+    for read, group in zip(vectors, groups, strict=True):
+        prompts = [build_decoder_prompt(tokenizer, len(read), q, a) for q, a in group]
+        cut = prompts[0].placeholder_end
+        prefix = prompts[0].input_ids[:cut]
+        # The header is rendered without the question, so every prompt of a group agrees
+        # up to its last placeholder; a template that broke this must not share.
+        if any(p.placeholder_end != cut or p.input_ids[:cut] != prefix for p in prompts):
+            raise LatentQAError("the chat template puts the question before the placeholders")
+        trees.append(
+            (prefix, [p.input_ids[cut:] for p in prompts], [p.label_mask[cut:] for p in prompts])
+        )
+    lengths = [len(prefix) + sum(map(len, branches)) for prefix, branches, _ in trees]
+    first_branch = [0]
+    for _, branches, _ in trees:
+        first_branch.append(first_branch[-1] + len(branches))
+    rows = _pack(lengths, max(max(lengths), row_tokens))
+    shape = (len(rows), max(sum(lengths[t] for t in row) for row in rows))
+    input_ids = torch.full(shape, pad_token_id(tokenizer), dtype=torch.long)
+    tree_ids = torch.full(shape, -1, dtype=torch.long)
+    segments = torch.zeros(shape, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    placeholder_mask = torch.zeros(shape, dtype=torch.bool)
+    label_mask = torch.zeros(shape, dtype=torch.bool)
+    branch_index = torch.full(shape, -1, dtype=torch.long)
+    order: list[int] = []  # trees in placeholder (row-major) order, for the vectors
+    for row, members in enumerate(rows):
+        at = shape[1] - sum(lengths[t] for t in members)  # left padding
+        for slot, tree in enumerate(members):
+            prefix, branches, labels = trees[tree]
+            span = slice(at, at + len(prefix))
+            input_ids[row, span] = torch.tensor(prefix)
+            tree_ids[row, span] = slot
+            position_ids[row, span] = torch.arange(len(prefix))
+            placeholder_mask[row, at + len(prefix) - len(vectors[tree]) : span.stop] = True
+            order.append(tree)
+            at += len(prefix)
+            for k, (branch, label) in enumerate(zip(branches, labels, strict=True), start=1):
+                span = slice(at, at + len(branch))
+                input_ids[row, span] = torch.tensor(branch)
+                tree_ids[row, span] = slot
+                segments[row, span] = k
+                position_ids[row, span] = torch.arange(len(prefix), len(prefix) + len(branch))
+                label_mask[row, span] = torch.tensor(label, dtype=torch.bool)
+                branch_index[row, span] = first_branch[tree] + k - 1
+                at += len(branch)
+    n_example_tokens = sum(
+        len(prefix) * len(branches) + sum(map(len, branches)) for prefix, branches, _ in trees
+    )
+    batch = SharedBatch(
+        input_ids, tree_ids, segments, position_ids, placeholder_mask, label_mask,
+        branch_index, first_branch[-1], n_example_tokens,
+    )  # fmt: skip
+    return batch, torch.cat([vectors[t] for t in order])
+
+
+def branch_attention_mask(trees: torch.Tensor, segments: torch.Tensor, dtype: torch.dtype):
+    """Additive mask ``[rows, 1, seq, seq]``: causal within a tree, where a branch sees
+    its prefix and itself only. Padding sees itself, so no softmax row is empty."""
+    width = trees.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=trees.device).tril()
+    same_tree = (trees[:, :, None] == trees[:, None, :]) & (trees[:, None, :] >= 0)
+    key, query = segments[:, None, :], segments[:, :, None]  # [rows, 1, seq], [rows, seq, 1]
+    allowed = causal & same_tree & ((key == 0) | (key == query))  # [rows, seq, seq]
+    allowed |= torch.eye(width, dtype=torch.bool, device=trees.device)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=trees.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
+def shared_answer_loss(
+    decoder: nn.Module,
+    batch: SharedBatch,
+    vectors: torch.Tensor,
+    *,
+    write_layer: int,
+    mode: PatchMode,
+    reduction: str = "mean",
+    layers_path: str | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of the branches' answer tokens, each prefix computed once.
+
+    Args:
+        decoder: Decoder model (peft-wrapped CausalLM).
+        batch: From :func:`shared_decoder_batch`.
+        vectors: ``[n_placeholders_total, d_model]`` activations of the prefixes.
+        write_layer: Block at whose output to patch.
+        mode: ``replace`` or ``add``.
+        reduction: ``mean`` (per answer token), ``sum``, or ``none`` (per branch sums
+            and token counts as a ``[n_branches, 2]`` tensor).
+        layers_path: Override for the decoder-layer search.
+    """
+    causal_lm = unwrap_causal_lm(decoder)
+    dtype = causal_lm.get_input_embeddings().weight.dtype
+    with patch_activations(
+        causal_lm, write_layer, batch.placeholder_mask, vectors, mode, layers_path=layers_path
+    ):
+        hidden = causal_lm.base_model(
+            input_ids=batch.input_ids,
+            attention_mask=branch_attention_mask(batch.trees, batch.segments, dtype),
+            position_ids=batch.position_ids,
+            use_cache=False,
+        ).last_hidden_state  # [rows, seq, d_model]
+    # A branch starts with the question, never an answer token, so shifting the label
+    # mask by one stays inside each branch: an answer token's logits sit one step back.
+    predicts = torch.zeros_like(batch.label_mask)
+    predicts[:, :-1] = batch.label_mask[:, 1:]
+    logits = _final_logits(causal_lm, hidden[predicts]).float()  # [n_answer, vocab]
+    targets = batch.input_ids[batch.label_mask]  # [n_answer], same row-major order
+    if reduction != "none":
+        return F.cross_entropy(logits, targets, reduction=reduction)
+    token_losses = F.cross_entropy(logits, targets, reduction="none")
+    owners = batch.branch_index[batch.label_mask]  # [n_answer]
+    sums = torch.zeros(batch.n_branches, device=logits.device).index_add_(0, owners, token_losses)
+    counts = torch.zeros_like(sums).index_add_(0, owners, torch.ones_like(token_losses))
+    return torch.stack([sums, counts], dim=-1)
+
+
+@contextmanager
+def cpu_attention(device: torch.device) -> Iterator[None]:
+    """Use the math kernel for attention on a CPU, torch's default choice elsewhere.
+
+    The decoder's sequences are short (about 100 tokens); there the CPU flash kernel's
+    backward costs about 20% of a training step, the math kernel's much less (a
+    training step 12% faster, measured in docs/performance.md).
+    """
+    if device.type != "cpu":
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        yield

@@ -1,0 +1,109 @@
+"""Sharing a read's prefix computes the same loss and gradients as unshared prompts."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from latentqa.decoder import answer_token_loss, decoder_batch
+from latentqa.patch import PATCH_MODES
+from latentqa.shared_prefix import cpu_attention, shared_answer_loss, shared_decoder_batch
+from latentqa.train.config import TrainConfig
+from latentqa.train.prepare import add_lora
+
+QUESTIONS = [
+    ("What persona is the assistant adopting?", "A pirate."),
+    ("Describe the tone of the assistant.", "Cheerful and casual, with a rhyme."),
+    ("Is the assistant sarcastic?", "Yes"),
+    ("What is the capital of France?", "Paris is the capital."),
+]
+
+
+def _reads(model, n_reads: int, seed: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    d = model.config.hidden_size
+    return [torch.randn(2 + (3 * i) % 5, d, generator=generator) for i in range(n_reads)]
+
+
+def _lora(model):
+    return add_lora(model, TrainConfig(data="-", out="-", lora_r=4, lora_alpha=8))
+
+
+def _grads(decoder) -> list[torch.Tensor]:
+    grads = [p.grad.clone() for p in decoder.parameters() if p.requires_grad]
+    decoder.zero_grad(set_to_none=True)
+    return grads
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    mode=st.sampled_from(PATCH_MODES),
+    seed=st.integers(0, 1000),
+)
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_shared_loss_and_gradients_equal_unshared(arch, sizes, mode, seed):
+    from tiny import make_pair
+
+    model, tokenizer = make_pair(arch)
+    decoder = _lora(model)
+    reads = _reads(model, len(sizes), seed)
+    pick = lambda i, j: QUESTIONS[(seed + i + j) % len(QUESTIONS)]  # noqa: E731
+    groups = [[pick(i, j) for j in range(k)] for i, k in enumerate(sizes)]
+    # The same prompts, one row each: every group member repeats its read.
+    flat_reads = [read for read, group in zip(reads, groups, strict=True) for _ in group]
+    pairs = [pair for group in groups for pair in group]
+    batch, flat = decoder_batch(tokenizer, flat_reads, [q for q, _ in pairs], [a for _, a in pairs])
+    expected = answer_token_loss(decoder, batch, flat, write_layer=1, mode=mode, reduction="none")
+    expected[:, 0].sum().backward()
+    expected_grads = _grads(decoder)
+
+    shared, vectors = shared_decoder_batch(tokenizer, reads, groups)
+    got = shared_answer_loss(decoder, shared, vectors, write_layer=1, mode=mode, reduction="none")
+    got[:, 0].sum().backward()
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-4, atol=1e-4)
+    for a, b in zip(_grads(decoder), expected_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    # The shared layout computes each prefix once and counts every prompt's tokens.
+    assert shared.n_example_tokens == int(batch.attention_mask.sum())
+    assert shared.n_tokens <= shared.n_example_tokens
+
+
+def test_mean_reduction_matches_and_math_attention_changes_nothing(tiny):
+    model, tokenizer = tiny
+    decoder = _lora(model)
+    reads = _reads(model, 2, 7)
+    groups = [QUESTIONS[:3], QUESTIONS[2:]]
+    shared, vectors = shared_decoder_batch(tokenizer, reads, groups)
+    flat_reads = [reads[0]] * 3 + [reads[1]] * 2
+    pairs = groups[0] + groups[1]
+    batch, flat = decoder_batch(tokenizer, flat_reads, [q for q, _ in pairs], [a for _, a in pairs])
+    expected = answer_token_loss(decoder, batch, flat, write_layer=0, mode="replace")
+    with cpu_attention(torch.device("cpu")):
+        got = shared_answer_loss(decoder, shared, vectors, write_layer=0, mode="replace")
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_group_without_questions_is_an_error(tiny):
+    from latentqa.errors import LatentQAError
+
+    model, tokenizer = tiny
+    with pytest.raises(LatentQAError, match="at least one question"):
+        shared_decoder_batch(tokenizer, _reads(model, 1, 0), [[]])
+
+
+@pytest.mark.parametrize("row_tokens", [1, 10_000])
+def test_packing_trees_into_rows_changes_nothing(tiny, row_tokens):
+    # 1: one tree per row; 10,000: every tree in one row, side by side.
+    model, tokenizer = tiny
+    decoder = _lora(model)
+    reads = _reads(model, 3, 11)
+    groups = [QUESTIONS[:2], QUESTIONS[1:2], QUESTIONS[2:]]
+    shared, vectors = shared_decoder_batch(tokenizer, reads, groups, row_tokens)
+    assert shared.input_ids.shape[0] == (3 if row_tokens == 1 else 1)
+    flat_reads = [reads[0]] * 2 + [reads[1]] + [reads[2]] * 2
+    pairs = [pair for group in groups for pair in group]
+    batch, flat = decoder_batch(tokenizer, flat_reads, [q for q, _ in pairs], [a for _, a in pairs])
+    expected = answer_token_loss(decoder, batch, flat, write_layer=1, mode="add", reduction="none")
+    got = shared_answer_loss(decoder, shared, vectors, write_layer=1, mode="add", reduction="none")
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
