@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.latentqa-installed
 
-.PHONY: install demo test lint format bench
+.PHONY: install demo test lint
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/latentqa layers --model smollm2-135m
+	$(VENV)/bin/latentqa layers --target smollm2-135m
 	$(VENV)/bin/latentqa demo
 
 test: install

@@ -112,9 +112,13 @@ def reference_answers(reader, dialog, questions: list[str], new_tokens: int) -> 
             for _ in range(new_tokens):
                 grown = torch.cat([mask, mask.new_zeros(1, ids.shape[1] - mask.shape[1])], 1)
                 with patch_activations(
-                    causal_lm, spec.write_layer, grown, flat, spec.mode,
+                    causal_lm,
+                    spec.write_layer,
+                    grown,
+                    flat,
+                    spec.mode,
                     layers_path=reader.layers_path,
-                ):  # fmt: skip
+                ):
                     logits = reader.model(
                         input_ids=ids,
                         attention_mask=attention,
@@ -161,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     reader = Reader.load(device=args.device, dtype=args.dtype)
     print(f"loaded {reader.target_name} + shipped decoder in {time.perf_counter() - start:.1f} s")
     n_vectors = len(reader.read(DIALOG))
-    print(f"dialog: {n_vectors} read vectors; {len(QUESTIONS)} questions x "
-          f"{args.new_tokens} new tokens")  # fmt: skip
+    print(
+        f"dialog: {n_vectors} read vectors; {len(QUESTIONS)} questions x "
+        f"{args.new_tokens} new tokens"
+    )
 
     paths = {
         "library": partial(library_answers, reader, DIALOG, QUESTIONS, args.new_tokens),
@@ -204,10 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     library_s = statistics.median(times["library"])
     reference_s = statistics.median(times["reference"])
     speedup = reference_s / library_s
-    print(f"answers identical: {matches}/{len(QUESTIONS)} "
-          f"({same_tokens}/{total_tokens} tokens at the same positions)")  # fmt: skip
-    print(f"median library {library_s:.2f} s, reference {reference_s:.2f} s; "
-          f"speedup {speedup:.1f}x (target >= 5x)")  # fmt: skip
+    print(
+        f"answers identical: {matches}/{len(QUESTIONS)} "
+        f"({same_tokens}/{total_tokens} tokens at the same positions)"
+    )
+    print(
+        f"median library {library_s:.2f} s, reference {reference_s:.2f} s; "
+        f"speedup {speedup:.1f}x (target >= 5x)"
+    )
     result = {
         "benchmark": "read_latency",
         "model": reader.target_name,

@@ -34,7 +34,6 @@ and cache and reports the tokens/s it logs. The last line printed is a JSON obje
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -44,7 +43,14 @@ import time
 from pathlib import Path
 
 import torch
-from train_support import matmul_gflops, peak_rss_mb, subset_data, write_synthetic_data
+from train_support import (
+    Reference,
+    matmul_gflops,
+    parse_args,
+    peak_rss_mb,
+    subset_data,
+    write_synthetic_data,
+)
 
 READ_LAYER = 15
 WRITE_LAYER = 0
@@ -56,56 +62,15 @@ TARGET_RSS_MB = 4096
 def main(argv: list[str] | None = None) -> int:
     from latentqa.train.config import TrainConfig
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per path")
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per path and round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds; the median is reported")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-read-tokens", type=int, default=96)
-    parser.add_argument(
-        "--share-reads",
-        type=int,
-        default=TrainConfig.share_reads,
-        help="path (a): examples of one dialog that share its read (the trainer's default)",
-    )
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "float32", "bfloat16"),
-        help="frozen weights of path (a); auto = what the trainer picks (auto_dtype)",
-    )
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's)"
-    )
-    parser.add_argument(
-        "--data",
-        default=None,
-        help="LatentQA-format folder (default: a synthetic one in a temporary folder)",
-    )
-    parser.add_argument(
-        "--labels",
-        type=int,
-        default=24,
-        help="with --data, use only the behaviours of the first this-many labels of its "
-        "qa.json (0: all; the cache covers every dialog)",
-    )
-    parser.add_argument(
-        "--check-trainer",
-        action="store_true",
-        help="also time latentqa.train.trainer.train itself on the same data and cache",
-    )
-    args = parser.parse_args(argv)
+    args = parse_args(argv, __doc__.splitlines()[0], TrainConfig.share_reads)
 
     # Imported up front so their one-off import cost is billed to neither path.
     import transformers  # noqa: F401
     from accelerate import Accelerator
-    from peft import LoraConfig, get_peft_model
 
-    from latentqa.decoder import decoder_batch
     from latentqa.layers import find_decoder_layers
     from latentqa.models import EMBEDDED_MODEL, load_model
-    from latentqa.patch import patch_activations
-    from latentqa.read import left_pad, pad_token_id, position_ids_for
+    from latentqa.read import pad_token_id
     from latentqa.shared_prefix import SharedBatch, cpu_attention
     from latentqa.train.activations import ActivationSource
     from latentqa.train.order import example_lengths, example_order
@@ -190,10 +155,17 @@ def main(argv: list[str] | None = None) -> int:
         dialogs = [d for d, _, _ in data.train]
         stream = range(n_steps * config.batch_size)
         orders = {
-            "a": example_order(len(data.train), config.seed, stream, lengths, config.batch_size,
-                               dialogs, config.share_reads),
+            "a": example_order(
+                len(data.train),
+                config.seed,
+                stream,
+                lengths,
+                config.batch_size,
+                dialogs,
+                config.share_reads,
+            ),
             "b": example_order(len(data.train), config.seed, stream),
-        }  # fmt: skip
+        }
         batches = {
             name: [
                 [data.train[i] for i in order[s * config.batch_size : (s + 1) * config.batch_size]]
@@ -236,67 +208,15 @@ def main(argv: list[str] | None = None) -> int:
         library_rss = peak_rss_mb()
 
         # ---- (b) the reference algorithm -----------------------------------------------
-        model_b, _ = load_model(config.target, device=device, dtype=torch.float32)
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=config.lora_targets,
-            task_type="CAUSAL_LM",
+        reference = Reference(
+            config, data, tokenizer, device, n_steps, READ_LAYER, WRITE_LAYER, MODE
         )
-        torch.manual_seed(config.seed)
-        reference = get_peft_model(model_b, lora)
-        trainable_b = [p for p in reference.parameters() if p.requires_grad]
-        optimizer_b = torch.optim.AdamW(trainable_b, lr=config.lr, weight_decay=config.weight_decay)
-        scheduler_b = torch.optim.lr_scheduler.LambdaLR(
-            optimizer_b, lr_lambda(config.warmup_steps, n_steps, config.min_lr_ratio)
-        )
-        reference.train()
-        dialog_tokens: list[int] = []  # real target tokens read per reference step
-
-        def step_b(examples) -> tuple[float, int, int]:
-            """Full target forward every step, full-sequence logits, float32."""
-            dialogs = [data.dialogs[d] for d, _, _ in examples]
-            ids, mask = left_pad([e.input_ids for e in dialogs], pad_id, device)
-            with torch.no_grad(), reference.disable_adapter():
-                out = reference(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    position_ids=position_ids_for(mask),
-                    output_hidden_states=True,
-                    use_cache=False,
-                )
-            hidden = out.hidden_states[READ_LAYER + 1]  # output of block READ_LAYER
-            width = ids.shape[1]
-            vectors = [
-                hidden[row, width - len(e.input_ids) + e.read_start :][-config.max_read_tokens :]
-                for row, e in enumerate(dialogs)
-            ]
-            batch, flat = decoder_batch(
-                tokenizer, vectors, [q for _, q, _ in examples], [a for _, _, a in examples]
-            )
-            labels = batch.input_ids.masked_fill(~batch.label_mask, -100)
-            with patch_activations(reference, WRITE_LAYER, batch.placeholder_mask, flat, MODE):
-                loss = reference(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    position_ids=position_ids_for(batch.attention_mask),
-                    labels=labels,
-                    use_cache=False,
-                ).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable_b, config.max_grad_norm)
-            optimizer_b.step()
-            scheduler_b.step()
-            optimizer_b.zero_grad(set_to_none=True)
-            dialog_tokens.append(int(mask.sum()))
-            return float(loss.detach()), int(batch.attention_mask.sum()), 0
 
         # ---- warm-up, then rounds of alternating timed steps ----------------------------
         for step in range(args.warmup):
-            losses["b"].append(step_b(batches["b"][step])[0])
+            losses["b"].append(reference.step(batches["b"][step])[0])
         del computed[:]  # warm-up steps are not timed
-        steppers = {"a": step_a, "b": step_b}
+        steppers = {"a": step_a, "b": reference.step}
         times: dict[str, list[float]] = {"a": [], "b": []}
         tokens: dict[str, list[int]] = {"a": [], "b": []}
         answers: list[int] = []
@@ -326,8 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         examples_rate = {
             name: config.batch_size * len(times[name]) / sum(times[name]) for name in ("a", "b")
         }
-        for name, label in (("a", f"library ({str(dtype).removeprefix('torch.')})"),
-                            ("b", "reference (float32)")):  # fmt: skip
+        for name, label in (
+            ("a", f"library ({str(dtype).removeprefix('torch.')})"),
+            ("b", "reference (float32)"),
+        ):
             step_ms = ", ".join(f"{t * 1e3:.0f}" for t in times[name])
             rounds_text = ", ".join(f"{r:.0f}" for r in per_round[name])
             print(
@@ -356,11 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         #   underestimate). Peak = matmul peak of the dtype.
         blocks = find_decoder_layers(decoder)
         n_body = sum(
-            p.numel()
-            for block in blocks
-            for p in block.parameters()
-            if not p.requires_grad
-        )  # fmt: skip
+            p.numel() for block in blocks for p in block.parameters() if not p.requires_grad
+        )
         head = decoder.get_base_model().get_output_embeddings().weight.numel()
         flops = 4 * n_body * sum(computed) + 4 * head * sum(answers)
         achieved = flops / sum(times["a"]) / 1e9
@@ -372,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         # Same count for (b), for diagnosis: full target forward (body + head) on the
         # dialog tokens, decoder forward + input-gradient backward with the head everywhere.
-        timed_dialog_tokens = sum(dialog_tokens[args.warmup :])
+        timed_dialog_tokens = sum(reference.dialog_tokens[args.warmup :])
         flops_b = 2 * (n_body + head) * timed_dialog_tokens + 4 * (n_body + head) * sum(tokens["b"])
         mfu_b = flops_b / sum(times["b"]) / 1e9 / peak["float32"]
         work_ratio = flops_b / flops
@@ -383,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
 
         trainer_rate = None
         if args.check_trainer:
-            del reference, model_b, optimizer_b
+            del steppers, reference  # the second model copy: free it before train()
             from latentqa.train.trainer import train
 
             train(config, progress=False)

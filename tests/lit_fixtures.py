@@ -1,11 +1,23 @@
-"""A tiny saved model folder and a tiny LatentQA-format data folder, for trainer tests."""
+"""Helpers shared by test files: tiny model, data and decoder folders, a served dialog.
+
+Plain functions and constants (fixtures live in conftest.py); test files import these
+rather than each other.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
-from tiny import make_pair
+import pytest
+import torch
+from tiny import make_pair, make_tokenizer
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from latentqa.configs import config_from_dict
+from latentqa.train.config import TrainConfig
+from latentqa.train.trainer import train
 
 PERSONAS = {
     "persona-pirate": "a pirate captain",
@@ -70,4 +82,110 @@ def write_tiny_data(
         (target / "system.json").write_text(json.dumps(system))
         (target / "stimulus.json").write_text(json.dumps(stimulus))
         (target / "qa.json").write_text(json.dumps(qa))
+    return folder
+
+
+DIALOG = [
+    {"role": "system", "content": "You are a pirate captain."},
+    {"role": "user", "content": "Hello, how are you today?"},
+]
+"""A dialog with a hidden system prompt, as the server tests send it."""
+QUESTIONS = ["What persona is the assistant adopting?", "Who is the assistant?"]
+
+
+def build_tiny_decoder(root: Path) -> tuple[Path, Path]:
+    """A tiny model folder and a decoder trained on it for a few steps (CPU, seconds)."""
+    model = write_tiny_model(root / "model")
+    values = dict(
+        data=str(write_tiny_data(root / "data")),
+        out=str(root / "decoder"),
+        target=str(model),
+        steps=3,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=1,
+        eval_every=0,
+        save_every=0,
+        eval_examples=4,
+        dtype="float32",
+        device="cpu",
+    )
+    train(config_from_dict(TrainConfig, values), progress=False)
+    return model, root / "decoder"
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones too) and every entry beside it."""
+    files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    files["<siblings>"] = "\n".join(sorted(p.name for p in folder.parent.iterdir())).encode()
+    return files
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], code: int, pattern: str) -> str:
+    """Assert a CLI run failed with one ``error:`` line matching ``pattern``."""
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    assert re.search(pattern, err), err
+    return err
+
+
+def train_argv(workspace: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
+    model, data = workspace
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--target",
+        str(model),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--dtype",
+        "float32",
+        "--eval-every",
+        "0",
+        "--save-every",
+        "1",
+        "--eval-examples",
+        "8",
+        "--no-progress",
+        *extra,
+    ]
+
+
+STEER_PROMPTS = [
+    "Hello, how are you today?",
+    "What is the capital of France?",
+    "Describe the tone.",
+    "Tell me about the sea.",
+]
+"""Prompts the steering tests steer."""
+
+
+def write_sensitive_model(folder: Path) -> Path:
+    """A tiny Llama with larger initial weights than tests/tiny.py's.
+
+    With the usual 0.02 initialisation a tiny random decoder's answers hardly depend on
+    the patched activations (even freely optimised vectors barely move its loss), so
+    there would be nothing for steering to change.
+    """
+    tokenizer = make_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder

@@ -28,8 +28,15 @@ NOT_UTF8 = b'{"name": "caf\xe9"}'  # Latin-1
 
 
 def spec() -> DecoderSpec:
-    return DecoderSpec(target="tiny", read_layers=[1], write_layer=0, mode="replace",
-                       max_read_tokens=8, hidden_size=16, n_layers=2)  # fmt: skip
+    return DecoderSpec(
+        target="tiny",
+        read_layers=[1],
+        write_layer=0,
+        mode="replace",
+        max_read_tokens=8,
+        hidden_size=16,
+        n_layers=2,
+    )
 
 
 def write_spec(folder: Path, data: object) -> Path:
@@ -76,7 +83,7 @@ def valid() -> dict:
         ({**valid(), "colour": "red"}, "unknown field(s) 'colour'"),
         ({**valid(), "format": "other/1"}, "is not a latentqa-decoder/1 file"),
     ],
-)  # fmt: skip
+)
 def test_a_malformed_spec_is_a_one_line_error(tmp_path, data, message):
     folder = write_spec(tmp_path / "decoder", data)
     with pytest.raises(LatentQAError) as error:
@@ -178,8 +185,16 @@ def test_prompts_file_that_is_not_utf8(tmp_path, capsys):
         with pytest.raises(LatentQAError) as error:
             load_prompts(path)
         assert str(path) in one_line(error) and "not UTF-8" in str(error.value)
-    argv = ["steer", "--qa", "Who?", "A pirate.", "--prompts", str(path),
-            "--out", str(tmp_path / "steered")]  # fmt: skip
+    argv = [
+        "steer",
+        "--qa",
+        "Who?",
+        "A pirate.",
+        "--prompts",
+        str(path),
+        "--out",
+        str(tmp_path / "steered"),
+    ]
     _cli_refuses(capsys, argv, "not UTF-8")
     assert not (tmp_path / "steered").exists()
 
@@ -187,8 +202,17 @@ def test_prompts_file_that_is_not_utf8(tmp_path, capsys):
 @pytest.mark.parametrize("value", ["-1", "0"])
 def test_relations_build_with_a_bad_max_subjects(tmp_path, capsys, value):
     out = tmp_path / "relations"
-    argv = ["data", "build", "--task", "relations", "--no-filter", "--max-subjects", value,
-            "--out", str(out)]  # fmt: skip
+    argv = [
+        "data",
+        "build",
+        "--task",
+        "relations",
+        "--no-filter",
+        "--max-subjects",
+        value,
+        "--out",
+        str(out),
+    ]
     _cli_refuses(capsys, argv, f"--max-subjects must be at least 1, got {value}")
     assert not out.exists()
     with pytest.raises(LatentQAError, match="max_subjects must be at least 1"):
@@ -205,8 +229,10 @@ def _train_args(argv: list[str]) -> argparse.Namespace:
 def test_config_file_of_hyperparameters_only(tmp_path, capsys):
     path = tmp_path / "hyper.json"
     path.write_text(json.dumps({"lr": 0.01, "steps": 5, "data": "from-file"}))
-    config = config_from_args(TrainConfig, _train_args(["--config", str(path), "--data", "d",
-                                                        "--out", "o", "--steps", "7"]))  # fmt: skip
+    config = config_from_args(
+        TrainConfig,
+        _train_args(["--config", str(path), "--data", "d", "--out", "o", "--steps", "7"]),
+    )
     # The file fills what the command line leaves out; the command line wins.
     assert (config.data, config.out, config.lr, config.steps) == ("d", "o", 0.01, 7)
     with pytest.raises(LatentQAError) as error:
@@ -214,8 +240,9 @@ def test_config_file_of_hyperparameters_only(tmp_path, capsys):
     assert "missing required option(s) out: pass --out" in one_line(error)
     path.write_text(json.dumps({"lr": 0.01, "lerning_rate": 1}))
     with pytest.raises(LatentQAError, match="unknown option"):
-        config_from_args(TrainConfig, _train_args(["--config", str(path), "--data", "d",
-                                                   "--out", "o"]))  # fmt: skip
+        config_from_args(
+            TrainConfig, _train_args(["--config", str(path), "--data", "d", "--out", "o"])
+        )
     path.write_bytes(b'{"lr": 0.1, "note": "\xff"}')
     out = tmp_path / "run"
     argv = ["train", "--config", str(path), "--data", "d", "--out", str(out)]

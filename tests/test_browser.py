@@ -6,15 +6,33 @@ Uses the system browser at /usr/bin/chromium (``apt-get install chromium``); nev
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import threading
+from pathlib import Path
 
 import pytest
-from test_server import DIALOG, QUESTIONS, build_tiny_decoder
+from lit_fixtures import DIALOG, QUESTIONS, build_tiny_decoder
 
 from latentqa.reader import Reader
 from latentqa.server import BackgroundServer, create_app
-from latentqa.server.screenshot import CHROMIUM_ARGS, capture, find_chromium
+
+
+def _load_script(name: str):
+    """A module of scripts/ (not a package: the scripts run from the repository)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+screenshot = _load_script("screenshot")
+CHROMIUM_ARGS, capture, find_chromium = (
+    screenshot.CHROMIUM_ARGS,
+    screenshot.capture,
+    screenshot.find_chromium,
+)
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed (pip install playwright)"

@@ -60,7 +60,7 @@ def test_build_with_model_generates_and_caches(tmp_path: Path, monkeypatch, caps
         {"system": 0, "control": 1, "stimulus": 0, "stimulus_completion": 1},
     )
     out = tmp_path / "ds"
-    argv = ["data", "build", "--out", str(out), "--model", "tiny", "--max-new-tokens", "2"]
+    argv = ["data", "build", "--out", str(out), "--target", "tiny", "--max-new-tokens", "2"]
     assert run([*argv, "--batch-size", "64"]) == 0
     assert loaded == ["tiny"]
     assert "generated" in capsys.readouterr().out
@@ -70,6 +70,10 @@ def test_build_with_model_generates_and_caches(tmp_path: Path, monkeypatch, caps
     assert meta["generator"] == "tiny|max_new_tokens=2"
     assert run([*argv, "--batch-size", "64"]) == 0
     assert "0 generated" in capsys.readouterr().out
+    # --model is the option's old name: still accepted, with a warning.
+    old = ["data", "build", "--out", str(out), "--model", "tiny", "--max-new-tokens", "2"]
+    assert run(old) == 0
+    assert loaded[-1] == "tiny" and "--model is deprecated" in capsys.readouterr().err
 
 
 def test_data_without_subcommand_prints_help(capsys) -> None:

@@ -62,7 +62,7 @@ def test_sample_dialogs_follow_the_readme(sample: Path) -> None:
         assert all(behavior.control_thought not in m["content"] for m in behavior.dialog())
 
 
-def test_sample_examples_pair_each_behaviour_with_its_label_qa(sample: Path) -> None:
+def test_sample_examples_pair_each_behavior_with_its_label_qa(sample: Path) -> None:
     data = load_latentqa(sample)
     first = data.behaviors[0]
     examples = [e for e in data.examples() if e.behavior == first]
@@ -138,7 +138,7 @@ def test_error_folder_missing(tmp_path: Path) -> None:
     assert "does not exist" in _error(tmp_path / "nope")
 
 
-def test_error_no_behaviour_files(tmp_path: Path) -> None:
+def test_error_no_behavior_files(tmp_path: Path) -> None:
     _write(tmp_path, "qa.json", {})
     assert "no behaviour files" in _error(tmp_path)
 

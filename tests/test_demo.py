@@ -8,7 +8,7 @@ from latentqa.cli.demo import DEMO
 from latentqa.data.build import build_dataset
 
 
-def test_demo_behaviours_are_held_out(tmp_path):
+def test_demo_behaviors_are_held_out(tmp_path):
     build_dataset(tmp_path / "data", seed=0)
     labels = json.loads((tmp_path / "data" / "meta.json").read_text())["labels"]
     for item in DEMO:

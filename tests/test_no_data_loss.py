@@ -9,13 +9,12 @@ checks every input first and builds in a temporary sibling renamed into place.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from lit_fixtures import write_tiny_data, write_tiny_model
+from lit_fixtures import one_line_error, snapshot, train_argv, write_tiny_data, write_tiny_model
 
 from latentqa import cli
 from latentqa.configs import config_from_dict
@@ -28,22 +27,6 @@ from latentqa.train.config import TrainConfig
 from latentqa.train.trainer import train
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (hidden ones too) and every entry beside it."""
-    files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    files["<siblings>"] = "\n".join(sorted(p.name for p in folder.parent.iterdir())).encode()
-    return files
-
-
-def one_line_error(capsys: pytest.CaptureFixture[str], code: int, pattern: str) -> str:
-    """Assert a CLI run failed with one ``error:`` line matching ``pattern``."""
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    assert re.search(pattern, err), err
-    return err
-
-
 def never_load(*args: object, **kwargs: object) -> None:
     raise AssertionError("the model loaded before --out was checked")
 
@@ -52,13 +35,6 @@ def never_load(*args: object, **kwargs: object) -> None:
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("noloss")
     return write_tiny_model(root / "model"), write_tiny_data(root / "data")
-
-
-def train_argv(workspace: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
-    model, data = workspace
-    return ["train", "--data", str(data), "--out", str(out), "--target", str(model),
-            "--steps", "2", "--batch-size", "4", "--dtype", "float32", "--eval-every", "0",
-            "--save-every", "1", "--eval-examples", "8", "--no-progress", *extra]  # fmt: skip
 
 
 def finished_decoder(folder: Path) -> Path:
@@ -118,8 +94,10 @@ def test_force_starts_over_and_keeps_other_files(workspace, tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "my notes"
     assert not stale.exists()  # the replaced run's checkpoints do not mix with the new ones
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
-        "latest", "step-0000001", "step-0000002",
-    ]  # fmt: skip
+        "latest",
+        "step-0000001",
+        "step-0000002",
+    ]
     assert not list(out.glob(".*"))
 
 
@@ -127,19 +105,38 @@ def test_a_folder_with_only_an_activation_cache_may_be_used(workspace, tmp_path)
     model, data = workspace
     out = tmp_path / "run"
     (out / "activation-cache").mkdir(parents=True)
-    values = dict(data=str(data), out=str(out), target=str(model), steps=1, batch_size=4,
-                  dtype="float32", eval_every=0, save_every=0, eval_examples=8)  # fmt: skip
+    values = dict(
+        data=str(data),
+        out=str(out),
+        target=str(model),
+        steps=1,
+        batch_size=4,
+        dtype="float32",
+        eval_every=0,
+        save_every=0,
+        eval_examples=8,
+    )
     assert train(config_from_dict(TrainConfig, values), progress=False).steps == 1
 
 
 def test_final_adapter_is_replaced_whole(workspace, tmp_path, monkeypatch):
     model, data = workspace
     out = tmp_path / "run"
-    values = dict(data=str(data), out=str(out), target=str(model), steps=2, batch_size=4,
-                  dtype="float32", eval_every=0, save_every=0, eval_examples=8)  # fmt: skip
+    values = dict(
+        data=str(data),
+        out=str(out),
+        target=str(model),
+        steps=2,
+        batch_size=4,
+        dtype="float32",
+        eval_every=0,
+        save_every=0,
+        eval_examples=8,
+    )
     train(config_from_dict(TrainConfig, values), progress=False)
-    before = {name: (out / name).read_bytes() for name in ("adapter_model.safetensors",
-                                                           "latentqa.json")}  # fmt: skip
+    before = {
+        name: (out / name).read_bytes() for name in ("adapter_model.safetensors", "latentqa.json")
+    }
 
     def fail(self, folder):
         raise OSError("disk full")
@@ -216,8 +213,12 @@ def test_a_failed_rebuild_leaves_the_old_dataset(tmp_path, monkeypatch):
 
 
 def test_leftovers_of_a_killed_build_are_removed_or_put_back(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     pid = int(dead.stdout)
     out = tmp_path / "data"
     build_dataset(out, **SMALL)
@@ -237,14 +238,18 @@ def test_leftovers_of_a_killed_build_are_removed_or_put_back(tmp_path):
 FACTS = [
     Fact(subject, relation, answer, (answer,))
     for subject, capital, region in (
-        ("Germany", "Berlin", "Europe"), ("Japan", "Tokyo", "Asia"),
-        ("France", "Paris", "Europe"), ("Kenya", "Nairobi", "Africa"),
-        ("Peru", "Lima", "Americas"), ("Chile", "Santiago", "Americas"),
+        ("Germany", "Berlin", "Europe"),
+        ("Japan", "Tokyo", "Asia"),
+        ("France", "Paris", "Europe"),
+        ("Kenya", "Nairobi", "Africa"),
+        ("Peru", "Lima", "Americas"),
+        ("Chile", "Santiago", "Americas"),
     )
     for relation, answer in (("capital", capital), ("region", region))
-]  # fmt: skip
-OPTIONS = dict(facts=FACTS, relations=["capital", "region"], heldout_relation="region",
-               heldout_fraction=0.4)  # fmt: skip
+]
+OPTIONS = dict(
+    facts=FACTS, relations=["capital", "region"], heldout_relation="region", heldout_fraction=0.4
+)
 
 
 def test_relations_with_data_is_checked_before_anything_is_written(tmp_path, capsys):

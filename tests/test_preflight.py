@@ -36,7 +36,8 @@ def no_model_loads(monkeypatch):
     """Every loader the commands reach fails the test instead of loading."""
     import uvicorn
 
-    for module in ("latentqa.train.trainer", "latentqa.reader", "latentqa.steer.model"):
+    loaders = ("train.trainer", "reader", "steer.model", "decoder")
+    for module in (f"latentqa.{name}" for name in loaders):
         monkeypatch.setattr(f"{module}.load_model", _no_load)
     monkeypatch.setattr("latentqa.reader.Reader.load", _no_load)
     monkeypatch.setattr(uvicorn, "run", _no_load)
@@ -49,12 +50,23 @@ def files(tmp_path_factory):
     model = write_tiny_model(root / "model")
     decoder = root / "decoder"
     decoder.mkdir()
-    DecoderSpec(target=str(model), read_layers=[2], write_layer=0, mode="replace",
-                max_read_tokens=8, hidden_size=32, n_layers=4).save(decoder)  # fmt: skip
+    DecoderSpec(
+        target=str(model),
+        read_layers=[2],
+        write_layer=0,
+        mode="replace",
+        max_read_tokens=8,
+        hidden_size=32,
+        n_layers=4,
+    ).save(decoder)
     for name in ADAPTER_FILES:  # only their presence is checked before the load
         (decoder / name).write_text("{}")
-    return {"model": model, "data": write_tiny_data(root / "data"), "decoder": decoder,
-            "root": root}  # fmt: skip
+    return {
+        "model": model,
+        "data": write_tiny_data(root / "data"),
+        "decoder": decoder,
+        "root": root,
+    }
 
 
 def refused(capsys, argv: list[str], message: str) -> str:
@@ -102,17 +114,36 @@ def test_model_shape_comes_from_the_config_without_weights(files, tmp_path):
 )
 def test_train_refuses_before_the_model_loads(files, tmp_path, capsys, extra, message):
     out = tmp_path / "run"
-    argv = ["train", "--data", str(files["data"]), "--out", str(out),
-            "--target", str(files["model"]), "--no-progress"]  # fmt: skip
+    argv = [
+        "train",
+        "--data",
+        str(files["data"]),
+        "--out",
+        str(out),
+        "--target",
+        str(files["model"]),
+        "--no-progress",
+    ]
     argv += [item.format(root=files["root"]) for item in extra]
     refused(capsys, argv, message)
     assert not out.exists()  # nothing written
 
 
 def test_train_with_good_options_gets_to_the_load(files, tmp_path):
-    argv = ["train", "--data", str(files["data"]), "--out", str(tmp_path / "run"),
-            "--target", str(files["model"]), "--read-layers", "1", "-1",
-            "--kinds", "system"]  # fmt: skip
+    argv = [
+        "train",
+        "--data",
+        str(files["data"]),
+        "--out",
+        str(tmp_path / "run"),
+        "--target",
+        str(files["model"]),
+        "--read-layers",
+        "1",
+        "-1",
+        "--kinds",
+        "system",
+    ]
     with pytest.raises(ModelLoaded):
         cli.main(argv)
 
@@ -188,8 +219,11 @@ def test_read_refuses_before_the_model_loads(files, tmp_path, capsys, extra, mes
     robot = tmp_path / "robot.json"
     robot.write_text(json.dumps([[{"role": "robot", "content": "Hi"}]]))
     no_user = tmp_path / "no_user.json"
-    no_user.write_text(json.dumps([[{"role": "user", "content": "Hi"}],
-                                   [{"role": "system", "content": "Be brief."}]]))  # fmt: skip
+    no_user.write_text(
+        json.dumps(
+            [[{"role": "user", "content": "Hi"}], [{"role": "system", "content": "Be brief."}]]
+        )
+    )
     names = {"robot": robot, "no_user": no_user, "root": files["root"]}
     argv = ["read", "--target", str(files["model"]), "--decoder", str(files["decoder"])]
     refused(capsys, argv + [item.format(**names) for item in extra], message)
@@ -198,14 +232,43 @@ def test_read_refuses_before_the_model_loads(files, tmp_path, capsys, extra, mes
 def test_read_refuses_a_decoder_of_another_target(files, tmp_path, capsys):
     qwen = write_tiny_model(tmp_path / "qwen", "qwen2")  # 3 layers, the decoder reads 4
     capsys.readouterr()  # the writer's progress bar
-    argv = ["read", "--target", str(qwen), "--decoder", str(files["decoder"]),
-            "--user", "Hi", "-q", "Who?"]  # fmt: skip
+    argv = [
+        "read",
+        "--target",
+        str(qwen),
+        "--decoder",
+        str(files["decoder"]),
+        "--user",
+        "Hi",
+        "-q",
+        "Who?",
+    ]
     refused(capsys, argv, "but '" + str(qwen) + "' has 3 layers")
-    argv = ["read", "--target", str(files["model"]), "--decoder", str(tmp_path / "nowhere"),
-            "--user", "Hi", "-q", "Who?"]  # fmt: skip
+    argv = [
+        "read",
+        "--target",
+        str(files["model"]),
+        "--decoder",
+        str(tmp_path / "nowhere"),
+        "--user",
+        "Hi",
+        "-q",
+        "Who?",
+    ]
     refused(capsys, argv, "does not exist")
-    argv = ["read", "--target", str(files["model"]), "--decoder", str(files["decoder"]),
-            "--user", "Hi", "-q", "Who?", "--layer", "-1"]  # fmt: skip
+    argv = [
+        "read",
+        "--target",
+        str(files["model"]),
+        "--decoder",
+        str(files["decoder"]),
+        "--user",
+        "Hi",
+        "-q",
+        "Who?",
+        "--layer",
+        "-1",
+    ]
     with pytest.raises(ModelLoaded):  # a good command gets to the load
         cli.main(argv)
 
@@ -214,8 +277,14 @@ def test_read_refuses_a_decoder_of_another_target(files, tmp_path, capsys):
 
 
 def test_eval_system_prompt_checks_layers_before_the_evaluation(files, tmp_path, capsys):
-    common = ["eval", "system-prompt", "--target", str(files["model"]),
-              "--decoder", str(files["decoder"])]  # fmt: skip
+    common = [
+        "eval",
+        "system-prompt",
+        "--target",
+        str(files["model"]),
+        "--decoder",
+        str(files["decoder"]),
+    ]
     refused(capsys, [*common, "--layers", "1", "999"], "read layer 999 is out of range")
     refused(capsys, [*common, "--data", str(tmp_path / "nowhere")], "does not exist")
     refused(capsys, [*common, "--n", "0"], "--n must be at least 1")
@@ -223,16 +292,28 @@ def test_eval_system_prompt_checks_layers_before_the_evaluation(files, tmp_path,
 
 
 def test_eval_relations_checks_layer_decoders_before_the_evaluation(files, capsys):
-    common = ["eval", "relations", "--data", str(files["data"]), "--target", str(files["model"]),
-              "--decoder", str(files["decoder"])]  # fmt: skip
+    common = [
+        "eval",
+        "relations",
+        "--data",
+        str(files["data"]),
+        "--target",
+        str(files["model"]),
+        "--decoder",
+        str(files["decoder"]),
+    ]
     decoder = str(files["decoder"])
     refused(capsys, [*common, "--layers", "7"], "read layer 7 is out of range")
     refused(capsys, [*common, "--layers", "1", "--layer-decoder", "x"], "takes LAYER=DIR")
     refused(capsys, [*common, "--layer-decoder", f"1={decoder}"], "add --layers")
-    refused(capsys, [*common, "--layers", "1", "--layer-decoder", f"2={decoder}"],
-            "add 2 to --layers")  # fmt: skip
-    refused(capsys, [*common, "--layers", "1", "--layer-decoder", "1=/nonexistent"],
-            "decoder folder /nonexistent does not exist")  # fmt: skip
+    refused(
+        capsys, [*common, "--layers", "1", "--layer-decoder", f"2={decoder}"], "add 2 to --layers"
+    )
+    refused(
+        capsys,
+        [*common, "--layers", "1", "--layer-decoder", "1=/nonexistent"],
+        "decoder folder /nonexistent does not exist",
+    )
 
 
 def test_eval_all_checks_layers_before_writing_anything(files, tmp_path, capsys):
@@ -245,14 +326,35 @@ def test_eval_all_checks_layers_before_writing_anything(files, tmp_path, capsys)
 def test_serve_refuses_to_start_without_its_decoder(files, capsys):
     refused(capsys, ["serve", "--decoder", "/nonexistent"], "decoder folder /nonexistent")
     refused(capsys, ["serve", "--target", str(files["model"])], "no decoder ships")
-    refused(capsys, ["serve", "--decoder", str(files["decoder"]), "--target", str(files["model"]),
-                     "--dtype", "int3"], "unknown dtype")  # fmt: skip
+    refused(
+        capsys,
+        [
+            "serve",
+            "--decoder",
+            str(files["decoder"]),
+            "--target",
+            str(files["model"]),
+            "--dtype",
+            "int3",
+        ],
+        "unknown dtype",
+    )
 
 
 def test_steer_checks_layers_before_the_model_loads(files, tmp_path, capsys):
     out = tmp_path / "steered"
-    common = ["steer", "--qa", "Who?", "A pirate.", "--out", str(out),
-              "--target", str(files["model"]), "--decoder", str(files["decoder"])]  # fmt: skip
+    common = [
+        "steer",
+        "--qa",
+        "Who?",
+        "A pirate.",
+        "--out",
+        str(out),
+        "--target",
+        str(files["model"]),
+        "--decoder",
+        str(files["decoder"]),
+    ]
     refused(capsys, [*common, "--layers", "9"], "steer layer 9 is out of range")
     refused(capsys, [*common, "--read-layers", "-5"], "read layer -5 is out of range")
     refused(capsys, [*common, "--lr", "nan"], "lr must be positive")

@@ -36,10 +36,19 @@ def paths(tmp_path_factory):
     root = tmp_path_factory.mktemp("reader")
     model = write_tiny_model(root / "model")
     values = dict(
-        data=str(write_tiny_data(root / "data")), out=str(root / "decoder"), target=str(model),
-        steps=3, batch_size=4, lr=1e-2, warmup_steps=1, eval_every=0, save_every=0,
-        eval_examples=4, dtype="float32", device="cpu",
-    )  # fmt: skip
+        data=str(write_tiny_data(root / "data")),
+        out=str(root / "decoder"),
+        target=str(model),
+        steps=3,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=1,
+        eval_every=0,
+        save_every=0,
+        eval_examples=4,
+        dtype="float32",
+        device="cpu",
+    )
     train(config_from_dict(TrainConfig, values), progress=False)
     return {"model": model, "decoder": root / "decoder", "root": root}
 
@@ -99,10 +108,13 @@ def _logits_without_cache(
     slots = torch.zeros_like(ids, dtype=torch.bool)
     slots[:, :width] = batch.placeholder_mask
     causal_lm = unwrap_causal_lm(reader.model)
-    with torch.no_grad(), patch_activations(causal_lm, reader.spec.write_layer, slots, flat,
-                                            reader.spec.mode):  # fmt: skip
-        logits = reader.model(input_ids=ids, attention_mask=mask, use_cache=False,
-                              position_ids=position_ids_for(mask)).logits  # fmt: skip
+    with (
+        torch.no_grad(),
+        patch_activations(causal_lm, reader.spec.write_layer, slots, flat, reader.spec.mode),
+    ):
+        logits = reader.model(
+            input_ids=ids, attention_mask=mask, use_cache=False, position_ids=position_ids_for(mask)
+        ).logits
     return logits[0, width - 1 :]
 
 
@@ -143,8 +155,9 @@ def test_score_matches_answer_token_loss_and_one_by_one(reader):
     vectors = reader.read(DIALOG)
     batch, flat = decoder_batch(reader.tokenizer, [vectors] * 4, [QUESTIONS[0]] * 4, ANSWERS)
     with torch.no_grad():
-        sums = answer_token_loss(reader.model, batch, flat, write_layer=0, mode="replace",
-                                 reduction="none")  # fmt: skip
+        sums = answer_token_loss(
+            reader.model, batch, flat, write_layer=0, mode="replace", reduction="none"
+        )
     assert scores == pytest.approx((-sums[:, 0]).tolist(), rel=1e-5, abs=1e-5)
     ranked = sorted(range(4), key=lambda i: -float(sums[i, 0]))
     assert sorted(range(4), key=scores.__getitem__) == ranked
@@ -153,8 +166,9 @@ def test_score_matches_answer_token_loss_and_one_by_one(reader):
     normalized = reader.score(DIALOG, QUESTIONS[0], ANSWERS, normalize=True)
     assert normalized == pytest.approx((-sums[:, 0] / sums[:, 1]).tolist(), rel=1e-5, abs=1e-5)
     zeroed = reader.score(DIALOG, QUESTIONS[0], ANSWERS, vectors_transform=torch.zeros_like)
-    assert zeroed == pytest.approx(reader.score_vectors(torch.zeros_like(vectors),
-                                                        QUESTIONS[0], ANSWERS))  # fmt: skip
+    assert zeroed == pytest.approx(
+        reader.score_vectors(torch.zeros_like(vectors), QUESTIONS[0], ANSWERS)
+    )
     assert zeroed != pytest.approx(scores)
 
 
@@ -165,8 +179,9 @@ def test_evidence_is_real_minus_zeroed_mean_log_likelihood(reader):
     vectors = reader.read(DIALOG)
     for question, answer in zip(QUESTIONS, answers, strict=True):
         (real,) = reader.score_vectors(vectors, question, [answer.text], normalize=True)
-        (zeroed,) = reader.score_vectors(torch.zeros_like(vectors), question, [answer.text],
-                                         normalize=True)  # fmt: skip
+        (zeroed,) = reader.score_vectors(
+            torch.zeros_like(vectors), question, [answer.text], normalize=True
+        )
         assert answer.logprob_real == pytest.approx(real, abs=1e-4)
         assert answer.logprob_zeroed == pytest.approx(zeroed, abs=1e-4)
         assert answer.evidence == pytest.approx(real - zeroed, abs=1e-4)
@@ -181,13 +196,15 @@ def test_evidence_is_real_minus_zeroed_mean_log_likelihood(reader):
         assert a.evidence == pytest.approx(b.evidence, abs=1e-4)
     many = reader.ask_many_with_evidence([DIALOG, DIALOG[1:]], QUESTIONS[:2], max_new_tokens=5)
     assert [len(row) for row in many] == [2, 2]
-    assert [a.evidence for a in many[0]] == pytest.approx([a.evidence for a in answers[:2]],
-                                                          abs=1e-4)  # fmt: skip
+    assert [a.evidence for a in many[0]] == pytest.approx(
+        [a.evidence for a in answers[:2]], abs=1e-4
+    )
 
 
 def test_evidence_is_zero_when_the_activations_are_zeroed(reader):
-    answers = reader.ask_with_evidence(DIALOG, QUESTIONS, max_new_tokens=4,
-                                       vectors_transform=torch.zeros_like)  # fmt: skip
+    answers = reader.ask_with_evidence(
+        DIALOG, QUESTIONS, max_new_tokens=4, vectors_transform=torch.zeros_like
+    )
     for answer in answers:
         assert answer.evidence == pytest.approx(0.0, abs=1e-6) and not answer.read
         assert answer.logprob_real == pytest.approx(answer.logprob_zeroed, abs=1e-6)
@@ -268,10 +285,29 @@ def _main(monkeypatch, argv: list[str]) -> int:
 
 
 def test_cli_json_and_text_output(paths, reader, monkeypatch, capsys, tmp_path):
-    common = ["--target", str(paths["model"]), "--decoder", str(paths["decoder"]),
-              "--device", "cpu", "--max-new-tokens", "3"]  # fmt: skip
-    argv = ["read", "--system", "You are a pirate.", "--user", "Hi", "-q", QUESTIONS[0],
-            "-q", QUESTIONS[1], "--json", *common]  # fmt: skip
+    common = [
+        "--target",
+        str(paths["model"]),
+        "--decoder",
+        str(paths["decoder"]),
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "3",
+    ]
+    argv = [
+        "read",
+        "--system",
+        "You are a pirate.",
+        "--user",
+        "Hi",
+        "-q",
+        QUESTIONS[0],
+        "-q",
+        QUESTIONS[1],
+        "--json",
+        *common,
+    ]
     assert _main(monkeypatch, argv) == 0
     report = json.loads(capsys.readouterr().out)
     (result,) = report["results"]

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from lit_fixtures import write_tiny_data
+from relations_fixtures import FACTS, RELATION_NAMES, write_relations_data
 from tiny import CHATML_TEMPLATE, GEMMA_TEMPLATE, make_llama, make_tokenizer
 
 from latentqa.chat import encode_dialog
@@ -19,7 +19,6 @@ from latentqa.data.format import load_latentqa
 from latentqa.data.relations import (
     DEMO_SUBJECTS,
     RELATIONS,
-    Fact,
     build_relations_dataset,
     demos_for,
     exact_match,
@@ -32,35 +31,6 @@ from latentqa.data.relations import (
 )
 from latentqa.errors import LatentQAError
 from latentqa.read import read_encoded
-
-_TABLE = {
-    # subject: (capital, currency, region, language)
-    "Germany": ("Berlin", "Euro", "Europe", "German"),
-    "Japan": ("Tokyo", "Yen", "Asia", "Japanese"),
-    "Brazil": ("Brasília", "Real", "Americas", "Portuguese"),
-    "France": ("Paris", "Euro", "Europe", "French"),
-    "Italy": ("Rome", "Euro", "Europe", "Italian"),
-    "Spain": ("Madrid", "Euro", "Europe", "Spanish"),
-    "Kenya": ("Nairobi", "Shilling", "Africa", "English"),
-    "Peru": ("Lima", "Sol", "Americas", "Spanish"),
-    "Chile": ("Santiago", "Peso", "Americas", "Spanish"),
-    "Mexico": ("Mexico City", "Peso", "Americas", "Spanish"),
-    "China": ("Beijing", "Yuan", "Asia", "Chinese"),
-    "South Africa": ("Pretoria", "Rand", "Africa", "English"),
-}
-RELATION_NAMES = ("capital", "currency", "region", "language")
-FACTS = [
-    Fact(subject, relation, answer, (answer,))
-    for subject, answers in _TABLE.items()
-    for relation, answer in zip(RELATION_NAMES, answers, strict=True)
-]
-
-
-def write_relations_data(folder: Path, **options: object) -> Path:
-    """Build the dataset from :data:`FACTS` without a knowledge filter."""
-    settings = dict(facts=FACTS, relations=list(RELATION_NAMES), heldout_fraction=0.4)
-    build_relations_dataset(folder, **{**settings, **options})
-    return folder
 
 
 def test_normalize_and_exact_match():
@@ -156,8 +126,14 @@ def test_filter_keeps_known_facts_and_caches(tmp_path):
 def test_build_is_deterministic_and_in_latentqa_format(tmp_path):
     first = write_relations_data(tmp_path / "a")
     second = write_relations_data(tmp_path / "b")
-    for name in ("train/control.json", "train/qa.json", "heldout/control.json",
-                 "heldout_relation/qa.json", "facts.json", "meta.json"):  # fmt: skip
+    for name in (
+        "train/control.json",
+        "train/qa.json",
+        "heldout/control.json",
+        "heldout_relation/qa.json",
+        "facts.json",
+        "meta.json",
+    ):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
     train, held = load_latentqa(first / "train"), load_latentqa(first / "heldout")
     assert train.kinds == held.kinds == ["control"]
@@ -196,9 +172,12 @@ def test_build_with_filter_reports_counts(tmp_path):
         return out
 
     summary = build_relations_dataset(
-        tmp_path / "f", facts=FACTS, complete=knows_capitals, generator_id="stub",
+        tmp_path / "f",
+        facts=FACTS,
+        complete=knows_capitals,
+        generator_id="stub",
         relations=list(RELATION_NAMES),
-    )  # fmt: skip
+    )
     assert summary["filter"]["language"] == {"candidates": 12, "known": 0}
     assert summary["filter"]["capital"] == {"candidates": 12, "known": 12}
     assert (tmp_path / "f" / "filter-cache.jsonl").is_file()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import types
@@ -11,12 +10,12 @@ import types
 import pytest
 import torch
 from lit_fixtures import write_tiny_model
-from test_relations import write_relations_data
+from relations_fixtures import write_relations_data
 
+from latentqa.cli.eval_relations import add_relations_task
 from latentqa.evals.all import KNOWN_TASKS, SuiteContext, discover, run_suite
 from latentqa.evals.relations import (
     METHODS,
-    add_relations_task,
     evaluate_relations,
     load_relation_data,
     patchscope_answers,
@@ -28,9 +27,13 @@ from latentqa.evals.relations import (
 from latentqa.reader import Reader
 
 SUMMARY_KEYS = {
-    "accuracy", "fuzzy_accuracy", "closed_accuracy", "heldout_relation_accuracy",
-    "heldout_relation_fuzzy_accuracy", "n",
-}  # fmt: skip
+    "accuracy",
+    "fuzzy_accuracy",
+    "closed_accuracy",
+    "heldout_relation_accuracy",
+    "heldout_relation_fuzzy_accuracy",
+    "n",
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +45,16 @@ def setup(tmp_path_factory):
     model = write_tiny_model(root / "model")
     data = write_relations_data(root / "data")
     config = TrainConfig(
-        data=str(data), out=str(root / "decoder"), target=str(model), steps=2, batch_size=4,
-        eval_every=0, save_every=0, dtype="float32", read_layers=[1],
-    )  # fmt: skip
+        data=str(data),
+        out=str(root / "decoder"),
+        target=str(model),
+        steps=2,
+        batch_size=4,
+        eval_every=0,
+        save_every=0,
+        dtype="float32",
+        read_layers=[1],
+    )
     train(config, progress=False)
     return model, data, root / "decoder"
 
@@ -124,9 +134,21 @@ def test_cli_prints_json_last(setup, capsys):
     parser = argparse.ArgumentParser()
     add_relations_task(parser.add_subparsers())
     args = parser.parse_args(
-        ["relations", "--data", str(data), "--target", str(model), "--decoder", str(decoder),
-         "--device", "cpu", "--max-new-tokens", "2", "--json"]
-    )  # fmt: skip
+        [
+            "relations",
+            "--data",
+            str(data),
+            "--target",
+            str(model),
+            "--decoder",
+            str(decoder),
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "2",
+            "--json",
+        ]
+    )
     assert args.func(args) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["task"] == "relations" and "accuracy" in last["methods"]["lit"]
@@ -142,26 +164,43 @@ def test_eval_all_writes_report_and_json(setup, tmp_path, monkeypatch):
     def system_prompt_stub(ctx: SuiteContext) -> dict:
         per_layer = {1: {"lit": {"mc_accuracy": 0.5}}, 2: {"lit": {"mc_accuracy": 0.7}}}
         plot_per_layer(per_layer, "mc_accuracy", ctx.out / "sp.png", "stub")
-        return {"task": "system-prompt", "n": 3, "methods": {"lit": {"mc_accuracy": 0.6}},
-                "plots": ["sp.png"]}  # fmt: skip
+        return {
+            "task": "system-prompt",
+            "n": 3,
+            "methods": {"lit": {"mc_accuracy": 0.6}},
+            "plots": ["sp.png"],
+        }
 
     def failing(ctx: SuiteContext) -> dict:
         raise RuntimeError("boom")
 
     ctx = SuiteContext(
-        out=tmp_path / "report", target=str(model), decoders={"relations": str(decoder)},
-        data={"relations": str(data)}, device="cpu", layers=[1], log=lambda _: None,
-    )  # fmt: skip
+        out=tmp_path / "report",
+        target=str(model),
+        decoders={"relations": str(decoder)},
+        data={"relations": str(data)},
+        device="cpu",
+        layers=[1],
+        log=lambda _: None,
+    )
     suite = run_suite(
-        ctx, ["system-prompt", "relations", "ghost", "audit"],
+        ctx,
+        ["system-prompt", "relations", "ghost", "audit"],
         runners={"system-prompt": system_prompt_stub, "audit": failing},
-    )  # fmt: skip
+    )
     assert set(suite["tasks"]) == {"system-prompt", "relations"}
     assert "no module latentqa.evals.ghost" in suite["skipped"]["ghost"]
     assert "boom" in suite["failed"]["audit"]
     report = (tmp_path / "report" / "report.md").read_text()
-    for text in ("## system-prompt", "## relations", "![system-prompt: sp](sp.png)",
-                 "| lit |", "## Skipped", "**ghost**", "## Failed"):  # fmt: skip
+    for text in (
+        "## system-prompt",
+        "## relations",
+        "![system-prompt: sp](sp.png)",
+        "| lit |",
+        "## Skipped",
+        "**ghost**",
+        "## Failed",
+    ):
         assert text in report
     assert (tmp_path / "report" / "relations_layers_accuracy.png").is_file()
     figures = json.loads((tmp_path / "report" / "results.json").read_text())
@@ -176,25 +215,18 @@ def test_eval_all_skips_tasks_without_data(tmp_path):
     assert set(KNOWN_TASKS) <= set(discover())
 
 
-def test_eval_all_runs_config_style_evaluations(tmp_path, monkeypatch):
+def test_eval_all_finds_a_module_by_its_run_in_suite(tmp_path, monkeypatch):
     module = types.ModuleType("latentqa.evals.fake")
 
-    @dataclasses.dataclass
-    class FakeEvalConfig:
-        target: str = "t"
-        decoder: str | None = None
-        n_prompts: int = 50
-        seed: int = 0
+    def run_in_suite(ctx: SuiteContext) -> dict:
+        return {"task": "fake", "n": ctx.n, "methods": {"none": {"seed": ctx.seed}}}
 
-    def evaluate_fake(config: FakeEvalConfig, log=None) -> dict:
-        return {"task": "fake", "n": config.n_prompts, "methods": {"none": vars(config)}}
-
-    module.FakeEvalConfig, module.evaluate_fake = FakeEvalConfig, evaluate_fake
+    module.run_in_suite = run_in_suite
     monkeypatch.setitem(sys.modules, "latentqa.evals.fake", module)
     monkeypatch.setitem(KNOWN_TASKS, "fake", "latentqa.evals.fake")
-    ctx = SuiteContext(out=tmp_path, target="m", decoders={"fake": "d"}, n=7, seed=3,
-                       log=lambda _: None)  # fmt: skip
+    ctx = SuiteContext(out=tmp_path, target="m", n=7, seed=3, log=lambda _: None)
     suite = run_suite(ctx, ["fake"])
-    assert suite["tasks"]["fake"]["methods"]["none"] == {
-        "target": "m", "decoder": "d", "n_prompts": 7, "seed": 3,
-    }  # fmt: skip
+    assert suite["tasks"]["fake"]["methods"]["none"] == {"seed": 3}
+    monkeypatch.setitem(sys.modules, "latentqa.evals.fake", types.ModuleType("fake"))
+    suite = run_suite(ctx, ["fake"])
+    assert "no run_in_suite(ctx) entry point" in suite["skipped"]["fake"]

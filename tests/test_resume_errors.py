@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lit_fixtures import write_tiny_data, write_tiny_model
-from test_no_data_loss import one_line_error, snapshot, train_argv
+from lit_fixtures import one_line_error, snapshot, train_argv, write_tiny_data, write_tiny_model
 
 from latentqa import cli
 from latentqa.configs import config_from_dict
@@ -103,8 +102,10 @@ def test_resume_cleans_leftovers_of_killed_checkpoint_writes(workspace, run):
     (checkpoints / ".latest.tmp4242").write_text("step-0000003\n")
     assert cli.main(train_argv(workspace, run, "--resume")) == 0
     assert sorted(p.name for p in checkpoints.iterdir()) == [
-        "latest", "step-0000001", "step-0000002",
-    ]  # fmt: skip
+        "latest",
+        "step-0000001",
+        "step-0000002",
+    ]
 
 
 # --- checkpoint pruning and leftovers ----------------------------------------------------
@@ -154,8 +155,9 @@ def test_a_bad_latest_pointer_counts_as_no_checkpoint(tmp_path):
 
 def test_activation_cache_key_changes_when_a_local_model_changes_in_place(tmp_path):
     folder = write_tiny_model(tmp_path / "model")
-    source = ActivationSource(torch.nn.Linear(2, 2), [], pad_id=0, read_layers=[1],
-                              max_read_tokens=8)  # fmt: skip
+    source = ActivationSource(
+        torch.nn.Linear(2, 2), [], pad_id=0, read_layers=[1], max_read_tokens=8
+    )
     before = source.fingerprint(str(folder))
     assert source.fingerprint(str(folder)) == before  # stable while nothing changes
     weights = next(folder.glob("*.safetensors"))
@@ -170,9 +172,18 @@ def test_activation_cache_key_changes_when_a_local_model_changes_in_place(tmp_pa
 def test_cache_key_of_a_train_run_follows_the_weights(workspace, tmp_path):
     model, data = workspace
     local = Path(shutil.copytree(model, tmp_path / "model"))
-    values = dict(data=str(data), target=str(local), steps=1, batch_size=4, dtype="float32",
-                  eval_every=0, save_every=0, eval_examples=8, cache_activations=True,
-                  cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    values = dict(
+        data=str(data),
+        target=str(local),
+        steps=1,
+        batch_size=4,
+        dtype="float32",
+        eval_every=0,
+        save_every=0,
+        eval_examples=8,
+        cache_activations=True,
+        cache_dir=str(tmp_path / "cache"),
+    )
     train(config_from_dict(TrainConfig, {**values, "out": str(tmp_path / "a")}), progress=False)
     weights = next(local.glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))

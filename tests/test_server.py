@@ -5,41 +5,20 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from lit_fixtures import write_tiny_data, write_tiny_model
+from lit_fixtures import DIALOG, QUESTIONS, build_tiny_decoder
 
 import latentqa.cli as cli
-from latentqa.configs import config_from_dict
 from latentqa.errors import LatentQAError
 from latentqa.reader import EVIDENCE_THRESHOLD, Reader
 from latentqa.server import MAX_MESSAGE_CHARS, BackgroundServer, create_app
-from latentqa.train.config import TrainConfig
-from latentqa.train.trainer import train
 
-DIALOG = [
-    {"role": "system", "content": "You are a pirate captain."},
-    {"role": "user", "content": "Hello, how are you today?"},
-]
 OTHER = [{"role": "user", "content": "What is the capital of France?"}]
-QUESTIONS = ["What persona is the assistant adopting?", "Who is the assistant?"]
 TOKENS = 4
-
-
-def build_tiny_decoder(root: Path) -> tuple[Path, Path]:
-    """A tiny model folder and a decoder trained on it for a few steps (CPU, seconds)."""
-    model = write_tiny_model(root / "model")
-    values = dict(
-        data=str(write_tiny_data(root / "data")), out=str(root / "decoder"), target=str(model),
-        steps=3, batch_size=4, lr=1e-2, warmup_steps=1, eval_every=0, save_every=0,
-        eval_examples=4, dtype="float32", device="cpu",
-    )  # fmt: skip
-    train(config_from_dict(TrainConfig, values), progress=False)
-    return model, root / "decoder"
 
 
 def n_hooks(model: torch.nn.Module) -> int:
@@ -146,9 +125,16 @@ def test_ask_and_score_match_the_reader(client, reader):
         "/api/score", json={"dialog": DIALOG, "question": QUESTIONS[0], "answers": answers}
     ).json()["scores"]
     assert scores == pytest.approx(reader.score(DIALOG, QUESTIONS[0], answers), abs=1e-4)
-    normalized = client.post("/api/score", json={"dialog": DIALOG, "question": QUESTIONS[0],
-                                                 "answers": answers, "normalize": True,
-                                                 "layer": 3}).json()  # fmt: skip
+    normalized = client.post(
+        "/api/score",
+        json={
+            "dialog": DIALOG,
+            "question": QUESTIONS[0],
+            "answers": answers,
+            "normalize": True,
+            "layer": 3,
+        },
+    ).json()
     expected = reader.score(DIALOG, QUESTIONS[0], answers, normalize=True, layer=3)
     assert normalized["scores"] == pytest.approx(expected, abs=1e-4)
 
@@ -166,8 +152,12 @@ def test_layer_scores_score_every_layer(client, reader):
 
 def test_concurrent_requests_take_turns_and_match_sequential_answers(client, reader, overlap):
     hooks = n_hooks(reader.model)
-    cases = [(dialog, [question], layer) for dialog in (DIALOG, OTHER)
-             for question in QUESTIONS for layer in (None, 1)]  # fmt: skip
+    cases = [
+        (dialog, [question], layer)
+        for dialog in (DIALOG, OTHER)
+        for question in QUESTIONS
+        for layer in (None, 1)
+    ]
     expected = [reader.ask(d, q, max_new_tokens=TOKENS, layer=layer) for d, q, layer in cases]
     jobs = [index % len(cases) for index in range(20)]
     overlap.most = 0
@@ -199,22 +189,34 @@ def test_health_answers_while_the_model_is_busy(client):
     ("send", "status", "message"),
     [
         (dict(json=ask_body(dialog=[])), 422, "the dialog is empty"),
-        (dict(json=ask_body(dialog=[{"role": "user", "content": "sea " * 25_000}])), 422,
-         "dialog[0].content is too long: 100000 characters (the limit is 20000)"),
-        (dict(content=b'{"dialog": [', headers={"Content-Type": "application/json"}), 400,
-         "malformed JSON"),
+        (
+            dict(json=ask_body(dialog=[{"role": "user", "content": "sea " * 25_000}])),
+            422,
+            "dialog[0].content is too long: 100000 characters (the limit is 20000)",
+        ),
+        (
+            dict(content=b'{"dialog": [', headers={"Content-Type": "application/json"}),
+            400,
+            "malformed JSON",
+        ),
         (dict(json=ask_body(layer=7)), 400, "layer 7 is out of range"),
-        (dict(json=ask_body(dialog=[{"role": "robot", "content": "Hi"}])), 422,
-         "dialog[0].role must be one of 'system', 'user' or 'assistant', got 'robot'"),
+        (
+            dict(json=ask_body(dialog=[{"role": "robot", "content": "Hi"}])),
+            422,
+            "dialog[0].role must be one of 'system', 'user' or 'assistant', got 'robot'",
+        ),
         (dict(json=ask_body(questions=["  "])), 422, "questions[0] must not be empty"),
         (dict(json=ask_body(questions=[])), 422, "questions must not be empty"),
         (dict(json=ask_body(dialog=DIALOG[:1])), 400, "no user turn"),
         (dict(json=ask_body(dialog=[{"role": "user", "content": "sea " * 600}])), 400, "context"),
         (dict(json={"dialog": DIALOG}), 422, "questions is required"),
-        (dict(content=b"x" * (3 << 20), headers={"Content-Type": "application/json"}), 413,
-         "too large"),
+        (
+            dict(content=b"x" * (3 << 20), headers={"Content-Type": "application/json"}),
+            413,
+            "too large",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(client, send, status, message):
     response = client.post("/api/ask", **send)
     assert response.status_code == status, response.text

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from lit_fixtures import write_tiny_data
+from lit_fixtures import STEER_PROMPTS
 from peft import PeftModel
-from tiny import make_tokenizer
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import latentqa.cli as cli
 from latentqa.configs import config_from_dict
@@ -33,50 +30,9 @@ from latentqa.steer import (
     train_steering,
     tune_setting,
 )
-from latentqa.train.config import TrainConfig
-from latentqa.train.trainer import train
 
-PROMPTS = [
-    "Hello, how are you today?",
-    "What is the capital of France?",
-    "Describe the tone.",
-    "Tell me about the sea.",
-]
+PROMPTS = STEER_PROMPTS
 CONTROL = [("What persona is the assistant adopting?", "The assistant is a pirate captain.")]
-
-
-def write_sensitive_model(folder: Path) -> Path:
-    """A tiny Llama with larger initial weights than tests/tiny.py's.
-
-    With the usual 0.02 initialisation a tiny random decoder's answers hardly depend on
-    the patched activations (even freely optimised vectors barely move its loss), so
-    there would be nothing for steering to change.
-    """
-    tokenizer = make_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=True, initializer_range=0.2,
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def paths(tmp_path_factory):
-    root = tmp_path_factory.mktemp("steer")
-    model = write_sensitive_model(root / "model")
-    values = dict(
-        data=str(write_tiny_data(root / "data")), out=str(root / "decoder"), target=str(model),
-        steps=3, batch_size=4, lr=1e-2, warmup_steps=1, eval_every=0, save_every=0,
-        eval_examples=4, dtype="float32", device="cpu",
-    )  # fmt: skip
-    train(config_from_dict(TrainConfig, values), progress=False)
-    prompts = root / "prompts.json"
-    prompts.write_text(json.dumps(PROMPTS))
-    return {"model": str(model), "decoder": str(root / "decoder"), "prompts": str(prompts)}
 
 
 @pytest.fixture
@@ -86,9 +42,15 @@ def steerable(paths):
 
 def _config(paths, out, **overrides) -> SteerConfig:
     values = dict(
-        out=str(out), target=paths["model"], decoder=paths["decoder"], prompts=paths["prompts"],
-        steps=3, batch_size=2, lr=1e-2, device="cpu",
-    )  # fmt: skip
+        out=str(out),
+        target=paths["model"],
+        decoder=paths["decoder"],
+        prompts=paths["prompts"],
+        steps=3,
+        batch_size=2,
+        lr=1e-2,
+        device="cpu",
+    )
     values.update(overrides)
     return config_from_dict(SteerConfig, values)
 
@@ -154,8 +116,9 @@ def test_read_pass_uses_only_the_steering_adapter(steerable):
 
 
 def test_steer_saves_an_adapter_that_plain_peft_reloads(paths, tmp_path):
-    result = steer(_config(paths, tmp_path / "out", layers=[1, 2], steps=2), CONTROL,
-                   progress=False)  # fmt: skip
+    result = steer(
+        _config(paths, tmp_path / "out", layers=[1, 2], steps=2), CONTROL, progress=False
+    )
     out = result.out
     for name in ("adapter_model.safetensors", "adapter_config.json", "steer.json", "loss.png"):
         assert (out / name).is_file(), name
@@ -262,11 +225,33 @@ def test_cli_steer_with_qa_and_generate(paths, tmp_path, monkeypatch, capsys):
     control = tmp_path / "control.json"
     control.write_text(json.dumps([{"question": "Who?", "answer": "A pirate."}]))
     common = [
-        "--target", paths["model"], "--decoder", paths["decoder"], "--device", "cpu",
-        "--prompts", paths["prompts"], "--steps", "2", "--batch-size", "2", "--no-progress",
-    ]  # fmt: skip
-    argv = ["steer", "--out", str(tmp_path / "o"), "--control", str(control),
-            "--qa", *CONTROL[0], "--generate", "--max-new-tokens", "3", *common]  # fmt: skip
+        "--target",
+        paths["model"],
+        "--decoder",
+        paths["decoder"],
+        "--device",
+        "cpu",
+        "--prompts",
+        paths["prompts"],
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
+    argv = [
+        "steer",
+        "--out",
+        str(tmp_path / "o"),
+        "--control",
+        str(control),
+        "--qa",
+        *CONTROL[0],
+        "--generate",
+        "--max-new-tokens",
+        "3",
+        *common,
+    ]
     assert _main(monkeypatch, argv) == 0
     out = capsys.readouterr().out
     summary = json.loads(out.strip().splitlines()[-1])

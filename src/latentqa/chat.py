@@ -5,7 +5,8 @@ of the rendered dialog whose activations the decoder may see: everything after
 the system prompt / control turn ("masked messages"). It is computed from the
 chat template and the tokenizer's character offsets, never from constants, so
 templates that fold the system prompt into the first user turn (Gemma) are
-handled as well as ChatML or Llama 3.
+handled as well as ChatML or Llama 3. A relation fact reads only its subject's
+tokens instead (:func:`subject_span`).
 """
 
 from __future__ import annotations
@@ -184,3 +185,33 @@ def encode_dialog(
     if read_start >= len(input_ids):
         raise LatentQAError("the dialog has nothing left to read after the masked messages")
     return EncodedDialog(input_ids=list(input_ids), read_start=read_start, text=text)
+
+
+def subject_span(
+    tokenizer: PreTrainedTokenizerBase, dialog: Sequence[Message], read_text: str
+) -> EncodedDialog:
+    """Encode ``dialog`` with the read span on the tokens of ``read_text`` only.
+
+    ``read_text`` is found in the last message containing it; the span is every token
+    whose characters overlap it. The ids are cut after the span's last token, so the
+    span runs to the end as :func:`latentqa.read.read_encoded` expects; a causal target
+    gives these positions the same activations as in the whole dialog.
+
+    Raises:
+        LatentQAError: ``read_text`` is empty, in no message, or covers no token.
+    """
+    messages = validate_dialog(dialog)
+    text = render(tokenizer, messages, messages[-1]["role"] != "assistant")
+    holder = next((m["content"] for m in reversed(messages) if read_text in m["content"]), None)
+    if not read_text or holder is None or text.rfind(holder) < 0:
+        raise LatentQAError(f"read_text {read_text!r} is not in the dialog's messages")
+    start = text.rfind(holder) + holder.rfind(read_text)
+    end = start + len(read_text)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = encoded["offset_mapping"]
+    inside = [i for i, (a, b) in enumerate(offsets) if a < end and b > start and b > a]
+    if not inside:
+        raise LatentQAError(f"read_text {read_text!r} covers no token")
+    last = inside[-1]
+    ids = list(encoded["input_ids"][: last + 1])
+    return EncodedDialog(input_ids=ids, read_start=inside[0], text=text[: offsets[last][1]])

@@ -3,6 +3,8 @@
 The decoder is the target model with LoRA adapters. It reads activation vectors
 patched in at placeholder positions (see :mod:`latentqa.layout` and
 :mod:`latentqa.patch`) and is trained with cross-entropy on answer tokens only.
+A trained decoder is a folder (``latentqa.json`` and the peft adapter files);
+:func:`load_decoder` loads one onto its target.
 """
 
 from __future__ import annotations
@@ -18,12 +20,18 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from latentqa.errors import LatentQAError
+from latentqa.handle import TargetHandle
+from latentqa.layers import find_decoder_layers
 from latentqa.layout import DecoderBatch, build_decoder_prompt, collate_prompts
+from latentqa.models import EMBEDDED_MODEL, load_model
+from latentqa.package_data import package_file
 from latentqa.patch import PatchMode, patch_activations
 from latentqa.read import pad_token_id, position_ids_for
 
 SPEC_FILE = "latentqa.json"
 SPEC_FORMAT = "latentqa-decoder/1"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+SHIPPED_DECODERS = package_file("latentqa", "resources/decoders")
 
 
 @dataclass
@@ -115,8 +123,14 @@ class DecoderSpec:
                 return isinstance(value, dict)
             return not isinstance(hint, type) or isinstance(value, hint)
 
-        words = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-                 dict: "a JSON object", list[int]: "a list of integers"}  # fmt: skip
+        words = {
+            int: "an integer",
+            float: "a number",
+            str: "a string",
+            bool: "true or false",
+            dict: "a JSON object",
+            list[int]: "a list of integers",
+        }
         for name, value in data.items():
             hint = hints[name]
             if not fits(value, hint):
@@ -206,7 +220,13 @@ def decoder_batch(
     return collate_prompts(prompts, pad_token_id(tokenizer)), torch.cat(list(vectors))
 
 
-def _final_logits(causal_lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+def lm_head_logits(causal_lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's LM head on ``hidden`` ``[..., d_model]`` -> logits ``[..., vocab]``.
+
+    Applies the final soft-capping of models that have one (Gemma), as their own
+    forward does, so losses computed from a body's hidden states match ``model(...)``.
+    The logits keep the head's dtype.
+    """
     logits = causal_lm.get_output_embeddings()(hidden)
     cap = getattr(causal_lm.config, "final_logit_softcapping", None)
     if cap:  # Gemma-style soft capping, part of the model's own forward
@@ -233,6 +253,7 @@ def answer_token_loss(
     write_layer: int,
     mode: PatchMode,
     reduction: str = "mean",
+    layers_path: str | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of the answer tokens with ``vectors`` patched in.
 
@@ -248,19 +269,23 @@ def answer_token_loss(
         mode: ``replace`` or ``add``.
         reduction: ``mean`` (per answer token), ``sum``, or ``none`` (per example sums
             and token counts as a ``[batch, 2]`` tensor).
+        layers_path: Override for the decoder block search (the one the activations
+            were read with), so the write goes to the same block list.
     """
     causal_lm = unwrap_causal_lm(decoder)
     # Target tokens are the answer; the logits that predict them sit one step earlier.
     predicts = torch.zeros_like(batch.label_mask)
     predicts[:, :-1] = batch.label_mask[:, 1:]
-    with patch_activations(causal_lm, write_layer, batch.placeholder_mask, vectors, mode):
+    with patch_activations(
+        causal_lm, write_layer, batch.placeholder_mask, vectors, mode, layers_path=layers_path
+    ):
         hidden = causal_lm.base_model(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             position_ids=position_ids_for(batch.attention_mask),
             use_cache=False,
         ).last_hidden_state  # [batch, seq, d_model]
-    logits = _final_logits(causal_lm, hidden[predicts]).float()  # [n_answer_tokens, vocab]
+    logits = lm_head_logits(causal_lm, hidden[predicts]).float()  # [n_answer_tokens, vocab]
     targets = batch.input_ids[batch.label_mask]  # [n_answer_tokens], same row-major order
     if reduction != "none":
         return F.cross_entropy(logits, targets, reduction=reduction)
@@ -271,3 +296,98 @@ def answer_token_loss(
     )
     counts = predicts.sum(-1).to(sums.dtype)
     return torch.stack([sums, counts], dim=-1)
+
+
+# Decoder folders.
+
+
+def shipped_decoder(target: str) -> Path:
+    """The decoder folder shipped in the package for ``target`` (the embedded model only).
+
+    Raises:
+        LatentQAError: No decoder ships for ``target``, or the shipped folder is missing.
+    """
+    if str(target).strip().lower() != EMBEDDED_MODEL:
+        raise LatentQAError(
+            f"no decoder ships for target {str(target)!r} (only for {EMBEDDED_MODEL!r}); "
+            "pass a decoder folder written by `latentqa train`"
+        )
+    folder = SHIPPED_DECODERS / EMBEDDED_MODEL
+    if not (folder / SPEC_FILE).is_file():
+        raise LatentQAError(
+            f"the shipped decoder for {EMBEDDED_MODEL!r} is not installed ({folder} is missing); "
+            "train one with `latentqa train --out DIR` and pass it as the decoder"
+        )
+    return folder
+
+
+def open_decoder_folder(target: str, decoder: str | Path | None) -> tuple[Path, DecoderSpec]:
+    """The decoder folder (``None``: the shipped one) and its spec, checked for adapters.
+
+    Raises:
+        LatentQAError: The folder is missing, has no ``latentqa.json``, or lacks the
+            safetensors adapter files.
+    """
+    folder = shipped_decoder(str(target)) if decoder is None else Path(decoder).expanduser()
+    if not folder.is_dir():
+        raise LatentQAError(f"decoder folder {folder} does not exist")
+    spec = DecoderSpec.load(folder)
+    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
+    if missing:
+        raise LatentQAError(
+            f"{folder} lacks {', '.join(missing)}: pass a folder written by `latentqa train` "
+            "(adapters are read from safetensors only)"
+        )
+    return folder, spec
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-blank line of an error's message, or its type's name."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def load_decoder(
+    target: str = EMBEDDED_MODEL,
+    decoder: str | Path | None = None,
+    *,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "float32",
+    adapter_name: str = "default",
+    trainable: str | None = None,
+) -> tuple[TargetHandle, DecoderSpec, Path]:
+    """Load the target once and attach a trained decoder's adapters to it (frozen).
+
+    Args:
+        target: Model spec of the target (see :func:`latentqa.models.load_model`).
+        decoder: A folder written by ``latentqa train``; ``None``: the decoder shipped
+            for the embedded model.
+        device: ``auto``, ``cpu``, ``cuda[:N]``.
+        dtype: The frozen weights' dtype.
+        adapter_name: The peft name of the decoder's adapter.
+        trainable: Passed to the handle (see :attr:`TargetHandle.trainable`).
+
+    Returns:
+        The handle (a peft model, with the ``layers_path`` the decoder was trained
+        with), the decoder's spec and its folder.
+
+    Raises:
+        LatentQAError: Missing or malformed decoder folder, or a decoder trained on
+            another target.
+    """
+    from peft import PeftModel
+
+    folder, spec = open_decoder_folder(str(target), decoder)
+    layers_path = spec.extra.get("train_config", {}).get("layers_path")
+    model, tokenizer = load_model(target, device=device, dtype=dtype)
+    spec.check_target(model, len(find_decoder_layers(model, layers_path)))
+    try:
+        peft_model = PeftModel.from_pretrained(
+            model, str(folder), adapter_name=adapter_name, is_trainable=False
+        )
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        raise LatentQAError(
+            f"could not load the adapter in {folder}: {first_line(error)}"
+        ) from error
+    handle = TargetHandle.resolve(peft_model, tokenizer, layers_path, trainable=trainable)
+    return handle, spec, folder

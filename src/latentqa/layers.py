@@ -5,12 +5,19 @@ children all share one class. This covers Llama, Qwen2, Gemma 3 and GPT-2 style
 models, and the same search sees through peft, DDP and FSDP wrappers because it
 walks ``named_modules()`` of whatever it is given. Odd models pass an explicit
 dotted path (``layers_path``) instead.
+
+:func:`block_output_hook` is the one way this package hooks a block's output: reading
+(:mod:`latentqa.read`), patching (:mod:`latentqa.patch`) and steering vectors
+(:mod:`latentqa.steer.vector`) are all built on it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from latentqa.errors import LatentQAError
@@ -107,3 +114,55 @@ def check_layer_index(layer: int, n_layers: int, what: str = "layer") -> int:
             f"(valid: 0..{n_layers - 1}, or negative from the end)"
         )
     return layer % n_layers
+
+
+BlockEdit = Callable[[int, torch.Tensor], torch.Tensor | None]
+"""``(layer, hidden [batch, seq, d_model]) -> replacement or None`` (keep the output)."""
+
+
+@contextmanager
+def block_output_hook(
+    blocks: DecoderLayers, layers: int | Sequence[int], edit: BlockEdit, *, what: str = "layer"
+) -> Iterator[list[int]]:
+    """Context manager calling ``edit`` on the output of each block in ``layers``.
+
+    The one place that unwraps block outputs (a tensor in recent transformers, a tuple
+    whose first item is the hidden state in older ones) and removes hooks: they are
+    removed on exit, also when the body or ``edit`` raises.
+
+    Args:
+        blocks: The resolved block list (see :func:`find_decoder_layers`).
+        layers: Block index or indices (negative counts from the end).
+        edit: Called as ``edit(layer, hidden)`` with the normalised index and the
+            block's hidden output ``[batch, seq, d_model]``; a returned tensor replaces
+            that output, ``None`` leaves it unchanged. Exceptions propagate to the
+            forward pass (a read stops the forward early this way).
+        what: Name of the layers in the out-of-range error ("read layer", ...).
+
+    Yields:
+        The hooked indices, normalised, unique and sorted.
+
+    Raises:
+        LatentQAError: An index is out of range (before any hook is registered).
+    """
+    wanted = [layers] if isinstance(layers, int) else list(layers)
+    indices = sorted({check_layer_index(layer, len(blocks), what) for layer in wanted})
+
+    def make_hook(index: int):
+        def hook(_module: nn.Module, _args: object, output: object) -> object:
+            hidden = output[0] if isinstance(output, tuple) else output
+            new = edit(index, hidden)
+            if new is None:
+                return None
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        return hook
+
+    handles = []
+    try:
+        for index in indices:
+            handles.append(blocks[index].register_forward_hook(make_hook(index)))
+        yield indices
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from latentqa.errors import LatentQAError
-from latentqa.layers import check_layer_index, find_decoder_layers
+from latentqa.layers import block_output_hook, find_decoder_layers
 
 PatchMode = Literal["replace", "add"]
 PATCH_MODES: tuple[str, ...] = ("replace", "add")
@@ -83,11 +83,9 @@ def patch_activations(
             f"got shape {tuple(vectors.shape)}"
         )
     blocks = find_decoder_layers(model, layers_path)
-    block = blocks[check_layer_index(layer, len(blocks), "write layer")]
     mask = mask.to(torch.bool)
 
-    def hook(_module: nn.Module, _args: object, output: object) -> object:
-        hidden = output[0] if isinstance(output, tuple) else output
+    def patch(_index: int, hidden: torch.Tensor) -> torch.Tensor | None:
         if hidden.shape[:2] != mask.shape:
             return None  # a KV-cached decoding step: nothing to patch
         if vectors.shape[-1] != hidden.shape[-1]:
@@ -95,11 +93,7 @@ def patch_activations(
                 f"activation size {vectors.shape[-1]} does not match the model's hidden "
                 f"size {hidden.shape[-1]}: decoder and target do not match"
             )
-        new = patched_hidden(hidden, mask.to(hidden.device), vectors.to(hidden.device), mode)
-        return (new, *output[1:]) if isinstance(output, tuple) else new
+        return patched_hidden(hidden, mask.to(hidden.device), vectors.to(hidden.device), mode)
 
-    handle = block.register_forward_hook(hook)
-    try:
+    with block_output_hook(blocks, layer, patch, what="write layer"):
         yield
-    finally:
-        handle.remove()

@@ -86,8 +86,19 @@ def _check_device_dtype(device: str, dtype: str) -> None:
 
 # GGUF metadata value types (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md):
 # fixed-size scalars by struct format, and the two variable-size types.
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-                 10: "<Q", 11: "<q", 12: "<d"}  # fmt: skip
+_GGUF_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
 
 
@@ -177,7 +188,8 @@ def model_shape(target: str, *, trust_remote_code: bool = False) -> tuple[int, i
             without config.json, a file that is not .gguf).
     """
     # The same resolution and cache lookup as load_model, so both see the same model.
-    from latentqa.models import _classify_spec, _gguf_cache_dir, _is_complete
+    from latentqa.gguf_cache import _gguf_cache_dir, _is_complete
+    from latentqa.models import _classify_spec
 
     kind, where = _classify_spec(target)
     if kind == "gguf":

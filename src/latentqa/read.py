@@ -16,16 +16,11 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from latentqa.chat import EncodedDialog, Message, encode_dialog
-from latentqa.layers import check_layer_index, find_decoder_layers
+from latentqa.layers import block_output_hook, check_layer_index, find_decoder_layers
 
 
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass once the deepest read layer has run."""
-
-
-def _hidden(output: object) -> torch.Tensor:
-    # Decoder blocks return a tensor in recent transformers and a tuple in older ones.
-    return output[0] if isinstance(output, tuple) else output
 
 
 @contextmanager
@@ -44,23 +39,17 @@ def capture_layers(
     the rest of the model never runs. Hooks are removed on exit, also on error.
     """
     blocks = find_decoder_layers(model, layers_path)
-    wanted = sorted({check_layer_index(layer, len(blocks), "read layer") for layer in layers})
+    normalised = [check_layer_index(layer, len(blocks), "read layer") for layer in layers]
+    deepest = max(normalised, default=None)
     captured: dict[int, torch.Tensor] = {}
 
-    def make_hook(index: int):
-        def hook(_module: nn.Module, _args: object, output: object) -> None:
-            captured[index] = _hidden(output)
-            if stop_after_last and index == wanted[-1]:
-                raise _StopForward
+    def record(index: int, hidden: torch.Tensor) -> None:
+        captured[index] = hidden
+        if stop_after_last and index == deepest:
+            raise _StopForward
 
-        return hook
-
-    handles = [blocks[index].register_forward_hook(make_hook(index)) for index in wanted]
-    try:
+    with block_output_hook(blocks, layers, record, what="read layer"):
         yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:

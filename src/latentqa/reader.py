@@ -8,13 +8,15 @@ SelfIE / Patchscope-style baseline); the ``*_vectors`` methods and
 ``vectors_transform`` let evaluations zero or shuffle the activations.
 :meth:`Reader.ask_with_evidence` also reports, per answer, whether it was read from the
 activations or could be guessed from the question alone (see :class:`Answer`).
+
+Scoring and evidence live in :mod:`latentqa.evidence`, decoder folders in
+:mod:`latentqa.decoder` (both re-exported here); adapters are switched through the
+reader's :class:`~latentqa.handle.TargetHandle`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -23,110 +25,27 @@ from transformers import PreTrainedTokenizerBase
 
 from latentqa.chat import EncodedDialog, Message, encode_dialog, render, validate_dialog
 from latentqa.decoder import (
-    SPEC_FILE,
+    ADAPTER_FILES,
     DecoderSpec,
     decoder_batch,
     decoder_inputs,
+    load_decoder,
+    open_decoder_folder,
     unwrap_causal_lm,
 )
 from latentqa.errors import LatentQAError
-from latentqa.layers import check_layer_index, find_decoder_layers
+from latentqa.evidence import EVIDENCE_THRESHOLD, Answer, ReaderScoring, VectorsTransform
+from latentqa.handle import TargetHandle
+from latentqa.layers import check_layer_index
 from latentqa.models import EMBEDDED_MODEL, load_model
 from latentqa.patch import PATCH_MODES, patch_activations
 from latentqa.preflight import check_questions
 from latentqa.read import pad_token_id, read_encoded
-from latentqa.shared_prefix import shared_answer_loss, shared_decoder_batch
 
-VectorsTransform = Callable[[torch.Tensor], torch.Tensor]
-"""Maps read vectors ``[n, d_model]`` to replacements of the same shape."""
+# Re-exported: older imports of these names from here keep working.
+__all__ = ["ADAPTER_FILES", "EVIDENCE_THRESHOLD", "Answer", "Reader", "open_decoder_folder"]
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-SHIPPED_DECODERS = Path(__file__).resolve().parent / "resources" / "decoders"
 _ANSWER_MARKER = "\u2063LATENTQA-ANSWER\u2063"
-
-EVIDENCE_THRESHOLD = 0.1
-"""Evidence, in nats per answer token, above which an answer counts as *read*.
-
-An answer whose mean per-token log-likelihood rises by more than this when the real
-activations replace zeroed ones is labelled "read" (from the activations); otherwise
-"guessed" (the question alone, or the decoder's prior, explains it). The one place this
-cut-off is set: the CLI, the server and the web page all take it from here.
-"""
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A generated answer and how much the activations support it.
-
-    Attributes:
-        text: The decoded answer.
-        evidence: ``logprob_real - logprob_zeroed``, in nats per answer token. Above 0 the
-            real activations made this answer more likely than zeroed activations of the
-            same shape did; near or below 0 the decoder would have said it anyway.
-        logprob_real: Mean log-likelihood per answer token with the real activations.
-        logprob_zeroed: The same with the activations replaced by zeros.
-
-    Both log-likelihoods score ``text`` as :meth:`Reader.score_vectors` does with
-    ``normalize=True`` (the answer's tokens include the end-of-turn token).
-    """
-
-    text: str
-    evidence: float
-    logprob_real: float
-    logprob_zeroed: float
-
-    @property
-    def read(self) -> bool:
-        """Whether ``evidence`` exceeds :data:`EVIDENCE_THRESHOLD` (read, not guessed)."""
-        return self.evidence > EVIDENCE_THRESHOLD
-
-    @property
-    def label(self) -> str:
-        """``"read"`` or ``"guessed"``, by :attr:`read`."""
-        return "read" if self.read else "guessed"
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def shipped_decoder(target: str) -> Path:
-    """The decoder folder shipped in the package for ``target`` (the embedded model only).
-
-    Raises:
-        LatentQAError: No decoder ships for ``target``, or the shipped folder is missing.
-    """
-    if str(target).strip().lower() != EMBEDDED_MODEL:
-        raise LatentQAError(
-            f"no decoder ships for target {str(target)!r} (only for {EMBEDDED_MODEL!r}); "
-            "pass a decoder folder written by `latentqa train`"
-        )
-    folder = SHIPPED_DECODERS / EMBEDDED_MODEL
-    if not (folder / SPEC_FILE).is_file():
-        raise LatentQAError(
-            f"the shipped decoder for {EMBEDDED_MODEL!r} is not installed ({folder} is missing); "
-            "train one with `latentqa train --out DIR` and pass it as the decoder"
-        )
-    return folder
-
-
-def open_decoder_folder(target: str, decoder: str | Path | None) -> tuple[Path, DecoderSpec]:
-    """The decoder folder (``None``: the shipped one) and its spec, checked for adapters.
-
-    Raises:
-        LatentQAError: The folder is missing, has no ``latentqa.json``, or lacks the
-            safetensors adapter files.
-    """
-    folder = shipped_decoder(str(target)) if decoder is None else Path(decoder).expanduser()
-    if not folder.is_dir():
-        raise LatentQAError(f"decoder folder {folder} does not exist")
-    spec = DecoderSpec.load(folder)
-    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
-    if missing:
-        raise LatentQAError(
-            f"{folder} lacks {', '.join(missing)}: pass a folder written by `latentqa train` "
-            "(adapters are read from safetensors only)"
-        )
-    return folder, spec
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: nn.Module) -> list[int]:
@@ -154,13 +73,7 @@ def _context_length(model: nn.Module) -> int | None:
     return int(value) if value else None
 
 
-def _as_answers(answers: Sequence[str]) -> list[str]:
-    if isinstance(answers, str) or not answers or not all(isinstance(a, str) for a in answers):
-        raise LatentQAError("answers must be a non-empty list of strings")
-    return list(answers)
-
-
-class Reader:
+class Reader(ReaderScoring):
     """A decoder (target + LoRA adapters, or the bare target) reading the target's activations.
 
     Args:
@@ -184,14 +97,16 @@ class Reader:
     ) -> None:
         from peft import PeftModel
 
-        self.model = model.eval()
+        self.handle = TargetHandle.resolve(model.eval(), tokenizer, layers_path)
+        """The model, its blocks and the one way to switch its adapters."""
+        self.model = model
         self.tokenizer = tokenizer
         self.spec = spec
         self.decoder_path = decoder_path
         self.target_name = target_name if target_name is not None else spec.target
         self.layers_path = layers_path
         self.has_adapter = isinstance(model, PeftModel)
-        self.n_layers = len(find_decoder_layers(model, layers_path))
+        self.n_layers = self.handle.n_layers
         self.hidden_size = int(unwrap_causal_lm(model).config.hidden_size)
         self.device = next(model.parameters()).device
         self._pad_id = pad_token_id(tokenizer)
@@ -220,21 +135,15 @@ class Reader:
             LatentQAError: Missing or malformed decoder folder, or a decoder trained on
                 another target.
         """
-        from peft import PeftModel
-
-        folder, spec = open_decoder_folder(str(target), decoder)
-        layers_path = spec.extra.get("train_config", {}).get("layers_path")
-        model, tokenizer = load_model(target, device=device, dtype=dtype)
-        spec.check_target(model, len(find_decoder_layers(model, layers_path)))
-        try:
-            peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
-        except (OSError, ValueError, RuntimeError, KeyError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
-            raise LatentQAError(f"could not load the adapter in {folder}: {first}") from error
+        handle, spec, folder = load_decoder(target, decoder, device=device, dtype=dtype)
         return cls(
-            peft_model, tokenizer, spec, decoder_path=folder, target_name=str(target),
-            layers_path=layers_path,
-        )  # fmt: skip
+            handle.model,
+            handle.tokenizer,
+            spec,
+            decoder_path=folder,
+            target_name=str(target),
+            layers_path=handle.layers_path,
+        )
 
     @classmethod
     def base(
@@ -262,7 +171,7 @@ class Reader:
         if max_read_tokens < 1:
             raise LatentQAError(f"max_read_tokens must be at least 1, got {max_read_tokens}")
         model, tokenizer = load_model(target, device=device, dtype=dtype)
-        n_layers = len(find_decoder_layers(model, layers_path))
+        n_layers = TargetHandle.resolve(model, tokenizer, layers_path).n_layers
         layers = [n_layers // 2] if read_layers is None else list(read_layers)
         spec = DecoderSpec(
             target=str(target),
@@ -277,9 +186,6 @@ class Reader:
         return cls(model, tokenizer, spec, target_name=str(target), layers_path=layers_path)
 
     # Reading the target.
-
-    def _target_context(self) -> AbstractContextManager:
-        return self.model.disable_adapter() if self.has_adapter else nullcontext()
 
     def _check_length(self, length: int, what: str) -> None:
         if self._context is not None and length > self._context:
@@ -316,7 +222,7 @@ class Reader:
         layers = self.spec.read_layers if layer is None else [layer]
         layers = [check_layer_index(item, self.n_layers, "read layer") for item in layers]
         vectors: list[torch.Tensor] = []
-        with self._target_context():
+        with self.handle.target():
             for start in range(0, len(encoded), batch_size):
                 chunk = encoded[start : start + batch_size]
                 spans = read_encoded(
@@ -361,12 +267,15 @@ class Reader:
         if len(vectors) != len(questions):
             raise LatentQAError(f"{len(vectors)} vector sets for {len(questions)} questions")
         if max_new_tokens < 1 or temperature < 0:
-            raise LatentQAError(f"need max_new_tokens >= 1, temperature >= 0; got "
-                                f"{max_new_tokens}, {temperature}")  # fmt: skip
+            raise LatentQAError(
+                f"need max_new_tokens >= 1, temperature >= 0; got {max_new_tokens}, {temperature}"
+            )
         vectors = [self._check_vectors(v) for v in vectors]
         # Plain temperature sampling (no top-k / top-p from the model's generation config).
-        sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) \
-            if temperature > 0 else dict(do_sample=False)  # fmt: skip
+        if temperature > 0:
+            sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+        else:
+            sampling = dict(do_sample=False)
         causal_lm = unwrap_causal_lm(self.model)
         answers: list[list[int]] = []
         for start in range(0, len(questions), batch_size):
@@ -376,9 +285,13 @@ class Reader:
             width = batch.input_ids.shape[1]
             self._check_length(width + max_new_tokens, "the decoder prompt plus max_new_tokens")
             with patch_activations(
-                causal_lm, self.spec.write_layer, batch.placeholder_mask, flat, self.spec.mode,
+                causal_lm,
+                self.spec.write_layer,
+                batch.placeholder_mask,
+                flat,
+                self.spec.mode,
                 layers_path=self.layers_path,
-            ):  # fmt: skip
+            ):
                 output = self.model.generate(
                     input_ids=batch.input_ids,
                     attention_mask=batch.attention_mask,
@@ -437,9 +350,14 @@ class Reader:
             same arguments and also reports how much each answer owes to the activations.
         """
         answers = self.ask_many(
-            [dialog], questions, max_new_tokens, temperature, layer,
-            vectors_transform=vectors_transform, batch_size=batch_size,
-        )  # fmt: skip
+            [dialog],
+            questions,
+            max_new_tokens,
+            temperature,
+            layer,
+            vectors_transform=vectors_transform,
+            batch_size=batch_size,
+        )
         return answers[0]
 
     def ask_many(
@@ -472,199 +390,3 @@ class Reader:
         row_questions = items * len(vectors)
         ids = self.generate_ids(rows, row_questions, max_new_tokens, temperature, batch_size)
         return rows, row_questions, self._texts(ids), len(items)
-
-    def ask_with_evidence(
-        self,
-        dialog: Sequence[Message],
-        questions: str | Sequence[str],
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        layer: int | None = None,
-        *,
-        vectors_transform: VectorsTransform | None = None,
-        batch_size: int = 32,
-    ) -> list[Answer]:
-        """Answer like :meth:`ask`, and weigh each answer against zeroed activations.
-
-        After generation, each answer is scored twice: with the vectors it was generated
-        from, and with zeros of the same shape (one batched decoder pass per condition).
-        ``Answer.evidence`` is the difference of the mean per-token log-likelihoods; an
-        answer with evidence above :data:`EVIDENCE_THRESHOLD` was *read* from the
-        activations, otherwise it was *guessed* from the question.
-
-        Args:
-            dialog: ``{"role", "content"}`` messages; a leading system prompt is masked.
-            questions: The questions (a single string counts as one).
-            max_new_tokens: Answer length limit.
-            temperature: 0 for greedy decoding, else sampling.
-            layer: Read this target block instead of the decoder's read layers.
-            vectors_transform: Applied to the read vectors ``[n, d_model]`` first; the
-                zeroed condition uses zeros of the transformed vectors' shape.
-            batch_size: Dialogs per target pass / rows per generation and scoring batch.
-
-        Returns:
-            One :class:`Answer` per question; ``str(answer)`` is its text, equal to what
-            :meth:`ask` returns.
-        """
-        answers = self.ask_many_with_evidence(
-            [dialog], questions, max_new_tokens, temperature, layer,
-            vectors_transform=vectors_transform, batch_size=batch_size,
-        )  # fmt: skip
-        return answers[0]
-
-    def ask_many_with_evidence(
-        self,
-        dialogs: Sequence[Sequence[Message]],
-        questions: str | Sequence[str],
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        layer: int | None = None,
-        *,
-        vectors_transform: VectorsTransform | None = None,
-        batch_size: int = 32,
-    ) -> list[list[Answer]]:
-        """:meth:`ask_with_evidence` for every dialog: ``[dialog][question]`` answers."""
-        rows, row_questions, texts, width = self._answer_rows(
-            dialogs, questions, max_new_tokens, temperature, layer, vectors_transform, batch_size
-        )
-        flat = self.evidence_vectors(rows, row_questions, texts, batch_size)
-        return [flat[i : i + width] for i in range(0, len(flat), width)]
-
-    def evidence_vectors(
-        self,
-        vectors: Sequence[torch.Tensor],
-        questions: Sequence[str],
-        answers: Sequence[str],
-        batch_size: int = 32,
-    ) -> list[Answer]:
-        """Weigh given answers: real ``vectors`` against zeroed ones, per row.
-
-        Row ``i`` scores ``answers[i]`` to ``questions[i]`` given ``vectors[i]``
-        (``[n_i, d_model]``), once as is and once with zeros of the same shape, each
-        condition in batches of ``batch_size`` rows. ``evidence`` equals
-        ``score_vectors(v, q, [a], normalize=True)`` minus the same with
-        ``torch.zeros_like(v)``, up to batching round-off.
-
-        Args:
-            vectors: One ``[n, d_model]`` tensor per row.
-            questions: One question per row.
-            answers: One answer per row (may be empty: it is scored by its end-of-turn
-                token alone).
-            batch_size: Rows per decoder pass.
-
-        Returns:
-            One :class:`Answer` per row.
-
-        Raises:
-            LatentQAError: Rows of unequal lengths, empty questions, or vectors of the
-                wrong hidden size.
-        """
-        questions = check_questions(questions)
-        if isinstance(answers, str) or not all(isinstance(a, str) for a in answers):
-            raise LatentQAError("answers must be a list of strings")
-        answers = list(answers)
-        if not len(vectors) == len(questions) == len(answers):
-            raise LatentQAError(
-                f"{len(vectors)} vector sets, {len(questions)} questions and "
-                f"{len(answers)} answers: need one of each per row"
-            )
-        if batch_size < 1:
-            raise LatentQAError(f"batch_size must be at least 1, got {batch_size}")
-        real = [self._check_vectors(v) for v in vectors]
-        zeroed = [torch.zeros_like(v) for v in real]
-        logprob_real = self.score_rows(real, questions, answers, True, batch_size)
-        logprob_zeroed = self.score_rows(zeroed, questions, answers, True, batch_size)
-        return [
-            Answer(text=text, evidence=lr - lz, logprob_real=lr, logprob_zeroed=lz)
-            for text, lr, lz in zip(answers, logprob_real, logprob_zeroed, strict=True)
-        ]
-
-    @torch.no_grad()
-    @torch.no_grad()
-    def score_rows(
-        self,
-        vectors: Sequence[torch.Tensor],
-        questions: Sequence[str],
-        answers: Sequence[str],
-        normalize: bool = False,
-        batch_size: int = 32,
-    ) -> list[float]:
-        """Log-likelihood of ``answers[i]`` to ``questions[i]`` given ``vectors[i]``, batched.
-
-        Many (vectors, question, answer) rows in decoder passes of ``batch_size`` rows:
-        evaluations score thousands of options, and one pass per item would leave the
-        hardware mostly idle. With ``normalize`` each sum is divided by its token count.
-        """
-        if not len(vectors) == len(questions) == len(answers):
-            raise LatentQAError(
-                f"{len(vectors)} vector sets, {len(questions)} questions and "
-                f"{len(answers)} answers: need one of each per row"
-            )
-        values: list[float] = []
-        for start in range(0, len(answers), batch_size):
-            rows = range(start, min(start + batch_size, len(answers)))
-            # Rows given the same vectors object read once: their prompts share the
-            # prefix up to the last placeholder (see latentqa.shared_prefix).
-            groups: dict[int, list[int]] = {}
-            for row in rows:
-                groups.setdefault(id(vectors[row]), []).append(row)
-            members = list(groups.values())
-            reads = [self._check_vectors(vectors[group[0]]) for group in members]
-            pairs = [[(questions[r], answers[r]) for r in group] for group in members]
-            batch, flat = shared_decoder_batch(self.tokenizer, reads, pairs)
-            self._check_length(
-                int(batch.position_ids.max()) + 1, "the decoder prompt with its answer"
-            )
-            sums = shared_answer_loss(
-                self.model, batch.to(self.device), flat, write_layer=self.spec.write_layer,
-                mode=self.spec.mode, reduction="none",
-            )  # fmt: skip
-            # sums: [branches, 2] = per row (summed nll, answer token count), group order
-            scores = -sums[:, 0] / sums[:, 1].clamp_min(1) if normalize else -sums[:, 0]
-            by_row = dict(
-                zip([r for group in members for r in group], scores.tolist(), strict=True)
-            )
-            values += [by_row[row] for row in rows]
-        return values
-
-    # Scoring answers.
-
-    @torch.no_grad()
-    def score_vectors(
-        self,
-        vectors: torch.Tensor,
-        question: str,
-        answers: Sequence[str],
-        normalize: bool = False,
-    ) -> list[float]:
-        """Log-likelihood of each candidate answer given already-read vectors ``[n, d_model]``.
-
-        The answer's tokens include the template's end-of-turn token (as in training).
-        With ``normalize`` each sum is divided by its number of answer tokens.
-        """
-        (question,) = check_questions([question])
-        answers = _as_answers(answers)
-        n = len(answers)  # all candidates in one decoder pass
-        return self.score_rows([vectors] * n, [question] * n, answers, normalize, batch_size=n)
-
-    def score(
-        self,
-        dialog: Sequence[Message],
-        question: str,
-        answers: Sequence[str],
-        normalize: bool = False,
-        layer: int | None = None,
-        *,
-        vectors_transform: VectorsTransform | None = None,
-    ) -> list[float]:
-        """Log-likelihood (sum of log-probs) of each candidate answer to ``question``.
-
-        One target read and one decoder forward over all candidates; ``normalize``,
-        ``layer`` and ``vectors_transform`` are as in :meth:`score_vectors` and :meth:`ask`.
-        """
-        (question,) = check_questions([question])
-        _as_answers(answers)
-        vectors = self.read(dialog, layer)
-        if vectors_transform is not None:
-            vectors = vectors_transform(vectors)
-        return self.score_vectors(vectors, question, answers, normalize)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from latentqa.decoder import _final_logits, unwrap_causal_lm
+from latentqa.decoder import lm_head_logits, unwrap_causal_lm
 from latentqa.errors import LatentQAError
 from latentqa.layout import build_decoder_prompt
 from latentqa.patch import PatchMode, patch_activations
@@ -158,9 +158,16 @@ def shared_decoder_batch(
         len(prefix) * len(branches) + sum(map(len, branches)) for prefix, branches, _ in trees
     )
     batch = SharedBatch(
-        input_ids, tree_ids, segments, position_ids, placeholder_mask, label_mask,
-        branch_index, first_branch[-1], n_example_tokens,
-    )  # fmt: skip
+        input_ids,
+        tree_ids,
+        segments,
+        position_ids,
+        placeholder_mask,
+        label_mask,
+        branch_index,
+        first_branch[-1],
+        n_example_tokens,
+    )
     return batch, torch.cat([vectors[t] for t in order])
 
 
@@ -214,7 +221,7 @@ def shared_answer_loss(
     # mask by one stays inside each branch: an answer token's logits sit one step back.
     predicts = torch.zeros_like(batch.label_mask)
     predicts[:, :-1] = batch.label_mask[:, 1:]
-    logits = _final_logits(causal_lm, hidden[predicts]).float()  # [n_answer, vocab]
+    logits = lm_head_logits(causal_lm, hidden[predicts]).float()  # [n_answer, vocab]
     targets = batch.input_ids[batch.label_mask]  # [n_answer], same row-major order
     if reduction != "none":
         return F.cross_entropy(logits, targets, reduction=reduction)

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from latentqa.cli.options import add_target_argument
+from latentqa.data.relations_facts import DEFAULT_HELDOUT_RELATION, RELATIONS
 from latentqa.errors import LatentQAError
-
-DEFAULT_MODEL = "smollm2-135m"
 
 
 def register(subparsers: Any) -> None:
@@ -48,12 +48,7 @@ def register(subparsers: Any) -> None:
         metavar="F",
         help="share of each category's labels held out (default 0.2)",
     )
-    build.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        metavar="SPEC",
-        help=f"target model that writes the stimulus_completion replies (default {DEFAULT_MODEL})",
-    )
+    add_target_argument(build, "target model that writes the stimulus_completion replies")
     build.add_argument(
         "--no-completions",
         action="store_true",
@@ -77,9 +72,7 @@ def register(subparsers: Any) -> None:
         metavar="FILE",
         help="reply cache (default DIR/completions-cache.jsonl)",
     )
-    from latentqa.data.relations import add_build_arguments
-
-    add_build_arguments(build)
+    _add_relations_arguments(build)
 
     stats = commands.add_parser(
         "stats",
@@ -105,9 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     if args.task == "relations":
-        from latentqa.data.relations import run_build
-
-        return run_build(args)
+        return _build_relations(args)
     from latentqa.data.build import build_dataset, check_build_out
 
     if args.max_new_tokens < 1 or args.batch_size < 1:
@@ -120,12 +111,12 @@ def _build(args: argparse.Namespace) -> int:
         from latentqa.data.generation import make_generate
         from latentqa.models import load_model
 
-        print(f"loading {args.model} to generate stimulus_completion replies...")
-        model, tokenizer = load_model(args.model, device=args.device, dtype="float32")
+        print(f"loading {args.target} to generate stimulus_completion replies...")
+        model, tokenizer = load_model(args.target, device=args.device, dtype="float32")
         generate = make_generate(
             model, tokenizer, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
         )
-        generator_id = f"{args.model}|max_new_tokens={args.max_new_tokens}"
+        generator_id = f"{args.target}|max_new_tokens={args.max_new_tokens}"
     summary = build_dataset(
         args.out,
         seed=args.seed,
@@ -169,3 +160,124 @@ def _format_counts(title: str, counts: dict[str, dict[str, int]]) -> str:
             continue
         lines.append(f"  {kind:<22}{row['labels']:>8}{row['behaviors']:>11}{row['examples']:>10}")
     return "\n".join(lines)
+
+
+def _add_relations_arguments(build: argparse.ArgumentParser) -> None:
+    """Add ``--task`` and the relations options to ``latentqa data build``'s parser."""
+    build.add_argument(
+        "--task",
+        choices=("builtin", "relations"),
+        default="builtin",
+        help="builtin: personas/goals/tones/styles (default); relations: "
+        "country facts the target knows (capital, currency, ...)",
+    )
+    group = build.add_argument_group("relations (--task relations)")
+    group.add_argument(
+        "--relations",
+        nargs="+",
+        choices=list(RELATIONS),
+        metavar="NAME",
+        help=f"relations to use (default: {' '.join(RELATIONS)})",
+    )
+    group.add_argument(
+        "--heldout-relation",
+        default=DEFAULT_HELDOUT_RELATION,
+        choices=list(RELATIONS),
+        help="relation never trained on (default %(default)s)",
+    )
+    group.add_argument(
+        "--sentences-per-subject",
+        type=int,
+        default=3,
+        metavar="N",
+        help="training sentences per subject (default 3)",
+    )
+    group.add_argument("--max-subjects", type=int, metavar="N", help="use at most N countries")
+    group.add_argument(
+        "--with-data",
+        type=Path,
+        metavar="DIR",
+        help="merge a built persona dataset in, for joint training",
+    )
+    group.add_argument(
+        "--no-filter",
+        action="store_true",
+        help="keep every fact (no model is loaded: no knowledge filter)",
+    )
+    group.add_argument(
+        "--filter-tokens",
+        type=int,
+        default=8,
+        metavar="N",
+        help="most tokens per few-shot answer (default 8)",
+    )
+
+
+def check_build_args(args: argparse.Namespace) -> None:
+    """Refuse counts below 1 before the filter model loads (the rest: check_build_inputs).
+
+    Raises:
+        LatentQAError: Naming the option and its value.
+    """
+    counts = {
+        "--max-subjects": args.max_subjects,
+        "--filter-tokens": args.filter_tokens,
+        "--batch-size": args.batch_size,
+    }
+    for flag, value in counts.items():
+        if value is not None and value < 1:
+            raise LatentQAError(f"{flag} must be at least 1, got {value}")
+
+
+def _build_relations(args: argparse.Namespace) -> int:
+    """``latentqa data build --task relations``: filter facts with the target, write data."""
+    from latentqa.data.build import check_build_out
+    from latentqa.data.relations import (
+        build_relations_dataset,
+        check_build_inputs,
+        make_completer,
+    )
+
+    check_build_args(args)
+    # Inputs and --out before the filter model loads: a bad --with-data or a foreign
+    # folder must fail before minutes of work, and before anything is written.
+    check_build_inputs(
+        args.relations,
+        args.heldout_relation,
+        args.heldout_fraction,
+        args.sentences_per_subject,
+        args.with_data,
+    )
+    check_build_out(args.out, args.force)
+    complete, generator_id = None, "custom"
+    if not args.no_filter:
+        from latentqa.models import load_model
+
+        print(f"loading {args.target} to check which facts it knows...")
+        model, tokenizer = load_model(args.target, device=args.device, dtype="float32")
+        complete = make_completer(model, tokenizer, args.filter_tokens, args.batch_size)
+        generator_id = f"{args.target}|few-shot|max_new_tokens={args.filter_tokens}"
+    summary = build_relations_dataset(
+        args.out,
+        complete=complete,
+        generator_id=generator_id,
+        cache_path=args.cache,
+        relations=args.relations,
+        heldout_relation=args.heldout_relation,
+        heldout_fraction=args.heldout_fraction,
+        seed=args.seed,
+        sentences_per_subject=args.sentences_per_subject,
+        max_subjects=args.max_subjects,
+        with_data=args.with_data,
+        force=args.force,
+    )
+    print(f"{'relation':<12}{'candidates':>11}{'known':>7}")
+    for name, row in summary["filter"].items():
+        print(f"{name:<12}{row['candidates']:>11}{row['known']:>7}")
+    for split, row in summary["counts"].items():
+        print(
+            f"{split:<17} {row['labels']} labels, {row['behaviors']} behaviours, "
+            f"{row['examples']} examples"
+        )
+    print(f"wrote {args.out}")
+    return 0

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from latentqa.models import EMBEDDED_MODEL
+
 # Labels are from the held-out split of `latentqa data build --seed 0`
 # (tests/test_demo.py checks that they stay held out).
 DEMO = [
@@ -56,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="read hidden system prompts of held-out behaviours with the shipped decoder",
         description=__doc__.splitlines()[0],
     )
-    parser.add_argument("--target", default="smollm2-135m", help="target (default: %(default)s)")
+    parser.add_argument("--target", default=EMBEDDED_MODEL, help="target (default: %(default)s)")
     parser.add_argument("--decoder", default=None, help="decoder folder (default: shipped)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N]")
     parser.add_argument("--max-new-tokens", type=int, default=40, help="answer length limit")
@@ -83,13 +85,15 @@ def run(args: argparse.Namespace) -> int:
         zero = reader.score_vectors(torch.zeros_like(vectors), QUESTIONS[0], options, True)
         gain = [r - z for r, z in zip(real, zero, strict=True)]
         pick = max(range(len(options)), key=gain.__getitem__)
-        results.append({
-            **item,
-            "answers": {q: a.text for q, a in zip(QUESTIONS, replies, strict=True)},
-            "evidence": {q: a.evidence for q, a in zip(QUESTIONS, replies, strict=True)},
-            "pick": options[pick],
-            "pick_correct": options[pick] == item["instructed"],
-        })  # fmt: skip
+        results.append(
+            {
+                **item,
+                "answers": {q: a.text for q, a in zip(QUESTIONS, replies, strict=True)},
+                "evidence": {q: a.evidence for q, a in zip(QUESTIONS, replies, strict=True)},
+                "pick": options[pick],
+                "pick_correct": options[pick] == item["instructed"],
+            }
+        )
     if args.json:
         print(json.dumps({"target": reader.target_name, "results": results}))
         return 0

@@ -1,11 +1,43 @@
-"""``latentqa eval``: evaluations with baselines, as a markdown table or JSON."""
+"""``latentqa eval``: evaluations with baselines, as a markdown table or JSON.
+
+``system-prompt`` and the steering evaluations (``sentiment``, ``crows-pairs``,
+``audit``) are parsed here; ``relations`` in :mod:`latentqa.cli.eval_relations` and
+``all`` in :mod:`latentqa.cli.eval_all`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
+
+from latentqa.cli.options import add_config_arguments, config_from_args
+from latentqa.models import EMBEDDED_MODEL
+
+STEERING_TASKS = {
+    "sentiment": (
+        "latentqa.evals.sentiment",
+        "steer toward positive / negative replies: LIT vs prompting vs a steering vector",
+        "Generate on held-out neutral prompts and score with VADER (mean compound, share "
+        "with the intended polarity) and fluency (perplexity under the unsteered model).",
+    ),
+    "crows-pairs": (
+        "latentqa.evals.crows_pairs",
+        "debias: share of CrowS-Pairs rows where the model prefers the stereotype",
+        "Stereotypical share before and after debiasing (LIT, prompting, steering "
+        "vector), and perplexity on neutral text (TruthfulQA answers).",
+    ),
+    "audit": (
+        "latentqa.evals.audit",
+        "elicit hidden behaviours (French, rhyme, pirate) described only in a control",
+        "How often each behaviour appears before and after LIT steering, against "
+        "prompting, by automatic checks.",
+    ),
+}
+"""Task -> (module exposing ``EVALUATION``, help, description)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,15 +64,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     system.add_argument(
-        "--data", default=None,
+        "--data",
+        default=None,
         help="dataset folder: train/ + heldout/ from `latentqa data build`, or one folder in "
         "the LatentQA release layout (system.json + qa.json; the probe trains on its train/ "
         "subfolder if any, else on a seeded half of its labels). Default: the held-out set "
         "shipped in the package (177 system behaviours of 59 labels the built-in dataset's "
         "train split never contains)",
-    )  # fmt: skip
+    )
     system.add_argument(
-        "--target", default="smollm2-135m", help="target model (default: %(default)s)"
+        "--target", default=EMBEDDED_MODEL, help="target model (default: %(default)s)"
     )
     system.add_argument(
         "--decoder", default=None, help="decoder folder (default: the shipped decoder)"
@@ -48,29 +81,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     system.add_argument("--n", type=int, default=None, help="evaluate at most N items")
     system.add_argument("--seed", type=int, default=0, help="seed for options and shuffling")
     system.add_argument(
-        "--layers", type=int, nargs="+", default=None,
+        "--layers",
+        type=int,
+        nargs="+",
+        default=None,
         help="also sweep these read layers (multiple choice) and plot them",
-    )  # fmt: skip
+    )
     system.add_argument("--out", default=None, help="folder for the per-layer PNG and JSON")
     system.add_argument("--no-open", action="store_true", help="skip open-answer generation")
     system.add_argument(
-        "--methods", nargs="+", default=None, metavar="METHOD",
+        "--methods",
+        nargs="+",
+        default=None,
+        metavar="METHOD",
         help="run only these methods (lit lit_zeroed lit_shuffled no_system_prompt "
         "base_patchscope linear_probe black_box; default: all)",
-    )  # fmt: skip
+    )
     system.add_argument("--device", default="auto")
     system.add_argument(
         "--json", action="store_true", help="print the result as one JSON line last"
     )
     system.set_defaults(func=run_system_prompt)
-    from latentqa.evals.all import add_all_task
-    from latentqa.evals.relations import add_relations_task
+    from latentqa.cli.eval_all import add_all_task
+    from latentqa.cli.eval_relations import add_relations_task
 
     add_relations_task(tasks)
     add_all_task(tasks)
-    from latentqa.cli.steer import add_eval_tasks
-
-    add_eval_tasks(tasks)
+    add_steering_tasks(tasks)
     parser.set_defaults(func=lambda _args: parser.print_help() or 1)
 
 
@@ -97,30 +134,81 @@ def run_system_prompt(args: argparse.Namespace) -> int:
     base = None
     if args.methods is None or "base_patchscope" in args.methods:
         base = Reader.base(
-            args.target, read_layers=spec.read_layers, write_layer=spec.write_layer,
-            mode=spec.mode, max_read_tokens=spec.max_read_tokens, pool=spec.pool,
+            args.target,
+            read_layers=spec.read_layers,
+            write_layer=spec.write_layer,
+            mode=spec.mode,
+            max_read_tokens=spec.max_read_tokens,
+            pool=spec.pool,
             device=args.device,
-        )  # fmt: skip
+        )
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
     result = evaluate_system_prompt(
-        reader, base, args.data, n=args.n, seed=args.seed, open_answers=not args.no_open,
-        log=log, methods=args.methods,
-    )  # fmt: skip
+        reader,
+        base,
+        args.data,
+        n=args.n,
+        seed=args.seed,
+        open_answers=not args.no_open,
+        log=log,
+        methods=args.methods,
+    )
     if args.layers:
         per_layer = {}
         for layer in args.layers:
             swept = evaluate_system_prompt(
-                reader, base, args.data, n=args.n, seed=args.seed, open_answers=False,
-                layer=layer, black_box=False, log=log, methods=args.methods,
-            )  # fmt: skip
+                reader,
+                base,
+                args.data,
+                n=args.n,
+                seed=args.seed,
+                open_answers=False,
+                layer=layer,
+                black_box=False,
+                log=log,
+                methods=args.methods,
+            )
             per_layer[layer] = swept["methods"]
         result["per_layer"] = per_layer
         out = Path(args.out or ".")
         out.mkdir(parents=True, exist_ok=True)
-        plot_per_layer(per_layer, "mc_accuracy", out / "system_prompt_layers.png",
-                       "System-prompt multiple choice per read layer", chance=0.2)  # fmt: skip
+        plot_per_layer(
+            per_layer,
+            "mc_accuracy",
+            out / "system_prompt_layers.png",
+            "System-prompt multiple choice per read layer",
+            chance=0.2,
+        )
         (out / "system_prompt_layers.json").write_text(json.dumps(per_layer, indent=2))
     print(markdown_table(result, chance=CHANCE))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def add_steering_tasks(tasks: argparse._SubParsersAction) -> None:
+    """Add ``sentiment``, ``crows-pairs`` and ``audit`` to ``latentqa eval``'s tasks."""
+    for name, (module, help_text, description) in STEERING_TASKS.items():
+        evaluation = importlib.import_module(module).EVALUATION
+        parser = tasks.add_parser(name, help=help_text, description=description)
+        add_config_arguments(parser, evaluation.config)
+        parser.add_argument(
+            "--json", action="store_true", help="print the result as one JSON line last"
+        )
+        parser.set_defaults(func=lambda args, evaluation=evaluation: run_steering(evaluation, args))
+
+
+def run_steering(evaluation: Any, args: argparse.Namespace) -> int:
+    """Run one steering evaluation: the table, the checks, and the JSON with ``--json``."""
+    from latentqa.evals.report import markdown_table
+
+    config = config_from_args(evaluation.config, args)
+    log = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    result = evaluation.evaluate(config, log=log).to_json()
+    print(markdown_table(result))
+    checks = result.get("checks")
+    if checks is not None:
+        print(f"\nchecks: {json.dumps(checks)}")
     if args.json:
         print(json.dumps(result))
     return 0

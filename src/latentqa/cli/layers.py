@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from latentqa.cli.options import add_target_argument
+
 SAMPLE_DIALOG = [
     {"role": "system", "content": "You are a pirate captain who answers every question at sea."},
     {"role": "user", "content": "What should I pack for a weekend trip?"},
@@ -21,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the mean residual-stream norm of the read span at every layer."
         ),
     )
-    parser.add_argument("--model", default="smollm2-135m", help="model spec (default: %(default)s)")
+    add_target_argument(parser, "model spec")
     parser.add_argument(
         "--layers-path", default=None, help="dotted path of the block list, to override the search"
     )
@@ -43,16 +45,17 @@ def run(args: argparse.Namespace) -> int:
     from latentqa.models import load_model
     from latentqa.read import read_activations
 
-    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    model, tokenizer = load_model(args.target, device=args.device, dtype=args.dtype)
     layers = find_decoder_layers(model, args.layers_path)
     every = list(range(len(layers)))
     with torch.no_grad():
-        (span,) = read_activations(model, tokenizer, [SAMPLE_DIALOG], every, n_masked=1,
-                                   layers_path=args.layers_path)  # fmt: skip
+        (span,) = read_activations(
+            model, tokenizer, [SAMPLE_DIALOG], every, n_masked=1, layers_path=args.layers_path
+        )
     norms = span.float().norm(dim=-1).mean(dim=-1).tolist()  # [n_layers]
     encoded = encode_dialog(tokenizer, SAMPLE_DIALOG, 1)
     report = {
-        "model": args.model,
+        "model": args.target,
         "architecture": type(model).__name__,
         "layers_path": layers.path,
         "n_layers": len(layers),
@@ -65,10 +68,14 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{report['architecture']}: {len(layers)} x {report['block']} at '{layers.path}', "
-          f"hidden size {report['hidden_size']}")  # fmt: skip
-    print(f"sample dialog: {encoded.read_start} system-prompt tokens masked, "
-          f"{encoded.read_length} tokens read")  # fmt: skip
+    print(
+        f"{report['architecture']}: {len(layers)} x {report['block']} at '{layers.path}', "
+        f"hidden size {report['hidden_size']}"
+    )
+    print(
+        f"sample dialog: {encoded.read_start} system-prompt tokens masked, "
+        f"{encoded.read_length} tokens read"
+    )
     top = max(norms)
     for index, norm in enumerate(norms):
         bar = "#" * max(1, round(40 * norm / top))

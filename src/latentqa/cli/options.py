@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
 from typing import Any
 
 from latentqa.configs import config_from_dict, field_docs, field_types, read_config_file
+from latentqa.models import EMBEDDED_MODEL
 
 
 def _unwrap_optional(hint: Any) -> Any:
@@ -25,7 +27,11 @@ def _unwrap_optional(hint: Any) -> Any:
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one option per field of ``cls`` (all optional: defaults live in the config)."""
-    docs = field_docs(cls)
+    docs: dict[str, str] = {}
+    # Base classes first: a field redefined in a subclass takes the subclass's text.
+    for base in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(base):
+            docs.update(field_docs(base))
     for field in dataclasses.fields(cls):
         hint = _unwrap_optional(field_types(cls)[field.name])
         flag = "--" + field.name.replace("_", "-")
@@ -68,3 +74,38 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
         # required options (data, out) come from the command line.
         given = {**read_config_file(args.config_file), **given}
     return config_from_dict(cls, given)
+
+
+class _DeprecatedAlias(argparse.Action):
+    """Store the value like the new option, with a warning naming it."""
+
+    def __init__(self, *args: Any, new: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        print(f"warning: {option} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_target_argument(parser: Any, help_text: str) -> None:
+    """Add ``--target`` (default: the embedded model), and ``--model`` as a hidden alias.
+
+    ``--model`` was the option's name in ``latentqa layers`` and ``latentqa data build``;
+    old commands keep working.
+    """
+    parser.add_argument(
+        "--target",
+        default=EMBEDDED_MODEL,
+        metavar="SPEC",
+        help=f"{help_text} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--model",
+        dest="target",
+        default=argparse.SUPPRESS,
+        metavar="SPEC",
+        action=_DeprecatedAlias,
+        new="--target",
+        help=argparse.SUPPRESS,
+    )

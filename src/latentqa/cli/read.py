@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from latentqa.errors import LatentQAError
+from latentqa.models import EMBEDDED_MODEL
 
 if TYPE_CHECKING:
     from latentqa.reader import Answer
@@ -35,12 +36,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a JSON list of dialogs, each a list of {role, content} messages",
     )
     parser.add_argument(
-        "-q", "--question", dest="questions", action="append", required=True,
+        "-q",
+        "--question",
+        dest="questions",
+        action="append",
+        required=True,
         help="a question about the activations (repeat for several)",
-    )  # fmt: skip
+    )
     parser.add_argument("--layer", type=int, default=None, help="read this target layer instead")
     parser.add_argument(
-        "--target", default="smollm2-135m", help="target model spec (default: %(default)s)"
+        "--target", default=EMBEDDED_MODEL, help="target model spec (default: %(default)s)"
     )
     parser.add_argument(
         "--decoder", default=None, help="decoder folder from `latentqa train` (default: shipped)"
@@ -121,17 +126,26 @@ def run(args: argparse.Namespace) -> int:
 
     dialogs = dialogs_from_args(args)
     preflight_read(
-        dialogs, args.questions, target=args.target, decoder=args.decoder, layer=args.layer,
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, device=args.device,
+        dialogs,
+        args.questions,
+        target=args.target,
+        decoder=args.decoder,
+        layer=args.layer,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        device=args.device,
         dtype=args.dtype,
-    )  # fmt: skip
+    )
     if args.save_control and Path(args.save_control).is_dir():
         raise LatentQAError(f"--save-control {args.save_control} is a folder: name a JSON file")
     reader = Reader.load(args.target, args.decoder, device=args.device, dtype=args.dtype)
     answers = reader.ask_many_with_evidence(
-        dialogs, args.questions, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, layer=args.layer,
-    )  # fmt: skip
+        dialogs,
+        args.questions,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        layer=args.layer,
+    )
     if args.save_control:
         from latentqa.steer.control import save_control
 

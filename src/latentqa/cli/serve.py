@@ -10,6 +10,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from latentqa.errors import LatentQAError
+from latentqa.models import EMBEDDED_MODEL
 
 if TYPE_CHECKING:
     from latentqa.reader import Reader
@@ -31,12 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "--host", default=DEFAULT_HOST,
+        "--host",
+        default=DEFAULT_HOST,
         help="interface to bind (default: %(default)s; anything else exposes the server)",
-    )  # fmt: skip
+    )
     parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     parser.add_argument(
-        "--target", default="smollm2-135m", help="target model spec (default: %(default)s)"
+        "--target", default=EMBEDDED_MODEL, help="target model spec (default: %(default)s)"
     )
     parser.add_argument(
         "--decoder", default=None, help="decoder folder from `latentqa train` (default: shipped)"
@@ -44,25 +46,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     parser.add_argument(
-        "--max-waiting", type=int, default=DEFAULT_MAX_WAITING, metavar="N",
+        "--max-waiting",
+        type=int,
+        default=DEFAULT_MAX_WAITING,
+        metavar="N",
         help="requests that may wait for the model at once; one more gets 503 "
         "(default: %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT, metavar="SECONDS",
+        "--request-timeout",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT,
+        metavar="SECONDS",
         help="a request taking longer, queueing included, is stopped between model calls "
         "and gets 504 (default: %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--allow-host", action="append", default=[], metavar="NAME",
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
         help="on a loopback address, also answer requests with this Host name (repeatable; "
         "127.0.0.1, localhost and [::1] always work; others are refused against DNS "
         "rebinding)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
         help="uvicorn log level (default: %(default)s)",
-    )  # fmt: skip
+    )
     parser.set_defaults(func=run)
 
 
@@ -117,10 +130,15 @@ def run(args: argparse.Namespace) -> int:
 
         return reader.Reader.load(args.target, args.decoder, device=args.device, dtype=args.dtype)
 
-    app = create_app(load, target=args.target, decoder=args.decoder or "shipped",
-                     device=args.device, max_waiting=args.max_waiting,
-                     request_timeout=args.request_timeout,
-                     allowed_hosts=args.allow_host)  # fmt: skip
+    app = create_app(
+        load,
+        target=args.target,
+        decoder=args.decoder or "shipped",
+        device=args.device,
+        max_waiting=args.max_waiting,
+        request_timeout=args.request_timeout,
+        allowed_hosts=args.allow_host,
+    )
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(
         f"latentqa: serving on http://{shown}:{args.port}/ (the model loads in the background; "

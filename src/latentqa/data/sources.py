@@ -23,6 +23,7 @@ from typing import Any
 from latentqa.data.catalog import with_article
 from latentqa.data.prompts import USER_PROMPTS
 from latentqa.errors import LatentQAError
+from latentqa.package_data import package_file
 
 __all__ = [
     "load_personas",
@@ -54,23 +55,77 @@ _LIST_OR_SLOPPY = re.compile(
 )
 # Roles that are programs, tools or objects rather than someone to role-play.
 _NOT_A_PERSON = {
-    "agent", "ai", "app", "book", "checker", "cleaner", "console", "engine", "enhancer",
-    "excel", "game", "generator", "interpreter", "machine", "model", "page", "planner",
-    "provider", "recommender", "simulator", "system", "terminal", "tool", "vessel", "bot",
-    "assistant", "summarizer", "finder", "emulator", "post",
-}  # fmt: skip
+    "agent",
+    "ai",
+    "app",
+    "book",
+    "checker",
+    "cleaner",
+    "console",
+    "engine",
+    "enhancer",
+    "excel",
+    "game",
+    "generator",
+    "interpreter",
+    "machine",
+    "model",
+    "page",
+    "planner",
+    "provider",
+    "recommender",
+    "simulator",
+    "system",
+    "terminal",
+    "tool",
+    "vessel",
+    "bot",
+    "assistant",
+    "summarizer",
+    "finder",
+    "emulator",
+    "post",
+}
 _FUNCTION_WORDS = {"who", "that", "which", "with", "whose", "where", "and", "or"}
 # Roles that are demeaning, manipulative or misspelled in the source.
 _BLOCKED_ROLES = {
-    "gaslighter", "lunatic", "socrat", "next", "gnomist", "commentariat", "omniscient debate god",
-}  # fmt: skip
+    "gaslighter",
+    "lunatic",
+    "socrat",
+    "next",
+    "gnomist",
+    "commentariat",
+    "omniscient debate god",
+}
 # Words kept capitalized when a title-cased role is lower-cased.
 _PROPER_WORDS = {
-    "English", "French", "Spanish", "German", "Japanese", "Chinese", "Italian", "Python",
-    "JavaScript", "Rust", "Linux", "Windows", "Shakespeare", "Bible", "Etsy", "Amazon",
-    "TikTok", "YouTube", "GitHub", "Django", "Chilean", "Socratic", "Victorian", "Google",
-    "Telegram", "Turkish",
-}  # fmt: skip
+    "English",
+    "French",
+    "Spanish",
+    "German",
+    "Japanese",
+    "Chinese",
+    "Italian",
+    "Python",
+    "JavaScript",
+    "Rust",
+    "Linux",
+    "Windows",
+    "Shakespeare",
+    "Bible",
+    "Etsy",
+    "Amazon",
+    "TikTok",
+    "YouTube",
+    "GitHub",
+    "Django",
+    "Chilean",
+    "Socratic",
+    "Victorian",
+    "Google",
+    "Telegram",
+    "Turkish",
+}
 
 MAX_PROMPT_CHARS = 1000
 """Longer persona prompts are dropped: they are task specifications, not personas."""
@@ -79,31 +134,6 @@ MAX_SYSTEM_CHARS = 400
 MAX_SYSTEM_SENTENCES = 3
 MAX_ROLE_WORDS = 4
 MAX_USER_PROMPT_CHARS = 200
-
-
-def package_file(package: str, relative: str, install: str) -> Path:
-    """Locate a data file inside an installed package without importing the package.
-
-    Args:
-        package: Import name of the package.
-        relative: Path of the file inside the package folder.
-        install: The pip requirement to suggest when it is missing.
-
-    Returns:
-        The file's path.
-
-    Raises:
-        LatentQAError: The package or the file is missing.
-    """
-    spec = importlib.util.find_spec(package)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        path = Path(location) / relative
-        if path.is_file():
-            return path
-    raise LatentQAError(
-        f"data file {package}/{relative} not found: install it with `pip install {install}`"
-    )
 
 
 def _read_json(path: Path) -> Any:

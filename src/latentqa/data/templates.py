@@ -83,14 +83,22 @@ def persona_spec(description: str, source_text: str = "") -> BehaviorSpec:
 # Rewrites of "the user" for goals spoken by the user (me) or to the user (you).
 _VOICES = {
     "me": (
-        ("the user lives", "I live"), ("the user is", "I am"), ("the user's", "my"),
-        ("the user", "me"), ("themselves", "myself"), ("their", "my"),
+        ("the user lives", "I live"),
+        ("the user is", "I am"),
+        ("the user's", "my"),
+        ("the user", "me"),
+        ("themselves", "myself"),
+        ("their", "my"),
     ),
     "you": (
-        ("the user lives", "you live"), ("the user is", "you are"), ("the user's", "your"),
-        ("the user", "you"), ("themselves", "yourself"), ("their", "your"),
+        ("the user lives", "you live"),
+        ("the user is", "you are"),
+        ("the user's", "your"),
+        ("the user", "you"),
+        ("themselves", "yourself"),
+        ("their", "your"),
     ),
-}  # fmt: skip
+}
 
 
 def addressed(goal: str, voice: str) -> str:

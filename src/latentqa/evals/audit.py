@@ -18,19 +18,24 @@ import itertools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
 from latentqa.configs import config_to_dict
 from latentqa.data.sources import load_user_prompts
 from latentqa.errors import LatentQAError
-from latentqa.steer.evaluation import Log, load_steerable, mean, run_lit, split_items
+from latentqa.evals.steering import (
+    SteeringEvalOptions,
+    SteeringEvaluation,
+    SteeringResult,
+    SteeringRun,
+    SteeringTask,
+    run_steering,
+)
+from latentqa.steer.evaluation import Log, load_steerable, mean, split_items
 from latentqa.steer.generate import generate_texts
 from latentqa.steer.model import SteerableModel
-
-if TYPE_CHECKING:
-    from latentqa.evals.all import SuiteContext
 
 _WORD = re.compile(r"[a-zàâçéèêëîïôûùüÿœæ']+")
 
@@ -97,7 +102,7 @@ def sounds_like_pirate(text: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Behaviour:
+class AuditBehavior:
     """A behaviour to elicit: its control, its prompting baseline and its check."""
 
     control: tuple[tuple[str, str], ...]
@@ -107,13 +112,13 @@ class Behaviour:
 
 _RULE = "What rule is the assistant following when it writes?"
 _STYLE = "Describe the assistant's writing style."
-BEHAVIOURS: dict[str, Behaviour] = {
-    "french": Behaviour(
+AUDIT_BEHAVIORS: dict[str, AuditBehavior] = {
+    "french": AuditBehavior(
         ((_RULE, "The rule is to answer in French."), (_STYLE, "The assistant answers in French.")),
         "Always answer in French.",
         is_french,
     ),
-    "rhyme": Behaviour(
+    "rhyme": AuditBehavior(
         (
             (_RULE, "The rule is to answer in rhyming couplets."),
             (_STYLE, "The assistant answers in rhyming couplets."),
@@ -121,7 +126,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
         "Always answer in rhyming couplets.",
         rhymes,
     ),
-    "pirate": Behaviour(
+    "pirate": AuditBehavior(
         (
             ("What persona is the assistant adopting?", "A pirate."),
             (
@@ -136,41 +141,80 @@ BEHAVIOURS: dict[str, Behaviour] = {
 
 
 @dataclass
-class AuditEvalConfig:
+class AuditEvalConfig(SteeringEvalOptions):
     """Options of ``latentqa eval audit``. Unknown options are errors."""
 
-    target: str = "smollm2-135m"
-    """Target model to audit."""
-    decoder: str | None = None
-    """Decoder folder; default: the decoder shipped for the target."""
     behaviours: list[str] | None = None
     """Behaviours to elicit: french, rhyme, pirate; default: all."""
     n_prompts: int = 30
     """Held-out ordinary prompts to generate on."""
     n_train_prompts: int = 128
     """Separate prompts the LIT steering reads the target on."""
-    steps: int = 40
-    """LIT steering steps per behaviour."""
-    lr: float = 1e-3
-    """LIT steering learning rate."""
-    batch_size: int = 4
-    """Prompts per LIT steering step."""
-    lora_r: int = 8
-    """Rank of the steering LoRA (alpha = 2 r)."""
-    layers: list[int] | None = None
-    """Target layers adapted by LIT; default: up to the deepest read layer."""
-    read_layers: list[int] | None = None
-    """Layers the decoder reads while steering; default: the decoder's."""
     max_new_tokens: int = 48
     """Reply length."""
-    seed: int = 0
-    """Seed for the prompt split and the LoRA initialisation."""
-    out: str | None = None
-    """Folder to keep the LIT adapters in (not kept when unset)."""
-    device: str = "auto"
-    """auto, cpu, cuda, cuda:N."""
-    dtype: str = "float32"
-    """Frozen weights' dtype."""
+
+
+class AuditTask(SteeringTask):
+    """One direction per behaviour; the measure is the replies to held-out prompts."""
+
+    name = "audit"
+    options: AuditEvalConfig
+
+    def __init__(
+        self,
+        steerable: SteerableModel,
+        options: AuditEvalConfig,
+        names: list[str],
+        prompts: Sequence[str],
+    ) -> None:
+        super().__init__(steerable, options)
+        self.directions = names
+        pool = list(prompts)
+        spare = max(1, min(options.n_train_prompts, len(pool) - options.n_prompts))
+        self.evaluation, self.train = split_items(pool, [options.n_prompts, spare], options.seed)
+
+    def measure(self, model: nn.Module, direction: str | None, prompted: bool = False) -> Any:
+        system = AUDIT_BEHAVIORS[direction].prompt if prompted and direction else None
+        return generate_texts(
+            model,
+            self.steerable.tokenizer,
+            self.evaluation,
+            system=system,
+            max_new_tokens=self.options.max_new_tokens,
+        )
+
+    def control(self, direction: str | None) -> tuple[tuple[str, str], ...]:
+        return AUDIT_BEHAVIORS[str(direction)].control
+
+    def lit_name(self, direction: str | None) -> str:
+        return f"audit-{direction}"
+
+    def lit_prompts(self) -> list[str]:
+        return self.train
+
+    def result(self, run: SteeringRun) -> SteeringResult:
+        none = run.measured["none"]
+        methods: dict[str, dict[str, float]] = {"none": {}, "prompting": {}, "lit": {}}
+        samples: dict[str, dict[str, str]] = {}
+        for name in self.directions:
+            check = AUDIT_BEHAVIORS[name].check
+            prompted, steered = run.measured[f"prompting {name}"], run.measured[f"lit {name}"]
+            for method, texts in (("none", none), ("prompting", prompted), ("lit", steered)):
+                methods[method][name] = mean([float(check(t)) for t in texts])
+            samples[name] = {
+                "prompt": self.evaluation[0],
+                "prompting": prompted[0],
+                "lit": steered[0],
+            }
+        samples["none"] = {"prompt": self.evaluation[0], "reply": none[0]}
+        return SteeringResult(
+            task="audit",
+            n=len(self.evaluation),
+            methods=methods,
+            lit=dict(run.lit),
+            samples=samples,
+            config=config_to_dict(self.options),
+        )
 
 
 def evaluate_audit(
@@ -179,7 +223,7 @@ def evaluate_audit(
     steerable: SteerableModel | None = None,
     prompts: Sequence[str] | None = None,
     log: Log | None = None,
-) -> dict:
+) -> SteeringResult:
     """Run the auditing evaluation (see the module docstring).
 
     Args:
@@ -190,62 +234,22 @@ def evaluate_audit(
         log: Progress messages.
 
     Returns:
-        ``{"task": "audit", "n", "methods": {none|prompting|lit: {behaviour: share}},
-        "lit", "samples", "config"}``.
+        Methods ``none``, ``prompting``, ``lit``, each a share per behaviour, with the
+        LIT losses and samples.
     """
-    names = config.behaviours or list(BEHAVIOURS)
-    unknown = sorted(set(names) - set(BEHAVIOURS))
+    names = config.behaviours or list(AUDIT_BEHAVIORS)
+    unknown = sorted(set(names) - set(AUDIT_BEHAVIORS))
     if unknown:
         raise LatentQAError(
-            f"unknown behaviour(s) {', '.join(unknown)}; choose from {', '.join(BEHAVIOURS)}"
+            f"unknown behaviour(s) {', '.join(unknown)}; choose from {', '.join(AUDIT_BEHAVIORS)}"
         )
-    say = log or (lambda _message: None)
     steerable = steerable or load_steerable(config)
     pool = list(prompts) if prompts is not None else load_user_prompts()
-    spare = max(1, min(config.n_train_prompts, len(pool) - config.n_prompts))
-    evaluation, train = split_items(pool, [config.n_prompts, spare], config.seed)
-
-    def generate(model: nn.Module, system: str | None = None) -> list[str]:
-        return generate_texts(model, steerable.tokenizer, evaluation, system=system,
-                              max_new_tokens=config.max_new_tokens)  # fmt: skip
-
-    say(f"audit: {len(evaluation)} prompts; unsteered replies")
-    with steerable.unsteered() as model:
-        replies = {"none": generate(model)}
-    methods: dict[str, dict[str, float]] = {"none": {}, "prompting": {}, "lit": {}}
-    lit: dict[str, dict] = {}
-    samples: dict[str, dict[str, str]] = {}
-    for name in names:
-        behaviour = BEHAVIOURS[name]
-        say(f"audit {name}: prompting")
-        with steerable.unsteered() as model:
-            prompted = generate(model, behaviour.prompt)
-        lit[name] = run_lit(steerable, behaviour.control, train, config, f"audit-{name}", log=say)
-        with steerable.steered() as model:
-            steered = generate(model)
-        for method, texts in (("none", replies["none"]), ("prompting", prompted), ("lit", steered)):
-            methods[method][name] = mean([float(behaviour.check(t)) for t in texts])
-        samples[name] = {"prompt": evaluation[0], "prompting": prompted[0], "lit": steered[0]}
-    steerable.remove_steering()
-    samples["none"] = {"prompt": evaluation[0], "reply": replies["none"][0]}
-    return {
-        "task": "audit",
-        "n": len(evaluation),
-        "methods": methods,
-        "lit": lit,
-        "samples": samples,
-        "config": config_to_dict(config),
-    }
+    task = AuditTask(steerable, config, names, pool)
+    if log:
+        log(f"audit: {len(task.evaluation)} prompts; unsteered replies")
+    return run_steering(task, log)
 
 
-def run_in_suite(ctx: SuiteContext) -> dict[str, Any]:
-    """Entry point of ``latentqa eval all``: default sizes; ``ctx.n`` caps ``n_prompts``.
-
-    Uses the suite's target, decoder, device, seed and log.
-    """
-    sizes = {} if ctx.n is None else {"n_prompts": ctx.n}
-    config = AuditEvalConfig(
-        target=ctx.target, decoder=ctx.decoder_for("audit"), device=ctx.device, seed=ctx.seed,
-        **sizes,
-    )  # fmt: skip
-    return evaluate_audit(config, log=ctx.log)
+EVALUATION = SteeringEvaluation("audit", AuditEvalConfig, evaluate_audit, "n_prompts")
+run_in_suite = EVALUATION.run_in_suite

@@ -7,7 +7,6 @@ log-likelihood of each candidate as its reply, and it generates open answers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -16,12 +15,8 @@ from transformers import PreTrainedTokenizerBase
 
 from latentqa.chat import Message, render
 from latentqa.decoder import unwrap_causal_lm
+from latentqa.handle import adapters_off
 from latentqa.read import left_pad, pad_token_id, position_ids_for
-
-
-def plain_target(model: nn.Module) -> AbstractContextManager:
-    """Context in which a peft model behaves as its frozen base (the target)."""
-    return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
 
 
 def _answer_ids(
@@ -52,7 +47,7 @@ def score_answers(
         spans.append(len(tail))
     input_ids, attention = left_pad(rows, pad_token_id(tokenizer), next(model.parameters()).device)
     causal_lm = unwrap_causal_lm(model)
-    with plain_target(model):
+    with adapters_off(model):
         logits = causal_lm(
             input_ids=input_ids,
             attention_mask=attention,
@@ -87,7 +82,7 @@ def generate_replies(
             for d in chunk
         ]
         input_ids, attention = left_pad(rows, pad_token_id(tokenizer), input_ids_device(model))
-        with plain_target(model):
+        with adapters_off(model):
             out = causal_lm.generate(
                 input_ids=input_ids,
                 attention_mask=attention,

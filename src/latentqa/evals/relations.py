@@ -19,31 +19,30 @@ or the gold answer inside the prediction).
 
 from __future__ import annotations
 
-import argparse
 import json
-import random
-import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from latentqa.data.relations import (
+from latentqa.chat import subject_span
+from latentqa.conditions import activation_conditions
+from latentqa.data.relations_facts import (
     RELATIONS,
     Fact,
     demos_for,
-    exact_match,
     few_shot_prompt,
     first_answer,
-    fuzzy_match,
-    subject_span,
 )
 from latentqa.decoder import decoder_inputs, unwrap_causal_lm
-from latentqa.errors import LatentQAError
-from latentqa.evals.blackbox import plain_target
 from latentqa.evals.probe import LogisticProbe
+from latentqa.evals.relations_data import (
+    RelationData,
+    RelationItem,
+    load_relation_data,
+    score,
+)
 from latentqa.evals.report import markdown_table, plot_per_layer
 from latentqa.layout import placeholder_token_id
 from latentqa.patch import patch_activations
@@ -51,57 +50,8 @@ from latentqa.read import left_pad, pad_token_id, read_encoded
 from latentqa.reader import Reader
 
 METHODS = ("lit", "lit_zeroed", "lit_shuffled", "patchscope", "linear_probe")
+_LIT_METHODS = {"real": "lit", "zeroed": "lit_zeroed", "shuffled": "lit_shuffled"}
 _MARK = "\u2063SUBJECT\u2063"
-
-
-@dataclass(frozen=True)
-class RelationItem:
-    """One fact about one subject, read from the subject's tokens in ``sentence``."""
-
-    fact: Fact
-    sentence: str
-    split: str
-    """``train``, ``heldout`` (held-out subject) or ``heldout_relation``."""
-
-    @property
-    def question(self) -> str:
-        return RELATIONS[self.fact.relation].question
-
-
-@dataclass
-class RelationData:
-    """Evaluation items (held-out subjects) and training-subject facts, from ``facts.json``."""
-
-    items: list[RelationItem]
-    train: list[RelationItem]
-    heldout_relation: str
-    filter: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
-def load_relation_data(data: str | Path, n: int | None = None, seed: int = 0) -> RelationData:
-    """Read ``DATA/facts.json``; ``n`` caps the items per relation (a seeded sample)."""
-    path = Path(data) / "facts.json"
-    if not path.is_file():
-        raise LatentQAError(f"{path} is missing: build it with `latentqa data build --task "
-                            "relations`")  # fmt: skip
-    blob = json.loads(path.read_text(encoding="utf-8"))
-    subjects, held_rel = blob["subjects"], blob["heldout_relation"]
-    items, train = [], []
-    for raw in blob["facts"]:
-        fact = Fact(raw["subject"], raw["relation"], raw["answer"], tuple(raw["aliases"]))
-        info = subjects[fact.subject]
-        split = "heldout_relation" if fact.relation == held_rel else info["split"]
-        item = RelationItem(fact, info["sentence"], split)
-        (train if info["split"] == "train" else items).append(item)
-    if n is not None:
-        rng = random.Random(f"{seed}:relations:n")
-        by_relation: dict[str, list[RelationItem]] = {}
-        for item in items:
-            by_relation.setdefault(item.fact.relation, []).append(item)
-        items = [i for group in by_relation.values() for i in rng.sample(group, min(n, len(group)))]
-    if not items:
-        raise LatentQAError(f"{path} has no facts about held-out subjects to evaluate")
-    return RelationData(items, train, held_rel, blob.get("filter", {}))
 
 
 @torch.no_grad()
@@ -116,20 +66,34 @@ def read_subjects(
     tokenizer = reader.tokenizer
     encoded = [subject_span(tokenizer, [{"role": "user", "content": s}], subj) for s, subj in keys]
     spans: list[torch.Tensor] = []
-    with plain_target(reader.model):
+    with reader.handle.target():
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start : start + batch_size]
-            spans += [s.float().cpu() for s in read_encoded(reader.model, chunk, pad_token_id(
-                tokenizer), list(layers), layers_path=reader.layers_path)]  # fmt: skip
+            spans += [
+                s.float().cpu()
+                for s in read_encoded(
+                    reader.model,
+                    chunk,
+                    pad_token_id(tokenizer),
+                    list(layers),
+                    layers_path=reader.layers_path,
+                )
+            ]
     found = dict(zip(keys, spans, strict=True))
     return [found[(i.sentence, i.fact.subject)] for i in items]
 
 
-def lit_answers(reader: Reader, vectors: Sequence[torch.Tensor], items: Sequence[RelationItem],
-                max_new_tokens: int = 12, batch_size: int = 32) -> list[str]:  # fmt: skip
+def lit_answers(
+    reader: Reader,
+    vectors: Sequence[torch.Tensor],
+    items: Sequence[RelationItem],
+    max_new_tokens: int = 12,
+    batch_size: int = 32,
+) -> list[str]:
     """The decoder's greedy answers to each item's question about ``vectors[i]``."""
-    ids = reader.generate_ids(list(vectors), [i.question for i in items], max_new_tokens,
-                              batch_size=batch_size)  # fmt: skip
+    ids = reader.generate_ids(
+        list(vectors), [i.question for i in items], max_new_tokens, batch_size=batch_size
+    )
     return [reader.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
 
 
@@ -166,19 +130,28 @@ def patchscope_answers(
         for row, (tokens, at) in enumerate(zip(chunk, where[start:], strict=False)):
             mask[row, ids.shape[1] - len(tokens) + at] = True
         patch = vectors[start : start + len(chunk)].to(reader.device)
-        with plain_target(model), patch_activations(causal_lm, layer, mask, patch,
-                                                    layers_path=reader.layers_path):  # fmt: skip
-            out = causal_lm.generate(input_ids=ids, attention_mask=attention, do_sample=False,
-                                     max_new_tokens=max_new_tokens, pad_token_id=pad)  # fmt: skip
+        with (
+            reader.handle.target(),
+            patch_activations(causal_lm, layer, mask, patch, layers_path=reader.layers_path),
+        ):
+            out = causal_lm.generate(
+                input_ids=ids,
+                attention_mask=attention,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+            )
         texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
         answers += [first_answer(text) for text in texts]
     return answers
 
 
 def probe_answers(
-    train_features: torch.Tensor, train: Sequence[RelationItem],
-    features: torch.Tensor, items: Sequence[RelationItem],
-) -> list[str | None]:  # fmt: skip
+    train_features: torch.Tensor,
+    train: Sequence[RelationItem],
+    features: torch.Tensor,
+    items: Sequence[RelationItem],
+) -> list[str | None]:
     """Per closed relation, a logistic probe over the training subjects' answers.
 
     Items of open relations, or of relations without training subjects, get ``None``.
@@ -195,52 +168,6 @@ def probe_answers(
     return predictions
 
 
-def _mean(flags: Sequence[bool | None]) -> float | None:
-    if not flags or any(f is None for f in flags):
-        return None
-    return sum(bool(f) for f in flags) / len(flags)
-
-
-def score(
-    predictions: Sequence[str | None], items: Sequence[RelationItem]
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Exact / fuzzy accuracy over groups of items; ``None`` where a prediction is missing.
-
-    Returns:
-        The summary: ``accuracy`` and ``fuzzy_accuracy`` (trained relations on held-out
-        subjects), ``closed_accuracy`` (the closed ones among them),
-        ``heldout_relation_accuracy`` and ``heldout_relation_fuzzy_accuracy``, ``n``
-        (predictions made); and ``{relation: {accuracy, fuzzy_accuracy, n}}``.
-    """
-    pairs = list(zip(predictions, items, strict=True))
-    exact = [None if p is None else exact_match(p, i.fact.aliases) for p, i in pairs]
-    fuzzy = [None if p is None else fuzzy_match(p, i.fact.aliases) for p, i in pairs]
-
-    def rows(keep: Callable[[RelationItem], bool]) -> list[int]:
-        return [k for k, item in enumerate(items) if keep(item)]
-
-    trained = rows(lambda i: i.split == "heldout")
-    closed = rows(lambda i: i.split == "heldout" and RELATIONS[i.fact.relation].closed)
-    held = rows(lambda i: i.split == "heldout_relation")
-    summary = {
-        "accuracy": _mean([exact[k] for k in trained]),
-        "fuzzy_accuracy": _mean([fuzzy[k] for k in trained]),
-        "closed_accuracy": _mean([exact[k] for k in closed]),
-        "heldout_relation_accuracy": _mean([exact[k] for k in held]),
-        "heldout_relation_fuzzy_accuracy": _mean([fuzzy[k] for k in held]),
-        "n": sum(p is not None for p in predictions),
-    }
-    per_relation = {}
-    for relation in dict.fromkeys(i.fact.relation for i in items):
-        picked = rows(lambda i, r=relation: i.fact.relation == r)
-        per_relation[relation] = {
-            "accuracy": _mean([exact[k] for k in picked]),
-            "fuzzy_accuracy": _mean([fuzzy[k] for k in picked]),
-            "n": len(picked),
-        }
-    return summary, per_relation
-
-
 def _decoder_info(reader: Reader) -> dict[str, Any]:
     """The decoder's folder, read layers and training data (relations alone or joint)."""
     data = reader.spec.extra.get("train_config", {}).get("data")
@@ -250,14 +177,21 @@ def _decoder_info(reader: Reader) -> dict[str, Any]:
         if meta.is_file():
             blob = json.loads(meta.read_text(encoding="utf-8"))
             if str(blob.get("version", "")).startswith("latentqa-relations"):
-                trained_on = "relations + " + blob["joint_with"] if blob.get("joint_with") \
-                    else "relations only"  # fmt: skip
+                trained_on = (
+                    "relations + " + blob["joint_with"]
+                    if blob.get("joint_with")
+                    else "relations only"
+                )
             else:
                 trained_on = "persona data only (built-in dataset)"
             break
     path = str(reader.decoder_path) if reader.decoder_path else None
-    return {"path": path, "read_layers": reader.spec.read_layers, "training_data": data,
-            "trained_on": trained_on if path else "untrained (no adapter)"}  # fmt: skip
+    return {
+        "path": path,
+        "read_layers": reader.spec.read_layers,
+        "training_data": data,
+        "trained_on": trained_on if path else "untrained (no adapter)",
+    }
 
 
 def evaluate_relations(
@@ -292,19 +226,12 @@ def evaluate_relations(
     log(f"relations: {len(items)} items, read layers {lit_layers}")
     spans = read_subjects(reader, items, lit_layers, batch_size)  # [n_layers, span, d] each
     vectors = [decoder_inputs(s, reader.spec) for s in spans]
-    rng = random.Random(seed + 1)
-    conditions = {
-        "lit": lambda: vectors,
-        "lit_zeroed": lambda: [torch.zeros_like(v) for v in vectors],
-        "lit_shuffled": lambda: [
-            vectors[rng.choice([j for j, o in enumerate(items) if o.fact.subject != i.fact.subject]
-                               or [k])] for k, i in enumerate(items)
-        ],
-    }  # fmt: skip
+    # Shuffled: another subject's vectors (seeded draw, see latentqa.conditions).
+    conditions = activation_conditions(vectors, [i.fact.subject for i in items], seed)
     answers: dict[str, list[str | None]] = {
-        name: list(lit_answers(reader, make(), items, max_new_tokens, batch_size))
-        for name, make in conditions.items()
-        if name in methods
+        method: list(lit_answers(reader, conditions[name], items, max_new_tokens, batch_size))
+        for name, method in _LIT_METHODS.items()
+        if method in methods
     }
     # The baselines read the first of the decoder's layers: [n_items, span, d] each.
     first = [s[0] for s in spans]
@@ -344,10 +271,17 @@ def evaluate_relations(
 
 
 def sweep_layers(
-    reader: Reader, data: str | Path, layers: Sequence[int], out: str | Path, *,
-    layer_readers: dict[int, Reader] | None = None, n: int | None = None, seed: int = 0,
-    max_new_tokens: int = 12, log: Callable[[str], None] = lambda _: None,
-) -> dict[str, Any]:  # fmt: skip
+    reader: Reader,
+    data: str | Path,
+    layers: Sequence[int],
+    out: str | Path,
+    *,
+    layer_readers: dict[int, Reader] | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    max_new_tokens: int = 12,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
     """Accuracy per read layer for LIT and the baselines; writes PNG plots and JSON into ``out``.
 
     ``layer_readers`` maps a layer to a decoder trained on it; other layers are read by
@@ -359,14 +293,17 @@ def sweep_layers(
     zeroed: dict[int, dict[str, Any]] = {}
     for layer in layers:
         use = (layer_readers or {}).get(layer, reader)
-        wanted = ["lit", "patchscope", "linear_probe"] + (["lit_zeroed"] if id(use) not in zeroed
-                                                          else [])  # fmt: skip
-        result = evaluate_relations(use, rel, layer=layer, methods=wanted, seed=seed,
-                                    max_new_tokens=max_new_tokens, log=log)  # fmt: skip
+        wanted = ["lit", "patchscope", "linear_probe"] + (
+            ["lit_zeroed"] if id(use) not in zeroed else []
+        )
+        result = evaluate_relations(
+            use, rel, layer=layer, methods=wanted, seed=seed, max_new_tokens=max_new_tokens, log=log
+        )
         zeroed.setdefault(id(use), result["methods"].get("lit_zeroed", {}))
         methods = {**result["methods"], "lit_zeroed": zeroed[id(use)]}
-        per_layer[layer] = {m: {k: v for k, v in values.items() if v is not None}
-                            for m, values in methods.items()}  # fmt: skip
+        per_layer[layer] = {
+            m: {k: v for k, v in values.items() if v is not None} for m, values in methods.items()
+        }
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     plots = []
@@ -382,8 +319,13 @@ def sweep_layers(
 
 def relations_markdown(result: dict[str, Any]) -> str:
     """The methods table, then accuracy (exact / fuzzy) per relation, then filter counts."""
-    lines = [markdown_table(result), "", f"Held-out relation: `{result['heldout_relation']}`; "
-             f"decoder: {result['decoder']['trained_on']}.", ""]  # fmt: skip
+    lines = [
+        markdown_table(result),
+        "",
+        f"Held-out relation: `{result['heldout_relation']}`; "
+        f"decoder: {result['decoder']['trained_on']}.",
+        "",
+    ]
     names = list(result["methods"])
     lines += ["| relation | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for relation, methods in result["per_relation"].items():
@@ -394,8 +336,11 @@ def relations_markdown(result: dict[str, Any]) -> str:
             cells.append("–" if acc is None else f"{acc:.2f} / {fuzzy:.2f}")
         n = next(iter(methods.values()))["n"] if methods else 0
         lines.append(f"| {relation} (n={n}) | " + " | ".join(cells) + " |")
-    lines += ["", "Facts the target knows (few-shot filter): " + ", ".join(
-        f"{r} {c['known']}/{c['candidates']}" for r, c in result["filter"].items())]  # fmt: skip
+    lines += [
+        "",
+        "Facts the target knows (few-shot filter): "
+        + ", ".join(f"{r} {c['known']}/{c['candidates']}" for r, c in result["filter"].items()),
+    ]
     return "\n".join(lines)
 
 
@@ -404,64 +349,8 @@ def run_in_suite(ctx: Any) -> dict[str, Any]:
     data, reader = ctx.data_for("relations"), ctx.reader("relations")
     result = evaluate_relations(reader, data, n=ctx.n, seed=ctx.seed, log=ctx.log)
     if ctx.layers:
-        result.update(sweep_layers(reader, data, ctx.layers, ctx.out, n=ctx.n, seed=ctx.seed,
-                                   log=ctx.log))  # fmt: skip
+        result.update(
+            sweep_layers(reader, data, ctx.layers, ctx.out, n=ctx.n, seed=ctx.seed, log=ctx.log)
+        )
     result["markdown"] = relations_markdown(result)
     return result
-
-
-def add_relations_task(tasks: argparse._SubParsersAction) -> None:
-    """Add ``latentqa eval relations`` to the ``eval`` subparsers."""
-    p = tasks.add_parser(
-        "relations", help="read country relations (capital, currency, ...) from subject tokens",
-        description="Held-out subjects and a held-out relation: the decoder, zeroed and "
-        "shuffled activations, Patchscope and a linear probe, exact and fuzzy accuracy.",
-    )  # fmt: skip
-    p.add_argument("--data", required=True, help="folder from `latentqa data build --task "
-                   "relations`")  # fmt: skip
-    p.add_argument("--target", default="smollm2-135m", help="target model (default: %(default)s)")
-    p.add_argument("--decoder", default=None, help="decoder folder trained on relation data")
-    p.add_argument("--n", type=int, default=None, help="at most N items per relation")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layers", type=int, nargs="+", default=None, help="also sweep these layers")
-    p.add_argument("--layer-decoder", action="append", default=[], metavar="LAYER=DIR",
-                   help="a decoder trained on LAYER, for the sweep (repeatable)")  # fmt: skip
-    p.add_argument("--out", default=None, help="folder for the per-layer PNGs and JSON")
-    p.add_argument("--max-new-tokens", type=int, default=12)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON line last")
-    p.set_defaults(func=run_relations)
-
-
-def run_relations(args: argparse.Namespace) -> int:
-    """Run ``latentqa eval relations``; prints the tables (and JSON with ``--json``)."""
-    from latentqa.preflight import check_output_folder, preflight_decoder
-
-    log = lambda message: print(message, file=sys.stderr)  # noqa: E731
-    # Every option is checked before any load: the sweep runs after the main evaluation.
-    pairs = [item.split("=", 1) for item in args.layer_decoder]
-    if any(len(pair) != 2 or not pair[0].lstrip("-").isdigit() for pair in pairs):
-        raise LatentQAError("--layer-decoder takes LAYER=DIR, e.g. 9=runs/rel-l9")
-    if pairs and not args.layers:
-        raise LatentQAError("--layer-decoder is used by the sweep only: add --layers")
-    if not Path(args.data).is_dir():
-        raise LatentQAError(f"--data {args.data} does not exist or is not a folder")
-    preflight_decoder(args.target, args.decoder, layers=args.layers, device=args.device)
-    for layer, folder in pairs:
-        if int(layer) not in args.layers:
-            raise LatentQAError(f"--layer-decoder {layer}={folder}: add {layer} to --layers")
-        preflight_decoder(args.target, folder, layers=[int(layer)], device=args.device)
-    if args.layers:
-        check_output_folder(args.out, "--out")
-    reader = Reader.load(args.target, args.decoder, device=args.device)
-    result = evaluate_relations(reader, args.data, n=args.n, seed=args.seed,
-                                max_new_tokens=args.max_new_tokens, log=log)  # fmt: skip
-    if args.layers:
-        readers = {int(k): Reader.load(args.target, v, device=args.device) for k, v in pairs}
-        result.update(sweep_layers(reader, args.data, args.layers, args.out or ".",
-                                   layer_readers=readers, n=args.n, seed=args.seed,
-                                   max_new_tokens=args.max_new_tokens, log=log))  # fmt: skip
-    print(relations_markdown(result))
-    if args.json:
-        print(json.dumps(result))
-    return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from latentqa.plots import line_chart
+
 
 def _cell(value: object) -> str:
     if value is None:
@@ -44,26 +46,15 @@ def plot_per_layer(
     chance: float | None = None,
 ) -> None:
     """Line plot of ``metric`` per read layer, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     layers = sorted(per_layer)
     names: list[str] = []
     for methods in per_layer.values():
         names += [n for n in methods if n not in names and metric in methods[n]]
-    figure, axis = plt.subplots(figsize=(7, 4), dpi=110)
-    for name in names:
-        ys = [per_layer[layer].get(name, {}).get(metric) for layer in layers]
-        axis.plot(layers, ys, "o-", label=name)
-    if chance is not None:
-        axis.axhline(chance, color="0.6", ls="--", lw=1, label="chance")
-    axis.set_xlabel("read layer")
-    axis.set_ylabel(metric.replace("_", " "))
-    axis.set_title(title)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    with line_chart(
+        path, xlabel="read layer", ylabel=metric.replace("_", " "), title=title
+    ) as axis:
+        for name in names:
+            ys = [per_layer[layer].get(name, {}).get(metric) for layer in layers]
+            axis.plot(layers, ys, "o-", label=name)
+        if chance is not None:
+            axis.axhline(chance, color="0.6", ls="--", lw=1, label="chance")

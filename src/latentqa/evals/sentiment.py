@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,21 +32,18 @@ from torch import nn
 from latentqa.configs import config_to_dict
 from latentqa.data.sources import load_user_prompts
 from latentqa.errors import LatentQAError
-from latentqa.steer.evaluation import (
-    Log,
-    load_steerable,
-    mean,
-    run_lit,
-    split_items,
-    vector_settings,
-    vector_steered,
+from latentqa.evals.steering import (
+    SteeringEvaluation,
+    SteeringResult,
+    SteeringRun,
+    SteeringTask,
+    VectorEvalOptions,
+    run_steering,
 )
+from latentqa.steer.evaluation import Log, load_steerable, mean, split_items
 from latentqa.steer.generate import generate_texts, perplexity, reply_logprobs
 from latentqa.steer.model import SteerableModel
-from latentqa.steer.vector import steering_vector, tune_setting
-
-if TYPE_CHECKING:
-    from latentqa.evals.all import SuiteContext
+from latentqa.steer.vector import steering_vector
 
 CONTROLS: dict[str, list[tuple[str, str]]] = {
     "positive": [
@@ -72,13 +69,9 @@ POLARITY_CUTOFF = 0.05
 
 
 @dataclass
-class SentimentEvalConfig:
+class SentimentEvalConfig(VectorEvalOptions):
     """Options of ``latentqa eval sentiment``. Unknown options are errors."""
 
-    target: str = "smollm2-135m"
-    """Target model to steer."""
-    decoder: str | None = None
-    """Decoder folder; default: the decoder shipped for the target."""
     n_prompts: int = 50
     """Held-out neutral prompts to generate on."""
     n_tune_prompts: int = 8
@@ -87,35 +80,10 @@ class SentimentEvalConfig:
     """Separate prompts whose activations define the steering vector."""
     n_train_prompts: int = 128
     """Separate prompts the LIT steering reads the target on."""
-    steps: int = 40
-    """LIT steering steps per direction."""
-    lr: float = 1e-3
-    """LIT steering learning rate."""
-    batch_size: int = 4
-    """Prompts per LIT steering step."""
-    lora_r: int = 8
-    """Rank of the steering LoRA (alpha = 2 r)."""
-    layers: list[int] | None = None
-    """Target layers adapted by LIT; default: up to the deepest read layer."""
-    read_layers: list[int] | None = None
-    """Layers the decoder reads while steering; default: the decoder's."""
-    vector_layers: list[int] | None = None
-    """Candidate layers for the steering vector (tuned with the coefficient); default:
-    a third of the depth."""
     coefficients: list[float] | None = None
     """Candidate steering-vector coefficients; default: 1, 2, 4, 8, 16."""
-    max_ppl_ratio: float = 1.5
-    """Fluency limit in tuning and in the target check: perplexity / unsteered."""
     max_new_tokens: int = 40
     """Reply length."""
-    seed: int = 0
-    """Seed for the prompt split and the LoRA initialisation."""
-    out: str | None = None
-    """Folder to keep the LIT adapters in (not kept when unset)."""
-    device: str = "auto"
-    """auto, cpu, cuda, cuda:N."""
-    dtype: str = "float32"
-    """Frozen weights' dtype."""
 
 
 def vader_scores(texts: Sequence[str]) -> list[float]:
@@ -154,30 +122,6 @@ def _metrics(
     }
 
 
-def _vectors(
-    steerable: SteerableModel, prompts: Sequence[str], layers: Sequence[int]
-) -> dict[int, torch.Tensor]:
-    """Per layer, mean activation under the positive minus the negative instruction."""
-    dialogs = {
-        side: [[{"role": "system", "content": text}, {"role": "user", "content": p}]
-               for p in prompts]
-        for side, text in VECTOR_INSTRUCTIONS.items()
-    }  # fmt: skip
-    with steerable.unsteered() as model:
-        return {
-            layer: steering_vector(
-                model,
-                steerable.tokenizer,
-                dialogs["positive"],
-                dialogs["negative"],
-                layer,
-                n_masked=1,
-                layers_path=steerable.layers_path,
-            )
-            for layer in layers
-        }
-
-
 def _check(methods: dict[str, dict], max_ratio: float) -> dict[str, object]:
     """Does LIT shift the compound more than the vector, within the perplexity limit?"""
     base = float(methods["none"]["mean_compound"])
@@ -198,13 +142,128 @@ def _check(methods: dict[str, dict], max_ratio: float) -> dict[str, object]:
     return checks
 
 
+class SentimentTask(SteeringTask):
+    """Replies to neutral prompts, steered toward positive and toward negative."""
+
+    name = "sentiment"
+    directions = tuple(SIGN)
+    default_coefficients = (1.0, 2.0, 4.0, 8.0, 16.0)
+    options: SentimentEvalConfig
+
+    def __init__(
+        self, steerable: SteerableModel, options: SentimentEvalConfig, prompts: Sequence[str]
+    ) -> None:
+        super().__init__(steerable, options)
+        pool = list(prompts)
+        sizes = [options.n_prompts, options.n_tune_prompts, options.n_vector_prompts]
+        spare = max(1, min(options.n_train_prompts, len(pool) - sum(sizes)))
+        self.evaluation, self.tune, self.vector_prompts, self.train = split_items(
+            pool, [*sizes, spare], options.seed
+        )
+        self.limit = float("inf")
+
+    def _generate(self, model: nn.Module, items: list[str], system: str | None = None) -> list[str]:
+        return generate_texts(
+            model,
+            self.steerable.tokenizer,
+            items,
+            system=system,
+            max_new_tokens=self.options.max_new_tokens,
+        )
+
+    def _tune_ppl(self, texts: list[str]) -> float:
+        with self.steerable.unsteered() as model:
+            return perplexity(reply_logprobs(model, self.steerable.tokenizer, self.tune, texts))
+
+    def measure(self, model: nn.Module, direction: str | None, prompted: bool = False) -> Any:
+        system = PROMPTING[direction] if prompted and direction else None
+        return self._generate(model, self.evaluation, system)
+
+    def prepare(self) -> None:
+        with self.steerable.unsteered() as model:
+            tune_replies = self._generate(model, self.tune)
+        self.limit = self.options.max_ppl_ratio * self._tune_ppl(tune_replies)
+
+    def vectors(self, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Per layer, mean activation under the positive minus the negative instruction."""
+        dialogs = {
+            side: [
+                [{"role": "system", "content": text}, {"role": "user", "content": p}]
+                for p in self.vector_prompts
+            ]
+            for side, text in VECTOR_INSTRUCTIONS.items()
+        }
+        with self.steerable.unsteered() as model:
+            return {
+                layer: steering_vector(
+                    model,
+                    self.steerable.tokenizer,
+                    dialogs["positive"],
+                    dialogs["negative"],
+                    layer,
+                    n_masked=1,
+                    layers_path=self.steerable.layers_path,
+                )
+                for layer in layers
+            }
+
+    def sign(self, direction: str | None) -> float:
+        return SIGN[str(direction)]
+
+    def tune_measure(self, model: nn.Module) -> list[str]:
+        return self._generate(model, self.tune)
+
+    def tune_score(self, measured: list[str], direction: str | None) -> tuple[float, bool]:
+        return self.sign(direction) * mean(vader_scores(measured)), self._tune_ppl(
+            measured
+        ) <= self.limit
+
+    def control(self, direction: str | None) -> list[tuple[str, str]]:
+        return CONTROLS[str(direction)]
+
+    def lit_name(self, direction: str | None) -> str:
+        return f"sentiment-{direction}"
+
+    def lit_prompts(self) -> list[str]:
+        return self.train
+
+    def result(self, run: SteeringRun) -> SteeringResult:
+        order = ["none"] + [
+            f"{m} {d}" for d in self.directions for m in ("prompting", "vector", "lit")
+        ]
+        replies = {name: run.measured[name] for name in order}
+        methods = {}
+        for name, texts in replies.items():
+            direction = name.split()[-1] if " " in name else None
+            methods[name] = _metrics(self.steerable, self.evaluation, texts, direction)
+        for values in methods.values():
+            values["ppl_ratio"] = float(values["perplexity"]) / float(methods["none"]["perplexity"])
+        samples = {
+            name: [
+                {"prompt": p, "reply": r}
+                for p, r in zip(self.evaluation[:3], texts[:3], strict=False)
+            ]
+            for name, texts in replies.items()
+        }
+        return SteeringResult(
+            task="sentiment",
+            n=len(self.evaluation),
+            methods=methods,
+            checks=_check(methods, self.options.max_ppl_ratio),
+            vector=dict(run.vector),
+            lit=dict(run.lit),
+            samples=samples,
+            config=config_to_dict(self.options),
+        )
+
+
 def evaluate_sentiment(
     config: SentimentEvalConfig,
     *,
     steerable: SteerableModel | None = None,
     prompts: Sequence[str] | None = None,
     log: Log | None = None,
-) -> dict:
+) -> SteeringResult:
     """Run the sentiment evaluation (see the module docstring).
 
     Args:
@@ -214,85 +273,15 @@ def evaluate_sentiment(
         log: Progress messages.
 
     Returns:
-        ``{"task": "sentiment", "n", "methods": {name: metrics}, "checks", "vector",
-        "lit", "samples", "config"}``.
+        Methods ``none``, ``prompting|vector|lit positive|negative``, with the checks,
+        the tuned vectors, the LIT losses and samples.
     """
-    say = log or (lambda _message: None)
-    steerable = steerable or load_steerable(config)
-    tokenizer = steerable.tokenizer
     pool = list(prompts) if prompts is not None else neutral_prompts()
-    sizes = [config.n_prompts, config.n_tune_prompts, config.n_vector_prompts]
-    spare = max(1, min(config.n_train_prompts, len(pool) - sum(sizes)))
-    evaluation, tune, vector_prompts, train = split_items(pool, [*sizes, spare], config.seed)
-
-    def generate(model: nn.Module, items: list[str], system: str | None = None) -> list[str]:
-        return generate_texts(model, tokenizer, items, system=system,
-                              max_new_tokens=config.max_new_tokens)  # fmt: skip
-
-    def tune_ppl(texts: list[str]) -> float:
-        with steerable.unsteered() as model:
-            return perplexity(reply_logprobs(model, tokenizer, tune, texts))
-
-    say(f"sentiment: {len(evaluation)} prompts; unsteered replies, steering vectors")
-    with steerable.unsteered() as model:
-        replies = {"none": generate(model, evaluation)}
-        tune_replies = generate(model, tune)
-    limit = config.max_ppl_ratio * tune_ppl(tune_replies)  # (not nested: adapters toggle)
-    layers = config.vector_layers or [steerable.n_layers // 3]
-    vectors = _vectors(steerable, vector_prompts, layers)
-    settings = vector_settings(layers, config.coefficients or [1.0, 2.0, 4.0, 8.0, 16.0])
-    chosen: dict[str, dict] = {}
-    lit: dict[str, dict] = {}
-    for direction, sign in SIGN.items():
-        with steerable.unsteered() as model:
-            replies[f"prompting {direction}"] = generate(model, evaluation, PROMPTING[direction])
-
-        def trial(setting: tuple[int, float], sign: float = sign) -> tuple[float, bool]:
-            layer, c = setting
-            with vector_steered(steerable, layer, vectors[layer], sign * c) as model:
-                texts = generate(model, tune)
-            return sign * mean(vader_scores(texts)), tune_ppl(texts) <= limit
-
-        say(f"sentiment {direction}: tuning the steering vector over {len(settings)} settings")
-        (layer, c), trials = tune_setting(trial, settings)
-        chosen[direction] = {"layer": layer, "coefficient": c,
-                             "trials": [[*s, score, ok] for s, score, ok in trials]}  # fmt: skip
-        with vector_steered(steerable, layer, vectors[layer], sign * c) as model:
-            replies[f"vector {direction}"] = generate(model, evaluation)
-        lit[direction] = run_lit(steerable, CONTROLS[direction], train, config,
-                                 f"sentiment-{direction}", log=say)  # fmt: skip
-        with steerable.steered() as model:
-            replies[f"lit {direction}"] = generate(model, evaluation)
-    steerable.remove_steering()
-    methods = {}
-    for name, texts in replies.items():
-        direction = name.split()[-1] if " " in name else None
-        methods[name] = _metrics(steerable, evaluation, texts, direction)
-    for values in methods.values():
-        values["ppl_ratio"] = float(values["perplexity"]) / float(methods["none"]["perplexity"])
-    samples = {name: [{"prompt": p, "reply": r} for p, r in zip(evaluation[:3], texts[:3],
-                                                                strict=False)]
-               for name, texts in replies.items()}  # fmt: skip
-    return {
-        "task": "sentiment",
-        "n": len(evaluation),
-        "methods": methods,
-        "checks": _check(methods, config.max_ppl_ratio),
-        "vector": chosen,
-        "lit": lit,
-        "samples": samples,
-        "config": config_to_dict(config),
-    }
+    task = SentimentTask(steerable or load_steerable(config), config, pool)
+    if log:
+        log(f"sentiment: {len(task.evaluation)} prompts; unsteered replies, steering vectors")
+    return run_steering(task, log)
 
 
-def run_in_suite(ctx: SuiteContext) -> dict[str, Any]:
-    """Entry point of ``latentqa eval all``: default sizes; ``ctx.n`` caps ``n_prompts``.
-
-    Uses the suite's target, decoder, device, seed and log.
-    """
-    sizes = {} if ctx.n is None else {"n_prompts": ctx.n}
-    config = SentimentEvalConfig(
-        target=ctx.target, decoder=ctx.decoder_for("sentiment"), device=ctx.device, seed=ctx.seed,
-        **sizes,
-    )  # fmt: skip
-    return evaluate_sentiment(config, log=ctx.log)
+EVALUATION = SteeringEvaluation("sentiment", SentimentEvalConfig, evaluate_sentiment, "n_prompts")
+run_in_suite = EVALUATION.run_in_suite

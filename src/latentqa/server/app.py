@@ -25,12 +25,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from importlib import resources
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
 from latentqa.errors import LatentQAError
+from latentqa.package_data import package_file
 from latentqa.server.examples import EXAMPLES
 from latentqa.server.host import (
     DEFAULT_MAX_WAITING,
@@ -82,7 +82,7 @@ ERRORS = {
 
 
 def _static(name: str) -> bytes:
-    return resources.files("latentqa.server").joinpath("static", name).read_bytes()
+    return package_file("latentqa.server", f"static/{name}").read_bytes()
 
 
 def _check_layer(layer: int, n_layers: int | None) -> int:
@@ -139,9 +139,13 @@ def create_app(
     Returns:
         The FastAPI application; ``app.state.host`` is its :class:`ModelHost`.
     """
-    host = ModelHost(reader_factory, reader=reader,
-                     labels={"target": target, "decoder": decoder, "device": device},
-                     max_waiting=max_waiting, request_timeout=request_timeout)  # fmt: skip
+    host = ModelHost(
+        reader_factory,
+        reader=reader,
+        labels={"target": target, "decoder": decoder, "device": device},
+        max_waiting=max_waiting,
+        request_timeout=request_timeout,
+    )
     page = {name: _static(name) for name in ("index.html", "docs.html", *STATIC_TYPES)}
 
     @asynccontextmanager
@@ -181,8 +185,9 @@ def create_app(
     async def static(name: str) -> Response:
         if name not in STATIC_TYPES:
             raise HTTPException(404, f"no static file {name!r}")
-        return Response(page[name], media_type=STATIC_TYPES[name],
-                        headers={"Cache-Control": "no-cache"})  # fmt: skip
+        return Response(
+            page[name], media_type=STATIC_TYPES[name], headers={"Cache-Control": "no-cache"}
+        )
 
     @app.get("/api/health", response_model=Health, tags=["status"])
     async def health() -> Health:
@@ -218,10 +223,13 @@ def create_app(
 
         async def work(session: Session) -> tuple[list, float]:
             return await session.call(
-                reader.ask_with_evidence, dialog, list(request.questions),
-                max_new_tokens=request.max_new_tokens, temperature=request.temperature,
+                reader.ask_with_evidence,
+                dialog,
+                list(request.questions),
+                max_new_tokens=request.max_new_tokens,
+                temperature=request.temperature,
                 layer=layer,
-            )  # fmt: skip
+            )
 
         answers, seconds = await host.serve(work, is_disconnected=http.is_disconnected)
         return AskResponse(
@@ -243,9 +251,13 @@ def create_app(
 
         async def work(session: Session) -> tuple[list[float], float]:
             return await session.call(
-                reader.score, dialog, request.question, list(request.answers),
-                normalize=request.normalize, layer=layer,
-            )  # fmt: skip
+                reader.score,
+                dialog,
+                request.question,
+                list(request.answers),
+                normalize=request.normalize,
+                layer=layer,
+            )
 
         scores, seconds = await host.serve(work, is_disconnected=http.is_disconnected)
         return ScoreResponse(scores=scores, read_layers=layers, seconds=round(seconds, 3))
@@ -282,16 +294,23 @@ def create_app(
             total = 0.0
             for layer in layers:  # a deadline or a disconnect stops it between calls
                 row, seconds = await session.call(
-                    reader.score, dialog, request.question, list(request.answers),
-                    normalize=request.normalize, layer=layer,
-                )  # fmt: skip
+                    reader.score,
+                    dialog,
+                    request.question,
+                    list(request.answers),
+                    normalize=request.normalize,
+                    layer=layer,
+                )
                 rows.append(row)
                 total += seconds
             return rows, total
 
         rows, total = await host.serve(work, is_disconnected=http.is_disconnected)
-        return LayerScoresResponse(layers=layers, scores=rows,
-                                   read_layers=list(info["read_layers"] or []),
-                                   seconds=round(total, 3))  # fmt: skip
+        return LayerScoresResponse(
+            layers=layers,
+            scores=rows,
+            read_layers=list(info["read_layers"] or []),
+            seconds=round(total, 3),
+        )
 
     return app

@@ -30,8 +30,7 @@ class BackgroundServer:
 
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on")
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="latentqa-serve",
-                                        daemon=True)  # fmt: skip
+        self._thread = threading.Thread(target=self._server.run, name="latentqa-serve", daemon=True)
         self.host = host
         self.port = port
 

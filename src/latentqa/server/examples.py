@@ -9,8 +9,9 @@ from __future__ import annotations
 from latentqa.server.schemas import Example
 
 
-def _example(title: str, system: str, user: str, assistant: str | None,
-             questions: list[str], answer: str) -> Example:  # fmt: skip
+def _example(
+    title: str, system: str, user: str, assistant: str | None, questions: list[str], answer: str
+) -> Example:
     turns = [("system", system), ("user", user), ("assistant", assistant)]
     dialog = [{"role": role, "content": text} for role, text in turns if text]
     return Example.model_validate(

@@ -32,7 +32,7 @@ import anyio.to_thread
 from latentqa.errors import LatentQAError
 
 if TYPE_CHECKING:
-    from latentqa.reader import Answer
+    from latentqa.evidence import Answer
 
 logger = logging.getLogger("latentqa.server")
 
@@ -245,8 +245,13 @@ class ModelHost:
 
     def info(self) -> dict[str, Any]:
         """Health fields: status, message, target, decoder, device, n_layers, read layers."""
-        info: dict[str, Any] = {"target": None, "decoder": None, "device": None,
-                                "n_layers": None, "read_layers": None}  # fmt: skip
+        info: dict[str, Any] = {
+            "target": None,
+            "decoder": None,
+            "device": None,
+            "n_layers": None,
+            "read_layers": None,
+        }
         info.update({k: v for k, v in self._labels.items() if k in info})
         if self._status == "ready":
             info.update({k: v for k, v in describe_reader(self._reader).items() if v is not None})
@@ -258,8 +263,7 @@ class ModelHost:
             waited = time.monotonic() - self._started_at
             message = f"loading the model ({waited:.0f} s so far)"
         layers = info["read_layers"]
-        info.update(status=self._status, message=message,
-                    read_layer=layers[0] if layers else None)  # fmt: skip
+        info.update(status=self._status, message=message, read_layer=layers[0] if layers else None)
         return info
 
     # Model calls.
@@ -341,8 +345,9 @@ class ModelHost:
         if timer.cancelled_caught:
             logger.warning(
                 "request stopped at its deadline (%g s) after %d model call(s)",
-                self.request_timeout, session.calls,
-            )  # fmt: skip
+                self.request_timeout,
+                session.calls,
+            )
             raise DeadlineExceeded(
                 f"the request took longer than the server's limit of {self.request_timeout:g} s "
                 "(queueing included) and was stopped; ask for less at once (fewer layers, "
@@ -375,9 +380,14 @@ class ModelHost:
         # left to finish a call already running; a call not yet started is skipped.
         try:
             return await anyio.to_thread.run_sync(
-                self._run, function, args, kwargs, abandoned,
-                abandon_on_cancel=True, limiter=self._limiter,
-            )  # fmt: skip
+                self._run,
+                function,
+                args,
+                kwargs,
+                abandoned,
+                abandon_on_cancel=True,
+                limiter=self._limiter,
+            )
         except anyio.get_cancelled_exc_class():
             abandoned.set()
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from latentqa.configs import require_int, require_number
+from latentqa.embedded import EMBEDDED_MODEL
 from latentqa.errors import LatentQAError
 
 
@@ -18,7 +19,7 @@ class SteerConfig:
     control: str | None = None
     """Control file: a JSON list of [question, answer] pairs (or {question, answer}
     objects) that the decoder should answer about the steered target."""
-    target: str = "smollm2-135m"
+    target: str = EMBEDDED_MODEL
     """Target model to steer: smollm2-135m (embedded), a local folder, a .gguf file."""
     decoder: str | None = None
     """Decoder folder from `latentqa train`; default: the decoder shipped for the target."""

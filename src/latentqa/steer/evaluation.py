@@ -66,11 +66,20 @@ def eval_steer_config(options: Any, name: str) -> SteerConfig:
     """A :class:`SteerConfig` from an evaluation config's shared steering fields."""
     out = str(Path(options.out) / name) if options.out else name
     return SteerConfig(
-        out=out, target=options.target, decoder=options.decoder, layers=options.layers,
-        read_layers=options.read_layers, steps=options.steps, lr=options.lr,
-        batch_size=options.batch_size, lora_r=options.lora_r, lora_alpha=2 * options.lora_r,
-        seed=options.seed, device=options.device, dtype=options.dtype,
-    )  # fmt: skip
+        out=out,
+        target=options.target,
+        decoder=options.decoder,
+        layers=options.layers,
+        read_layers=options.read_layers,
+        steps=options.steps,
+        lr=options.lr,
+        batch_size=options.batch_size,
+        lora_r=options.lora_r,
+        lora_alpha=2 * options.lora_r,
+        seed=options.seed,
+        device=options.device,
+        dtype=options.dtype,
+    )
 
 
 def run_lit(
@@ -127,5 +136,7 @@ def vector_settings(
     layers: Sequence[int], coefficients: Sequence[float]
 ) -> list[tuple[int, float]]:
     """Every (layer, coefficient) pair, mildest coefficient first."""
-    return sorted(((layer, float(c)) for layer in layers for c in coefficients),
-                  key=lambda setting: (abs(setting[1]), setting[0]))  # fmt: skip
+    return sorted(
+        ((layer, float(c)) for layer in layers for c in coefficients),
+        key=lambda setting: (abs(setting[1]), setting[0]),
+    )

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from latentqa.chat import render
-from latentqa.decoder import unwrap_causal_lm
+from latentqa.decoder import lm_head_logits, unwrap_causal_lm
 from latentqa.errors import LatentQAError
 from latentqa.read import left_pad, pad_token_id, position_ids_for
 from latentqa.reader import stop_token_ids
@@ -36,13 +36,6 @@ def prompt_ids(
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def _lm_logits(causal_lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """The LM head (with Gemma-style soft capping) on ``[n, d_model]`` -> ``[n, vocab]``."""
-    logits = causal_lm.get_output_embeddings()(hidden).float()
-    cap = getattr(causal_lm.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 @torch.no_grad()
@@ -113,8 +106,9 @@ def continuation_logprobs(
     causal_lm = unwrap_causal_lm(model)
     results: list[tuple[float, int]] = []
     for start in range(0, len(heads), batch_size):
-        chunk = list(zip(heads[start : start + batch_size], tails[start : start + batch_size],
-                         strict=True))  # fmt: skip
+        chunk = list(
+            zip(heads[start : start + batch_size], tails[start : start + batch_size], strict=True)
+        )
         rows = [list(head) + list(tail) for head, tail in chunk]
         input_ids, attention = left_pad(rows, pad_token_id(tokenizer), _device(model))
         # The body runs with whatever adapters / hooks are active; the LM head runs only
@@ -133,7 +127,7 @@ def continuation_logprobs(
         targets = torch.cat(
             [input_ids[row, width - len(tail) :] for row, (_, tail) in enumerate(chunk)]
         )  # [n_scored], row-major like predicts
-        logits = _lm_logits(causal_lm, hidden[predicts])  # [n_scored, vocab]
+        logits = lm_head_logits(causal_lm, hidden[predicts]).float()  # [n_scored, vocab]
         picked = -F.cross_entropy(logits, targets, reduction="none")  # [n_scored]
         offset = 0
         for _, tail in chunk:
@@ -181,8 +175,9 @@ def text_logprobs(
     if not head:
         raise LatentQAError("the tokenizer has neither a BOS nor an EOS token to start a text")
     tails = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    return continuation_logprobs(model, tokenizer, [head] * len(texts), tails,
-                                 batch_size=batch_size)  # fmt: skip
+    return continuation_logprobs(
+        model, tokenizer, [head] * len(texts), tails, batch_size=batch_size
+    )
 
 
 def perplexity(scores: Sequence[tuple[float, int]]) -> float:

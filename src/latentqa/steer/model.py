@@ -8,30 +8,32 @@ steering adapter ``"steer"`` sits only on the chosen target layers (LoraConfig
 - the decoder pass runs with only ``"decoder"`` active (the decoder as trained);
 - the unsteered target is the base model, with every adapter disabled.
 
-peft's ``set_adapter`` also changes ``requires_grad`` (it makes the active adapter
-trainable and the others frozen), so :meth:`SteerableModel.use` re-applies this
-module's rule after every switch: only the steering adapter's weights require
-gradients, whichever adapter is active. A switch between the read pass and the
-decoder pass therefore keeps the steering weights in the autograd graph.
+Adapters are switched through the model's :class:`~latentqa.handle.TargetHandle`
+(``handle.use_adapter(name)``, ``handle.target()``). peft's ``set_adapter`` also
+changes ``requires_grad`` (it makes the active adapter trainable and the others
+frozen), so the handle re-applies this module's rule (``trainable="steer"``) after
+every switch: only the steering adapter's weights require gradients, whichever
+adapter is active. A switch between the read pass and the decoder pass therefore
+keeps the steering weights in the autograd graph.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from latentqa.decoder import DecoderSpec
+from latentqa.decoder import ADAPTER_FILES, DecoderSpec, first_line, load_decoder
 from latentqa.errors import LatentQAError
+from latentqa.handle import TargetHandle
 from latentqa.layers import check_layer_index, find_decoder_layers
 from latentqa.models import EMBEDDED_MODEL, load_model
-from latentqa.reader import ADAPTER_FILES, open_decoder_folder
 
 DECODER_ADAPTER = "decoder"
 STEER_ADAPTER = "steer"
@@ -52,11 +54,6 @@ def linear_module_names(model: nn.Module, layers_path: str | None = None) -> lis
         if isinstance(getattr(module, "base_layer", module), nn.Linear):
             names.add(parts[-1])
     return sorted(names)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 class SteerableModel:
@@ -81,17 +78,20 @@ class SteerableModel:
         target_name: str,
         layers_path: str | None = None,
     ) -> None:
-        self.model = model.eval()
+        # The handle applies the gradient rule now and after every adapter switch.
+        self.handle = TargetHandle.resolve(
+            model.eval(), tokenizer, layers_path, trainable=STEER_ADAPTER
+        )
+        self.model = model
         self.tokenizer = tokenizer
         self.spec = spec
         self.decoder_path = decoder_path
         self.target_name = target_name
         self.layers_path = layers_path
-        self.blocks = find_decoder_layers(model, layers_path)
-        self.n_layers = len(self.blocks)
-        self.device = next(model.parameters()).device
+        self.blocks = self.handle.blocks
+        self.n_layers = self.handle.n_layers
+        self.device = self.handle.device
         self.steer_layers: list[int] = []
-        self._freeze()
 
     @classmethod
     def load(
@@ -114,37 +114,29 @@ class SteerableModel:
             LatentQAError: Missing or malformed decoder folder, or a decoder trained on
                 another target.
         """
-        from peft import PeftModel
-
-        folder, spec = open_decoder_folder(str(target), decoder)
-        layers_path = spec.extra.get("train_config", {}).get("layers_path")
-        model, tokenizer = load_model(target, device=device, dtype=dtype)
-        spec.check_target(model, len(find_decoder_layers(model, layers_path)))
-        try:
-            peft_model = PeftModel.from_pretrained(
-                model, str(folder), adapter_name=DECODER_ADAPTER, is_trainable=False
-            )
-        except (OSError, ValueError, RuntimeError, KeyError) as error:
-            raise LatentQAError(
-                f"could not load the adapter in {folder}: {_first_line(error)}"
-            ) from error
+        handle, spec, folder = load_decoder(
+            target,
+            decoder,
+            device=device,
+            dtype=dtype,
+            adapter_name=DECODER_ADAPTER,
+            trainable=STEER_ADAPTER,
+        )
         return cls(
-            peft_model, tokenizer, spec, decoder_path=folder, target_name=str(target),
-            layers_path=layers_path,
-        )  # fmt: skip
+            handle.model,
+            handle.tokenizer,
+            spec,
+            decoder_path=folder,
+            target_name=str(target),
+            layers_path=handle.layers_path,
+        )
 
     # Adapters.
 
-    def _freeze(self) -> None:
-        """Only the steering adapter's weights require gradients (base and decoder never)."""
-        marker = f".{STEER_ADAPTER}."
-        for name, parameter in self.model.named_parameters():
-            parameter.requires_grad_(marker in name)
-
     def use(self, adapter: str) -> None:
-        """Make ``adapter`` the only active one, keeping the gradient rule of :meth:`_freeze`."""
-        self.model.set_adapter(adapter)
-        self._freeze()
+        """Make ``adapter`` the only active one until the next switch (see
+        :meth:`TargetHandle.activate`); only the steering weights require gradients."""
+        self.handle.activate(adapter)
 
     @property
     def has_steering(self) -> bool:
@@ -199,8 +191,8 @@ class SteerableModel:
         try:
             self.model.add_adapter(STEER_ADAPTER, config)
         except ValueError as error:
-            raise LatentQAError(f"cannot add the steering adapter: {_first_line(error)}") from None
-        self._freeze()
+            raise LatentQAError(f"cannot add the steering adapter: {first_line(error)}") from None
+        self.handle.apply_gradient_rule()
         for parameter in self.steering_parameters():
             parameter.data = parameter.data.float()
         self.steer_layers = chosen
@@ -213,7 +205,7 @@ class SteerableModel:
             self.use(DECODER_ADAPTER)
             self.model.delete_adapter(STEER_ADAPTER)
             self.steer_layers = []
-            self._freeze()
+            self.handle.apply_gradient_rule()
 
     def steering_parameters(self) -> list[nn.Parameter]:
         """The steering adapter's weights (the only trainable ones)."""
@@ -222,26 +214,22 @@ class SteerableModel:
 
     # Views of the one model.
 
-    @contextmanager
-    def steered(self) -> Iterator[nn.Module]:
-        """Context in which the model is the steered target (only ``"steer"`` active)."""
+    def steered(self) -> AbstractContextManager[nn.Module]:
+        """Context in which the model is the steered target (only ``"steer"`` active).
+
+        On exit the adapter active before is active again.
+        """
         if not self.has_steering:
             raise LatentQAError("no steering adapter: train one first")
-        self.use(STEER_ADAPTER)
-        yield self.model
+        return self.handle.use_adapter(STEER_ADAPTER)
 
-    @contextmanager
-    def unsteered(self) -> Iterator[nn.Module]:
+    def unsteered(self) -> AbstractContextManager[nn.Module]:
         """Context in which the model is the plain target (every adapter disabled).
 
-        On exit peft re-enables the active adapter and marks it trainable; the gradient
-        rule of :meth:`_freeze` is re-applied.
+        On exit peft re-enables the active adapter; the handle re-applies the gradient
+        rule (peft marks that adapter trainable again).
         """
-        try:
-            with self.model.disable_adapter():
-                yield self.model
-        finally:
-            self._freeze()
+        return self.handle.target()
 
     def save_steering(self, out: str | Path) -> Path:
         """Write the steering adapter as a plain peft folder (safetensors) into ``out``.
@@ -296,6 +284,6 @@ def load_steered(
         steered = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         raise LatentQAError(
-            f"could not load the adapter in {folder}: {_first_line(error)}"
+            f"could not load the adapter in {folder}: {first_line(error)}"
         ) from error
     return steered.eval(), tokenizer

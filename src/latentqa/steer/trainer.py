@@ -24,6 +24,7 @@ from latentqa.data.sources import load_user_prompts
 from latentqa.decoder import answer_token_loss, decoder_batch, decoder_inputs
 from latentqa.errors import LatentQAError
 from latentqa.layers import check_layer_index
+from latentqa.plots import line_chart
 from latentqa.preflight import check_layers, preflight_decoder
 from latentqa.read import pad_token_id, read_encoded
 from latentqa.reader import ADAPTER_FILES
@@ -31,7 +32,7 @@ from latentqa.steer.config import SteerConfig
 from latentqa.steer.control import QAPair, combine_controls
 from latentqa.steer.model import DECODER_ADAPTER, STEER_ADAPTER, SteerableModel
 from latentqa.train.order import example_order
-from latentqa.train.trainer import lr_lambda
+from latentqa.train.schedule import lr_lambda
 
 STEER_FILE = "steer.json"
 STEER_FORMAT = "latentqa-steer/1"
@@ -108,8 +109,13 @@ def steering_loss(
         group of all read layers, or one group per layer with ``per_layer_loss``.
     """
     steerable.use(STEER_ADAPTER)
-    spans = read_encoded(steerable.model, encoded, pad_token_id(steerable.tokenizer), read_layers,
-                         layers_path=steerable.layers_path)  # fmt: skip
+    spans = read_encoded(
+        steerable.model,
+        encoded,
+        pad_token_id(steerable.tokenizer),
+        read_layers,
+        layers_path=steerable.layers_path,
+    )
     # spans: per prompt [n_read_layers, span, d_model], differentiable w.r.t. the steer LoRA
     steerable.use(DECODER_ADAPTER)
     groups = (
@@ -126,8 +132,15 @@ def steering_loss(
         vectors = [decoder_inputs(span[group], spec) for span in spans]
         rows = [v for v in vectors for _ in pairs]
         batch, flat = decoder_batch(steerable.tokenizer, rows, questions, answers)
-        losses.append(answer_token_loss(steerable.model, batch.to(steerable.device), flat,
-                                        write_layer=spec.write_layer, mode=spec.mode))  # fmt: skip
+        loss = answer_token_loss(
+            steerable.model,
+            batch.to(steerable.device),
+            flat,
+            write_layer=spec.write_layer,
+            mode=spec.mode,
+            layers_path=steerable.layers_path,
+        )
+        losses.append(loss)
     stacked = torch.stack(losses)  # [n_groups]
     return stacked.mean(), [float(value) for value in stacked.detach()]
 
@@ -155,8 +168,13 @@ def train_steering(
         before training on the first batch.
     """
     read_layers = resolve_read_layers(steerable, config.read_layers)
-    layers = steerable.add_steering(config.layers, r=config.lora_r, alpha=config.lora_alpha,
-                                    targets=config.lora_targets, seed=config.seed)  # fmt: skip
+    layers = steerable.add_steering(
+        config.layers,
+        r=config.lora_r,
+        alpha=config.lora_alpha,
+        targets=config.lora_targets,
+        seed=config.seed,
+    )
     if min(layers) > max(read_layers):
         raise LatentQAError(
             f"steer layers {layers} all lie above the deepest read layer {max(read_layers)}: "
@@ -223,24 +241,16 @@ class SteerResult:
 
 def plot_steering(records: Sequence[dict], path: Path) -> None:
     """Loss curve PNG of a steering run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4), dpi=110)
-    steps = [r["step"] for r in records]
-    axis.plot(steps, [r["loss"] for r in records], "o-", ms=2, label="control loss")
-    for key in sorted({k for r in records for k in r if k.startswith("loss_layer_")}):
-        axis.plot(steps, [r.get(key) for r in records], lw=0.8, label=key.replace("_", " "))
-    axis.set_xlabel("optimizer step")
-    axis.set_ylabel("decoder answer loss (nats/token)")
-    axis.set_title("Steering with the decoder's loss")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    with line_chart(
+        path,
+        xlabel="optimizer step",
+        ylabel="decoder answer loss (nats/token)",
+        title="Steering with the decoder's loss",
+    ) as axis:
+        steps = [r["step"] for r in records]
+        axis.plot(steps, [r["loss"] for r in records], "o-", ms=2, label="control loss")
+        for key in sorted({k for r in records for k in r if k.startswith("loss_layer_")}):
+            axis.plot(steps, [r.get(key) for r in records], lw=0.8, label=key.replace("_", " "))
 
 
 def steer(
@@ -273,11 +283,17 @@ def steer(
     prompts = load_prompts(config.prompts, config.max_prompts, config.seed)
     if steerable is None:
         # Layers and the decoder folder are checked before the load, from latentqa.json.
-        spec = preflight_decoder(config.target, config.decoder, layers=config.read_layers,
-                                 device=config.device, dtype=config.dtype)  # fmt: skip
+        spec = preflight_decoder(
+            config.target,
+            config.decoder,
+            layers=config.read_layers,
+            device=config.device,
+            dtype=config.dtype,
+        )
         check_layers(config.layers, spec.n_layers, "steer layer")
-        steerable = SteerableModel.load(config.target, config.decoder, device=config.device,
-                                        dtype=config.dtype)  # fmt: skip
+        steerable = SteerableModel.load(
+            config.target, config.decoder, device=config.device, dtype=config.dtype
+        )
     records = train_steering(steerable, control, prompts, config, progress=progress)
     steerable.save_steering(out)
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

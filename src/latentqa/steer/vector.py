@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from latentqa.chat import Message
 from latentqa.errors import LatentQAError
-from latentqa.layers import check_layer_index, find_decoder_layers
+from latentqa.layers import block_output_hook, find_decoder_layers
 from latentqa.read import read_activations
 
 T = TypeVar("T")
@@ -46,8 +46,9 @@ def mean_activation(
     total, count = None, 0
     for start in range(0, len(dialogs), batch_size):
         chunk = dialogs[start : start + batch_size]
-        spans = read_activations(model, tokenizer, chunk, [layer], n_masked=n_masked,
-                                 layers_path=layers_path)  # fmt: skip
+        spans = read_activations(
+            model, tokenizer, chunk, [layer], n_masked=n_masked, layers_path=layers_path
+        )
         for span in spans:  # [1, span, d_model]
             summed = span[0].float().sum(0)  # [d_model]
             total = summed if total is None else total + summed
@@ -86,20 +87,15 @@ def add_vector(
     Applies to every forward pass inside the context (prompt and KV-cached decoding
     steps); the hook is removed on exit, also on error.
     """
-    blocks = find_decoder_layers(model, layers_path)
-    block = blocks[check_layer_index(layer, len(blocks), "vector layer")]
     shift = coefficient * vector  # [d_model]
 
-    def hook(_module: nn.Module, _args: object, output: object) -> object:
-        hidden = output[0] if isinstance(output, tuple) else output  # [batch, seq, d_model]
-        new = hidden + shift.to(device=hidden.device, dtype=hidden.dtype)
-        return (new, *output[1:]) if isinstance(output, tuple) else new
+    def add(_index: int, hidden: torch.Tensor) -> torch.Tensor:
+        # hidden [batch, seq, d_model]; the shift broadcasts over batch and positions
+        return hidden + shift.to(device=hidden.device, dtype=hidden.dtype)
 
-    handle = block.register_forward_hook(hook)
-    try:
+    blocks = find_decoder_layers(model, layers_path)
+    with block_output_hook(blocks, layer, add, what="vector layer"):
         yield
-    finally:
-        handle.remove()
 
 
 def tune_setting(

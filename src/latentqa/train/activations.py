@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from latentqa.chat import EncodedDialog
 from latentqa.decoder import flatten_reads, standardizer
 from latentqa.errors import LatentQAError
-from latentqa.read import read_encoded
+from latentqa.handle import TargetHandle
+from latentqa.read import pad_token_id, read_encoded
 
 
 def weights_fingerprint(target: str) -> str:
@@ -63,6 +64,9 @@ class ActivationSource:
         layers_path: Optional override for the decoder block search.
         pool: ``none`` or ``mean`` (see :func:`latentqa.decoder.flatten_reads`).
 
+    :meth:`from_handle` builds one from a :class:`~latentqa.handle.TargetHandle`, whose
+    ``target()`` is the one way to switch the decoder's adapters off.
+
     Set :attr:`scale` (see :func:`latentqa.decoder.standardizer`) to standardize the
     vectors; :meth:`compute` applies it, so the cache holds standardized vectors.
     """
@@ -90,6 +94,28 @@ class ActivationSource:
         self.scale: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._scale_key: list[float] = []
         self._cache: dict[int, torch.Tensor] | None = None
+
+    @classmethod
+    def from_handle(
+        cls,
+        handle: TargetHandle,
+        dialogs: Sequence[EncodedDialog],
+        read_layers: Sequence[int],
+        max_read_tokens: int,
+        *,
+        pool: str = "none",
+    ) -> ActivationSource:
+        """A source reading ``handle``'s plain target, with its ``layers_path`` and pad id."""
+        return cls(
+            handle.model,
+            dialogs,
+            pad_token_id(handle.tokenizer),
+            read_layers,
+            max_read_tokens,
+            target_context=handle.target,
+            layers_path=handle.layers_path,
+            pool=pool,
+        )
 
     @torch.no_grad()
     def compute(self, indices: Sequence[int]) -> list[torch.Tensor]:
@@ -128,8 +154,14 @@ class ActivationSource:
         its config was loaded from), the read options, the dtype and every dialog.
         """
         digest = hashlib.sha256()
-        meta = [target_name, self.read_layers, self.max_read_tokens, self.layers_path, self.pool,
-                self._scale_key]  # fmt: skip
+        meta = [
+            target_name,
+            self.read_layers,
+            self.max_read_tokens,
+            self.layers_path,
+            self.pool,
+            self._scale_key,
+        ]
         meta.append(str(next(self.target.parameters()).dtype))
         meta.append(weights_fingerprint(target_name))
         meta.append(getattr(getattr(self.target, "config", None), "_commit_hash", None))

@@ -32,8 +32,7 @@ STATE_FILE = "optimizer.pt"
 TRAINER_FILE = "trainer_state.json"
 LATEST = "latest"
 _STEP = re.compile(r"step-\d{7,}")
-_UNREADABLE = (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError,
-               SafetensorError)  # fmt: skip
+_UNREADABLE = (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError)
 """What reading a damaged or truncated checkpoint file raises (JSON and UTF-8 errors
 are ValueErrors)."""
 
@@ -200,3 +199,30 @@ def restore_rng(checkpoint: Checkpoint) -> None:
         torch.cuda.set_rng_state_all(checkpoint.tensors["cuda_rng"])
     version, internal, gauss = checkpoint.python_rng
     random.setstate((version, tuple(internal), gauss))
+
+
+def resume_from(checkpoint: Checkpoint, decoder: Any, optimizer: Any, scheduler: Any) -> int:
+    """Load the adapter, optimizer, schedule and random state; return the step count.
+
+    Args:
+        checkpoint: The checkpoint to continue from.
+        decoder: The peft model whose adapter is restored.
+        optimizer: The run's optimizer (before accelerate prepares it).
+        scheduler: The run's learning-rate scheduler.
+
+    Raises:
+        LatentQAError: The checkpoint does not fit this run (other shapes or options).
+    """
+    from peft.utils import set_peft_model_state_dict
+
+    try:
+        set_peft_model_state_dict(decoder, checkpoint.adapter)
+        optimizer.load_state_dict(checkpoint.tensors["optimizer"])
+        scheduler.load_state_dict(checkpoint.tensors["scheduler"])
+        restore_rng(checkpoint)
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        why = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+        raise LatentQAError(
+            f"checkpoint {checkpoint.path} does not fit this run ({why}); start over with --force"
+        ) from None
+    return checkpoint.state.step

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from latentqa.configs import require_int, require_number
+from latentqa.embedded import EMBEDDED_MODEL
 from latentqa.errors import LatentQAError
 
 
@@ -18,7 +19,7 @@ class TrainConfig:
     build` (with train/ and heldout/ inside) uses its train/ split."""
     out: str
     """Output folder: adapter, latentqa.json, metrics.jsonl, loss.png, checkpoints/."""
-    target: str = "smollm2-135m"
+    target: str = EMBEDDED_MODEL
     """Target model: smollm2-135m (embedded), a local transformers folder, a .gguf file
     or a hub id. The decoder is a LoRA copy of it."""
     extra_data: list[str] | None = None
@@ -122,9 +123,16 @@ class TrainConfig:
             if not str(getattr(self, name)).strip():
                 raise LatentQAError(f"{name} must not be empty: set {name} to a folder")
         positive = (
-            "lora_r", "lora_alpha", "batch_size", "grad_accum", "share_reads", "max_read_tokens",
-            "eval_examples", "task_examples", "keep_checkpoints",
-        )  # fmt: skip
+            "lora_r",
+            "lora_alpha",
+            "batch_size",
+            "grad_accum",
+            "share_reads",
+            "max_read_tokens",
+            "eval_examples",
+            "task_examples",
+            "keep_checkpoints",
+        )
         for name in positive:
             require_int(name, getattr(self, name), 1)
         for name in ("warmup_steps", "eval_every", "save_every"):

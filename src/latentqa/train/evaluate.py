@@ -1,8 +1,7 @@
 """Held-out answer loss with the real, zeroed and shuffled activations.
 
 The gap between them is the evidence that the decoder reads the activations
-rather than answering from the question alone: with zeroed vectors it sees
-nothing, with shuffled ones it sees another behaviour's activations.
+rather than answering from the question alone (see :mod:`latentqa.conditions`).
 """
 
 from __future__ import annotations
@@ -14,11 +13,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from latentqa.conditions import CONDITIONS, activation_conditions
 from latentqa.decoder import answer_token_loss, decoder_batch
 from latentqa.patch import PatchMode
 from latentqa.train.activations import ActivationSource
-
-CONDITIONS = ("real", "zeroed", "shuffled")
 
 
 @dataclass(frozen=True)
@@ -34,7 +32,11 @@ class EvalItem:
 
 
 def shuffled_partners(items: Sequence[EvalItem], seed: int) -> list[int]:
-    """For each item, the index of an item with a different label (fixed seed)."""
+    """For each item, the index of an item with a different label (fixed seed).
+
+    Training keeps this draw rather than :func:`latentqa.conditions.other_label_picks`
+    so that the shuffled losses of runs stay comparable across versions.
+    """
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(items), generator=generator).tolist()
     partners = [0] * len(items)
@@ -61,6 +63,7 @@ def evaluate_losses(
     mode: PatchMode,
     batch_size: int,
     seed: int,
+    layers_path: str | None = None,
 ) -> dict[str, float]:
     """Mean answer loss (nats/token) per condition over ``items``, overall and per task.
 
@@ -76,13 +79,10 @@ def evaluate_losses(
     for start in range(0, len(items), batch_size):
         chunk = list(range(start, min(start + batch_size, len(items))))
         batch_items = [items[i] for i in chunk]
-        real = source.get([item.dialog for item in batch_items])
-        shuffled = source.get([items[partners[i]].dialog for i in chunk])
-        vectors = {
-            "real": real,
-            "zeroed": [torch.zeros_like(v) for v in real],
-            "shuffled": shuffled,
-        }
+        vectors = activation_conditions(
+            source.get([item.dialog for item in batch_items]),
+            shuffled=source.get([items[partners[i]].dialog for i in chunk]),
+        )
         for condition in CONDITIONS:
             batch, flat = decoder_batch(
                 tokenizer,
@@ -98,6 +98,7 @@ def evaluate_losses(
                 write_layer=write_layer,
                 mode=mode,
                 reduction="none",
+                layers_path=layers_path,
             )
             totals[condition, None][0] += float(sums[:, 0].sum())
             totals[condition, None][1] += float(sums[:, 1].sum())

@@ -11,13 +11,14 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from latentqa.chat import EncodedDialog, encode_dialog
+from latentqa.chat import EncodedDialog, encode_dialog, subject_span
 from latentqa.configs import config_to_dict
 from latentqa.data.format import LatentQADataset, load_latentqa
-from latentqa.data.relations import subject_span
+from latentqa.decoder import fit_standardizer
 from latentqa.errors import LatentQAError
 from latentqa.layers import check_layer_index, find_decoder_layers
 from latentqa.questions import RECONSTRUCT_QUESTION
+from latentqa.train.activations import ActivationSource
 from latentqa.train.config import TrainConfig
 from latentqa.train.evaluate import EvalItem
 from latentqa.train.tasks import (
@@ -31,10 +32,26 @@ from latentqa.train.tasks import (
 
 # Options whose change makes a checkpoint meaningless to resume from.
 _FINGERPRINT_KEYS = (
-    "data", "target", "kinds", "read_layers", "write_layer", "mode", "max_read_tokens",
-    "lora_r", "lora_alpha", "lora_targets", "batch_size", "grad_accum", "seed", "max_examples",
-    "extra_data", "task_mix", "task_examples", "read_pool", "standardize",
-)  # fmt: skip
+    "data",
+    "target",
+    "kinds",
+    "read_layers",
+    "write_layer",
+    "mode",
+    "max_read_tokens",
+    "lora_r",
+    "lora_alpha",
+    "lora_targets",
+    "batch_size",
+    "grad_accum",
+    "seed",
+    "max_examples",
+    "extra_data",
+    "task_mix",
+    "task_examples",
+    "read_pool",
+    "standardize",
+)
 
 
 def data_folders(config: TrainConfig) -> tuple[Path, Path | None]:
@@ -199,10 +216,11 @@ def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
         dialogs += sampler.context_dialogs
         labels = {f.dialog: f.label for f in held_facts}
         eval_items = [
-            EvalItem(e.dialog, labels.get(e.dialog, f"text-{e.dialog}"), e.question, e.answer,
-                     e.task)
+            EvalItem(
+                e.dialog, labels.get(e.dialog, f"text-{e.dialog}"), e.question, e.answer, e.task
+            )
             for e in held
-        ]  # fmt: skip
+        ]
         n_eval_labels = len(eval_set.labels)
     counts: dict[str, int] = {}
     for example in train:
@@ -255,3 +273,22 @@ def add_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
 
 def n_decoder_layers(model: nn.Module, layers_path: str | None) -> int:
     return len(find_decoder_layers(model, layers_path))
+
+
+def fit_vector_standardizer(
+    source: ActivationSource, data: PreparedData, config: TrainConfig, limit: int = 512
+) -> tuple[list[float], list[float]]:
+    """Mean and std of the raw vectors of up to ``limit`` training dialogs (seeded sample).
+
+    ``source`` standardizes with them from then on. Deterministic, so a resumed run
+    refits the same values.
+    """
+    dialogs = sorted({d for d, _, _ in data.train})
+    generator = torch.Generator().manual_seed(config.seed)
+    pick = [dialogs[i] for i in torch.randperm(len(dialogs), generator=generator)[:limit]]
+    raw: list[torch.Tensor] = []
+    for start in range(0, len(pick), 16):
+        raw += source.compute(pick[start : start + 16])
+    mean, std = fit_standardizer(raw)
+    source.standardize(mean, std)
+    return mean, std

@@ -18,7 +18,10 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from latentqa.configs import config_to_dict
+from latentqa.decoder import SPEC_FILE, DecoderSpec
 from latentqa.errors import LatentQAError
 from latentqa.outdir import is_empty, replace_entry
 from latentqa.train.checkpoint import (
@@ -28,6 +31,10 @@ from latentqa.train.checkpoint import (
     load_checkpoint,
     remove_stale_temps,
 )
+
+if TYPE_CHECKING:
+    from latentqa.train.config import TrainConfig
+    from latentqa.train.prepare import PreparedData
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -176,3 +183,55 @@ def write_atomically(out: Path, write: Callable[[Path], None], last: str) -> Non
             replace_entry(entry, out / entry.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_decoder(
+    decoder: Any,
+    config: TrainConfig,
+    read_layers: list[int],
+    n_layers: int,
+    data: PreparedData,
+    metrics: dict[str, float],
+    stats: tuple[list[float], list[float]] | None = None,
+) -> None:
+    """Save the adapter (safetensors) and latentqa.json into ``config.out``.
+
+    Each file is replaced whole (see :func:`write_atomically`).
+
+    Args:
+        decoder: The trained peft model.
+        config: The run's options (recorded in latentqa.json).
+        read_layers: The target blocks read.
+        n_layers: The target's number of blocks.
+        data: The prepared data (its counts are recorded).
+        metrics: The final held-out losses.
+        stats: Standardization mean and std, if the run standardized.
+    """
+    hidden = decoder.get_base_model().config.hidden_size
+    spec = DecoderSpec(
+        target=config.target,
+        read_layers=read_layers,
+        write_layer=config.write_layer,
+        mode=config.mode,
+        max_read_tokens=config.max_read_tokens,
+        pool=config.read_pool,
+        vector_mean=stats[0] if stats else None,
+        vector_std=stats[1] if stats else None,
+        hidden_size=hidden,
+        n_layers=n_layers,
+        extra={
+            "train_config": config_to_dict(config),
+            "n_train_examples": len(data.train),
+            "n_train_labels": data.n_train_labels,
+            "task_counts": data.task_counts,
+            "n_dropped_lookalikes": data.n_dropped_lookalikes,
+            "n_eval_labels": data.n_eval_labels,
+            "final_metrics": metrics,
+        },
+    )
+
+    def write(folder: Path) -> None:
+        decoder.save_pretrained(folder, safe_serialization=True)
+        spec.save(folder)
+
+    write_atomically(Path(config.out), write, last=SPEC_FILE)

@@ -17,20 +17,13 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from latentqa.configs import config_to_dict
-from latentqa.decoder import (
-    SPEC_FILE,
-    DecoderSpec,
-    answer_token_loss,
-    decoder_batch,
-    fit_standardizer,
-)
-from latentqa.errors import LatentQAError
+from latentqa.decoder import answer_token_loss, decoder_batch
 from latentqa.layers import check_layer_index
 from latentqa.layout import DecoderBatch
 from latentqa.models import load_model, resolve_device, resolve_dtype
@@ -43,7 +36,7 @@ from latentqa.shared_prefix import (
     shared_decoder_batch,
 )
 from latentqa.train.activations import ActivationSource
-from latentqa.train.checkpoint import TrainerState, restore_rng, save_checkpoint
+from latentqa.train.checkpoint import TrainerState, resume_from, save_checkpoint
 from latentqa.train.config import TrainConfig
 from latentqa.train.evaluate import evaluate_losses
 from latentqa.train.order import example_lengths, example_order
@@ -53,6 +46,7 @@ from latentqa.train.prepare import (
     add_lora,
     auto_dtype,
     config_fingerprint,
+    fit_vector_standardizer,
     n_decoder_layers,
     prepare_data,
     resolve_read_layers,
@@ -62,22 +56,33 @@ from latentqa.train.run_folder import (
     check_flags,
     open_run,
     start_writing,
-    write_atomically,
+    write_decoder,
 )
+from latentqa.train.schedule import lr_lambda
 
 
 class LITObjective(nn.Module):
     """The decoder's answer loss as a module, so DDP/FSDP see one forward per step."""
 
-    def __init__(self, decoder: nn.Module, write_layer: int, mode: str) -> None:
+    def __init__(
+        self, decoder: nn.Module, write_layer: int, mode: str, layers_path: str | None = None
+    ) -> None:
         super().__init__()
         self.decoder = decoder
         self.write_layer = write_layer
         self.mode = mode
+        self.layers_path = layers_path  # the block list the vectors were read from
 
     def forward(self, batch: DecoderBatch | SharedBatch, vectors: torch.Tensor) -> torch.Tensor:
         loss = shared_answer_loss if isinstance(batch, SharedBatch) else answer_token_loss
-        return loss(self.decoder, batch, vectors, write_layer=self.write_layer, mode=self.mode)
+        return loss(
+            self.decoder,
+            batch,
+            vectors,
+            write_layer=self.write_layer,
+            mode=self.mode,
+            layers_path=self.layers_path,
+        )
 
 
 def lit_inputs(
@@ -106,18 +111,6 @@ def lit_inputs(
     return batch, flat, batch.n_example_tokens
 
 
-def lr_lambda(warmup: int, total: int, min_ratio: float):
-    """Linear warmup to 1, then cosine down to ``min_ratio``, per optimizer step."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
 @dataclass
 class TrainResult:
     """Where the decoder went and its last evaluation."""
@@ -130,6 +123,47 @@ class TrainResult:
     """Held-out losses at the end (empty without held-out data)."""
     decoder: nn.Module
     """The trained decoder (peft model), ready to use in this process."""
+
+
+@dataclass
+class _Run:
+    """What a run holds between optimizer steps (built by :func:`_start`)."""
+
+    config: TrainConfig
+    fingerprint: str
+    accelerator: Any
+    device: torch.device
+    tokenizer: Any
+    decoder: Any
+    """The peft model: the target with the LoRA adapter, which reads with it disabled."""
+    source: ActivationSource
+    data: PreparedData
+    read_layers: list[int]
+    n_layers: int
+    stats: tuple[list[float], list[float]] | None
+    """Standardization mean and std (``--standardize``), else ``None``."""
+    trainable: list[nn.Parameter]
+    optimizer: Any
+    """Prepared by accelerate (DDP-aware) after the checkpoint is restored."""
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    objective: nn.Module
+    total_steps: int
+    step: int
+    """Optimizer steps completed (restored from the checkpoint on resume)."""
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def log(self, record: dict) -> None:
+        """Append one line to ``metrics.jsonl`` (main process only)."""
+        if self.main:
+            with (self.out / "metrics.jsonl").open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
 
 
 def train(
@@ -148,13 +182,46 @@ def train(
         LatentQAError: Bad options or inputs, or an output folder that is not this
             run's to write (checked before the model loads).
     """
+    run = _start(config, resume=resume, force=force, progress=progress)
+    bar = tqdm(
+        total=run.total_steps, initial=run.step, desc="LIT", disable=not (progress and run.main)
+    )
+    run.decoder.train()
+    last_eval: dict[str, float] = {}
+    # Computed once: the example order needs them at every step.
+    lengths = example_lengths(
+        run.data, config.max_read_tokens, len(run.read_layers), config.read_pool
+    )
+    dialogs = [dialog for dialog, _, _ in run.data.train]
+    while run.step < run.total_steps:
+        record = _step(run, lengths, dialogs)
+        run.log(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
+        before_end = run.step < run.total_steps
+        if config.eval_every and run.step % config.eval_every == 0 and before_end:
+            last_eval = _evaluate(run)
+            run.log({"step": run.step, "kind": "eval", **last_eval})
+        if config.save_every and run.step % config.save_every == 0 and before_end and run.main:
+            _save_checkpoint(run)
+        run.accelerator.wait_for_everyone()
+    bar.close()
+    last_eval = _evaluate(run)
+    if last_eval:
+        run.log({"step": run.step, "kind": "eval", **last_eval})
+    if run.main:
+        _save_final(run, last_eval)
+    run.accelerator.wait_for_everyone()
+    return TrainResult(run.out, run.step, last_eval, run.decoder)
+
+
+def _start(config: TrainConfig, *, resume: bool, force: bool, progress: bool) -> _Run:
+    """Check the options and the folder, load the model and data, and resume if asked."""
     from accelerate import Accelerator
-    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
     check_flags(resume=resume, force=force)
     preflight_train(config, resume=resume)  # bad paths, layers, numbers: before the load
     out = Path(config.out)
-    checkpoints = out / CHECKPOINTS
     fingerprint = config_fingerprint(config)
     checkpoint = open_run(out, fingerprint, resume=resume, force=force)
     device = resolve_device(config.device)
@@ -180,7 +247,7 @@ def train(
         layers_path=config.layers_path,
         pool=config.read_pool,
     )
-    stats = _fit_standardizer(source, data, config) if config.standardize else None
+    stats = fit_vector_standardizer(source, data, config) if config.standardize else None
     if config.cache_activations:
         cache = Path(config.cache_dir or out / "activation-cache")
         path = cache / f"{source.fingerprint(config.target)}.safetensors"
@@ -194,169 +261,121 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(config.warmup_steps, total_steps, config.min_lr_ratio)
     )
-    step = 0
-    if checkpoint is not None:
-        try:
-            set_peft_model_state_dict(decoder, checkpoint.adapter)
-            optimizer.load_state_dict(checkpoint.tensors["optimizer"])
-            scheduler.load_state_dict(checkpoint.tensors["scheduler"])
-            restore_rng(checkpoint)
-        except (RuntimeError, ValueError, KeyError, TypeError) as error:
-            why = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
-            raise LatentQAError(
-                f"checkpoint {checkpoint.path} does not fit this run ({why}); "
-                "start over with --force"
-            ) from None
-        step = checkpoint.state.step
+    step = resume_from(checkpoint, decoder, optimizer, scheduler) if checkpoint is not None else 0
     objective, optimizer = accelerator.prepare(
-        LITObjective(decoder, config.write_layer, config.mode), optimizer
+        LITObjective(decoder, config.write_layer, config.mode, config.layers_path), optimizer
     )
-    main = accelerator.is_main_process
-    metrics_path = out / "metrics.jsonl"
-    if main:
+    if accelerator.is_main_process:
         start_writing(out, resume_step=step if checkpoint is not None else None, force=force)
+    return _Run(
+        config=config,
+        fingerprint=fingerprint,
+        accelerator=accelerator,
+        device=device,
+        tokenizer=tokenizer,
+        decoder=decoder,
+        source=source,
+        data=data,
+        read_layers=read_layers,
+        n_layers=n_layers,
+        stats=stats,
+        trainable=trainable,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        objective=objective,
+        total_steps=total_steps,
+        step=step,
+    )
 
-    def log(record: dict) -> None:
-        if main:
-            with metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
 
-    def evaluate() -> dict[str, float]:
-        if not data.eval_items:
-            return {}
-        return evaluate_losses(
-            decoder,
-            tokenizer,
-            source,
-            data.eval_items,
-            write_layer=config.write_layer,
-            mode=config.mode,
-            batch_size=config.batch_size,
-            seed=config.seed,
-        )
-
+def _step(run: _Run, lengths: Sequence[int], dialogs: Sequence[int]) -> dict:
+    """One optimizer step over ``grad_accum`` micro-batches; returns its metrics record."""
+    config, accelerator = run.config, run.accelerator
     rank, world = accelerator.process_index, accelerator.num_processes
     global_batch = config.batch_size * world
-    lengths = example_lengths(data, config.max_read_tokens, len(read_layers), config.read_pool)
-    dialogs = [dialog for dialog, _, _ in data.train]
-    bar = tqdm(total=total_steps, initial=step, desc="LIT", disable=not (progress and main))
-    decoder.train()
-    last_eval: dict[str, float] = {}
-    while step < total_steps:
-        started, tokens, loss_sum = time.perf_counter(), 0, 0.0
-        for micro in range(config.grad_accum):
-            first = (step * config.grad_accum + micro) * global_batch + rank * config.batch_size
-            picks = example_order(
-                len(data.train),
-                config.seed,
-                range(first, first + config.batch_size),
-                lengths,
-                global_batch,
-                dialogs,
-                config.share_reads,
-            )
-            examples = [data.train[i] for i in picks]
-            batch, flat, n_tokens = lit_inputs(tokenizer, source, examples, config.share_reads)
-            batch = batch.to(flat.device)
-            sync = micro == config.grad_accum - 1
-            with nullcontext() if sync else accelerator.no_sync(objective), cpu_attention(device):
-                loss = objective(batch, flat) / config.grad_accum
-                accelerator.backward(loss)
-            loss_sum += float(loss.detach())
-            tokens += n_tokens * world
-        if config.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        elapsed = time.perf_counter() - started
-        lr = scheduler.get_last_lr()[0]
-        log(
-            {
-                "step": step,
-                "kind": "train",
-                "loss": loss_sum,
-                "lr": lr,
-                "tokens_per_s": tokens / elapsed,
-                "examples_per_s": global_batch * config.grad_accum / elapsed,
-            }
+    started, tokens, loss_sum = time.perf_counter(), 0, 0.0
+    for micro in range(config.grad_accum):
+        first = (run.step * config.grad_accum + micro) * global_batch + rank * config.batch_size
+        picks = example_order(
+            len(run.data.train),
+            config.seed,
+            range(first, first + config.batch_size),
+            lengths,
+            global_batch,
+            dialogs,
+            config.share_reads,
         )
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}")
-        if config.eval_every and step % config.eval_every == 0 and step < total_steps:
-            last_eval = evaluate()
-            log({"step": step, "kind": "eval", **last_eval})
-        if config.save_every and step % config.save_every == 0 and step < total_steps and main:
-            adapter = get_peft_model_state_dict(decoder)
-            state = TrainerState(step, fingerprint)
-            save_checkpoint(
-                checkpoints, state, adapter, optimizer, scheduler, config.keep_checkpoints
-            )
-        accelerator.wait_for_everyone()
-    bar.close()
-    last_eval = evaluate()
-    if last_eval:
-        log({"step": step, "kind": "eval", **last_eval})
-    if main:
-        _write_decoder(decoder, tokenizer, config, read_layers, n_layers, data, last_eval, stats)
-        adapter = get_peft_model_state_dict(decoder)
-        save_checkpoint(
-            checkpoints, TrainerState(step, fingerprint), adapter, optimizer, scheduler,
-            config.keep_checkpoints,
-        )  # fmt: skip
-        plot_losses(metrics_path, out / "loss.png")
-    accelerator.wait_for_everyone()
-    return TrainResult(out, step, last_eval, decoder)
+        examples = [run.data.train[i] for i in picks]
+        batch, flat, n_tokens = lit_inputs(run.tokenizer, run.source, examples, config.share_reads)
+        batch = batch.to(flat.device)
+        sync = micro == config.grad_accum - 1
+        # Gradients are all-reduced once per optimizer step, on its last micro-batch.
+        no_sync = nullcontext() if sync else accelerator.no_sync(run.objective)
+        with no_sync, cpu_attention(run.device):
+            loss = run.objective(batch, flat) / config.grad_accum
+            accelerator.backward(loss)
+        loss_sum += float(loss.detach())
+        tokens += n_tokens * world
+    if config.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(run.trainable, config.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    elapsed = time.perf_counter() - started
+    return {
+        "step": run.step,
+        "kind": "train",
+        "loss": loss_sum,
+        "lr": run.scheduler.get_last_lr()[0],
+        "tokens_per_s": tokens / elapsed,
+        "examples_per_s": global_batch * config.grad_accum / elapsed,
+    }
 
 
-def _fit_standardizer(
-    source: ActivationSource, data: PreparedData, config: TrainConfig, limit: int = 512
-) -> tuple[list[float], list[float]]:
-    """Statistics of the raw vectors of up to ``limit`` training dialogs (seeded sample);
-    ``source`` standardizes with them from then on. Deterministic, so a resumed run
-    refits the same values."""
-    dialogs = sorted({d for d, _, _ in data.train})
-    generator = torch.Generator().manual_seed(config.seed)
-    pick = [dialogs[i] for i in torch.randperm(len(dialogs), generator=generator)[:limit]]
-    raw: list[torch.Tensor] = []
-    for start in range(0, len(pick), 16):
-        raw += source.compute(pick[start : start + 16])
-    mean, std = fit_standardizer(raw)
-    source.standardize(mean, std)
-    return mean, std
-
-
-def _write_decoder(
-    decoder, tokenizer, config, read_layers, n_layers, data, metrics, stats=None
-) -> None:
-    """Save the adapter (safetensors) and latentqa.json into the output folder, each
-    file replaced whole (see :func:`latentqa.train.run_folder.write_atomically`)."""
-    hidden = decoder.get_base_model().config.hidden_size
-    spec = DecoderSpec(
-        target=config.target,
-        read_layers=read_layers,
-        write_layer=config.write_layer,
-        mode=config.mode,
-        max_read_tokens=config.max_read_tokens,
-        pool=config.read_pool,
-        vector_mean=stats[0] if stats else None,
-        vector_std=stats[1] if stats else None,
-        hidden_size=hidden,
-        n_layers=n_layers,
-        extra={
-            "train_config": config_to_dict(config),
-            "n_train_examples": len(data.train),
-            "n_train_labels": data.n_train_labels,
-            "task_counts": data.task_counts,
-            "n_dropped_lookalikes": data.n_dropped_lookalikes,
-            "n_eval_labels": data.n_eval_labels,
-            "final_metrics": metrics,
-        },
+def _evaluate(run: _Run) -> dict[str, float]:
+    """Held-out losses with real, zeroed and shuffled activations (empty without data)."""
+    if not run.data.eval_items:
+        return {}
+    return evaluate_losses(
+        run.decoder,
+        run.tokenizer,
+        run.source,
+        run.data.eval_items,
+        write_layer=run.config.write_layer,
+        mode=run.config.mode,
+        batch_size=run.config.batch_size,
+        seed=run.config.seed,
+        layers_path=run.config.layers_path,
     )
 
-    def write(folder: Path) -> None:
-        decoder.save_pretrained(folder, safe_serialization=True)
-        spec.save(folder)
 
-    write_atomically(Path(config.out), write, last=SPEC_FILE)
+def _save_checkpoint(run: _Run) -> None:
+    """Write a checkpoint of the current step (main process only)."""
+    from peft.utils import get_peft_model_state_dict
+
+    adapter = get_peft_model_state_dict(run.decoder)
+    state = TrainerState(run.step, run.fingerprint)
+    save_checkpoint(
+        run.out / CHECKPOINTS,
+        state,
+        adapter,
+        run.optimizer,
+        run.scheduler,
+        run.config.keep_checkpoints,
+    )
+
+
+def _save_final(run: _Run, metrics: dict[str, float]) -> None:
+    """The decoder folder, a last checkpoint and the loss plot (main process only)."""
+    write_decoder(
+        run.decoder,
+        run.config,
+        run.read_layers,
+        run.n_layers,
+        run.data,
+        metrics,
+        run.stats,
+    )
+    _save_checkpoint(run)
+    plot_losses(run.out / "metrics.jsonl", run.out / "loss.png")

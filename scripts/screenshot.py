@@ -1,4 +1,4 @@
-"""Take the README screenshot of the page: ``python -m latentqa.server.screenshot``.
+"""Take the README screenshot of the page: ``python scripts/screenshot.py``.
 
 Serves the page on a free loopback port, opens it in headless Chromium (the system
 browser, e.g. Debian's ``chromium`` package, driven by Playwright's Python client;
@@ -14,9 +14,15 @@ from pathlib import Path
 from typing import Any
 
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 """Flags for a sandbox-free, offline, quiet headless Chromium."""
 
 
@@ -64,8 +70,9 @@ def capture(
     if binary is None:
         raise RuntimeError("Chromium not found (apt-get install chromium)")
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=binary, headless=True,
-                                              args=CHROMIUM_ARGS)  # fmt: skip
+        launched = playwright.chromium.launch(
+            executable_path=binary, headless=True, args=CHROMIUM_ARGS
+        )
         try:
             _shoot(launched, url, out, max_new_tokens, width, timeout_s)
         finally:
@@ -93,8 +100,9 @@ def _shoot(browser: Any, url: str, out: Path, tokens: int, width: int, timeout_s
 
 def main(argv: list[str] | None = None) -> int:
     """Serve a reader (default: the shipped decoder on the embedded model) and capture it."""
-    parser = argparse.ArgumentParser(prog="python -m latentqa.server.screenshot",
-                                     description=__doc__.splitlines()[0])  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python scripts/screenshot.py", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", default="docs/screenshot.png", help="PNG to write")
     parser.add_argument("--target", default="smollm2-135m", help="target model spec")
     parser.add_argument("--decoder", default=None, help="decoder folder (default: shipped)")

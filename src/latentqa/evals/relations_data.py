@@ -1,0 +1,110 @@
+"""Items of the relations evaluation (from ``facts.json``) and their scoring."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from latentqa.data.relations_facts import RELATIONS, Fact, exact_match, fuzzy_match
+from latentqa.errors import LatentQAError
+
+
+@dataclass(frozen=True)
+class RelationItem:
+    """One fact about one subject, read from the subject's tokens in ``sentence``."""
+
+    fact: Fact
+    sentence: str
+    split: str
+    """``train``, ``heldout`` (held-out subject) or ``heldout_relation``."""
+
+    @property
+    def question(self) -> str:
+        return RELATIONS[self.fact.relation].question
+
+
+@dataclass
+class RelationData:
+    """Evaluation items (held-out subjects) and training-subject facts, from ``facts.json``."""
+
+    items: list[RelationItem]
+    train: list[RelationItem]
+    heldout_relation: str
+    filter: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def load_relation_data(data: str | Path, n: int | None = None, seed: int = 0) -> RelationData:
+    """Read ``DATA/facts.json``; ``n`` caps the items per relation (a seeded sample)."""
+    path = Path(data) / "facts.json"
+    if not path.is_file():
+        raise LatentQAError(
+            f"{path} is missing: build it with `latentqa data build --task relations`"
+        )
+    blob = json.loads(path.read_text(encoding="utf-8"))
+    subjects, held_rel = blob["subjects"], blob["heldout_relation"]
+    items, train = [], []
+    for raw in blob["facts"]:
+        fact = Fact(raw["subject"], raw["relation"], raw["answer"], tuple(raw["aliases"]))
+        info = subjects[fact.subject]
+        split = "heldout_relation" if fact.relation == held_rel else info["split"]
+        item = RelationItem(fact, info["sentence"], split)
+        (train if info["split"] == "train" else items).append(item)
+    if n is not None:
+        rng = random.Random(f"{seed}:relations:n")
+        by_relation: dict[str, list[RelationItem]] = {}
+        for item in items:
+            by_relation.setdefault(item.fact.relation, []).append(item)
+        items = [i for group in by_relation.values() for i in rng.sample(group, min(n, len(group)))]
+    if not items:
+        raise LatentQAError(f"{path} has no facts about held-out subjects to evaluate")
+    return RelationData(items, train, held_rel, blob.get("filter", {}))
+
+
+def _mean(flags: Sequence[bool | None]) -> float | None:
+    if not flags or any(f is None for f in flags):
+        return None
+    return sum(bool(f) for f in flags) / len(flags)
+
+
+def score(
+    predictions: Sequence[str | None], items: Sequence[RelationItem]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Exact / fuzzy accuracy over groups of items; ``None`` where a prediction is missing.
+
+    Returns:
+        The summary: ``accuracy`` and ``fuzzy_accuracy`` (trained relations on held-out
+        subjects), ``closed_accuracy`` (the closed ones among them),
+        ``heldout_relation_accuracy`` and ``heldout_relation_fuzzy_accuracy``, ``n``
+        (predictions made); and ``{relation: {accuracy, fuzzy_accuracy, n}}``.
+    """
+    pairs = list(zip(predictions, items, strict=True))
+    exact = [None if p is None else exact_match(p, i.fact.aliases) for p, i in pairs]
+    fuzzy = [None if p is None else fuzzy_match(p, i.fact.aliases) for p, i in pairs]
+
+    def rows(keep: Callable[[RelationItem], bool]) -> list[int]:
+        return [k for k, item in enumerate(items) if keep(item)]
+
+    trained = rows(lambda i: i.split == "heldout")
+    closed = rows(lambda i: i.split == "heldout" and RELATIONS[i.fact.relation].closed)
+    held = rows(lambda i: i.split == "heldout_relation")
+    summary = {
+        "accuracy": _mean([exact[k] for k in trained]),
+        "fuzzy_accuracy": _mean([fuzzy[k] for k in trained]),
+        "closed_accuracy": _mean([exact[k] for k in closed]),
+        "heldout_relation_accuracy": _mean([exact[k] for k in held]),
+        "heldout_relation_fuzzy_accuracy": _mean([fuzzy[k] for k in held]),
+        "n": sum(p is not None for p in predictions),
+    }
+    per_relation = {}
+    for relation in dict.fromkeys(i.fact.relation for i in items):
+        picked = rows(lambda i, r=relation: i.fact.relation == r)
+        per_relation[relation] = {
+            "accuracy": _mean([exact[k] for k in picked]),
+            "fuzzy_accuracy": _mean([fuzzy[k] for k in picked]),
+            "n": len(picked),
+        }
+    return summary, per_relation

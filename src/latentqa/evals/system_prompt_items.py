@@ -1,0 +1,161 @@
+"""Held-out items of ``latentqa eval system-prompt``: dialogs, options and distractors.
+
+Data (:func:`build_items`): a ``latentqa data build`` folder (``train/`` for the probe,
+``heldout/`` for the items), a folder in the public release layout (``system.json`` +
+``qa.json``; the probe trains on ``train/`` inside it when there is one, else on a
+seeded half of its labels), or by default the held-out set shipped in the package
+(:data:`SHIPPED_DATA`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from latentqa.data.format import load_latentqa
+from latentqa.errors import LatentQAError
+from latentqa.package_data import package_file
+from latentqa.questions import yes_no_question
+
+QUESTION = "What was the assistant instructed to do?"
+N_OPTIONS = 5
+SHIPPED_DATA = package_file("latentqa", "resources/heldout/system-prompt")
+"""The built-in builder's held-out ``system`` behaviours (release layout) and, in
+``train/``, its training ``system`` behaviours for the probe; see its README.md."""
+
+Log = Callable[[str], None]
+Dialog = list[dict[str, str]]
+
+
+@dataclass
+class Item:
+    """One held-out dialog with its multiple-choice options."""
+
+    label: str
+    dialog: Dialog
+    question: str
+    gold: str
+    options: list[str]
+    """N_OPTIONS answers to the question, the gold one at ``gold_index``."""
+    gold_index: int
+    distractor: str
+    """Another behaviour's answer: the reference for open-answer wins and the "No." yes/no
+    question."""
+
+    @property
+    def user_dialog(self) -> Dialog:
+        """The dialog without its leading system message (the ``no_system_prompt`` input)."""
+        if self.dialog and self.dialog[0]["role"] == "system":
+            return self.dialog[1:]
+        return list(self.dialog)
+
+
+def _answers(folder: Path, question: str) -> tuple[list, dict[str, str]]:
+    dataset = load_latentqa(folder, ["system"])
+    answer_of = {label: dict(pairs).get(question) for label, pairs in dataset.qa.items()}
+    answer_of = {k: v for k, v in answer_of.items() if v}
+    return [b for b in dataset.behaviors if b.label in answer_of], answer_of
+
+
+def _is_release_folder(folder: Path) -> bool:
+    return (folder / "system.json").is_file() and (folder / "qa.json").is_file()
+
+
+def build_items(
+    data: str | Path | None = None,
+    question: str = QUESTION,
+    n: int | None = None,
+    seed: int = 0,
+    log: Log = lambda _: None,
+) -> tuple[list[Item], list[tuple[Dialog, str]]]:
+    """Held-out items and the probe's training pairs ``(dialog, answer)``.
+
+    Args:
+        data: One of
+            (a) a folder with ``train/`` and ``heldout/`` (from ``latentqa data build``):
+            items from ``heldout/``, probe pairs from ``train/``;
+            (b) a folder in the public release layout (``system.json`` + ``qa.json``):
+            items from it; probe pairs from its ``train/`` subfolder when that holds
+            ``system.json`` + ``qa.json``, else its labels are split 50/50 by a seeded
+            shuffle into probe-training and evaluation labels (said in a log line);
+            (c) ``None``: the shipped held-out set, :data:`SHIPPED_DATA` (layout b with
+            ``train/``).
+        question: The question asked about every item; behaviours without an answer to
+            it are left out.
+        n: Keep at most this many items (after a seeded shuffle).
+        seed: Seed of options, distractors, shuffles and the 50/50 split.
+        log: Progress messages.
+
+    Raises:
+        LatentQAError: An unknown folder layout, or fewer than ``N_OPTIONS`` distinct
+            held-out answers to ``question``.
+    """
+    if data is None:
+        root = SHIPPED_DATA
+        log(f"data: the held-out set shipped in the package ({root})")
+    else:
+        root = Path(data)
+    if (root / "heldout").is_dir() and (root / "train").is_dir():
+        held, held_answers = _answers(root / "heldout", question)
+        train, train_answers = _answers(root / "train", question)
+    elif _is_release_folder(root):
+        held, held_answers = _answers(root, question)
+        if _is_release_folder(root / "train"):
+            train, train_answers = _answers(root / "train", question)
+        else:
+            labels = sorted({b.label for b in held})
+            random.Random(f"probe-split:{seed}").shuffle(labels)
+            probe_labels = set(labels[: len(labels) // 2])
+            train = [b for b in held if b.label in probe_labels]
+            held = [b for b in held if b.label not in probe_labels]
+            train_answers = held_answers
+            held_answers = {k: v for k, v in held_answers.items() if k not in probe_labels}
+            log(
+                f"{root} has no training split: its labels are split 50/50 (seed {seed}) into "
+                f"{len(probe_labels)} for the probe and {len(held_answers)} to evaluate"
+            )
+    else:
+        raise LatentQAError(
+            f"{root} needs train/ and heldout/ splits (from `latentqa data build`) or "
+            "system.json + qa.json (the LatentQA release layout)"
+        )
+    overlap = {b.label for b in train} & set(held_answers)
+    if overlap:
+        log(f"leaving {len(overlap)} label(s) that are also evaluated out of the probe's training")
+        train = [b for b in train if b.label not in overlap]
+    distinct = sorted(set(held_answers.values()))
+    if len(distinct) < N_OPTIONS:
+        raise LatentQAError(f"need at least {N_OPTIONS} held-out behaviours answering {question!r}")
+    rng = random.Random(seed)
+    items = []
+    for behavior in held:
+        gold = held_answers[behavior.label]
+        others = [a for a in distinct if a != gold]
+        options = rng.sample(others, N_OPTIONS - 1)
+        index = rng.randrange(N_OPTIONS)
+        options.insert(index, gold)
+        items.append(
+            Item(
+                behavior.label,
+                behavior.dialog(),
+                question,
+                gold,
+                options,
+                index,
+                rng.choice(others),
+            )
+        )
+    rng.shuffle(items)
+    train_pairs = [(b.dialog(), train_answers[b.label]) for b in train]
+    return items[:n] if n else items, train_pairs
+
+
+def yes_no_questions(items: Sequence[Item]) -> list[tuple[int, str, bool]]:
+    """``(item index, question, right answer is yes)``: gold then distractor, per item."""
+    return [
+        (i, yes_no_question(item.question, candidate), is_gold)
+        for i, item in enumerate(items)
+        for candidate, is_gold in ((item.gold, True), (item.distractor, False))
+    ]
