@@ -15,11 +15,11 @@ import latentqa.cli as cli
 from latentqa.cli.options import add_config_arguments, config_from_args
 from latentqa.cli.read import dialogs_from_args
 from latentqa.configs import config_from_file
-from latentqa.data import sources
 from latentqa.data.format import load_latentqa
 from latentqa.data.relations import build_relations_dataset
 from latentqa.decoder import SPEC_FILE, SPEC_FORMAT, DecoderSpec
 from latentqa.errors import LatentQAError
+from latentqa.json_files import read_json
 from latentqa.steer.control import load_control
 from latentqa.steer.trainer import load_prompts
 from latentqa.train.config import TrainConfig
@@ -109,11 +109,11 @@ def test_dataset_files_that_are_not_utf8(tmp_path):
     assert "system.json" in one_line(error) and "must be UTF-8 JSON" in str(error.value)
 
 
-def test_source_files_that_are_not_utf8(tmp_path):
+def test_json_files_that_are_not_utf8(tmp_path):
     path = tmp_path / "prompts.json"
     path.write_bytes(NOT_UTF8)
     with pytest.raises(LatentQAError) as error:
-        sources._read_json(path)
+        read_json(path)  # the reader behind data sources and LatentQA files
     assert str(path) in one_line(error) and "must be UTF-8 JSON" in str(error.value)
 
 

@@ -11,14 +11,13 @@ to answer the question.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from latentqa.errors import LatentQAError
+from latentqa.json_files import read_json, type_name
 
 __all__ = [
     "FIELDS",
@@ -335,35 +334,17 @@ def _name_few(labels: Sequence[str]) -> str:
     return f"{named} and {rest} more" if rest > 0 else named
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise LatentQAError(f"{path}: cannot read ({error.strerror or error})") from error
-    except UnicodeDecodeError as error:
-        raise LatentQAError(
-            f"{path}: not UTF-8 text ({error.reason} at byte {error.start}): "
-            "the file must be UTF-8 JSON"
-        ) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise LatentQAError(
-            f"{path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
-        ) from error
-
-
 def _parse_behaviors(path: Path, kind: str) -> list[Behavior]:
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, list):
         raise LatentQAError(
-            f"{path}: top level must be a JSON list of behaviours, got {_type_name(data)}"
+            f"{path}: top level must be a JSON list of behaviours, got {type_name(data)}"
         )
     behaviors = []
     for index, item in enumerate(data):
         where = f"{path}: item {index}"
         if not isinstance(item, dict):
-            raise LatentQAError(f"{where} must be a JSON object, got {_type_name(item)}")
+            raise LatentQAError(f"{where} must be a JSON object, got {type_name(item)}")
         label = item.get("label")
         if label is None:
             raise LatentQAError(f"{where} has no 'label'")
@@ -377,7 +358,7 @@ def _parse_behaviors(path: Path, kind: str) -> list[Behavior]:
             if not isinstance(value, str):
                 raise LatentQAError(
                     f"{where} (label {label!r}): field {name!r} must be a string, "
-                    f"got {_type_name(value)}"
+                    f"got {type_name(value)}"
                 )
             values[name] = value
         empty = [name for name in REQUIRED_FIELDS[kind] if not values[name].strip()]
@@ -391,18 +372,18 @@ def _parse_behaviors(path: Path, kind: str) -> list[Behavior]:
 
 
 def _parse_qa(path: Path) -> dict[str, tuple[tuple[str, str], ...]]:
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict):
         raise LatentQAError(
             f"{path}: top level must be a JSON object mapping labels to QA pairs, "
-            f"got {_type_name(data)}"
+            f"got {type_name(data)}"
         )
     qa: dict[str, tuple[tuple[str, str], ...]] = {}
     for label, pairs in data.items():
         if not isinstance(pairs, list):
             raise LatentQAError(
                 f"{path}: label {label!r} must map to a list of [question, answer] pairs, "
-                f"got {_type_name(pairs)}"
+                f"got {type_name(pairs)}"
             )
         parsed = []
         for index, pair in enumerate(pairs):
@@ -418,15 +399,3 @@ def _parse_qa(path: Path) -> dict[str, tuple[tuple[str, str], ...]]:
             parsed.append((pair[0], pair[1]))
         qa[label] = tuple(parsed)
     return qa
-
-
-def _type_name(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
-    if value is None:
-        return "null"
-    for kind, name in names.items():
-        if type(value) is kind:
-            return name
-    if isinstance(value, int | float):
-        return "a number"
-    return type(value).__name__

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import re
-from pathlib import Path
-from typing import Any
 
 from latentqa.data.catalog import with_article
 from latentqa.data.prompts import USER_PROMPTS
 from latentqa.errors import LatentQAError
+from latentqa.json_files import read_json
 from latentqa.package_data import package_file
 
 __all__ = [
@@ -136,18 +134,6 @@ MAX_ROLE_WORDS = 4
 MAX_USER_PROMPT_CHARS = 200
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise LatentQAError(
-            f"{path}: not UTF-8 text ({error.reason} at byte {error.start}): "
-            "the file must be UTF-8 JSON"
-        ) from None
-    except (OSError, ValueError) as error:
-        raise LatentQAError(f"{path}: cannot read as JSON ({error})") from error
-
-
 def _normalize_role(role: str) -> str:
     """Lower-case capitalized plain words ("Creative Writing Guide", "Co-Founder").
 
@@ -222,7 +208,7 @@ def load_personas() -> list[tuple[str, str]]:
         LatentQAError: The package is not installed or its file is unreadable.
     """
     path = package_file("ai_personas", "ai-personas.json", "ai-personas")
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict):
         raise LatentQAError(f"{path}: expected an object of personas")
     found: dict[str, str] = {}
@@ -247,7 +233,7 @@ def load_user_prompts() -> list[str]:
         LatentQAError: The ``moodswapper`` package is not installed.
     """
     path = package_file("moodswapper", "data/prompts.json", "moodswapper")
-    data = _read_json(path)
+    data = read_json(path)
     items = data.get("generation") if isinstance(data, dict) else None
     if not isinstance(items, list):
         raise LatentQAError(f"{path}: expected a 'generation' list of prompts")

@@ -6,7 +6,8 @@ background) and serve it with uvicorn, or with :class:`BackgroundServer` in a th
 
 from latentqa.server.app import create_app
 from latentqa.server.background import BackgroundServer
-from latentqa.server.host import ModelHost, describe_reader
+from latentqa.server.host import ModelHost
+from latentqa.server.host_api import describe_reader
 from latentqa.server.schemas import LIMITS, MAX_BODY_BYTES, MAX_MESSAGE_CHARS
 
 __all__ = [

@@ -36,9 +36,9 @@ from latentqa.server.host import (
     DEFAULT_MAX_WAITING,
     DEFAULT_REQUEST_TIMEOUT,
     ModelHost,
-    ReaderLike,
     Session,
 )
+from latentqa.server.host_api import ReaderLike
 from latentqa.server.http_errors import (
     INTERNAL_ERROR,
     BodySizeLimit,

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from latentqa.errors import LatentQAError
-from latentqa.server.host import (
+from latentqa.server.host_api import (
     ClientGone,
     DeadlineExceeded,
     ModelFailure,
