@@ -258,10 +258,16 @@ def test_every_method_and_measure_with_a_fake_reader(fakes):
 
 def test_cli_runs_with_no_data_option(fakes, monkeypatch, capsys):
     from latentqa.cli import build_parser, main
+    from latentqa.cli.eval import EvalSystemPromptConfig
+    from latentqa.cli.options import config_from_args
     from latentqa.reader import Reader
 
     args = build_parser().parse_args(["eval", "system-prompt", "--json"])
-    assert args.data is None and args.n is None and not args.no_open
+    config = config_from_args(EvalSystemPromptConfig, args)
+    assert config.data is None and config.n is None and config.open
+    args = build_parser().parse_args(["eval", "system-prompt", "--no-open", "--n", "3"])
+    config = config_from_args(EvalSystemPromptConfig, args)
+    assert config.n == 3 and not config.open
     reader = _fake_reader()
     monkeypatch.setattr(Reader, "load", classmethod(lambda cls, *a, **k: reader))
     monkeypatch.setattr(Reader, "base", classmethod(lambda cls, *a, **k: _fake_reader()))

@@ -3,14 +3,76 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from latentqa.cli.options import add_target_argument
-from latentqa.data.relations_facts import DEFAULT_HELDOUT_RELATION, RELATIONS
+from latentqa.cli.options import add_config_arguments, add_model_alias, config_from_args
+from latentqa.data.relations_facts import DEFAULT_HELDOUT_RELATION
 from latentqa.errors import LatentQAError
+from latentqa.models import EMBEDDED_MODEL
+
+RelationName = Literal["capital", "currency", "language", "region", "continent", "demonym"]
+"""The relations of :data:`latentqa.data.relations_facts.RELATIONS`, in their order."""
+
+RELATIONS_GROUP = "relations (--task relations)"
+
+
+@dataclasses.dataclass
+class DataBuildConfig:
+    """Options of ``latentqa data build``."""
+
+    out: str = dataclasses.field(metadata={"metavar": "DIR"})
+    """output folder"""
+    seed: int = 0
+    """random seed"""
+    heldout_fraction: float = dataclasses.field(default=0.2, metadata={"metavar": "F"})
+    """share of each category's labels held out"""
+    target: str = dataclasses.field(default=EMBEDDED_MODEL, metadata={"metavar": "SPEC"})
+    """target model that writes the stimulus_completion replies"""
+    completions: bool = True
+    """generate the stimulus_completion replies (--no-completions skips them: no model is
+    loaded)"""
+    max_new_tokens: int = dataclasses.field(default=48, metadata={"metavar": "N"})
+    """most tokens per generated reply"""
+    batch_size: int = dataclasses.field(default=16, metadata={"metavar": "N"})
+    """generation batch"""
+    device: str = "auto"
+    """device for the model"""
+    cache: str | None = dataclasses.field(default=None, metadata={"metavar": "FILE"})
+    """reply cache (default DIR/completions-cache.jsonl)"""
+    task: Literal["builtin", "relations"] = "builtin"
+    """builtin: personas/goals/tones/styles; relations: country facts the target knows
+    (capital, currency, ...)"""
+    relations: list[RelationName] | None = dataclasses.field(
+        default=None, metadata={"metavar": "NAME", "group": RELATIONS_GROUP}
+    )
+    """relations to use (default: capital currency language region continent demonym)"""
+    heldout_relation: RelationName = dataclasses.field(
+        default=DEFAULT_HELDOUT_RELATION, metadata={"group": RELATIONS_GROUP}
+    )
+    """relation never trained on"""
+    sentences_per_subject: int = dataclasses.field(
+        default=3, metadata={"metavar": "N", "group": RELATIONS_GROUP}
+    )
+    """training sentences per subject"""
+    max_subjects: int | None = dataclasses.field(
+        default=None, metadata={"metavar": "N", "group": RELATIONS_GROUP}
+    )
+    """use at most N countries"""
+    with_data: str | None = dataclasses.field(
+        default=None, metadata={"metavar": "DIR", "group": RELATIONS_GROUP}
+    )
+    """merge a built persona dataset in, for joint training"""
+    filter: bool = dataclasses.field(default=True, metadata={"group": RELATIONS_GROUP})
+    """filter facts by what the target knows (--no-filter keeps every fact: no model is
+    loaded)"""
+    filter_tokens: int = dataclasses.field(
+        default=8, metadata={"metavar": "N", "group": RELATIONS_GROUP}
+    )
+    """most tokens per few-shot answer"""
 
 
 def register(subparsers: Any) -> None:
@@ -33,46 +95,14 @@ def register(subparsers: Any) -> None:
             "DIR/completions-cache.jsonl, so a rebuild only generates what is new."
         ),
     )
-    build.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    add_config_arguments(build, DataBuildConfig)
+    add_model_alias(build)
     build.add_argument(
         "--force",
         action="store_true",
         help="write into a non-empty folder that is not a dataset built here (its train/, "
         "heldout/ and meta.json are replaced; other files stay)",
     )
-    build.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    build.add_argument(
-        "--heldout-fraction",
-        type=float,
-        default=0.2,
-        metavar="F",
-        help="share of each category's labels held out (default 0.2)",
-    )
-    add_target_argument(build, "target model that writes the stimulus_completion replies")
-    build.add_argument(
-        "--no-completions",
-        action="store_true",
-        help="skip stimulus_completion (no model is loaded)",
-    )
-    build.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=48,
-        metavar="N",
-        help="most tokens per generated reply (default 48)",
-    )
-    build.add_argument(
-        "--batch-size", type=int, default=16, metavar="N", help="generation batch (default 16)"
-    )
-    build.add_argument("--device", default="auto", help="device for the model (default auto)")
-    build.add_argument(
-        "--cache",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="reply cache (default DIR/completions-cache.jsonl)",
-    )
-    _add_relations_arguments(build)
 
     stats = commands.add_parser(
         "stats",
@@ -97,42 +127,46 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    if args.task == "relations":
-        return _build_relations(args)
+    config = config_from_args(DataBuildConfig, args)
+    force = args.force
+    out = Path(config.out)
+    cache = None if config.cache is None else Path(config.cache)
+    if config.task == "relations":
+        return _build_relations(config, force)
     from latentqa.data.build import build_dataset, check_build_out
 
-    if args.max_new_tokens < 1 or args.batch_size < 1:
+    if config.max_new_tokens < 1 or config.batch_size < 1:
         raise LatentQAError("--max-new-tokens and --batch-size must be positive")
-    check_build_out(args.out, args.force)  # a foreign --out fails before the model loads
+    check_build_out(out, force)  # a foreign --out fails before the model loads
     start = time.perf_counter()
     generate = None
     generator_id = None
-    if not args.no_completions:
+    if config.completions:
         from latentqa.data.generation import make_generate
         from latentqa.models import load_model
 
-        print(f"loading {args.target} to generate stimulus_completion replies...")
-        model, tokenizer = load_model(args.target, device=args.device, dtype="float32")
+        print(f"loading {config.target} to generate stimulus_completion replies...")
+        model, tokenizer = load_model(config.target, device=config.device, dtype="float32")
         generate = make_generate(
-            model, tokenizer, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+            model, tokenizer, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size
         )
-        generator_id = f"{args.target}|max_new_tokens={args.max_new_tokens}"
+        generator_id = f"{config.target}|max_new_tokens={config.max_new_tokens}"
     summary = build_dataset(
-        args.out,
-        seed=args.seed,
-        heldout_fraction=args.heldout_fraction,
+        out,
+        seed=config.seed,
+        heldout_fraction=config.heldout_fraction,
         generate=generate,
         generator_id=generator_id,
-        cache_path=args.cache,
-        force=args.force,
+        cache_path=cache,
+        force=force,
     )
     elapsed = time.perf_counter() - start
     for split, counts in summary["counts"].items():
-        print(_format_counts(f"{args.out / split}", counts))
+        print(_format_counts(f"{out / split}", counts))
     done = summary["completions"]
     if generate is not None:
         print(f"replies: {done['generated']} generated, {done['cached']} from the cache")
-    print(f"wrote {args.out} in {elapsed:.1f} s")
+    print(f"wrote {out} in {elapsed:.1f} s")
     return 0
 
 
@@ -162,74 +196,23 @@ def _format_counts(title: str, counts: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
-def _add_relations_arguments(build: argparse.ArgumentParser) -> None:
-    """Add ``--task`` and the relations options to ``latentqa data build``'s parser."""
-    build.add_argument(
-        "--task",
-        choices=("builtin", "relations"),
-        default="builtin",
-        help="builtin: personas/goals/tones/styles (default); relations: "
-        "country facts the target knows (capital, currency, ...)",
-    )
-    group = build.add_argument_group("relations (--task relations)")
-    group.add_argument(
-        "--relations",
-        nargs="+",
-        choices=list(RELATIONS),
-        metavar="NAME",
-        help=f"relations to use (default: {' '.join(RELATIONS)})",
-    )
-    group.add_argument(
-        "--heldout-relation",
-        default=DEFAULT_HELDOUT_RELATION,
-        choices=list(RELATIONS),
-        help="relation never trained on (default %(default)s)",
-    )
-    group.add_argument(
-        "--sentences-per-subject",
-        type=int,
-        default=3,
-        metavar="N",
-        help="training sentences per subject (default 3)",
-    )
-    group.add_argument("--max-subjects", type=int, metavar="N", help="use at most N countries")
-    group.add_argument(
-        "--with-data",
-        type=Path,
-        metavar="DIR",
-        help="merge a built persona dataset in, for joint training",
-    )
-    group.add_argument(
-        "--no-filter",
-        action="store_true",
-        help="keep every fact (no model is loaded: no knowledge filter)",
-    )
-    group.add_argument(
-        "--filter-tokens",
-        type=int,
-        default=8,
-        metavar="N",
-        help="most tokens per few-shot answer (default 8)",
-    )
-
-
-def check_build_args(args: argparse.Namespace) -> None:
+def check_build_args(config: DataBuildConfig) -> None:
     """Refuse counts below 1 before the filter model loads (the rest: check_build_inputs).
 
     Raises:
         LatentQAError: Naming the option and its value.
     """
     counts = {
-        "--max-subjects": args.max_subjects,
-        "--filter-tokens": args.filter_tokens,
-        "--batch-size": args.batch_size,
+        "--max-subjects": config.max_subjects,
+        "--filter-tokens": config.filter_tokens,
+        "--batch-size": config.batch_size,
     }
     for flag, value in counts.items():
         if value is not None and value < 1:
             raise LatentQAError(f"{flag} must be at least 1, got {value}")
 
 
-def _build_relations(args: argparse.Namespace) -> int:
+def _build_relations(config: DataBuildConfig, force: bool) -> int:
     """``latentqa data build --task relations``: filter facts with the target, write data."""
     from latentqa.data.build import check_build_out
     from latentqa.data.relations import (
@@ -238,38 +221,40 @@ def _build_relations(args: argparse.Namespace) -> int:
         make_completer,
     )
 
-    check_build_args(args)
+    out = Path(config.out)
+    cache = None if config.cache is None else Path(config.cache)
+    check_build_args(config)
     # Inputs and --out before the filter model loads: a bad --with-data or a foreign
     # folder must fail before minutes of work, and before anything is written.
     check_build_inputs(
-        args.relations,
-        args.heldout_relation,
-        args.heldout_fraction,
-        args.sentences_per_subject,
-        args.with_data,
+        config.relations,
+        config.heldout_relation,
+        config.heldout_fraction,
+        config.sentences_per_subject,
+        config.with_data,
     )
-    check_build_out(args.out, args.force)
+    check_build_out(out, force)
     complete, generator_id = None, "custom"
-    if not args.no_filter:
+    if config.filter:
         from latentqa.models import load_model
 
-        print(f"loading {args.target} to check which facts it knows...")
-        model, tokenizer = load_model(args.target, device=args.device, dtype="float32")
-        complete = make_completer(model, tokenizer, args.filter_tokens, args.batch_size)
-        generator_id = f"{args.target}|few-shot|max_new_tokens={args.filter_tokens}"
+        print(f"loading {config.target} to check which facts it knows...")
+        model, tokenizer = load_model(config.target, device=config.device, dtype="float32")
+        complete = make_completer(model, tokenizer, config.filter_tokens, config.batch_size)
+        generator_id = f"{config.target}|few-shot|max_new_tokens={config.filter_tokens}"
     summary = build_relations_dataset(
-        args.out,
+        out,
         complete=complete,
         generator_id=generator_id,
-        cache_path=args.cache,
-        relations=args.relations,
-        heldout_relation=args.heldout_relation,
-        heldout_fraction=args.heldout_fraction,
-        seed=args.seed,
-        sentences_per_subject=args.sentences_per_subject,
-        max_subjects=args.max_subjects,
-        with_data=args.with_data,
-        force=args.force,
+        cache_path=cache,
+        relations=config.relations,
+        heldout_relation=config.heldout_relation,
+        heldout_fraction=config.heldout_fraction,
+        seed=config.seed,
+        sentences_per_subject=config.sentences_per_subject,
+        max_subjects=config.max_subjects,
+        with_data=config.with_data,
+        force=force,
     )
     print(f"{'relation':<12}{'candidates':>11}{'known':>7}")
     for name, row in summary["filter"].items():
@@ -279,5 +264,5 @@ def _build_relations(args: argparse.Namespace) -> int:
             f"{split:<17} {row['labels']} labels, {row['behaviors']} behaviours, "
             f"{row['examples']} examples"
         )
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import sys
@@ -40,6 +41,37 @@ STEERING_TASKS = {
 """Task -> (module exposing ``EVALUATION``, help, description)."""
 
 
+@dataclasses.dataclass
+class EvalSystemPromptConfig:
+    """Options of ``latentqa eval system-prompt``."""
+
+    data: str | None = None
+    """dataset folder: train/ + heldout/ from `latentqa data build`, or one folder in the
+    LatentQA release layout (system.json + qa.json; the probe trains on its train/ subfolder
+    if any, else on a seeded half of its labels). Default: the held-out set shipped in the
+    package (177 system behaviours of 59 labels the built-in dataset's train split never
+    contains)"""
+    target: str = EMBEDDED_MODEL
+    """target model"""
+    decoder: str | None = None
+    """decoder folder (default: the shipped decoder)"""
+    n: int | None = None
+    """evaluate at most N items"""
+    seed: int = 0
+    """seed for options and shuffling"""
+    layers: list[int] | None = dataclasses.field(default=None, metadata={"metavar": "LAYERS"})
+    """also sweep these read layers (multiple choice) and plot them"""
+    out: str | None = None
+    """folder for the per-layer PNG and JSON"""
+    open: bool = True
+    """generate open answers (--no-open skips them)"""
+    methods: list[str] | None = dataclasses.field(default=None, metadata={"metavar": "METHOD"})
+    """run only these methods (lit lit_zeroed lit_shuffled no_system_prompt base_patchscope
+    linear_probe black_box; default: all)"""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N"""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
@@ -63,41 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "set shipped in the package."
         ),
     )
-    system.add_argument(
-        "--data",
-        default=None,
-        help="dataset folder: train/ + heldout/ from `latentqa data build`, or one folder in "
-        "the LatentQA release layout (system.json + qa.json; the probe trains on its train/ "
-        "subfolder if any, else on a seeded half of its labels). Default: the held-out set "
-        "shipped in the package (177 system behaviours of 59 labels the built-in dataset's "
-        "train split never contains)",
-    )
-    system.add_argument(
-        "--target", default=EMBEDDED_MODEL, help="target model (default: %(default)s)"
-    )
-    system.add_argument(
-        "--decoder", default=None, help="decoder folder (default: the shipped decoder)"
-    )
-    system.add_argument("--n", type=int, default=None, help="evaluate at most N items")
-    system.add_argument("--seed", type=int, default=0, help="seed for options and shuffling")
-    system.add_argument(
-        "--layers",
-        type=int,
-        nargs="+",
-        default=None,
-        help="also sweep these read layers (multiple choice) and plot them",
-    )
-    system.add_argument("--out", default=None, help="folder for the per-layer PNG and JSON")
-    system.add_argument("--no-open", action="store_true", help="skip open-answer generation")
-    system.add_argument(
-        "--methods",
-        nargs="+",
-        default=None,
-        metavar="METHOD",
-        help="run only these methods (lit lit_zeroed lit_shuffled no_system_prompt "
-        "base_patchscope linear_probe black_box; default: all)",
-    )
-    system.add_argument("--device", default="auto")
+    add_config_arguments(system, EvalSystemPromptConfig)
     system.add_argument(
         "--json", action="store_true", help="print the result as one JSON line last"
     )
@@ -118,59 +116,60 @@ def run_system_prompt(args: argparse.Namespace) -> int:
     from latentqa.preflight import check_output_folder, preflight_decoder
     from latentqa.reader import Reader
 
-    unknown = sorted(set(args.methods or ()) - set(METHODS))
+    config = config_from_args(EvalSystemPromptConfig, args)
+    unknown = sorted(set(config.methods or ()) - set(METHODS))
     if unknown:
         raise LatentQAError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     # Checked before any load: a bad --layers used to fail after the whole main evaluation.
-    preflight_decoder(args.target, args.decoder, layers=args.layers, device=args.device)
-    if args.data is not None and not Path(args.data).exists():
-        raise LatentQAError(f"--data {args.data} does not exist")
-    if args.n is not None and args.n < 1:
-        raise LatentQAError(f"--n must be at least 1, got {args.n}")
-    if args.layers:
-        check_output_folder(args.out, "--out")
-    reader = Reader.load(args.target, args.decoder, device=args.device)
+    preflight_decoder(config.target, config.decoder, layers=config.layers, device=config.device)
+    if config.data is not None and not Path(config.data).exists():
+        raise LatentQAError(f"--data {config.data} does not exist")
+    if config.n is not None and config.n < 1:
+        raise LatentQAError(f"--n must be at least 1, got {config.n}")
+    if config.layers:
+        check_output_folder(config.out, "--out")
+    reader = Reader.load(config.target, config.decoder, device=config.device)
     spec = reader.spec
     base = None
-    if args.methods is None or "base_patchscope" in args.methods:
+    if config.methods is None or "base_patchscope" in config.methods:
         base = Reader.base(
-            args.target,
+            config.target,
             read_layers=spec.read_layers,
             write_layer=spec.write_layer,
             mode=spec.mode,
             max_read_tokens=spec.max_read_tokens,
             pool=spec.pool,
-            device=args.device,
+            device=config.device,
         )
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
     result = evaluate_system_prompt(
         reader,
         base,
-        args.data,
-        n=args.n,
-        seed=args.seed,
-        open_answers=not args.no_open,
+        config.data,
+        n=config.n,
+        seed=config.seed,
+        open_answers=config.open,
         log=log,
-        methods=args.methods,
+        methods=config.methods,
     )
-    if args.layers:
+    if config.layers:
         per_layer = {}
-        for layer in args.layers:
+        for layer in config.layers:
             swept = evaluate_system_prompt(
                 reader,
                 base,
-                args.data,
-                n=args.n,
-                seed=args.seed,
+                config.data,
+                n=config.n,
+                seed=config.seed,
                 open_answers=False,
                 layer=layer,
                 black_box=False,
                 log=log,
-                methods=args.methods,
+                methods=config.methods,
             )
             per_layer[layer] = swept["methods"]
         result["per_layer"] = per_layer
-        out = Path(args.out or ".")
+        out = Path(config.out or ".")
         out.mkdir(parents=True, exist_ok=True)
         plot_per_layer(
             per_layer,

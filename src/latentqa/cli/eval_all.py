@@ -3,12 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from latentqa.cli.options import add_config_arguments, config_from_args
 from latentqa.errors import LatentQAError
 from latentqa.models import EMBEDDED_MODEL
+
+
+@dataclasses.dataclass
+class EvalAllConfig:
+    """Options of ``latentqa eval all``."""
+
+    out: str
+    """report folder"""
+    target: str = EMBEDDED_MODEL
+    """target model"""
+    decoder: str | None = None
+    """default decoder folder (default: shipped)"""
+    task_decoder: list[str] = dataclasses.field(
+        default_factory=list, metadata={"repeatable": True, "metavar": "TASK=DIR"}
+    )
+    """decoder for one task, e.g. relations=runs/rel (repeatable)"""
+    data: list[str] = dataclasses.field(
+        default_factory=list, metadata={"repeatable": True, "metavar": "TASK=DIR"}
+    )
+    """data folder for one task, e.g. system-prompt=data/ (repeatable)"""
+    tasks: list[str] | None = dataclasses.field(default=None, metadata={"metavar": "TASKS"})
+    """only these evaluations"""
+    layers: list[int] | None = dataclasses.field(default=None, metadata={"metavar": "LAYERS"})
+    """also sweep these layers"""
+    n: int | None = None
+    """item cap for each evaluation"""
+    seed: int = 0
+    """random seed"""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N"""
 
 
 def add_all_task(tasks: argparse._SubParsersAction) -> None:
@@ -19,28 +51,7 @@ def add_all_task(tasks: argparse._SubParsersAction) -> None:
         description="Run every evaluation that exists (missing ones are listed as skipped) "
         "and write OUT/report.md with all tables and plots and OUT/results.json.",
     )
-    p.add_argument("--out", required=True, type=Path, help="report folder")
-    p.add_argument("--target", default=EMBEDDED_MODEL, help="target model (default %(default)s)")
-    p.add_argument("--decoder", default=None, help="default decoder folder (default: shipped)")
-    p.add_argument(
-        "--task-decoder",
-        action="append",
-        default=[],
-        metavar="TASK=DIR",
-        help="decoder for one task, e.g. relations=runs/rel (repeatable)",
-    )
-    p.add_argument(
-        "--data",
-        action="append",
-        default=[],
-        metavar="TASK=DIR",
-        help="data folder for one task, e.g. system-prompt=data/ (repeatable)",
-    )
-    p.add_argument("--tasks", nargs="+", default=None, help="only these evaluations")
-    p.add_argument("--layers", type=int, nargs="+", default=None, help="also sweep these layers")
-    p.add_argument("--n", type=int, default=None, help="item cap for each evaluation")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    add_config_arguments(p, EvalAllConfig)
     p.add_argument("--json", action="store_true", help="print results.json as one line last")
     p.set_defaults(func=run_all_command)
 
@@ -58,25 +69,27 @@ def run_all_command(args: argparse.Namespace) -> int:
     from latentqa.models import resolve_device
     from latentqa.preflight import check_layers, check_output_folder, model_shape
 
+    config = config_from_args(EvalAllConfig, args)
+    out = Path(config.out)
     # Before any model loads: a bad --layers would otherwise fail after each main evaluation.
-    resolve_device(args.device)
-    check_output_folder(args.out, "--out")
-    shape = model_shape(args.target)
-    check_layers(args.layers, shape[0] if shape else None, "read layer")
+    resolve_device(config.device)
+    check_output_folder(out, "--out")
+    shape = model_shape(config.target)
+    check_layers(config.layers, shape[0] if shape else None, "read layer")
     ctx = SuiteContext(
-        out=args.out,
-        target=args.target,
-        decoder=args.decoder,
-        decoders=_pairs(args.task_decoder, "--task-decoder"),
-        data=_pairs(args.data, "--data"),
-        device=args.device,
-        n=args.n,
-        seed=args.seed,
-        layers=args.layers,
+        out=out,
+        target=config.target,
+        decoder=config.decoder,
+        decoders=_pairs(config.task_decoder, "--task-decoder"),
+        data=_pairs(config.data, "--data"),
+        device=config.device,
+        n=config.n,
+        seed=config.seed,
+        layers=config.layers,
     )
-    suite = run_suite(ctx, args.tasks)
+    suite = run_suite(ctx, config.tasks)
     ran, skipped = ", ".join(suite["tasks"]) or "none", ", ".join(suite["skipped"]) or "none"
-    print(f"wrote {args.out / 'report.md'} and results.json (ran: {ran}; skipped: {skipped})")
+    print(f"wrote {out / 'report.md'} and results.json (ran: {ran}; skipped: {skipped})")
     if args.json:
         print(json.dumps(suite, default=str))
     return 1 if suite["failed"] else 0

@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
-from latentqa.cli.options import add_target_argument
+from latentqa.cli.options import add_config_arguments, add_model_alias, config_from_args
+from latentqa.models import EMBEDDED_MODEL
 
 SAMPLE_DIALOG = [
     {"role": "system", "content": "You are a pirate captain who answers every question at sea."},
     {"role": "user", "content": "What should I pack for a weekend trip?"},
 ]
+
+
+@dataclasses.dataclass
+class LayersConfig:
+    """Options of ``latentqa layers``."""
+
+    target: str = dataclasses.field(default=EMBEDDED_MODEL, metadata={"metavar": "SPEC"})
+    """model spec"""
+    layers_path: str | None = None
+    """dotted path of the block list, to override the search"""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N"""
+    dtype: str = "float32"
+    """float32 or bfloat16"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,16 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the mean residual-stream norm of the read span at every layer."
         ),
     )
-    add_target_argument(parser, "model spec")
-    parser.add_argument(
-        "--layers-path", default=None, help="dotted path of the block list, to override the search"
-    )
-    parser.add_argument(
-        "--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--dtype", default="float32", help="float32 or bfloat16 (default: %(default)s)"
-    )
+    add_config_arguments(parser, LayersConfig)
+    add_model_alias(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
@@ -45,17 +53,18 @@ def run(args: argparse.Namespace) -> int:
     from latentqa.models import load_model
     from latentqa.read import read_activations
 
-    model, tokenizer = load_model(args.target, device=args.device, dtype=args.dtype)
-    layers = find_decoder_layers(model, args.layers_path)
+    config = config_from_args(LayersConfig, args)
+    model, tokenizer = load_model(config.target, device=config.device, dtype=config.dtype)
+    layers = find_decoder_layers(model, config.layers_path)
     every = list(range(len(layers)))
     with torch.no_grad():
         (span,) = read_activations(
-            model, tokenizer, [SAMPLE_DIALOG], every, n_masked=1, layers_path=args.layers_path
+            model, tokenizer, [SAMPLE_DIALOG], every, n_masked=1, layers_path=config.layers_path
         )
     norms = span.float().norm(dim=-1).mean(dim=-1).tolist()  # [n_layers]
     encoded = encode_dialog(tokenizer, SAMPLE_DIALOG, 1)
     report = {
-        "model": args.target,
+        "model": config.target,
         "architecture": type(model).__name__,
         "layers_path": layers.path,
         "n_layers": len(layers),

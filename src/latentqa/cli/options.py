@@ -3,6 +3,11 @@
 Each field becomes ``--field-name`` with the field's docstring as its help, so
 ``--help`` and the Python API never drift apart. Values given on the command
 line override a ``--config FILE.json``; unknown keys in that file are errors.
+
+A field's ``metadata`` may set ``metavar`` (the value's name in ``--help``) and, for a
+``list[...]`` field, ``repeatable=True``: the option then takes one value and may be
+given several times (``--data a=x --data b=y``) instead of several values at once; and
+``group``, the title of the ``--help`` section the option is listed in.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ import typing
 from typing import Any
 
 from latentqa.configs import config_from_dict, field_docs, field_types, read_config_file
-from latentqa.models import EMBEDDED_MODEL
 
 
 def _unwrap_optional(hint: Any) -> Any:
@@ -32,14 +36,20 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for base in reversed(cls.__mro__):
         if dataclasses.is_dataclass(base):
             docs.update(field_docs(base))
+    groups: dict[str, Any] = {}
     for field in dataclasses.fields(cls):
         hint = _unwrap_optional(field_types(cls)[field.name])
+        title = field.metadata.get("group")
+        if title is not None and title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        target = parser if title is None else groups[title]
         flag = "--" + field.name.replace("_", "-")
         default = field.default if field.default is not dataclasses.MISSING else None
+        has_factory = field.default_factory is not dataclasses.MISSING
         help_text = docs.get(field.name, "")
-        if default is not None and default is not dataclasses.MISSING:
+        if default is not None:
             help_text += f" (default: {default})"
-        elif field.default is dataclasses.MISSING:
+        elif field.default is dataclasses.MISSING and not has_factory:
             help_text += " (required)"
         kwargs: dict[str, Any] = {
             "dest": field.name,
@@ -47,16 +57,23 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             "help": help_text,
         }
         origin = typing.get_origin(hint)
+        metavar = field.metadata.get("metavar")
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif origin is list:
-            kwargs.update(nargs="+", type=typing.get_args(hint)[0], metavar="X")
+            (item,) = typing.get_args(hint)
+            if typing.get_origin(item) is typing.Literal:
+                kwargs["choices"] = list(typing.get_args(item))
+            else:
+                kwargs["type"] = item
+            many = {"action": "append"} if field.metadata.get("repeatable") else {"nargs": "+"}
+            kwargs.update(many, metavar=metavar or "X")
         elif origin is typing.Literal:
             kwargs["choices"] = list(typing.get_args(hint))
         else:
             kwargs["type"] = hint
-            kwargs["metavar"] = field.name.upper()
-        parser.add_argument(flag, **kwargs)
+            kwargs["metavar"] = metavar or field.name.upper()
+        target.add_argument(flag, **kwargs)
     parser.add_argument(
         "--config",
         dest="config_file",
@@ -88,18 +105,12 @@ class _DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_target_argument(parser: Any, help_text: str) -> None:
-    """Add ``--target`` (default: the embedded model), and ``--model`` as a hidden alias.
+def add_model_alias(parser: Any) -> None:
+    """Add ``--model`` as a hidden, deprecated alias of a config's ``--target`` option.
 
     ``--model`` was the option's name in ``latentqa layers`` and ``latentqa data build``;
     old commands keep working.
     """
-    parser.add_argument(
-        "--target",
-        default=EMBEDDED_MODEL,
-        metavar="SPEC",
-        help=f"{help_text} (default: %(default)s)",
-    )
     parser.add_argument(
         "--model",
         dest="target",
