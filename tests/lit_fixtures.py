@@ -93,9 +93,12 @@ DIALOG = [
 QUESTIONS = ["What persona is the assistant adopting?", "Who is the assistant?"]
 
 
-def build_tiny_decoder(root: Path) -> tuple[Path, Path]:
-    """A tiny model folder and a decoder trained on it for a few steps (CPU, seconds)."""
-    model = write_tiny_model(root / "model")
+def build_tiny_decoder(root: Path, write_model=None) -> tuple[Path, Path]:
+    """A tiny model folder and a decoder trained on it for a few steps (CPU, seconds).
+
+    ``write_model(folder)`` writes the model (default :func:`write_tiny_model`).
+    """
+    model = (write_model or write_tiny_model)(root / "model")
     values = dict(
         data=str(write_tiny_data(root / "data")),
         out=str(root / "decoder"),

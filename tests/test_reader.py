@@ -6,18 +6,15 @@ import json
 
 import pytest
 import torch
-from lit_fixtures import write_tiny_data, write_tiny_model
+from lit_fixtures import build_tiny_decoder, write_tiny_model
 
 import latentqa.cli as cli
-from latentqa.configs import config_from_dict
 from latentqa.decoder import answer_token_loss, decoder_batch, unwrap_causal_lm
 from latentqa.errors import LatentQAError
 from latentqa.layers import find_decoder_layers
 from latentqa.patch import patch_activations
 from latentqa.read import position_ids_for
 from latentqa.reader import EVIDENCE_THRESHOLD, Answer, Reader
-from latentqa.train.config import TrainConfig
-from latentqa.train.trainer import train
 
 DIALOG = [
     {"role": "system", "content": "You are a pirate captain."},
@@ -34,23 +31,8 @@ ANSWERS = ["The assistant is a pirate captain.", "A French chef.", "A pirate.", 
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
     root = tmp_path_factory.mktemp("reader")
-    model = write_tiny_model(root / "model")
-    values = dict(
-        data=str(write_tiny_data(root / "data")),
-        out=str(root / "decoder"),
-        target=str(model),
-        steps=3,
-        batch_size=4,
-        lr=1e-2,
-        warmup_steps=1,
-        eval_every=0,
-        save_every=0,
-        eval_examples=4,
-        dtype="float32",
-        device="cpu",
-    )
-    train(config_from_dict(TrainConfig, values), progress=False)
-    return {"model": model, "decoder": root / "decoder", "root": root}
+    model, decoder = build_tiny_decoder(root)
+    return {"model": model, "decoder": decoder, "root": root}
 
 
 @pytest.fixture(scope="module")

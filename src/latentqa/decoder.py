@@ -273,9 +273,6 @@ def answer_token_loss(
             were read with), so the write goes to the same block list.
     """
     causal_lm = unwrap_causal_lm(decoder)
-    # Target tokens are the answer; the logits that predict them sit one step earlier.
-    predicts = torch.zeros_like(batch.label_mask)
-    predicts[:, :-1] = batch.label_mask[:, 1:]
     with patch_activations(
         causal_lm, write_layer, batch.placeholder_mask, vectors, mode, layers_path=layers_path
     ):
@@ -285,16 +282,48 @@ def answer_token_loss(
             position_ids=position_ids_for(batch.attention_mask),
             use_cache=False,
         ).last_hidden_state  # [batch, seq, d_model]
-    logits = lm_head_logits(causal_lm, hidden[predicts]).float()  # [n_answer_tokens, vocab]
-    targets = batch.input_ids[batch.label_mask]  # [n_answer_tokens], same row-major order
+    rows = batch.label_mask.nonzero()[:, 0]  # [n_answer_tokens], each token's example
+    n_rows = batch.input_ids.shape[0]
+    return answer_losses(
+        causal_lm, hidden, batch.input_ids, batch.label_mask, rows, n_rows, reduction
+    )
+
+
+def answer_losses(
+    causal_lm: nn.Module,
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    label_mask: torch.Tensor,
+    owners: torch.Tensor,
+    n_owners: int,
+    reduction: str,
+) -> torch.Tensor:
+    """Cross-entropy of the answer tokens from the body's last hidden states.
+
+    The LM head runs only at the positions that predict an answer token (one step
+    before it; an answer never starts a row or a packed branch, so the shift stays
+    inside its prompt).
+
+    Args:
+        causal_lm: The unwrapped CausalLM (for its head).
+        hidden: ``[rows, seq, d_model]`` last hidden states.
+        input_ids: ``[rows, seq]`` the ids, answers included.
+        label_mask: ``[rows, seq]`` True on answer tokens.
+        owners: ``[n_answer_tokens]`` the prompt each answer token belongs to, in
+            row-major order.
+        n_owners: Number of prompts.
+        reduction: ``mean``, ``sum`` or ``none`` (per prompt sums and token counts,
+            ``[n_owners, 2]``).
+    """
+    predicts = torch.zeros_like(label_mask)
+    predicts[:, :-1] = label_mask[:, 1:]
+    logits = lm_head_logits(causal_lm, hidden[predicts]).float()  # [n_answer, vocab]
+    targets = input_ids[label_mask]  # [n_answer], same row-major order
     if reduction != "none":
         return F.cross_entropy(logits, targets, reduction=reduction)
     token_losses = F.cross_entropy(logits, targets, reduction="none")
-    rows = predicts.nonzero()[:, 0]
-    sums = torch.zeros(batch.input_ids.shape[0], device=logits.device).index_add_(
-        0, rows, token_losses
-    )
-    counts = predicts.sum(-1).to(sums.dtype)
+    sums = torch.zeros(n_owners, device=logits.device).index_add_(0, owners, token_losses)
+    counts = torch.zeros_like(sums).index_add_(0, owners, torch.ones_like(token_losses))
     return torch.stack([sums, counts], dim=-1)
 
 

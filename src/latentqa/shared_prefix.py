@@ -25,11 +25,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from latentqa.decoder import lm_head_logits, unwrap_causal_lm
+from latentqa.decoder import answer_losses, unwrap_causal_lm
 from latentqa.errors import LatentQAError
 from latentqa.layout import build_decoder_prompt
 from latentqa.patch import PatchMode, patch_activations
@@ -217,19 +216,10 @@ def shared_answer_loss(
             position_ids=batch.position_ids,
             use_cache=False,
         ).last_hidden_state  # [rows, seq, d_model]
-    # A branch starts with the question, never an answer token, so shifting the label
-    # mask by one stays inside each branch: an answer token's logits sit one step back.
-    predicts = torch.zeros_like(batch.label_mask)
-    predicts[:, :-1] = batch.label_mask[:, 1:]
-    logits = lm_head_logits(causal_lm, hidden[predicts]).float()  # [n_answer, vocab]
-    targets = batch.input_ids[batch.label_mask]  # [n_answer], same row-major order
-    if reduction != "none":
-        return F.cross_entropy(logits, targets, reduction=reduction)
-    token_losses = F.cross_entropy(logits, targets, reduction="none")
-    owners = batch.branch_index[batch.label_mask]  # [n_answer]
-    sums = torch.zeros(batch.n_branches, device=logits.device).index_add_(0, owners, token_losses)
-    counts = torch.zeros_like(sums).index_add_(0, owners, torch.ones_like(token_losses))
-    return torch.stack([sums, counts], dim=-1)
+    owners = batch.branch_index[batch.label_mask]  # [n_answer], each token's branch
+    return answer_losses(
+        causal_lm, hidden, batch.input_ids, batch.label_mask, owners, batch.n_branches, reduction
+    )
 
 
 @contextmanager

