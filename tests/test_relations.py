@@ -19,11 +19,13 @@ from latentqa.data.format import load_latentqa
 from latentqa.data.relations import (
     DEMO_SUBJECTS,
     RELATIONS,
+    Fact,
     build_relations_dataset,
     demos_for,
     exact_match,
     few_shot_prompt,
     filter_known,
+    first_answer,
     fuzzy_match,
     load_facts,
     normalize,
@@ -97,8 +99,21 @@ def test_few_shot_prompt_and_demos():
     demos = demos_for(FACTS, "capital", "Germany")
     assert [d.subject for d in demos] == ["Japan", "Brazil", "Chile"]
     prompt = few_shot_prompt("capital", demos, "France")
-    assert prompt.startswith("Q: What is the capital of Japan?\nA: Tokyo\n")
-    assert prompt.endswith("Q: What is the capital of France?\nA:")
+    assert prompt.startswith("The capital of Japan is Tokyo.\nThe capital of Brazil is ")
+    assert prompt.endswith(".\nThe capital of France is")
+    assert prompt.count("\n") == len(demos)
+
+
+def test_first_answer_takes_the_first_sentence():
+    assert first_answer(" Paris.\nThe capital of Spain is") == "Paris"
+    assert first_answer(" Washington, D.C.\n") == "Washington, D.C"
+    assert first_answer("  Euro") == "Euro"
+
+
+def _fact_of(prompt: str) -> Fact:
+    """The fact whose unfinished statement ends a few-shot prompt."""
+    last = prompt.rsplit("\n", 1)[-1]
+    return next(f for f in FACTS if RELATIONS[f.relation].state(f.subject) == last)
 
 
 def test_filter_keeps_known_facts_and_caches(tmp_path):
@@ -107,10 +122,9 @@ def test_filter_keeps_known_facts_and_caches(tmp_path):
     def oracle(prompts: list[str]) -> list[str]:
         answers = []
         for prompt in prompts:
-            question = prompt.rsplit("Q: ", 1)[1]
-            fact = next(f for f in FACTS if RELATIONS[f.relation].ask(f.subject) in question)
+            fact = _fact_of(prompt)
             right = fact.subject in known_subjects
-            answers.append(f" {fact.answer if right else 'Atlantis'}\nQ: next")
+            answers.append(f" {fact.answer if right else 'Atlantis'}.\nThe next")
         return answers
 
     facts = [f for f in FACTS if f.relation == "capital"]
@@ -166,8 +180,7 @@ def test_build_with_filter_reports_counts(tmp_path):
     def knows_capitals(prompts: list[str]) -> list[str]:
         out = []
         for prompt in prompts:
-            question = prompt.rsplit("Q: ", 1)[1]
-            fact = next(f for f in FACTS if RELATIONS[f.relation].ask(f.subject) in question)
+            fact = _fact_of(prompt)
             out.append(" " + (fact.answer if fact.relation != "language" else "Klingon"))
         return out
 

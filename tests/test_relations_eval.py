@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import types
 
@@ -12,7 +13,10 @@ import torch
 from lit_fixtures import write_tiny_model
 from relations_fixtures import write_relations_data
 
+from latentqa.cli import main
 from latentqa.cli.eval_relations import add_relations_task
+from latentqa.data.relations_facts import normalize
+from latentqa.errors import LatentQAError
 from latentqa.evals.all import KNOWN_TASKS, SuiteContext, discover, run_suite
 from latentqa.evals.relations import (
     METHODS,
@@ -21,15 +25,17 @@ from latentqa.evals.relations import (
     patchscope_answers,
     probe_answers,
     read_subjects,
+    relation_data_of,
     score,
     sweep_layers,
 )
+from latentqa.evals.relations_data import find_relation_data
 from latentqa.reader import Reader
 
 SUMMARY_KEYS = {
     "accuracy",
     "fuzzy_accuracy",
-    "closed_accuracy",
+    "seen_accuracy",
     "heldout_relation_accuracy",
     "heldout_relation_fuzzy_accuracy",
     "n",
@@ -80,10 +86,30 @@ def test_score_groups_and_missing_predictions(setup):
     summary, per_relation = score([i.fact.answer for i in items], items)
     assert summary["accuracy"] == summary["fuzzy_accuracy"] == 1.0
     assert summary["heldout_relation_accuracy"] == 1.0 and summary["n"] == len(items)
-    closed = [None if i.fact.relation == "capital" else "nope" for i in items]
-    summary, per_relation = score(closed, items)
-    assert summary["accuracy"] is None and summary["closed_accuracy"] == 0.0
+    missing = [None if i.fact.relation == "capital" else "nope" for i in items]
+    summary, per_relation = score(missing, items)
+    assert summary["accuracy"] is None
     assert per_relation["capital"]["accuracy"] is None
+    assert per_relation["region"]["accuracy"] == 0.0
+
+
+def test_seen_marks_answers_a_training_subject_shares(setup):
+    _, data, _ = setup
+    rel = load_relation_data(data)
+    for item in rel.items:
+        trained = {
+            normalize(a)
+            for t in rel.train
+            if t.fact.relation == item.fact.relation
+            for a in t.fact.aliases
+        }
+        assert item.seen == bool(trained & {normalize(a) for a in item.fact.aliases})
+    summary, per_relation = score(
+        [i.fact.answer if i.seen else "nope" for i in rel.items], rel.items
+    )
+    assert summary["seen_accuracy"] in (1.0, None)
+    for relation, values in per_relation.items():
+        assert values["n_seen"] == sum(i.seen for i in rel.items if i.fact.relation == relation)
 
 
 def test_patchscope_and_probe_baselines(setup, reader):
@@ -99,11 +125,10 @@ def test_patchscope_and_probe_baselines(setup, reader):
     features = torch.stack([s[0].mean(0) for s in spans])
     predictions = probe_answers(pooled, rel.train, features, rel.items)
     for prediction, item in zip(predictions, rel.items, strict=True):
-        if item.fact.relation == "capital":
-            assert prediction is None
-        else:
-            classes = {t.fact.answer for t in rel.train if t.fact.relation == item.fact.relation}
-            assert prediction in classes
+        # The held-out relation's probe is fitted on training subjects' facts of it,
+        # which the decoder never trains on.
+        classes = {t.fact.answer for t in rel.train if t.fact.relation == item.fact.relation}
+        assert prediction in classes
 
 
 def test_evaluate_returns_every_method(setup, reader):
@@ -112,8 +137,7 @@ def test_evaluate_returns_every_method(setup, reader):
     assert result["task"] == "relations" and set(result["methods"]) == set(METHODS)
     for values in result["methods"].values():
         assert set(values) == SUMMARY_KEYS
-    assert result["methods"]["linear_probe"]["accuracy"] is None  # capital is open
-    assert 0.0 <= result["methods"]["linear_probe"]["closed_accuracy"] <= 1.0
+    assert 0.0 <= result["methods"]["linear_probe"]["accuracy"] <= 1.0
     assert result["decoder"]["trained_on"] == "relations only"
     assert set(result["per_relation"]) == {"capital", "region", "language", "currency"}
     json.loads(json.dumps(result))
@@ -200,18 +224,24 @@ def test_eval_all_writes_report_and_json(setup, tmp_path, monkeypatch):
         "## Skipped",
         "**ghost**",
         "## Failed",
+        "| task | measure | LIT | activations taken away | baselines |",
+        "| system-prompt (n = 3) | mc_accuracy | **0.600** | – | – |",
     ):
         assert text in report
+    headline = next(line for line in report.splitlines() if line.startswith("| relations (n ="))
+    for method in ("lit_zeroed", "lit_shuffled", "patchscope", "linear_probe"):
+        assert method in headline
     assert (tmp_path / "report" / "relations_layers_accuracy.png").is_file()
     figures = json.loads((tmp_path / "report" / "results.json").read_text())
     assert figures["tasks"]["relations"]["methods"]["patchscope"]["n"] > 0
 
 
 def test_eval_all_skips_tasks_without_data(tmp_path):
-    ctx = SuiteContext(out=tmp_path, log=lambda _: None)
+    ctx = SuiteContext(out=tmp_path, target=str(tmp_path / "model"), log=lambda _: None)
     suite = run_suite(ctx, tasks=["system-prompt", "relations"])
     assert set(suite["skipped"]) == {"system-prompt", "relations"}
-    assert "no data folder" in suite["skipped"]["relations"]
+    assert str(tmp_path / "model") in suite["skipped"]["system-prompt"]  # no such model
+    assert "no decoder ships for target" in suite["skipped"]["relations"]
     assert set(KNOWN_TASKS) <= set(discover())
 
 
@@ -230,3 +260,25 @@ def test_eval_all_finds_a_module_by_its_run_in_suite(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "latentqa.evals.fake", types.ModuleType("fake"))
     suite = run_suite(ctx, ["fake"])
     assert "no run_in_suite(ctx) entry point" in suite["skipped"]["fake"]
+
+
+def test_facts_default_to_the_decoders_own(setup, reader, tmp_path):
+    _, data, decoder = setup
+    # The folder the decoder was trained on, then the decoder folder itself (shipped).
+    assert relation_data_of(reader) == data
+    copy = tmp_path / "decoder"
+    shutil.copytree(decoder, copy)
+    shutil.copy(data / "facts.json", copy / "facts.json")
+    assert find_relation_data(None, copy, "/nonexistent") == copy
+    assert find_relation_data(tmp_path, copy, None) == tmp_path  # --data wins
+    with pytest.raises(LatentQAError, match="pass --data DIR"):
+        find_relation_data(None, decoder, "/nonexistent")
+
+
+def test_eval_relations_cli_runs_without_data(setup, capsys):
+    model, _, decoder = setup
+    argv = ["eval", "relations", "--target", str(model), "--decoder", str(decoder)]
+    assert main([*argv, "--device", "cpu", "--max-new-tokens", "2", "--n", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["methods"]) == set(METHODS)
+    assert all("accuracy" in v for r in result["per_relation"].values() for v in r.values())

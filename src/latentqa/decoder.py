@@ -330,34 +330,62 @@ def answer_losses(
 # Decoder folders.
 
 
-def shipped_decoder(target: str) -> Path:
+SHIPPED_PREFIX = "shipped:"
+"""``shipped:NAME`` names a decoder that ships in the package (see :data:`SHIPPED_NAMES`)."""
+SHIPPED_NAMES = {"default": "", "relations": "-relations"}
+"""Shipped decoder name -> folder suffix: ``default`` reads behaviours (personas, hidden
+instructions), ``relations`` reads facts about a country from its name's tokens."""
+
+
+def shipped_decoder(target: str, name: str = "default") -> Path:
     """The decoder folder shipped in the package for ``target`` (the embedded model only).
 
+    Args:
+        target: The target model spec.
+        name: A key of :data:`SHIPPED_NAMES`.
+
     Raises:
-        LatentQAError: No decoder ships for ``target``, or the shipped folder is missing.
+        LatentQAError: No decoder ships for ``target`` or under ``name``, or the shipped
+            folder is missing.
     """
+    if name not in SHIPPED_NAMES:
+        raise LatentQAError(
+            f"no shipped decoder is called {name!r}; choose "
+            + ", ".join(SHIPPED_PREFIX + key for key in SHIPPED_NAMES)
+        )
     if str(target).strip().lower() != EMBEDDED_MODEL:
         raise LatentQAError(
             f"no decoder ships for target {str(target)!r} (only for {EMBEDDED_MODEL!r}); "
             "pass a decoder folder written by `latentqa train`"
         )
-    folder = SHIPPED_DECODERS / EMBEDDED_MODEL
+    folder = SHIPPED_DECODERS / (EMBEDDED_MODEL + SHIPPED_NAMES[name])
     if not (folder / SPEC_FILE).is_file():
         raise LatentQAError(
-            f"the shipped decoder for {EMBEDDED_MODEL!r} is not installed ({folder} is missing); "
-            "train one with `latentqa train --out DIR` and pass it as the decoder"
+            f"the shipped decoder {SHIPPED_PREFIX}{name} for {EMBEDDED_MODEL!r} is not "
+            f"installed ({folder} is missing); train one with `latentqa train --out DIR` "
+            "and pass it as the decoder"
         )
     return folder
 
 
+def decoder_folder(target: str, decoder: str | Path | None) -> Path:
+    """Where ``decoder`` lives: ``None`` is the shipped default, ``shipped:NAME`` a shipped
+    decoder, anything else a folder path."""
+    if decoder is None:
+        return shipped_decoder(str(target))
+    if isinstance(decoder, str) and decoder.startswith(SHIPPED_PREFIX):
+        return shipped_decoder(str(target), decoder[len(SHIPPED_PREFIX) :] or "default")
+    return Path(decoder).expanduser()
+
+
 def open_decoder_folder(target: str, decoder: str | Path | None) -> tuple[Path, DecoderSpec]:
-    """The decoder folder (``None``: the shipped one) and its spec, checked for adapters.
+    """The decoder folder (see :func:`decoder_folder`) and its spec, checked for adapters.
 
     Raises:
         LatentQAError: The folder is missing, has no ``latentqa.json``, or lacks the
             safetensors adapter files.
     """
-    folder = shipped_decoder(str(target)) if decoder is None else Path(decoder).expanduser()
+    folder = decoder_folder(target, decoder)
     if not folder.is_dir():
         raise LatentQAError(f"decoder folder {folder} does not exist")
     spec = DecoderSpec.load(folder)

@@ -91,6 +91,7 @@ class ReaderScoring:
         *,
         vectors_transform: VectorsTransform | None = None,
         batch_size: int = 32,
+        subject: str | None = None,
     ) -> list[Answer]:
         """Answer like :meth:`ask`, and weigh each answer against zeroed activations.
 
@@ -109,6 +110,8 @@ class ReaderScoring:
             vectors_transform: Applied to the read vectors ``[n, d_model]`` first; the
                 zeroed condition uses zeros of the transformed vectors' shape.
             batch_size: Dialogs per target pass / rows per generation and scoring batch.
+            subject: Read only the tokens of this text in the last user turn (see
+                :meth:`ask`); ``None``: the whole dialog after the system prompt.
 
         Returns:
             One :class:`Answer` per question; ``str(answer)`` is its text, equal to what
@@ -122,6 +125,7 @@ class ReaderScoring:
             layer,
             vectors_transform=vectors_transform,
             batch_size=batch_size,
+            subject=subject,
         )
         return answers[0]
 
@@ -135,10 +139,22 @@ class ReaderScoring:
         *,
         vectors_transform: VectorsTransform | None = None,
         batch_size: int = 32,
+        subject: str | Sequence[str | None] | None = None,
     ) -> list[list[Answer]]:
-        """:meth:`ask_with_evidence` for every dialog: ``[dialog][question]`` answers."""
+        """:meth:`ask_with_evidence` for every dialog: ``[dialog][question]`` answers.
+
+        ``subject`` is one text for every dialog or one per dialog (see
+        :meth:`~latentqa.reader.Reader.read_many`).
+        """
         rows, row_questions, texts, width = self._answer_rows(
-            dialogs, questions, max_new_tokens, temperature, layer, vectors_transform, batch_size
+            dialogs,
+            questions,
+            max_new_tokens,
+            temperature,
+            layer,
+            vectors_transform,
+            batch_size,
+            subject=subject,
         )
         flat = self.evidence_vectors(rows, row_questions, texts, batch_size)
         return [flat[i : i + width] for i in range(0, len(flat), width)]
@@ -272,15 +288,17 @@ class ReaderScoring:
         layer: int | None = None,
         *,
         vectors_transform: VectorsTransform | None = None,
+        subject: str | None = None,
     ) -> list[float]:
         """Log-likelihood (sum of log-probs) of each candidate answer to ``question``.
 
         One target read and one decoder forward over all candidates; ``normalize``,
-        ``layer`` and ``vectors_transform`` are as in :meth:`score_vectors` and :meth:`ask`.
+        ``layer``, ``vectors_transform`` and ``subject`` are as in :meth:`score_vectors`
+        and :meth:`ask`.
         """
         (question,) = check_questions([question])
         _as_answers(answers)
-        vectors = self.read(dialog, layer)
+        vectors = self.read(dialog, layer, subject=subject)
         if vectors_transform is not None:
             vectors = vectors_transform(vectors)
         return self.score_vectors(vectors, question, answers, normalize)

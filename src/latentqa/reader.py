@@ -8,6 +8,8 @@ SelfIE / Patchscope-style baseline); the ``*_vectors`` methods and
 ``vectors_transform`` let evaluations zero or shuffle the activations.
 :meth:`Reader.ask_with_evidence` also reports, per answer, whether it was read from the
 activations or could be guessed from the question alone (see :class:`Answer`).
+With a ``subject``, only that text's tokens in the last user turn are read (as the
+shipped ``relations`` decoder, trained on a country name's tokens, expects).
 
 Scoring and evidence live in :mod:`latentqa.evidence`, decoder folders in
 :mod:`latentqa.decoder` (both re-exported here); adapters are switched through the
@@ -23,11 +25,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from latentqa.chat import EncodedDialog, Message, encode_dialog, render, validate_dialog
+from latentqa.chat import EncodedDialog, Message, encode_dialog, subject_span, validate_dialog
 from latentqa.decoder import (
     ADAPTER_FILES,
     DecoderSpec,
-    decoder_batch,
     decoder_inputs,
     load_decoder,
     open_decoder_folder,
@@ -35,45 +36,79 @@ from latentqa.decoder import (
 )
 from latentqa.errors import LatentQAError
 from latentqa.evidence import EVIDENCE_THRESHOLD, Answer, ReaderScoring, VectorsTransform
+from latentqa.generation import ReaderGeneration, context_length, stop_token_ids
 from latentqa.handle import TargetHandle
 from latentqa.layers import check_layer_index
 from latentqa.models import EMBEDDED_MODEL, load_model
-from latentqa.patch import PATCH_MODES, patch_activations
+from latentqa.patch import PATCH_MODES
 from latentqa.preflight import check_questions
 from latentqa.read import pad_token_id, read_encoded
 
 # Re-exported: older imports of these names from here keep working.
-__all__ = ["ADAPTER_FILES", "EVIDENCE_THRESHOLD", "Answer", "Reader", "open_decoder_folder"]
+__all__ = [
+    "ADAPTER_FILES",
+    "EVIDENCE_THRESHOLD",
+    "Answer",
+    "Reader",
+    "open_decoder_folder",
+    "stop_token_ids",
+]
 
-_ANSWER_MARKER = "\u2063LATENTQA-ANSWER\u2063"
+Subjects = str | Sequence[str | None] | None
+"""``subject`` of the reading methods: one text for every dialog, one per dialog, or none."""
 
 
-def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: nn.Module) -> list[int]:
-    """Token ids that end an answer: eos, and the chat template's end-of-turn token.
+def check_subject(dialog: Sequence[Message], subject: str) -> list[Message]:
+    """Check that ``subject`` occurs in ``dialog``'s last user turn; the dialog up to that turn
+    (later turns cannot change a causal target's activations on the subject).
 
-    The end-of-turn token is found by rendering an assistant turn and taking the first
-    token after its content when that token is a special / added token.
+    Args:
+        dialog: ``{"role", "content"}`` messages with at least one user turn.
+        subject: Text that occurs verbatim in the last user turn, e.g. ``"France"`` in
+            ``"Tell me about France."``.
+
+    Returns:
+        The validated messages, through the last user turn.
+
+    Raises:
+        LatentQAError: A malformed dialog, an empty subject, or one that does not occur
+            in the last user turn.
     """
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    candidates = [tokenizer.eos_token_id, *(eos if isinstance(eos, (list, tuple)) else [eos])]
-    ids = {int(c) for c in candidates if c is not None}
-    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _ANSWER_MARKER}]
-    tail = render(tokenizer, turns, False).partition(_ANSWER_MARKER)[2]
-    tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
-    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
-    if tail_ids and tail_ids[0] in special:
-        ids.add(int(tail_ids[0]))
-    return sorted(ids)
+    messages = validate_dialog(dialog)
+    if not isinstance(subject, str) or not subject.strip():
+        raise LatentQAError(
+            f"the subject must be non-empty text from the dialog's last user turn, got {subject!r}"
+        )
+    last_user = max(i for i, message in enumerate(messages) if message["role"] == "user")
+    turn = messages[last_user]["content"]
+    if subject not in turn:
+        raise LatentQAError(
+            f"the subject {subject!r} does not occur in the dialog's last user turn "
+            f"({turn!r:.80}); pass text that occurs in it verbatim (case and spaces "
+            "included), or leave the subject out to read the whole dialog"
+        )
+    return messages[: last_user + 1]
 
 
-def _context_length(model: nn.Module) -> int | None:
-    config = unwrap_causal_lm(model).config
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    value = getattr(text, "max_position_embeddings", None)
-    return int(value) if value else None
+def encode_subject(
+    tokenizer: PreTrainedTokenizerBase, dialog: Sequence[Message], subject: str
+) -> EncodedDialog:
+    """Encode ``dialog`` with the read span on ``subject``'s last occurrence in its last user turn.
+
+    :func:`check_subject` checks the subject and cuts the dialog after that turn;
+    :func:`latentqa.chat.subject_span` finds the tokens that overlap its characters.
+
+    Returns:
+        The encoded dialog, cut after the subject's last token; its read span is the
+        subject's tokens.
+
+    Raises:
+        LatentQAError: As :func:`check_subject`.
+    """
+    return subject_span(tokenizer, check_subject(dialog, subject), subject)
 
 
-class Reader(ReaderScoring):
+class Reader(ReaderGeneration, ReaderScoring):
     """A decoder (target + LoRA adapters, or the bare target) reading the target's activations.
 
     Args:
@@ -111,7 +146,7 @@ class Reader(ReaderScoring):
         self.device = next(model.parameters()).device
         self._pad_id = pad_token_id(tokenizer)
         self._stop_ids = stop_token_ids(tokenizer, unwrap_causal_lm(model))
-        self._context = _context_length(model)
+        self._context = context_length(model)
 
     @classmethod
     def load(
@@ -187,27 +222,39 @@ class Reader(ReaderScoring):
 
     # Reading the target.
 
-    def _check_length(self, length: int, what: str) -> None:
-        if self._context is not None and length > self._context:
-            raise LatentQAError(
-                f"{what} is {length} tokens, longer than the model's context of "
-                f"{self._context} tokens; shorten it"
-            )
+    def encode(self, dialog: Sequence[Message], subject: str | None = None) -> EncodedDialog:
+        """Tokenize a dialog with its read span.
 
-    def encode(self, dialog: Sequence[Message]) -> EncodedDialog:
-        """Tokenize a dialog with its read span (a leading system prompt is masked, and so is
-        a default system prompt the chat template adds to a dialog without one)."""
+        Args:
+            dialog: ``{"role", "content"}`` messages.
+            subject: Read only the tokens of this text's last occurrence in the last user
+                turn (see :func:`encode_subject`); ``None``: a leading system prompt is
+                masked, and so is a default system prompt the chat template adds to a
+                dialog without one, and everything after it is read.
+
+        Raises:
+            LatentQAError: A malformed dialog, a subject not in the last user turn, or a
+                dialog longer than the model's context.
+        """
         messages = validate_dialog(dialog)
-        n_masked = 1 if messages[0]["role"] == "system" else 0
-        # Without a system message, a template's default system prompt is left out too:
-        # the read span then starts where it would after a (masked) system prompt.
-        encoded = encode_dialog(self.tokenizer, messages, n_masked, mask_default_system=True)
+        if subject is not None:
+            encoded = encode_subject(self.tokenizer, messages, subject)
+        else:
+            n_masked = 1 if messages[0]["role"] == "system" else 0
+            # Without a system message, a template's default system prompt is left out
+            # too: the read span starts where it would after a (masked) system prompt.
+            encoded = encode_dialog(self.tokenizer, messages, n_masked, mask_default_system=True)
         self._check_length(len(encoded.input_ids), "the dialog")
         return encoded
 
     @torch.no_grad()
     def read_many(
-        self, dialogs: Sequence[Sequence[Message]], layer: int | None = None, batch_size: int = 16
+        self,
+        dialogs: Sequence[Sequence[Message]],
+        layer: int | None = None,
+        batch_size: int = 16,
+        *,
+        subject: Subjects = None,
     ) -> list[torch.Tensor]:
         """The target's read vectors for each dialog, ``[n_read_layers * kept, d_model]``.
 
@@ -215,10 +262,28 @@ class Reader(ReaderScoring):
             dialogs: Lists of ``{"role", "content"}`` messages.
             layer: Read this block instead of the spec's read layers.
             batch_size: Dialogs per target forward pass.
+            subject: Read only the tokens of this text in each dialog's last user turn
+                (for decoders trained on subject tokens, such as ``shipped:relations``):
+                one text for every dialog, or one per dialog (``None`` items read the
+                whole dialog); ``None``: read everything after the system prompt.
+
+        Returns:
+            One ``[n_read_layers * kept, d_model]`` tensor per dialog, read layers first:
+            with a subject, its tokens' vectors of each read layer in turn.
+
+        Raises:
+            LatentQAError: No dialogs, a subject list of another length, a subject that
+                is not in a dialog's last user turn, or a layer out of range.
         """
         if not isinstance(dialogs, (list, tuple)) or not dialogs:
             raise LatentQAError("pass at least one dialog (a list of message lists)")
-        encoded = [self.encode(dialog) for dialog in dialogs]
+        one = subject is None or isinstance(subject, str)
+        subjects = [subject] * len(dialogs) if one else list(subject)
+        if len(subjects) != len(dialogs):
+            raise LatentQAError(
+                f"{len(subjects)} subjects for {len(dialogs)} dialogs: pass one per dialog"
+            )
+        encoded = [self.encode(d, s) for d, s in zip(dialogs, subjects, strict=True)]
         layers = self.spec.read_layers if layer is None else [layer]
         layers = [check_layer_index(item, self.n_layers, "read layer") for item in layers]
         vectors: list[torch.Tensor] = []
@@ -232,96 +297,16 @@ class Reader(ReaderScoring):
                 vectors += [decoder_inputs(span, self.spec) for span in spans]
         return vectors
 
-    def read(self, dialog: Sequence[Message], layer: int | None = None) -> torch.Tensor:
-        """The target's read vectors for one dialog, ``[n_read_layers * kept, d_model]``."""
-        return self.read_many([dialog], layer)[0]
+    def read(
+        self, dialog: Sequence[Message], layer: int | None = None, *, subject: str | None = None
+    ) -> torch.Tensor:
+        """The target's read vectors for one dialog, ``[n_read_layers * kept, d_model]``.
 
-    def _check_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
-        if not isinstance(vectors, torch.Tensor) or vectors.dim() != 2 or len(vectors) < 1:
-            shape = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors)
-            raise LatentQAError(f"vectors must be a [n, d_model] tensor with n >= 1, got {shape}")
-        if vectors.shape[-1] != self.hidden_size:
-            raise LatentQAError(
-                f"vectors have size {vectors.shape[-1]} but the decoder's hidden size is "
-                f"{self.hidden_size}: they come from another model"
-            )
-        return vectors.to(self.device)
+        ``layer`` and ``subject`` are as in :meth:`read_many`.
+        """
+        return self.read_many([dialog], layer, subject=subject)[0]
 
     # Asking questions.
-
-    @torch.no_grad()
-    def generate_ids(
-        self,
-        vectors: Sequence[torch.Tensor],
-        questions: Sequence[str],
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        batch_size: int = 32,
-    ) -> list[list[int]]:
-        """Answer token ids, up to the first stop token, per (vectors, question) row.
-
-        ``vectors[i]`` (``[n_i, d_model]``) is patched into the prompt pass of row ``i``
-        only; later tokens come from the KV cache. Rows run in left-padded batches.
-        """
-        questions = check_questions(questions)
-        if len(vectors) != len(questions):
-            raise LatentQAError(f"{len(vectors)} vector sets for {len(questions)} questions")
-        if max_new_tokens < 1 or temperature < 0:
-            raise LatentQAError(
-                f"need max_new_tokens >= 1, temperature >= 0; got {max_new_tokens}, {temperature}"
-            )
-        vectors = [self._check_vectors(v) for v in vectors]
-        # Plain temperature sampling (no top-k / top-p from the model's generation config).
-        if temperature > 0:
-            sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-        else:
-            sampling = dict(do_sample=False)
-        causal_lm = unwrap_causal_lm(self.model)
-        answers: list[list[int]] = []
-        for start in range(0, len(questions), batch_size):
-            rows = slice(start, start + batch_size)
-            batch, flat = decoder_batch(self.tokenizer, vectors[rows], questions[rows])
-            batch = batch.to(self.device)  # ids and masks [rows, width]; flat [n, d_model]
-            width = batch.input_ids.shape[1]
-            self._check_length(width + max_new_tokens, "the decoder prompt plus max_new_tokens")
-            with patch_activations(
-                causal_lm,
-                self.spec.write_layer,
-                batch.placeholder_mask,
-                flat,
-                self.spec.mode,
-                layers_path=self.layers_path,
-            ):
-                output = self.model.generate(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    max_new_tokens=max_new_tokens,
-                    eos_token_id=self._stop_ids,
-                    pad_token_id=self._pad_id,
-                    use_cache=True,
-                    **sampling,
-                )  # [rows, width + n_new]
-            answers += [self._until_stop(row) for row in output[:, width:].tolist()]
-        return answers
-
-    def _until_stop(self, ids: list[int]) -> list[int]:
-        stops = [i for i, token in enumerate(ids) if token in self._stop_ids]
-        return ids[: stops[0]] if stops else ids
-
-    def _texts(self, rows: list[list[int]]) -> list[str]:
-        return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in rows]
-
-    def ask_vectors(
-        self,
-        vectors: torch.Tensor,
-        questions: str | Sequence[str],
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-    ) -> list[str]:
-        """Answer questions about already-read vectors ``[n, d_model]`` (e.g. zeroed, shuffled)."""
-        items = check_questions(questions)
-        rows = self.generate_ids([vectors] * len(items), items, max_new_tokens, temperature)
-        return self._texts(rows)
 
     def ask(
         self,
@@ -333,6 +318,7 @@ class Reader(ReaderScoring):
         *,
         vectors_transform: VectorsTransform | None = None,
         batch_size: int = 32,
+        subject: str | None = None,
     ) -> list[str]:
         """Answer each question about the target's activations on ``dialog`` (read once).
 
@@ -344,6 +330,10 @@ class Reader(ReaderScoring):
             layer: Read this target block instead of the decoder's read layers.
             vectors_transform: Applied to the read vectors ``[n, d_model]`` first.
             batch_size: Dialogs per target pass / rows per generation batch.
+            subject: Read only the tokens of this text in the last user turn (for
+                decoders trained on subject tokens, e.g. ``"France"`` in ``"Tell me about
+                France."`` for ``shipped:relations``); ``None``: the whole dialog after
+                the system prompt.
 
         Returns:
             One answer per question, as plain strings; :meth:`ask_with_evidence` takes the
@@ -357,6 +347,7 @@ class Reader(ReaderScoring):
             layer,
             vectors_transform=vectors_transform,
             batch_size=batch_size,
+            subject=subject,
         )
         return answers[0]
 
@@ -370,20 +361,40 @@ class Reader(ReaderScoring):
         *,
         vectors_transform: VectorsTransform | None = None,
         batch_size: int = 32,
+        subject: Subjects = None,
     ) -> list[list[str]]:
-        """Ask every question about every dialog (see :meth:`ask`): ``[dialog][question]``."""
+        """Ask every question about every dialog (see :meth:`ask`): ``[dialog][question]``.
+
+        ``subject`` is one text for every dialog or one per dialog (see :meth:`read_many`).
+        """
         _, _, flat, width = self._answer_rows(
-            dialogs, questions, max_new_tokens, temperature, layer, vectors_transform, batch_size
+            dialogs,
+            questions,
+            max_new_tokens,
+            temperature,
+            layer,
+            vectors_transform,
+            batch_size,
+            subject=subject,
         )
         return [flat[i : i + width] for i in range(0, len(flat), width)]
 
     def _answer_rows(
-        self, dialogs, questions, max_new_tokens, temperature, layer, vectors_transform, batch_size
+        self,
+        dialogs,
+        questions,
+        max_new_tokens,
+        temperature,
+        layer,
+        vectors_transform,
+        batch_size,
+        *,
+        subject: Subjects = None,
     ) -> tuple[list[torch.Tensor], list[str], list[str], int]:
         """Read every dialog once, answer every question: (row vectors, row questions,
         answer texts, questions per dialog), rows dialog-major."""
         items = check_questions(questions)
-        vectors = self.read_many(dialogs, layer, batch_size)
+        vectors = self.read_many(dialogs, layer, batch_size, subject=subject)
         if vectors_transform is not None:
             vectors = [vectors_transform(v) for v in vectors]
         rows = [v for v in vectors for _ in items]  # dialog-major: every question per dialog

@@ -22,11 +22,12 @@ class EvalAllConfig:
     target: str = EMBEDDED_MODEL
     """target model"""
     decoder: str | None = None
-    """default decoder folder (default: shipped)"""
+    """default decoder folder or shipped:NAME (default: shipped)"""
     task_decoder: list[str] = dataclasses.field(
         default_factory=list, metadata={"repeatable": True, "metavar": "TASK=DIR"}
     )
-    """decoder for one task, e.g. relations=runs/rel (repeatable)"""
+    """decoder for one task, e.g. relations=runs/rel (repeatable; for the embedded target,
+    relations reads with shipped:relations unless given)"""
     data: list[str] = dataclasses.field(
         default_factory=list, metadata={"repeatable": True, "metavar": "TASK=DIR"}
     )

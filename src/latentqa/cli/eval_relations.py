@@ -18,24 +18,27 @@ from latentqa.models import EMBEDDED_MODEL
 class EvalRelationsConfig:
     """Options of ``latentqa eval relations``."""
 
-    data: str
-    """folder from `latentqa data build --task relations`"""
+    data: str | None = None
+    """folder from `latentqa data build --task relations` (default: the held-out facts
+    beside the decoder or in the folder it was trained on)"""
     target: str = EMBEDDED_MODEL
     """target model"""
-    decoder: str | None = None
-    """decoder folder trained on relation data"""
+    decoder: str = "shipped:relations"
+    """decoder folder trained on relation data, or shipped:relations"""
     n: int | None = None
     """at most N items per relation"""
     seed: int = 0
     """random seed"""
     layers: list[int] | None = dataclasses.field(default=None, metadata={"metavar": "LAYERS"})
-    """also sweep these layers"""
+    """also sweep these read layers: accuracy per layer of LIT, Patchscope and the probe,
+    plotted as PNGs into --out (LIT reads a layer with its --layer-decoder, else with
+    --decoder)"""
     layer_decoder: list[str] = dataclasses.field(
         default_factory=list, metadata={"repeatable": True, "metavar": "LAYER=DIR"}
     )
     """a decoder trained on LAYER, for the sweep (repeatable)"""
     out: str | None = None
-    """folder for the per-layer PNGs and JSON"""
+    """folder for the per-layer PNGs and JSON (default: the current folder)"""
     max_new_tokens: int = 12
     """most tokens per generated answer"""
     device: str = "auto"
@@ -47,8 +50,11 @@ def add_relations_task(tasks: argparse._SubParsersAction) -> None:
     p = tasks.add_parser(
         "relations",
         help="read country relations (capital, currency, ...) from subject tokens",
-        description="Held-out subjects and a held-out relation: the decoder, zeroed and "
-        "shuffled activations, Patchscope and a linear probe, exact and fuzzy accuracy.",
+        description="Facts about held-out countries (never trained on) and a held-out "
+        "relation, read from the target's activations on the country's name: the decoder, "
+        "the same decoder with zeroed and shuffled activations, Patchscope and a linear "
+        "probe, on the same items (exact and fuzzy accuracy). With no option: the shipped "
+        "relations decoder on the held-out countries it ships with.",
     )
     add_config_arguments(p, EvalRelationsConfig)
     p.add_argument("--json", action="store_true", help="print the result as one JSON line last")
@@ -57,7 +63,9 @@ def add_relations_task(tasks: argparse._SubParsersAction) -> None:
 
 def run_relations(args: argparse.Namespace) -> int:
     """Run ``latentqa eval relations``; prints the tables (and JSON with ``--json``)."""
+    from latentqa.decoder import open_decoder_folder
     from latentqa.evals.relations import evaluate_relations, relations_markdown, sweep_layers
+    from latentqa.evals.relations_data import find_relation_data
     from latentqa.preflight import check_output_folder, preflight_decoder
     from latentqa.reader import Reader
 
@@ -69,9 +77,12 @@ def run_relations(args: argparse.Namespace) -> int:
         raise LatentQAError("--layer-decoder takes LAYER=DIR, e.g. 9=runs/rel-l9")
     if pairs and not config.layers:
         raise LatentQAError("--layer-decoder is used by the sweep only: add --layers")
-    if not Path(config.data).is_dir():
+    if config.data is not None and not Path(config.data).is_dir():
         raise LatentQAError(f"--data {config.data} does not exist or is not a folder")
     preflight_decoder(config.target, config.decoder, layers=config.layers, device=config.device)
+    folder, spec = open_decoder_folder(config.target, config.decoder)
+    train_data = spec.extra.get("train_config", {}).get("data")
+    data = find_relation_data(config.data, folder, train_data)
     for layer, folder in pairs:
         if int(layer) not in config.layers:
             raise LatentQAError(f"--layer-decoder {layer}={folder}: add {layer} to --layers")
@@ -81,7 +92,7 @@ def run_relations(args: argparse.Namespace) -> int:
     reader = Reader.load(config.target, config.decoder, device=config.device)
     result = evaluate_relations(
         reader,
-        config.data,
+        data,
         n=config.n,
         seed=config.seed,
         max_new_tokens=config.max_new_tokens,
@@ -92,7 +103,7 @@ def run_relations(args: argparse.Namespace) -> int:
         result.update(
             sweep_layers(
                 reader,
-                config.data,
+                data,
                 config.layers,
                 config.out or ".",
                 layer_readers=readers,

@@ -43,12 +43,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="a question about the activations (repeat for several)",
     )
+    parser.add_argument(
+        "--subject",
+        default=None,
+        metavar="TEXT",
+        help="read only the tokens of TEXT (its last occurrence in the last user turn), not "
+        "the whole dialog: for decoders trained on subject tokens, such as "
+        '`--decoder shipped:relations` with --user "Tell me about France." --subject France',
+    )
     parser.add_argument("--layer", type=int, default=None, help="read this target layer instead")
     parser.add_argument(
         "--target", default=EMBEDDED_MODEL, help="target model spec (default: %(default)s)"
     )
     parser.add_argument(
-        "--decoder", default=None, help="decoder folder from `latentqa train` (default: shipped)"
+        "--decoder",
+        default=None,
+        help="decoder folder from `latentqa train`, or a shipped one: shipped:default (the "
+        "default: reads hidden instructions from the dialog) or shipped:relations (reads "
+        "facts about a country from its name's tokens; pass --subject)",
     )
     parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 for greedy (default)")
@@ -122,7 +134,7 @@ def answer_record(question: str, answer: Answer) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from latentqa.preflight import preflight_read
-    from latentqa.reader import EVIDENCE_THRESHOLD, Reader
+    from latentqa.reader import EVIDENCE_THRESHOLD, Reader, check_subject
 
     dialogs = dialogs_from_args(args)
     preflight_read(
@@ -138,6 +150,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.save_control and Path(args.save_control).is_dir():
         raise LatentQAError(f"--save-control {args.save_control} is a folder: name a JSON file")
+    if args.subject is not None:
+        for index, dialog in enumerate(dialogs):
+            try:
+                check_subject(dialog, args.subject)
+            except LatentQAError as error:
+                where = f"dialog {index + 1}: " if len(dialogs) > 1 else ""
+                raise LatentQAError(f"{where}{error} (--subject)") from None
     reader = Reader.load(args.target, args.decoder, device=args.device, dtype=args.dtype)
     answers = reader.ask_many_with_evidence(
         dialogs,
@@ -145,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         layer=args.layer,
+        subject=args.subject,
     )
     if args.save_control:
         from latentqa.steer.control import save_control
@@ -156,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
             "target": args.target,
             "decoder": str(reader.decoder_path),
             "read_layers": reader.spec.read_layers if args.layer is None else [args.layer],
+            "subject": args.subject,
             "evidence_threshold": EVIDENCE_THRESHOLD,
             "results": [
                 {

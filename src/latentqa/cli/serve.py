@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import math
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from latentqa.errors import LatentQAError
@@ -41,7 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--target", default=EMBEDDED_MODEL, help="target model spec (default: %(default)s)"
     )
     parser.add_argument(
-        "--decoder", default=None, help="decoder folder from `latentqa train` (default: shipped)"
+        "--decoder",
+        default=None,
+        help="decoder folder from `latentqa train`, or shipped:default (the default) or "
+        "shipped:relations; the page also offers the other shipped decoders, loaded when "
+        "first chosen, but this one stays its default",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
@@ -89,6 +94,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def shipped_choices(target: str) -> list[str]:
+    """The shipped decoders installed for ``target`` (``shipped:NAME``; none for other targets)."""
+    from latentqa.decoder import SHIPPED_NAMES, SHIPPED_PREFIX, shipped_decoder
+
+    names = []
+    for name in SHIPPED_NAMES:
+        try:
+            shipped_decoder(str(target), name)
+        except LatentQAError:
+            continue
+        names.append(SHIPPED_PREFIX + name)
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -125,19 +144,28 @@ def run(args: argparse.Namespace) -> int:
         logger.setLevel(logging.INFO)
         logger.propagate = False
 
-    def load() -> Reader:
-        from latentqa import reader  # imported here: torch is slow to import
+    def loader(decoder: str | None) -> Callable[[], Reader]:
+        def load() -> Reader:
+            from latentqa import reader  # imported here: torch is slow to import
 
-        return reader.Reader.load(args.target, args.decoder, device=args.device, dtype=args.dtype)
+            return reader.Reader.load(args.target, decoder, device=args.device, dtype=args.dtype)
 
+        return load
+
+    from latentqa.decoder import SHIPPED_PREFIX  # here: it imports torch
+
+    own = args.decoder if args.decoder is not None else SHIPPED_PREFIX + "default"
+    others = {name: loader(name) for name in shipped_choices(args.target) if name != own}
     app = create_app(
-        load,
+        loader(args.decoder),
         target=args.target,
         decoder=args.decoder or "shipped",
         device=args.device,
         max_waiting=args.max_waiting,
         request_timeout=args.request_timeout,
         allowed_hosts=args.allow_host,
+        decoders=others,
+        decoder_name=own,
     )
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(

@@ -90,7 +90,7 @@ __all__ = [
     "subject_span",
 ]
 
-VERSION = "latentqa-relations-1"
+VERSION = "latentqa-relations-2"
 
 
 def _split_subjects(subjects: Sequence[str], fraction: float, seed: int) -> dict[str, str]:

@@ -36,11 +36,20 @@ class Relation:
     question: str
     paraphrases: tuple[str, ...]
     closed: bool
-    """Answers recur across subjects (a linear probe over them is a fair baseline)."""
+    """Answers recur across subjects (a 5-20-way classification, not an open answer)."""
+    statement: str
+    """The fact as the start of a sentence, ``{subject}`` marking the subject (few-shot
+    prompts: a 135M model completes "The capital of Japan is" far more often than it
+    answers "Q: What is the capital of Japan? A:", 69 vs 17 of 242 capitals)."""
 
     def ask(self, subject: str) -> str:
-        """The canonical question naming ``subject`` (used in few-shot prompts)."""
+        """The canonical question naming ``subject``."""
         return self.question.replace(SUBJECT, subject)
+
+    def state(self, subject: str, answer: str | None = None) -> str:
+        """The statement about ``subject``, ending with `` answer.`` when it is given."""
+        start = self.statement.format(subject=subject)
+        return start if answer is None else f"{start} {answer}."
 
 
 RELATIONS: dict[str, Relation] = {
@@ -51,36 +60,42 @@ RELATIONS: dict[str, Relation] = {
             "What is the capital of this country?",
             ("Which city is the capital of this country?",),
             False,
+            "The capital of {subject} is",
         ),
         Relation(
             "currency",
             "What is the currency of this country?",
             ("What money is used in this country?",),
             True,
+            "The currency of {subject} is the",
         ),
         Relation(
             "language",
             "What is the official language of this country?",
             ("Which language is officially spoken in this country?",),
             True,
+            "The official language of {subject} is",
         ),
         Relation(
             "region",
             "In which region of the world is this country?",
             ("Which world region does this country belong to?",),
             True,
+            "The world region of {subject} is",
         ),
         Relation(
             "continent",
             "On which continent is this country?",
             ("Which continent is this country part of?",),
             True,
+            "The continent of {subject} is",
         ),
         Relation(
             "demonym",
             "What are people from this country called?",
             ("What is the demonym of this country?",),
             False,
+            "People from {subject} are called",
         ),
     )
 }
@@ -231,15 +246,18 @@ def demos_for(facts: Sequence[Fact], relation: str, subject: str, k: int = 3) ->
 
 
 def few_shot_prompt(relation: str, demos: Sequence[Fact], subject: str) -> str:
-    """Plain-text Q/A prompt ending with ``A:`` for ``subject``'s ``relation``."""
+    """Plain-text prompt of one statement per demonstration, then ``subject``'s unfinished
+    statement ("The capital of Japan is Tokyo.\\n...The capital of France is")."""
     rel = RELATIONS[relation]
-    shots = "".join(f"Q: {rel.ask(d.subject)}\nA: {d.answer}\n" for d in demos)
-    return f"{shots}Q: {rel.ask(subject)}\nA:"
+    shots = "".join(rel.state(d.subject, d.answer) + "\n" for d in demos)
+    return shots + rel.state(subject)
 
 
 def first_answer(completion: str) -> str:
-    """The completion's first line, stripped (few-shot answers end at a newline)."""
-    return completion.strip().split("\n", 1)[0].strip()
+    """The completion's first line up to its sentence's final period, stripped
+    (few-shot answers end at a newline)."""
+    line = completion.strip().split("\n", 1)[0].strip()
+    return line[:-1].rstrip() if line.endswith(".") else line
 
 
 Complete = Callable[[list[str]], list[str]]

@@ -40,6 +40,14 @@ KNOWN_TASKS: dict[str, str] = {
     "audit": "latentqa.evals.audit",
 }
 """Task name -> module; the report lists them in this order."""
+TASK_DECODERS: dict[str, str] = {"relations": "shipped:relations"}
+"""A task's own default decoder for the embedded target (facts are read by a decoder
+trained on them); ``--task-decoder`` replaces it."""
+HEADLINE_MEASURES: dict[str, str] = {"system-prompt": "mc_accuracy", "relations": "accuracy"}
+"""The measure of a reading task that the report's headline table shows."""
+CONTROLS = ("lit_zeroed", "lit_shuffled", "no_system_prompt")
+"""Methods that are the decoder with its activations taken away (or without the hidden
+prompt): the headline shows them apart from the baselines."""
 Runner = Callable[["SuiteContext"], dict[str, Any]]
 
 
@@ -56,7 +64,9 @@ class SuiteContext:
         target: Target model spec.
         decoder: Default decoder folder (``None``: the shipped decoder).
         decoders: Per-task decoder folders, e.g. ``{"relations": "runs/rel"}``.
-        data: Per-task data folders, e.g. ``{"system-prompt": "data/", ...}``.
+        data: Per-task data folders, e.g. ``{"system-prompt": "data/", ...}``; a task
+            without one uses its own default (system-prompt: the shipped held-out set;
+            relations: the facts beside its decoder).
         device: Device for every model.
         n: Item cap passed to each evaluation.
         seed: Seed passed to each evaluation.
@@ -76,14 +86,14 @@ class SuiteContext:
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr)
     _readers: dict[tuple[str, str | None], Any] = field(default_factory=dict, repr=False)
 
-    def data_for(self, task: str) -> Path:
-        """The task's data folder; :class:`SkipTask` when none was given."""
-        if task not in self.data:
-            raise SkipTask(f"no data folder given for {task}")
-        return Path(self.data[task])
-
     def decoder_for(self, task: str) -> str | None:
-        return self.decoders.get(task, self.decoder)
+        """``decoders[task]``, else the task's shipped decoder (:data:`TASK_DECODERS`, for
+        the embedded target), else the default ``decoder``."""
+        if task in self.decoders:
+            return self.decoders[task]
+        if task in TASK_DECODERS and str(self.target).strip().lower() == EMBEDDED_MODEL:
+            return TASK_DECODERS[task]
+        return self.decoder
 
     def reader(self, task: str) -> Any:
         """The task's decoder as a :class:`~latentqa.reader.Reader`, loaded once per folder."""
@@ -185,6 +195,38 @@ def run_suite(
     return suite
 
 
+def _cells(methods: Mapping[str, Mapping[str, Any]], names: Sequence[str], measure: str) -> str:
+    """``name value`` of each of ``names`` that has ``measure``, joined; ``–`` for none."""
+    found = [(n, methods[n].get(measure)) for n in names if n in methods]
+    return " · ".join(f"{n} {v:.3f}" for n, v in found if v is not None) or "–"
+
+
+def headline_table(suite: Mapping[str, Any]) -> list[str]:
+    """Markdown lines: per reading task, LIT's headline measure beside the same decoder with
+    its activations taken away and beside every baseline (empty without such a task)."""
+    rows = []
+    for task, result in suite["tasks"].items():
+        measure = HEADLINE_MEASURES.get(task)
+        methods = result.get("methods", {})
+        if measure is None or measure not in methods.get("lit", {}):
+            continue
+
+        baselines = [n for n in methods if n != "lit" and n not in CONTROLS]
+        rows.append(
+            f"| {task} (n = {result.get('n', '?')}) | {measure} | "
+            f"**{methods['lit'][measure]:.3f}** | {_cells(methods, CONTROLS, measure)} | "
+            f"{_cells(methods, baselines, measure)} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "| task | measure | LIT | activations taken away | baselines |",
+        "|---|---|---:|---|---|",
+        *rows,
+    ]
+
+
 def report_markdown(suite: Mapping[str, Any], ctx: SuiteContext) -> str:
     """One markdown report: a section per evaluation (tables, plots), then skips and failures."""
     from latentqa.evals.report import markdown_table
@@ -193,9 +235,14 @@ def report_markdown(suite: Mapping[str, Any], ctx: SuiteContext) -> str:
         "# latentqa evaluation report",
         "",
         f"Target `{ctx.target}`; decoder `{ctx.decoder or 'shipped'}`"
-        + "".join(f"; {task} decoder `{path}`" for task, path in ctx.decoders.items())
+        + "".join(
+            f"; {task} decoder `{ctx.decoder_for(task)}`"
+            for task in suite["tasks"]
+            if ctx.decoder_for(task) != ctx.decoder
+        )
         + f"; seed {ctx.seed}. Figures: `results.json`.",
     ]
+    lines += headline_table(suite)
     for task, result in suite["tasks"].items():
         lines += ["", f"## {task}", ""]
         lines.append(result["markdown"] if "markdown" in result else markdown_table(result))

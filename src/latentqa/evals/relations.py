@@ -10,8 +10,11 @@ in a neutral sentence ("Tell me about France.") at the same read layer:
 - ``patchscope`` (training-free): the base model completes a few-shot prompt of the
   relation ("Q: What is the capital of Japan? A: Tokyo ... Q: What is the capital of x?
   A:") whose ``x`` holds the subject's last-token activation, patched at the read layer;
-- ``linear_probe``: logistic regression on the mean subject activation, trained on the
-  training subjects, for relations with recurring answers (``closed``); others get ``None``.
+- ``linear_probe``: per relation, logistic regression on the mean subject activation
+  over the training subjects' answers. It is scored on the same items as the others: it
+  can only name an answer some training subject has, so on open relations (capital,
+  demonym) it is wrong by construction, as in the LatentQA paper's probe baseline;
+  ``seen_accuracy`` scores every method on the items whose answer it could name.
 
 Answers are scored by normalised exact match and by fuzzy match (difflib ratio >= 0.8
 or the gold answer inside the prediction).
@@ -29,7 +32,6 @@ import torch
 from latentqa.chat import subject_span
 from latentqa.conditions import activation_conditions
 from latentqa.data.relations_facts import (
-    RELATIONS,
     Fact,
     demos_for,
     few_shot_prompt,
@@ -40,6 +42,7 @@ from latentqa.evals.probe import LogisticProbe
 from latentqa.evals.relations_data import (
     RelationData,
     RelationItem,
+    find_relation_data,
     load_relation_data,
     score,
 )
@@ -152,39 +155,50 @@ def probe_answers(
     features: torch.Tensor,
     items: Sequence[RelationItem],
 ) -> list[str | None]:
-    """Per closed relation, a logistic probe over the training subjects' answers.
+    """Per relation, a logistic probe over the training subjects' answers.
 
-    Items of open relations, or of relations without training subjects, get ``None``.
+    Items of relations without training subjects (the held-out relation) get ``None``;
+    a relation whose training subjects share one answer predicts that answer.
     """
     predictions: list[str | None] = [None] * len(items)
-    for relation in {i.fact.relation for i in items if RELATIONS[i.fact.relation].closed}:
+    for relation in {i.fact.relation for i in items}:
         rows = [k for k, t in enumerate(train) if t.fact.relation == relation]
         if not rows:
             continue
-        probe = LogisticProbe.fit(train_features[rows], [train[k].fact.answer for k in rows])
         test = [k for k, i in enumerate(items) if i.fact.relation == relation]
+        classes = {train[k].fact.answer for k in rows}
+        if len(classes) == 1:
+            for k in test:
+                predictions[k] = next(iter(classes))
+            continue
+        probe = LogisticProbe.fit(train_features[rows], [train[k].fact.answer for k in rows])
         for k, answer in zip(test, probe.predict(features[test]), strict=True):
             predictions[k] = answer
     return predictions
 
 
 def _decoder_info(reader: Reader) -> dict[str, Any]:
-    """The decoder's folder, read layers and training data (relations alone or joint)."""
+    """The decoder's folder, read layers and training data (relations alone or joint).
+
+    The training data is described by its ``meta.json`` (or, for the shipped relations
+    decoder, the ``facts.json`` it carries); "unknown" when neither is found.
+    """
     data = reader.spec.extra.get("train_config", {}).get("data")
+    folders = [Path(data), Path(data).parent] if data else []
+    folders += [Path(reader.decoder_path)] if reader.decoder_path else []
     trained_on = "unknown"
-    for folder in [Path(data), Path(data).parent] if data else []:
-        meta = folder / "meta.json"
-        if meta.is_file():
-            blob = json.loads(meta.read_text(encoding="utf-8"))
-            if str(blob.get("version", "")).startswith("latentqa-relations"):
-                trained_on = (
-                    "relations + " + blob["joint_with"]
-                    if blob.get("joint_with")
-                    else "relations only"
-                )
-            else:
-                trained_on = "persona data only (built-in dataset)"
-            break
+    for folder in folders:
+        found = [folder / name for name in ("meta.json", "facts.json") if (folder / name).is_file()]
+        if not found:
+            continue
+        blob = json.loads(found[0].read_text(encoding="utf-8"))
+        if not str(blob.get("version", "")).startswith("latentqa-relations"):
+            trained_on = "persona data only (built-in dataset)"
+        elif blob.get("joint_with"):
+            trained_on = "relations + " + blob["joint_with"]
+        else:
+            trained_on = "relations only"
+        break
     path = str(reader.decoder_path) if reader.decoder_path else None
     return {
         "path": path,
@@ -194,9 +208,16 @@ def _decoder_info(reader: Reader) -> dict[str, Any]:
     }
 
 
+def relation_data_of(reader: Reader, data: str | Path | None = None) -> Path:
+    """``data``, or the held-out facts that belong to ``reader``'s decoder (see
+    :func:`~latentqa.evals.relations_data.find_relation_data`)."""
+    train_data = reader.spec.extra.get("train_config", {}).get("data")
+    return find_relation_data(data, reader.decoder_path, train_data)
+
+
 def evaluate_relations(
     reader: Reader,
-    data: str | Path | RelationData,
+    data: str | Path | RelationData | None = None,
     *,
     layer: int | None = None,
     methods: Sequence[str] = METHODS,
@@ -210,7 +231,8 @@ def evaluate_relations(
 
     Args:
         reader: The decoder (its adapters off, its model is also the Patchscope base).
-        data: A folder from ``latentqa data build --task relations``, or loaded data.
+        data: A folder from ``latentqa data build --task relations``, or loaded data;
+            ``None``: the facts that belong to the decoder (:func:`relation_data_of`).
         layer: Read layer for every method; default: the decoder's read layers for LIT and
             the first of them for the baselines.
         methods: A subset of :data:`METHODS`.
@@ -220,7 +242,10 @@ def evaluate_relations(
         batch_size: Rows per forward pass.
         log: Progress messages.
     """
-    rel = data if isinstance(data, RelationData) else load_relation_data(data, n, seed)
+    if isinstance(data, RelationData):
+        rel = data
+    else:
+        rel = load_relation_data(relation_data_of(reader, data), n, seed)
     items = rel.items
     lit_layers = list(reader.spec.read_layers) if layer is None else [layer]
     log(f"relations: {len(items)} items, read layers {lit_layers}")
@@ -272,7 +297,7 @@ def evaluate_relations(
 
 def sweep_layers(
     reader: Reader,
-    data: str | Path,
+    data: str | Path | None,
     layers: Sequence[int],
     out: str | Path,
     *,
@@ -288,7 +313,7 @@ def sweep_layers(
     ``reader`` (one decoder reading every layer). Zeroed activations do not depend on the
     layer, so ``lit_zeroed`` is run once per decoder.
     """
-    rel = load_relation_data(data, n, seed)
+    rel = load_relation_data(relation_data_of(reader, data), n, seed)
     per_layer: dict[int, dict[str, dict[str, Any]]] = {}
     zeroed: dict[int, dict[str, Any]] = {}
     for layer in layers:
@@ -307,7 +332,7 @@ def sweep_layers(
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     plots = []
-    for metric in ("accuracy", "closed_accuracy", "heldout_relation_accuracy"):
+    for metric in ("accuracy", "seen_accuracy", "heldout_relation_accuracy"):
         name = f"relations_layers_{metric}.png"
         title = f"Relations: {metric.replace('_', ' ')} per read layer"
         plot_per_layer(per_layer, metric, folder / name, title)
@@ -317,26 +342,40 @@ def sweep_layers(
     return {"per_layer": per_layer, "plots": plots, "lit_per_layer": how}
 
 
+BASELINES = ("patchscope", "linear_probe")
+
+
+def _margin(methods: dict[str, Any]) -> float | None:
+    """LIT's exact-match accuracy minus the best baseline's, when all are measured."""
+    scores = [methods.get(name, {}).get("accuracy") for name in ("lit", *BASELINES)]
+    return None if None in scores else scores[0] - max(scores[1:])
+
+
 def relations_markdown(result: dict[str, Any]) -> str:
-    """The methods table, then accuracy (exact / fuzzy) per relation, then filter counts."""
+    """Exact-match accuracy per relation with LIT's margin over the best baseline, then
+    the methods' summary (exact, fuzzy, seen-answer accuracy), then the filter counts."""
+    names = list(result["methods"])
     lines = [
+        f"Held-out subjects, exact match; held-out relation `{result['heldout_relation']}` "
+        f"(never trained on); decoder: {result['decoder']['trained_on']}.",
+        "",
+        "| relation | " + " | ".join(names) + " | LIT − best baseline |",
+        "|---|" + "---:|" * (len(names) + 1),
+    ]
+    for relation, methods in result["per_relation"].items():
+        cells = [methods.get(name, {}).get("accuracy") for name in names]
+        n = next(iter(methods.values()))["n"] if methods else 0
+        held = " (held-out relation)" if relation == result["heldout_relation"] else ""
+        margin = _margin(methods)
+        row = ["–" if c is None else f"{c:.2f}" for c in cells]
+        row.append("–" if margin is None else f"{margin:+.2f}")
+        lines.append(f"| {relation}{held} (n={n}) | " + " | ".join(row) + " |")
+    lines += [
+        "",
         markdown_table(result),
         "",
-        f"Held-out relation: `{result['heldout_relation']}`; "
-        f"decoder: {result['decoder']['trained_on']}.",
-        "",
-    ]
-    names = list(result["methods"])
-    lines += ["| relation | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for relation, methods in result["per_relation"].items():
-        cells = []
-        for name in names:
-            m = methods.get(name, {})
-            acc, fuzzy = m.get("accuracy"), m.get("fuzzy_accuracy")
-            cells.append("–" if acc is None else f"{acc:.2f} / {fuzzy:.2f}")
-        n = next(iter(methods.values()))["n"] if methods else 0
-        lines.append(f"| {relation} (n={n}) | " + " | ".join(cells) + " |")
-    lines += [
+        "The probe can only name answers some training subject has; `seen_accuracy` scores "
+        "every method on those items alone.",
         "",
         "Facts the target knows (few-shot filter): "
         + ", ".join(f"{r} {c['known']}/{c['candidates']}" for r, c in result["filter"].items()),
@@ -346,7 +385,13 @@ def relations_markdown(result: dict[str, Any]) -> str:
 
 def run_in_suite(ctx: Any) -> dict[str, Any]:
     """Entry point for ``latentqa eval all`` (see :class:`latentqa.evals.all.SuiteContext`)."""
-    data, reader = ctx.data_for("relations"), ctx.reader("relations")
+    from latentqa.decoder import open_decoder_folder
+
+    # Find the facts before any model loads: without them the task is skipped at once.
+    folder, spec = open_decoder_folder(ctx.target, ctx.decoder_for("relations"))
+    train_data = spec.extra.get("train_config", {}).get("data")
+    data = find_relation_data(ctx.data.get("relations"), folder, train_data)
+    reader = ctx.reader("relations")
     result = evaluate_relations(reader, data, n=ctx.n, seed=ctx.seed, log=ctx.log)
     if ctx.layers:
         result.update(

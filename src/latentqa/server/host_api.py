@@ -14,7 +14,10 @@ if TYPE_CHECKING:
 
 
 class ReaderLike(Protocol):
-    """What the server needs from :class:`latentqa.reader.Reader`."""
+    """What the server needs from :class:`latentqa.reader.Reader`.
+
+    The server passes ``subject`` only when a request gives one.
+    """
 
     def ask(
         self,
@@ -23,6 +26,8 @@ class ReaderLike(Protocol):
         max_new_tokens: int = 64,
         temperature: float = 0.0,
         layer: int | None = None,
+        *,
+        subject: str | None = None,
     ) -> list[str]:
         """Answer each question about the target's activations on ``dialog``."""
         ...
@@ -34,6 +39,8 @@ class ReaderLike(Protocol):
         max_new_tokens: int = 64,
         temperature: float = 0.0,
         layer: int | None = None,
+        *,
+        subject: str | None = None,
     ) -> list[Answer]:
         """As :meth:`ask`, each answer with its evidence (real vs zeroed activations)."""
         ...
@@ -45,6 +52,8 @@ class ReaderLike(Protocol):
         answers: list[str],
         normalize: bool = False,
         layer: int | None = None,
+        *,
+        subject: str | None = None,
     ) -> list[float]:
         """Log-likelihood of each candidate answer."""
         ...

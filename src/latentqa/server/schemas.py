@@ -69,12 +69,41 @@ Layer = Annotated[
     int | None,
     Field(description="read this target layer instead of the decoder's own read layer(s)"),
 ]
+Subject = Annotated[
+    str | None,
+    Field(
+        max_length=MAX_QUESTION_CHARS,
+        description=(
+            "read only the tokens of this text (its last occurrence in the dialog's last "
+            "user turn) instead of the whole dialog: for decoders trained on subject tokens, "
+            'such as shipped:relations (e.g. "Japan" in "Tell me about Japan.")'
+        ),
+    ),
+    AfterValidator(lambda value: value if value is None else _not_blank(value)),
+]
+DecoderName = Annotated[
+    str | None,
+    Field(
+        max_length=200,
+        description=(
+            "which of the server's decoders reads (one of /api/health's `decoders`); "
+            "default: the server's own"
+        ),
+    ),
+]
 
 
-class AskRequest(_Strict):
-    """Questions about the target's activations on one dialog."""
+class _Read(_Strict):
+    """What to read and with which decoder (shared by the model endpoints)."""
 
     dialog: Dialog
+    decoder: DecoderName = None
+    subject: Subject = None
+
+
+class AskRequest(_Read):
+    """Questions about the target's activations on one dialog."""
+
     questions: list[Text] = Field(min_length=1, max_length=MAX_QUESTIONS)
     layer: Layer = None
     max_new_tokens: int = Field(default=64, ge=1, le=MAX_NEW_TOKENS)
@@ -107,13 +136,15 @@ class AskResponse(BaseModel):
         description="evidence above which an answer counts as read (else guessed)"
     )
     read_layers: list[int] = Field(description="the target layers that were read")
-    seconds: float = Field(description="time spent on the model, queueing excluded")
+    decoder: str = Field(description="the decoder that read (a name from /api/health)")
+    seconds: float = Field(
+        description="time spent on the model, queueing (and loading a decoder) excluded"
+    )
 
 
-class ScoreRequest(_Strict):
+class ScoreRequest(_Read):
     """Candidate answers to score for one question about one dialog."""
 
-    dialog: Dialog
     question: Text
     answers: list[Text] = Field(min_length=1, max_length=MAX_ANSWERS)
     layer: Layer = None
@@ -128,10 +159,9 @@ class ScoreResponse(BaseModel):
     seconds: float
 
 
-class LayerScoresRequest(_Strict):
+class LayerScoresRequest(_Read):
     """Candidate answers to score at every target layer (the page's chart)."""
 
-    dialog: Dialog
     question: Text
     answers: list[Text] = Field(min_length=1, max_length=MAX_ANSWERS)
     normalize: bool = Field(default=True, description="mean log-prob per answer token")
@@ -166,6 +196,9 @@ class Health(BaseModel):
     read_layer: int | None = Field(description="the decoder's (first) trained read layer")
     read_layers: list[int] | None = Field(description="all the decoder's trained read layers")
     limits: dict[str, int] = Field(description="input limits: characters, items, tokens, bytes")
+    decoders: list[str] = Field(
+        description="decoders a request may choose (`decoder`): the server's own first"
+    )
 
 
 class Example(BaseModel):
@@ -175,6 +208,10 @@ class Example(BaseModel):
     dialog: list[Message]
     questions: list[str]
     answer: str
+    decoder: str | None = Field(
+        default=None, description="the decoder to read with (default: the server's own)"
+    )
+    subject: str | None = Field(default=None, description="the text whose tokens are read")
 
 
 class ErrorBody(BaseModel):

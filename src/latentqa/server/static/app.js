@@ -5,7 +5,7 @@
 
   const $ = (id) => document.getElementById(id);
   const COLORS = ["#4353d9", "#e07a1f", "#1f9d74", "#c2417a"];
-  const state = { ready: false, examples: [], health: null, busy: 0 };
+  const state = { ready: false, examples: [], health: null, busy: 0, decoder: "" };
 
   // ---- API ----------------------------------------------------------------------------
   async function api(path, body) {
@@ -72,6 +72,30 @@
     }
   }
 
+  // The decoders the server offers; its own first (the default choice).
+  function fillDecoders(health) {
+    const select = $("decoder");
+    select.textContent = "";
+    const names = health.decoders && health.decoders.length ? health.decoders : ["default"];
+    names.forEach((name, index) => {
+      select.append(new Option(index === 0 ? `${name} (server default)` : name, name));
+    });
+    chooseDecoder(state.decoder);
+  }
+
+  // Select the decoder called `name`, or the server's own when it has none of that name.
+  function chooseDecoder(name) {
+    state.decoder = name || "";
+    const select = $("decoder");
+    const names = Array.from(select.options).map((option) => option.value);
+    if (names.length) select.value = names.includes(state.decoder) ? state.decoder : names[0];
+  }
+
+  function readOptions() {
+    const subject = $("subject").value.trim();
+    return { decoder: $("decoder").value || null, subject: subject || null };
+  }
+
   async function pollHealth() {
     let health;
     try {
@@ -86,6 +110,7 @@
     if (health.status === "ready") {
       state.ready = true;
       fillLayers(health);
+      fillDecoders(health);
       const loaded = health.message.replace(/^ready\s*/, "");
       setStatus("ready", `Model ready${loaded ? " " + loaded : ""}. Write a dialog, then ask `
         + "questions about what the target model's activations reveal.");
@@ -151,6 +176,8 @@
     $("questions").value = example.questions.join("\n");
     $("chart-question").value = example.questions[0] || "";
     $("chart-answers").value = example.answer || "";
+    $("subject").value = example.subject || "";
+    chooseDecoder(example.decoder);
     $("answers").textContent = "";
     $("chart").textContent = "";
     showError("ask-error", null);
@@ -218,6 +245,7 @@
       questions,
       layer: layerValue === "" ? null : Number(layerValue),
       max_new_tokens: Number($("max-tokens").value) || 48,
+      ...readOptions(),
     };
     const list = $("answers");
     list.textContent = "";
@@ -234,6 +262,7 @@
           meta.className = "meta";
           if (Array.isArray(result.evidence)) meta.append(evidenceBadge(result, index), " · ");
           meta.append(`read layer ${result.read_layers.join(", ")}`);
+          if (result.decoder) meta.append(` · decoder ${result.decoder}`);
           items[index].append(meta);
         });
         if (!$("chart-question").value) $("chart-question").value = questions[0] || "";
@@ -336,7 +365,7 @@
     showError("chart-error", null);
     const answers = lines("chart-answers").slice(0, 4);
     const base = { dialog: readDialog(), question: $("chart-question").value,
-      answers, normalize: true };
+      answers, normalize: true, ...readOptions() };
     const health = state.health || {};
     const n = health.n_layers || 0;
     const all = Array.from({ length: n }, (_, layer) => layer);
@@ -351,6 +380,7 @@
           const part = await api("/api/layer-scores", { ...base, layers });
           part.scores.forEach((row, k) => { result.scores[part.layers[k]] = row; });
           result.seconds += part.seconds;
+          result.read_layers = part.read_layers;
           drawChart(result, answers);
         }
       } catch (error) {
