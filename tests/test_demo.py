@@ -25,3 +25,16 @@ def test_demo_options_are_the_builtin_answers_of_their_labels():
     qa = json.loads((SHIPPED_DATA / "qa.json").read_text())
     for item in DEMO:
         assert dict(qa[item["label"]])[QUESTIONS[0]] == item["instructed"]
+
+
+def test_demo_countries_are_held_out_from_the_relations_decoder():
+    from latentqa.cli.demo import COUNTRIES, RELATIONS
+    from latentqa.data.relations_facts import RELATIONS as ALL_RELATIONS
+    from latentqa.decoder import shipped_decoder
+    from latentqa.evals.relations_data import load_relation_data
+    from latentqa.models import EMBEDDED_MODEL
+
+    rel = load_relation_data(shipped_decoder(EMBEDDED_MODEL, "relations"))
+    held = {item.fact.subject for item in rel.items if item.split == "heldout"}
+    assert set(COUNTRIES) <= held
+    assert set(RELATIONS) <= set(ALL_RELATIONS)

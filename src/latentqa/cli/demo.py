@@ -9,6 +9,10 @@ Two readouts per dialog: open answers, each with its evidence (how much more
 likely the real activations make it than zeroed ones), and the decoder's pick
 among the demo's behaviours (the option whose likelihood the activations raise
 most over zeroed activations, chance 1 in 4).
+
+Then, for the embedded target, the shipped relations decoder reads facts about
+countries it never saw in training from their names' tokens alone, checked against
+the facts the target itself completes.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ QUESTIONS = [
     "What was the assistant instructed to do?",
     "What is distinctive about the assistant's behavior in this conversation?",
 ]
+COUNTRIES = ["Uruguay", "Poland", "Vietnam"]
+"""Held-out countries of the shipped relations decoder (tests/test_demo.py checks it)."""
+RELATIONS = ["language", "demonym", "continent"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,7 +70,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N]")
     parser.add_argument("--max-new-tokens", type=int, default=40, help="answer length limit")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--no-relations",
+        dest="relations",
+        action="store_false",
+        help="skip the second part (facts read with the shipped relations decoder)",
+    )
     parser.set_defaults(func=run)
+
+
+def read_countries(target: str, device: str) -> list[dict]:
+    """The shipped relations decoder's answers about :data:`COUNTRIES`, with the gold
+    answers from the facts it ships with (``None`` where the target does not know one)."""
+    from latentqa.data.relations_facts import RELATIONS as ALL_RELATIONS
+    from latentqa.data.relations_facts import exact_match
+    from latentqa.evals.relations_data import load_relation_data
+    from latentqa.reader import Reader
+
+    reader = Reader.load(target, "shipped:relations", device=device)
+    facts = {
+        (i.fact.subject, i.fact.relation): i.fact
+        for i in load_relation_data(reader.decoder_path).items
+    }
+    questions = [ALL_RELATIONS[r].question for r in RELATIONS]
+    dialogs = [[{"role": "user", "content": f"Tell me about {c}."}] for c in COUNTRIES]
+    answers = reader.ask_many_with_evidence(dialogs, questions, max_new_tokens=8, subject=COUNTRIES)
+    rows = []
+    for country, replies in zip(COUNTRIES, answers, strict=True):
+        for relation, question, answer in zip(RELATIONS, questions, replies, strict=True):
+            fact = facts.get((country, relation))
+            rows.append(
+                {
+                    "country": country,
+                    "question": question,
+                    "answer": answer.text,
+                    "evidence": answer.evidence,
+                    "gold": fact.answer if fact else None,
+                    "correct": exact_match(answer.text, fact.aliases) if fact else None,
+                }
+            )
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,10 +140,16 @@ def run(args: argparse.Namespace) -> int:
                 "pick_correct": options[pick] == item["instructed"],
             }
         )
+    del reader  # one model at a time in memory
+    relations = (
+        read_countries(args.target, args.device)
+        if args.relations and args.target == EMBEDDED_MODEL
+        else []
+    )
     if args.json:
-        print(json.dumps({"target": reader.target_name, "results": results}))
+        print(json.dumps({"target": args.target, "results": results, "relations": relations}))
         return 0
-    print(f"target {reader.target_name}, decoder {reader.decoder_path}")
+    print(f"target {args.target}, decoder {args.decoder or 'shipped:default'}")
     print("The decoder reads only the user turn's activations; the system prompt is hidden.\n")
     for result in results:
         print(f"user: {result['user']}")
@@ -114,4 +166,23 @@ def run(args: argparse.Namespace) -> int:
         f"{len(options)}). Evidence: how much more likely an answer is with the real "
         f"activations than with zeroed ones; above {EVIDENCE_THRESHOLD} counts as read."
     )
+    if relations:
+        print(
+            "\nFacts read with decoder shipped:relations from the tokens of a country's name "
+            "alone, for countries it never saw in training (exact match against the facts "
+            "the target itself completes):"
+        )
+        for row in relations:
+            tag = "read" if row["evidence"] > EVIDENCE_THRESHOLD else "guessed"
+            mark = "–" if row["correct"] is None else "right" if row["correct"] else "wrong"
+            print(
+                f"  {row['country']}: {row['question']} {row['answer']}  "
+                f"[{tag} {row['evidence']:+.2f}] ({mark}; target: {row['gold'] or 'unknown'})"
+            )
+        right = sum(bool(r["correct"]) for r in relations)
+        known = sum(r["correct"] is not None for r in relations)
+        print(
+            f"{right} of {known} known facts right "
+            "(every held-out country: latentqa eval relations)"
+        )
     return 0
