@@ -269,10 +269,10 @@ def test_facts_default_to_the_decoders_own(setup, reader, tmp_path):
     copy = tmp_path / "decoder"
     shutil.copytree(decoder, copy)
     shutil.copy(data / "facts.json", copy / "facts.json")
-    assert find_relation_data(None, copy, "/nonexistent") == copy
+    assert find_relation_data(None, copy, None) == copy
     assert find_relation_data(tmp_path, copy, None) == tmp_path  # --data wins
     with pytest.raises(LatentQAError, match="pass --data DIR"):
-        find_relation_data(None, decoder, "/nonexistent")
+        find_relation_data(None, decoder, None)
 
 
 def test_eval_relations_cli_runs_without_data(setup, capsys):

@@ -42,7 +42,7 @@ def test_folder_is_small_and_complete():
 
 
 def test_held_out_facts_ship_beside_it():
-    assert find_relation_data(None, FOLDER, "/not/there") == FOLDER
+    assert find_relation_data(None, FOLDER, None) == FOLDER
     rel = load_relation_data(FOLDER)
     held = {item.fact.subject for item in rel.items if item.split == "heldout"}
     trained = {item.fact.subject for item in rel.train}

@@ -61,6 +61,12 @@ class DecoderSpec:
     extra: dict = field(default_factory=dict)
     """Training config, data version and final metrics, for reproducibility."""
 
+    @property
+    def train_config(self) -> dict:
+        """The ``latentqa train`` options recorded in :attr:`extra` (empty when absent)."""
+        config = self.extra.get("train_config")
+        return config if isinstance(config, dict) else {}
+
     def save(self, folder: str | Path) -> None:
         data = {"format": SPEC_FORMAT, **asdict(self)}
         Path(folder, SPEC_FILE).write_text(json.dumps(data, indent=2) + "\n")
@@ -435,7 +441,7 @@ def load_decoder(
     from peft import PeftModel
 
     folder, spec = open_decoder_folder(str(target), decoder)
-    layers_path = spec.extra.get("train_config", {}).get("layers_path")
+    layers_path = spec.train_config.get("layers_path")
     model, tokenizer = load_model(target, device=device, dtype=dtype)
     spec.check_target(model, len(find_decoder_layers(model, layers_path)))
     try:

@@ -264,8 +264,7 @@ def preflight_decoder(
 
     _check_device_dtype(device, dtype)
     folder, spec = open_decoder_folder(str(target), decoder)
-    train_config = spec.extra.get("train_config")
-    layers_path = train_config.get("layers_path") if isinstance(train_config, dict) else None
+    layers_path = spec.train_config.get("layers_path")
     shape = model_shape(str(target))
     if shape is not None and layers_path is None and shape != (spec.n_layers, spec.hidden_size):
         raise LatentQAError(

@@ -63,7 +63,7 @@ def add_relations_task(tasks: argparse._SubParsersAction) -> None:
 
 def run_relations(args: argparse.Namespace) -> int:
     """Run ``latentqa eval relations``; prints the tables (and JSON with ``--json``)."""
-    from latentqa.decoder import open_decoder_folder
+    from latentqa.decoder import decoder_folder
     from latentqa.evals.relations import evaluate_relations, relations_markdown, sweep_layers
     from latentqa.evals.relations_data import find_relation_data
     from latentqa.preflight import check_output_folder, preflight_decoder
@@ -79,10 +79,10 @@ def run_relations(args: argparse.Namespace) -> int:
         raise LatentQAError("--layer-decoder is used by the sweep only: add --layers")
     if config.data is not None and not Path(config.data).is_dir():
         raise LatentQAError(f"--data {config.data} does not exist or is not a folder")
-    preflight_decoder(config.target, config.decoder, layers=config.layers, device=config.device)
-    folder, spec = open_decoder_folder(config.target, config.decoder)
-    train_data = spec.extra.get("train_config", {}).get("data")
-    data = find_relation_data(config.data, folder, train_data)
+    spec = preflight_decoder(
+        config.target, config.decoder, layers=config.layers, device=config.device
+    )
+    data = find_relation_data(config.data, decoder_folder(config.target, config.decoder), spec)
     for layer, folder in pairs:
         if int(layer) not in config.layers:
             raise LatentQAError(f"--layer-decoder {layer}={folder}: add {layer} to --layers")

@@ -30,13 +30,11 @@ SUBJECT = "this country"
 
 @dataclass(frozen=True)
 class Relation:
-    """A relation: its canonical decoder question, training paraphrases, answer-set kind."""
+    """A relation: its canonical decoder question, training paraphrases, few-shot statement."""
 
     name: str
     question: str
     paraphrases: tuple[str, ...]
-    closed: bool
-    """Answers recur across subjects (a 5-20-way classification, not an open answer)."""
     statement: str
     """The fact as the start of a sentence, ``{subject}`` marking the subject (few-shot
     prompts: a 135M model completes "The capital of Japan is" far more often than it
@@ -59,42 +57,36 @@ RELATIONS: dict[str, Relation] = {
             "capital",
             "What is the capital of this country?",
             ("Which city is the capital of this country?",),
-            False,
             "The capital of {subject} is",
         ),
         Relation(
             "currency",
             "What is the currency of this country?",
             ("What money is used in this country?",),
-            True,
             "The currency of {subject} is the",
         ),
         Relation(
             "language",
             "What is the official language of this country?",
             ("Which language is officially spoken in this country?",),
-            True,
             "The official language of {subject} is",
         ),
         Relation(
             "region",
             "In which region of the world is this country?",
             ("Which world region does this country belong to?",),
-            True,
             "The world region of {subject} is",
         ),
         Relation(
             "continent",
             "On which continent is this country?",
             ("Which continent is this country part of?",),
-            True,
             "The continent of {subject} is",
         ),
         Relation(
             "demonym",
             "What are people from this country called?",
             ("What is the demonym of this country?",),
-            False,
             "People from {subject} are called",
         ),
     )

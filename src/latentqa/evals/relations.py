@@ -157,8 +157,7 @@ def probe_answers(
 ) -> list[str | None]:
     """Per relation, a logistic probe over the training subjects' answers.
 
-    Items of relations without training subjects (the held-out relation) get ``None``;
-    a relation whose training subjects share one answer predicts that answer.
+    Items of relations without training subjects get ``None``.
     """
     predictions: list[str | None] = [None] * len(items)
     for relation in {i.fact.relation for i in items}:
@@ -166,11 +165,6 @@ def probe_answers(
         if not rows:
             continue
         test = [k for k, i in enumerate(items) if i.fact.relation == relation]
-        classes = {train[k].fact.answer for k in rows}
-        if len(classes) == 1:
-            for k in test:
-                predictions[k] = next(iter(classes))
-            continue
         probe = LogisticProbe.fit(train_features[rows], [train[k].fact.answer for k in rows])
         for k, answer in zip(test, probe.predict(features[test]), strict=True):
             predictions[k] = answer
@@ -183,7 +177,7 @@ def _decoder_info(reader: Reader) -> dict[str, Any]:
     The training data is described by its ``meta.json`` (or, for the shipped relations
     decoder, the ``facts.json`` it carries); "unknown" when neither is found.
     """
-    data = reader.spec.extra.get("train_config", {}).get("data")
+    data = reader.spec.train_config.get("data")
     folders = [Path(data), Path(data).parent] if data else []
     folders += [Path(reader.decoder_path)] if reader.decoder_path else []
     trained_on = "unknown"
@@ -211,8 +205,7 @@ def _decoder_info(reader: Reader) -> dict[str, Any]:
 def relation_data_of(reader: Reader, data: str | Path | None = None) -> Path:
     """``data``, or the held-out facts that belong to ``reader``'s decoder (see
     :func:`~latentqa.evals.relations_data.find_relation_data`)."""
-    train_data = reader.spec.extra.get("train_config", {}).get("data")
-    return find_relation_data(data, reader.decoder_path, train_data)
+    return find_relation_data(data, reader.decoder_path, reader.spec)
 
 
 def evaluate_relations(
@@ -389,8 +382,7 @@ def run_in_suite(ctx: Any) -> dict[str, Any]:
 
     # Find the facts before any model loads: without them the task is skipped at once.
     folder, spec = open_decoder_folder(ctx.target, ctx.decoder_for("relations"))
-    train_data = spec.extra.get("train_config", {}).get("data")
-    data = find_relation_data(ctx.data.get("relations"), folder, train_data)
+    data = find_relation_data(ctx.data.get("relations"), folder, spec)
     reader = ctx.reader("relations")
     result = evaluate_relations(reader, data, n=ctx.n, seed=ctx.seed, log=ctx.log)
     if ctx.layers:

@@ -7,10 +7,13 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from latentqa.data.relations_facts import RELATIONS, Fact, exact_match, fuzzy_match, normalize
 from latentqa.errors import LatentQAError
+
+if TYPE_CHECKING:
+    from latentqa.decoder import DecoderSpec
 
 
 @dataclass(frozen=True)
@@ -44,17 +47,18 @@ FACTS_FILE = "facts.json"
 
 
 def find_relation_data(
-    data: str | Path | None, decoder_folder: str | Path | None, train_data: str | None = None
+    data: str | Path | None, decoder_folder: str | Path | None, spec: DecoderSpec | None = None
 ) -> Path:
     """The folder holding ``facts.json``: ``data`` if given, else the decoder's own folder
     (the shipped relations decoder carries the facts it was trained and held out on), else
-    the data folder the decoder was trained on (``train_data``), if it is still there.
+    the data folder the decoder was trained on (from ``spec``), if it is still there.
 
     Raises:
         LatentQAError: None of them has ``facts.json``.
     """
     if data is not None:
         return Path(data)
+    train_data = spec.train_config.get("data") if spec is not None else None
     candidates = [Path(f) for f in (decoder_folder, train_data) if f]
     for folder in candidates:
         if (folder / FACTS_FILE).is_file():
