@@ -116,6 +116,23 @@ def check_layer_index(layer: int, n_layers: int, what: str = "layer") -> int:
     return layer % n_layers
 
 
+def linear_module_names(model: nn.Module, layers_path: str | None = None) -> list[str]:
+    """Names (last path component) of the linear modules inside a decoder block.
+
+    Works on a bare model and on a peft-wrapped one (a LoRA layer counts as the linear
+    module it wraps; the adapters' own linear modules are skipped).
+    """
+    block = find_decoder_layers(model, layers_path)[0]
+    names = set()
+    for name, module in block.named_modules():
+        parts = name.split(".")
+        if not name or any(part.startswith("lora_") or part == "base_layer" for part in parts):
+            continue
+        if isinstance(getattr(module, "base_layer", module), nn.Linear):
+            names.add(parts[-1])
+    return sorted(names)
+
+
 BlockEdit = Callable[[int, torch.Tensor], torch.Tensor | None]
 """``(layer, hidden [batch, seq, d_model]) -> replacement or None`` (keep the output)."""
 

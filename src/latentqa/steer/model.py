@@ -32,28 +32,11 @@ from transformers import PreTrainedTokenizerBase
 from latentqa.decoder import ADAPTER_FILES, DecoderSpec, first_line, load_decoder
 from latentqa.errors import LatentQAError
 from latentqa.handle import TargetHandle
-from latentqa.layers import check_layer_index, find_decoder_layers
+from latentqa.layers import check_layer_index, linear_module_names
 from latentqa.models import EMBEDDED_MODEL, load_model
 
 DECODER_ADAPTER = "decoder"
 STEER_ADAPTER = "steer"
-
-
-def linear_module_names(model: nn.Module, layers_path: str | None = None) -> list[str]:
-    """Names (last path component) of the linear modules inside a decoder block.
-
-    Works on a bare model and on a peft-wrapped one (a LoRA layer counts as the linear
-    module it wraps; the adapters' own linear modules are skipped).
-    """
-    block = find_decoder_layers(model, layers_path)[0]
-    names = set()
-    for name, module in block.named_modules():
-        parts = name.split(".")
-        if not name or any(part.startswith("lora_") or part == "base_layer" for part in parts):
-            continue
-        if isinstance(getattr(module, "base_layer", module), nn.Linear):
-            names.add(parts[-1])
-    return sorted(names)
 
 
 class SteerableModel:

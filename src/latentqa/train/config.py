@@ -62,6 +62,11 @@ class TrainConfig:
     """Dropout on the LoRA path."""
     lora_targets: str = "all-linear"
     """peft target_modules: 'all-linear' or a comma-separated list of module names."""
+    lora_layers: list[int] | None = None
+    """Decoder blocks that get LoRA adapters (negative counts from the end); all by
+    default. Blocks 0..write_layer alone keep the blocks above the write layer exactly as
+    the target has them, so the target's own computation (its factual recall, as in
+    Patchscope) runs on what is written there."""
     lr: float = 2e-4
     """Peak learning rate (AdamW)."""
     weight_decay: float = 0.0
@@ -149,6 +154,8 @@ class TrainConfig:
             raise LatentQAError(f"read_pool must be none or mean, got {self.read_pool!r}")
         if self.mode not in ("replace", "add"):
             raise LatentQAError(f"mode must be replace or add, got {self.mode!r}")
+        if self.lora_layers is not None and not self.lora_layers:
+            raise LatentQAError("lora_layers must name at least one block (or leave it unset)")
         if not self.lora_targets.strip():
             raise LatentQAError("lora_targets must not be empty: use all-linear or module names")
         from latentqa.data.format import KINDS

@@ -16,7 +16,7 @@ from latentqa.configs import config_to_dict
 from latentqa.data.format import LatentQADataset, load_latentqa
 from latentqa.decoder import fit_standardizer
 from latentqa.errors import LatentQAError
-from latentqa.layers import check_layer_index, find_decoder_layers
+from latentqa.layers import check_layer_index, find_decoder_layers, linear_module_names
 from latentqa.questions import RECONSTRUCT_QUESTION
 from latentqa.train.activations import ActivationSource
 from latentqa.train.config import TrainConfig
@@ -42,6 +42,7 @@ _FINGERPRINT_KEYS = (
     "lora_r",
     "lora_alpha",
     "lora_targets",
+    "lora_layers",
     "batch_size",
     "grad_accum",
     "seed",
@@ -252,16 +253,31 @@ def auto_dtype(device: torch.device) -> torch.dtype:
 
 
 def add_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
-    """Wrap ``model`` with trainable float32 LoRA adapters (base weights frozen)."""
+    """Wrap ``model`` with trainable float32 LoRA adapters (base weights frozen).
+
+    With ``config.lora_layers`` set, only those blocks get adapters; peft then needs the
+    module names spelled out and the block list's name (found in the module tree).
+    """
     from peft import LoraConfig, get_peft_model
 
     targets = config.lora_targets
+    modules: str | list[str] = targets if targets == "all-linear" else targets.split(",")
+    only: dict[str, object] = {}
+    if config.lora_layers is not None:
+        blocks = find_decoder_layers(model, config.layers_path)
+        if targets == "all-linear":
+            modules = linear_module_names(model, config.layers_path)
+        chosen = sorted(
+            {check_layer_index(i, len(blocks), "LoRA layer") for i in config.lora_layers}
+        )
+        only = {"layers_to_transform": chosen, "layers_pattern": blocks.path.rsplit(".", 1)[-1]}
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=targets if targets == "all-linear" else targets.split(","),
+        target_modules=modules,
         task_type="CAUSAL_LM",
+        **only,
     )
     torch.manual_seed(config.seed)
     peft_model = get_peft_model(model, lora)
