@@ -77,7 +77,7 @@ def test_relation_names_match_the_relations():
         (
             ["eval", "relations", "--data", "d", "--layers", "1", "--layer-decoder", "1=x"],
             EvalRelationsConfig,
-            {"layers": [1], "layer_decoder": ["1=x"], "max_new_tokens": 12},
+            {"layers": [1], "layer_decoder": ["1=x"], "max_new_tokens": 24},
         ),
         (
             ["data", "build", "--out", "o", "--no-filter", "--relations", "capital", "region"],

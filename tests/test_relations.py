@@ -110,6 +110,41 @@ def test_first_answer_takes_the_first_sentence():
     assert first_answer("  Euro") == "Euro"
 
 
+@pytest.mark.parametrize("relation", sorted(RELATIONS))
+@pytest.mark.parametrize("answer", ["Tokyo", "Washington, D.C.", "City of San Marino"])
+def test_answer_in_finds_the_answer_in_sentence_and_bare_replies(relation, answer):
+    rel = RELATIONS[relation]
+    sentence = rel.answer_sentence(answer)
+    assert sentence.endswith(f" {answer}.") and "this country" in sentence
+    assert normalize(rel.answer_in(sentence)) == normalize(answer)
+    shouted = rel.answer_in(" " + sentence.upper() + "\nmore")
+    assert normalize(shouted) == normalize(answer)
+    assert rel.answer_in(answer) == first_answer(answer)  # a decoder trained on bare answers
+
+
+def test_answer_in_allows_the_openings_article_to_be_missing():
+    currency = RELATIONS["currency"]  # "The currency of {subject} is the"
+    assert currency.answer_in("The currency of this country is Euro.") == "Euro"
+    assert currency.answer_in("The currency of this country is the euro.") == "the euro"
+    assert normalize(currency.answer_in("The currency of this country is the euro.")) == "euro"
+
+
+def test_qa_answers_are_statements_unless_short_answers(tmp_path):
+    facts = {(f.subject, f.relation): f.answer for f in FACTS}
+    for short in (False, True):
+        data = write_relations_data(tmp_path / str(short), short_answers=short)
+        meta = json.loads((data / "meta.json").read_text())
+        assert meta["answers"] == ("short" if short else "sentence")
+        pairs = load_latentqa(data / "train").qa
+        by_question = {q: r for r in RELATIONS.values() for q in (r.question, *r.paraphrases)}
+        for label, qa in pairs.items():
+            subject = next(s for s, _ in facts if label == "country-" + "-".join(s.lower().split()))
+            for question, answer in qa:
+                relation = by_question[question]
+                gold = facts[(subject, relation.name)]
+                assert answer == (gold if short else relation.answer_sentence(gold))
+
+
 def _fact_of(prompt: str) -> Fact:
     """The fact whose unfinished statement ends a few-shot prompt."""
     last = prompt.rsplit("\n", 1)[-1]

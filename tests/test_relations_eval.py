@@ -140,6 +140,10 @@ def test_evaluate_returns_every_method(setup, reader):
     assert 0.0 <= result["methods"]["linear_probe"]["accuracy"] <= 1.0
     assert result["decoder"]["trained_on"] == "relations only"
     assert set(result["per_relation"]) == {"capital", "region", "language", "currency"}
+    # every item's answers are reported, one per method, so any figure can be rechecked
+    assert len(result["examples"]) == result["n"]
+    for example in result["examples"]:
+        assert set(METHODS) <= set(example) and {"subject", "relation", "gold"} <= set(example)
     json.loads(json.dumps(result))
 
 

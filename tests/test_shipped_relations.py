@@ -57,9 +57,9 @@ def test_it_reads_held_out_countries():
     from latentqa.reader import Reader
 
     reader = Reader.load(EMBEDDED_MODEL, "shipped:relations", device="cpu")
-    result = evaluate_relations(reader, n=6, methods=("lit", "lit_zeroed"), max_new_tokens=6)
+    result = evaluate_relations(reader, n=6, methods=("lit", "lit_zeroed"), max_new_tokens=24)
     lit, zeroed = result["methods"]["lit"]["accuracy"], result["methods"]["lit_zeroed"]["accuracy"]
-    # Measured on the full held-out set: 0.8 vs 0.15 (docs/relations-experiments.md).
+    # Measured on the full held-out set: 0.94 vs 0.18 (docs/relations-experiments.md).
     assert lit >= zeroed + 0.3, (lit, zeroed)
     dialog = [{"role": "user", "content": "Tell me about France."}]
     question = "What is the official language of this country?"

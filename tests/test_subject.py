@@ -106,6 +106,25 @@ def test_a_subject_not_in_the_last_user_turn_is_refused(tiny, dialog, subject, m
         assert "leave the subject out" in str(error.value)
 
 
+def test_raw_spans_are_the_targets_hidden_states_at_the_read_tokens(tiny):
+    reader = bare_reader(*tiny)
+    dialogs, subjects = [COUNTRY, CASES[0][0]], ["France", None]
+    spans = reader.read_spans(dialogs, [0, 1], batch_size=1, subject=subjects)
+    for dialog, subject, span in zip(dialogs, subjects, spans, strict=True):
+        encoded = reader.encode(dialog, subject)
+        ids = torch.tensor([encoded.input_ids])
+        with torch.no_grad():
+            hidden = reader.model(ids, output_hidden_states=True).hidden_states
+        where = slice(encoded.read_start, None)
+        # hidden_states[k + 1] is block k's output (but the last, which is normed):
+        # [1, seq, d_model] -> [span, d_model] per layer
+        expected = torch.stack([hidden[1][0, where], hidden[2][0, where]])
+        assert span.shape == expected.shape
+        torch.testing.assert_close(span, expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(LatentQAError, match="1 subjects for 2 dialogs"):
+        reader.read_spans(dialogs, [0], subject=["France"])
+
+
 def test_one_subject_per_dialog_or_one_for_all(tiny):
     reader = bare_reader(*tiny)
     with pytest.raises(LatentQAError, match="2 subjects for 1 dialogs"):

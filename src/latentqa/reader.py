@@ -283,19 +283,36 @@ class Reader(ReaderGeneration, ReaderScoring):
             raise LatentQAError(
                 f"{len(subjects)} subjects for {len(dialogs)} dialogs: pass one per dialog"
             )
-        encoded = [self.encode(d, s) for d, s in zip(dialogs, subjects, strict=True)]
         layers = self.spec.read_layers if layer is None else [layer]
+        spans = self.read_spans(dialogs, layers, batch_size, subject=subjects)
+        # each span [n_layers, span, d_model] -> [n_layers * kept, d_model]
+        return [decoder_inputs(span, self.spec) for span in spans]
+
+    @torch.no_grad()
+    def read_spans(
+        self,
+        dialogs: Sequence[Sequence[Message]],
+        layers: Sequence[int],
+        batch_size: int = 16,
+        *,
+        subject: Sequence[str | None],
+    ) -> list[torch.Tensor]:
+        """The target's raw hidden states, ``[n_layers, span, d_model]`` per dialog: the
+        tokens :meth:`read_many` reads (one subject, or ``None``, per dialog), before the
+        decoder's pooling, truncation or standardization (evaluations pool them their own
+        way: a probe's mean, Patchscope's last token)."""
+        if len(subject) != len(dialogs):
+            raise LatentQAError(f"{len(subject)} subjects for {len(dialogs)} dialogs")
+        encoded = [self.encode(d, s) for d, s in zip(dialogs, subject, strict=True)]
         layers = [check_layer_index(item, self.n_layers, "read layer") for item in layers]
-        vectors: list[torch.Tensor] = []
+        spans: list[torch.Tensor] = []
         with self.handle.target():
             for start in range(0, len(encoded), batch_size):
                 chunk = encoded[start : start + batch_size]
-                spans = read_encoded(
+                spans += read_encoded(
                     self.model, chunk, self._pad_id, layers, layers_path=self.layers_path
                 )
-                # each span [n_layers, span, d_model] -> [n_layers * kept, d_model]
-                vectors += [decoder_inputs(span, self.spec) for span in spans]
-        return vectors
+        return spans
 
     def read(
         self, dialog: Sequence[Message], layer: int | None = None, *, subject: str | None = None

@@ -66,6 +66,9 @@ class DataBuildConfig:
         default=None, metadata={"metavar": "DIR", "group": RELATIONS_GROUP}
     )
     """merge a built persona dataset in, for joint training"""
+    short_answers: bool = dataclasses.field(default=False, metadata={"group": RELATIONS_GROUP})
+    """train on bare answers ("Tokyo") instead of statements ("The capital of this country
+    is Tokyo."; with those the decoder recalls facts as the target itself does)"""
     filter: bool = dataclasses.field(default=True, metadata={"group": RELATIONS_GROUP})
     """filter facts by what the target knows (--no-filter keeps every fact: no model is
     loaded)"""
@@ -254,6 +257,7 @@ def _build_relations(config: DataBuildConfig, force: bool) -> int:
         sentences_per_subject=config.sentences_per_subject,
         max_subjects=config.max_subjects,
         with_data=config.with_data,
+        short_answers=config.short_answers,
         force=force,
     )
     print(f"{'relation':<12}{'candidates':>11}{'known':>7}")

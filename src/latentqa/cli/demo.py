@@ -94,7 +94,9 @@ def read_countries(target: str, device: str) -> list[dict]:
     }
     questions = [ALL_RELATIONS[r].question for r in RELATIONS]
     dialogs = [[{"role": "user", "content": f"Tell me about {c}."}] for c in COUNTRIES]
-    answers = reader.ask_many_with_evidence(dialogs, questions, max_new_tokens=8, subject=COUNTRIES)
+    answers = reader.ask_many_with_evidence(
+        dialogs, questions, max_new_tokens=24, subject=COUNTRIES
+    )
     rows = []
     for country, replies in zip(COUNTRIES, answers, strict=True):
         for relation, question, answer in zip(RELATIONS, questions, replies, strict=True):
@@ -106,7 +108,11 @@ def read_countries(target: str, device: str) -> list[dict]:
                     "answer": answer.text,
                     "evidence": answer.evidence,
                     "gold": fact.answer if fact else None,
-                    "correct": exact_match(answer.text, fact.aliases) if fact else None,
+                    "correct": (
+                        exact_match(ALL_RELATIONS[relation].answer_in(answer.text), fact.aliases)
+                        if fact
+                        else None
+                    ),
                 }
             )
     return rows

@@ -39,7 +39,7 @@ class EvalRelationsConfig:
     """a decoder trained on LAYER, for the sweep (repeatable)"""
     out: str | None = None
     """folder for the per-layer PNGs and JSON (default: the current folder)"""
-    max_new_tokens: int = 12
+    max_new_tokens: int = 24
     """most tokens per generated answer"""
     device: str = "auto"
     """auto, cpu, cuda, cuda:N"""

@@ -90,7 +90,7 @@ __all__ = [
     "subject_span",
 ]
 
-VERSION = "latentqa-relations-2"
+VERSION = "latentqa-relations-3"
 
 
 def _split_subjects(subjects: Sequence[str], fraction: float, seed: int) -> dict[str, str]:
@@ -130,6 +130,7 @@ def build_relations_dataset(
     sentences_per_subject: int = 3,
     max_subjects: int | None = None,
     with_data: str | Path | None = None,
+    short_answers: bool = False,
     seed: int = 0,
     force: bool = False,
 ) -> dict[str, Any]:
@@ -149,6 +150,9 @@ def build_relations_dataset(
         max_subjects: Keep this many subjects (a seeded sample, demo subjects first).
         with_data: A built dataset whose ``train``/``heldout`` behaviours and QA pairs are
             merged in, for joint training (e.g. the persona data of ``latentqa data build``).
+        short_answers: Answer with the bare fact ("Tokyo") instead of the statement
+            about this country ("The capital of this country is Tokyo.",
+            :meth:`Relation.answer_sentence`), the recipe before data version 3.
         seed: Seed of every choice.
         force: Write into a non-empty folder that is not a dataset written by
             ``latentqa data build`` (only the entries this build writes are replaced).
@@ -198,6 +202,10 @@ def build_relations_dataset(
     folders: dict[str, tuple[list[dict], dict[str, list[list[str]]]]] = {
         name: ([], {}) for name in ("train", "heldout", "heldout_relation")
     }
+
+    def answer(f: Fact) -> str:
+        return f.answer if short_answers else RELATIONS[f.relation].answer_sentence(f.answer)
+
     for subject in split:
         mine = [f for f in known if f.subject == subject]
         trained = [f for f in mine if f.relation != heldout_relation]
@@ -210,7 +218,7 @@ def build_relations_dataset(
                 for s in sentences[subject][:n]
             ]
             qa[_slug(subject)] = [
-                [q, f.answer]
+                [q, answer(f)]
                 for f in trained
                 for q in (
                     [RELATIONS[f.relation].question, *RELATIONS[f.relation].paraphrases]
@@ -225,7 +233,7 @@ def build_relations_dataset(
                 items.append(
                     {"label": label, "control_user": sentences[subject][0], "read_text": subject}
                 )
-                qa[label] = [[RELATIONS[heldout_relation].question, f.answer]]
+                qa[label] = [[RELATIONS[heldout_relation].question, answer(f)]]
     with staged_folder(out, whole=whole, keep=CACHE_NAMES) as staged:
         counts = _write_splits(staged, folders, with_data)
         _write_meta(
@@ -241,6 +249,7 @@ def build_relations_dataset(
             heldout_fraction=heldout_fraction,
             with_data=with_data,
             sentences_per_subject=sentences_per_subject,
+            answers="short" if short_answers else "sentence",
             generator=generator_id if complete else None,
         )
     return {"out_dir": str(out), "filter": stats, "counts": counts}
@@ -327,6 +336,7 @@ def _write_meta(
             "seed": options["seed"],
             "heldout_fraction": options["heldout_fraction"],
             "sentences_per_subject": options["sentences_per_subject"],
+            "answers": options["answers"],
             "generator": options["generator"],
             "joint_with": str(with_data) if with_data else None,
             "sources": sources,

@@ -49,6 +49,24 @@ class Relation:
         start = self.statement.format(subject=subject)
         return start if answer is None else f"{start} {answer}."
 
+    def answer_sentence(self, answer: str) -> str:
+        """The decoder's training answer: the statement about "this country", e.g. "The
+        capital of this country is Tokyo." The instruct target answers a question in such
+        a sentence, so the decoder names the answer the way the target recalls it (a
+        decoder trained on bare answers named 4 of 13 held-out capitals, this one 11)."""
+        return self.state(SUBJECT, answer)
+
+    def answer_in(self, reply: str) -> str:
+        """The answer inside a decoder's reply: what follows the statement's opening when
+        the reply starts with it (any case; a final article of the opening may be missing:
+        "The currency of this country is Euro"), else the reply itself; its first line,
+        without the final period (so bare and sentence answers score alike)."""
+        opening = re.sub(r"\s+(the|a|an)$", "", self.state(SUBJECT), flags=re.IGNORECASE)
+        text = reply.strip()
+        if text.lower().startswith(opening.lower()):
+            text = text[len(opening) :]
+        return first_answer(text)
+
 
 RELATIONS: dict[str, Relation] = {
     r.name: r

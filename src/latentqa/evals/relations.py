@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
-from latentqa.chat import subject_span
 from latentqa.conditions import activation_conditions
 from latentqa.data.relations_facts import (
+    RELATIONS,
     Fact,
     demos_for,
     few_shot_prompt,
@@ -49,7 +49,7 @@ from latentqa.evals.relations_data import (
 from latentqa.evals.report import markdown_table, plot_per_layer
 from latentqa.layout import placeholder_token_id
 from latentqa.patch import patch_activations
-from latentqa.read import left_pad, pad_token_id, read_encoded
+from latentqa.read import left_pad, pad_token_id
 from latentqa.reader import Reader
 
 METHODS = ("lit", "lit_zeroed", "lit_shuffled", "patchscope", "linear_probe")
@@ -66,22 +66,9 @@ def read_subjects(
     Each distinct sentence is read once, with the decoder's adapters off.
     """
     keys = list(dict.fromkeys((i.sentence, i.fact.subject) for i in items))
-    tokenizer = reader.tokenizer
-    encoded = [subject_span(tokenizer, [{"role": "user", "content": s}], subj) for s, subj in keys]
-    spans: list[torch.Tensor] = []
-    with reader.handle.target():
-        for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start : start + batch_size]
-            spans += [
-                s.float().cpu()
-                for s in read_encoded(
-                    reader.model,
-                    chunk,
-                    pad_token_id(tokenizer),
-                    list(layers),
-                    layers_path=reader.layers_path,
-                )
-            ]
+    dialogs = [[{"role": "user", "content": sentence}] for sentence, _ in keys]
+    spans = reader.read_spans(dialogs, layers, batch_size, subject=[s for _, s in keys])
+    spans = [span.float().cpu() for span in spans]
     found = dict(zip(keys, spans, strict=True))
     return [found[(i.sentence, i.fact.subject)] for i in items]
 
@@ -90,14 +77,19 @@ def lit_answers(
     reader: Reader,
     vectors: Sequence[torch.Tensor],
     items: Sequence[RelationItem],
-    max_new_tokens: int = 12,
+    max_new_tokens: int = 24,
     batch_size: int = 32,
 ) -> list[str]:
-    """The decoder's greedy answers to each item's question about ``vectors[i]``."""
+    """The decoder's greedy answers to each item's question about ``vectors[i]``: the
+    answer inside each reply (a decoder trained on statements says "The capital of this
+    country is Tokyo.", one trained on bare answers "Tokyo"; both score as "Tokyo")."""
     ids = reader.generate_ids(
         list(vectors), [i.question for i in items], max_new_tokens, batch_size=batch_size
     )
-    return [reader.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+    replies = [reader.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+    return [
+        RELATIONS[i.fact.relation].answer_in(reply) for i, reply in zip(items, replies, strict=True)
+    ]
 
 
 @torch.no_grad()
@@ -216,7 +208,7 @@ def evaluate_relations(
     methods: Sequence[str] = METHODS,
     n: int | None = None,
     seed: int = 0,
-    max_new_tokens: int = 12,
+    max_new_tokens: int = 24,
     batch_size: int = 32,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
@@ -270,10 +262,11 @@ def evaluate_relations(
     for name, (_, by_relation) in scores.items():
         for relation, values in by_relation.items():
             per_relation.setdefault(relation, {})[name] = values
+    # every item's answers, so a reader can check any figure item by item
     examples = [
         {"subject": i.fact.subject, "relation": i.fact.relation, "gold": i.fact.answer}
         | {name: preds[k] for name, preds in answers.items()}
-        for k, i in enumerate(items[:20])
+        for k, i in enumerate(items)
     ]
     return {
         "task": "relations",
@@ -297,7 +290,7 @@ def sweep_layers(
     layer_readers: dict[int, Reader] | None = None,
     n: int | None = None,
     seed: int = 0,
-    max_new_tokens: int = 12,
+    max_new_tokens: int = 24,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Accuracy per read layer for LIT and the baselines; writes PNG plots and JSON into ``out``.
