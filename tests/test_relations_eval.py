@@ -181,6 +181,19 @@ def test_cli_prints_json_last(setup, capsys):
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["task"] == "relations" and "accuracy" in last["methods"]["lit"]
     assert {"linear_probe", "patchscope", "lit_zeroed"} <= set(last["methods"])
+    assert "plots" not in last  # no --out, no files
+
+
+def test_cli_out_writes_the_per_relation_chart(setup, tmp_path, capsys):
+    model, data, decoder = setup
+    parser = argparse.ArgumentParser()
+    add_relations_task(parser.add_subparsers())
+    out = tmp_path / "plots"
+    argv = ["relations", "--data", str(data), "--target", str(model), "--decoder", str(decoder)]
+    args = parser.parse_args([*argv, "--device", "cpu", "--max-new-tokens", "2", "--out", str(out)])
+    assert args.func(args) == 0
+    assert (out / "relations_per_relation.png").stat().st_size > 1000
+    assert str(out / "relations_per_relation.png") in capsys.readouterr().err
 
 
 def test_eval_all_writes_report_and_json(setup, tmp_path, monkeypatch):
@@ -236,6 +249,9 @@ def test_eval_all_writes_report_and_json(setup, tmp_path, monkeypatch):
     for method in ("lit_zeroed", "lit_shuffled", "patchscope", "linear_probe"):
         assert method in headline
     assert (tmp_path / "report" / "relations_layers_accuracy.png").is_file()
+    # the per-relation bar chart is drawn and linked whether or not layers are swept
+    assert (tmp_path / "report" / "relations_per_relation.png").stat().st_size > 1000
+    assert "![relations: relations_per_relation](relations_per_relation.png)" in report
     figures = json.loads((tmp_path / "report" / "results.json").read_text())
     assert figures["tasks"]["relations"]["methods"]["patchscope"]["n"] > 0
 

@@ -38,7 +38,8 @@ class EvalRelationsConfig:
     )
     """a decoder trained on LAYER, for the sweep (repeatable)"""
     out: str | None = None
-    """folder for the per-layer PNGs and JSON (default: the current folder)"""
+    """folder for the PNGs: accuracy per relation, and per layer with --layers (default
+    with --layers: the current folder)"""
     max_new_tokens: int = 24
     """most tokens per generated answer"""
     device: str = "auto"
@@ -64,7 +65,12 @@ def add_relations_task(tasks: argparse._SubParsersAction) -> None:
 def run_relations(args: argparse.Namespace) -> int:
     """Run ``latentqa eval relations``; prints the tables (and JSON with ``--json``)."""
     from latentqa.decoder import decoder_folder
-    from latentqa.evals.relations import evaluate_relations, relations_markdown, sweep_layers
+    from latentqa.evals.relations import (
+        evaluate_relations,
+        plot_per_relation,
+        relations_markdown,
+        sweep_layers,
+    )
     from latentqa.evals.relations_data import find_relation_data
     from latentqa.preflight import check_output_folder, preflight_decoder
     from latentqa.reader import Reader
@@ -87,7 +93,7 @@ def run_relations(args: argparse.Namespace) -> int:
         if int(layer) not in config.layers:
             raise LatentQAError(f"--layer-decoder {layer}={folder}: add {layer} to --layers")
         preflight_decoder(config.target, folder, layers=[int(layer)], device=config.device)
-    if config.layers:
+    if config.layers or config.out:
         check_output_folder(config.out, "--out")
     reader = Reader.load(config.target, config.decoder, device=config.device)
     result = evaluate_relations(
@@ -113,6 +119,10 @@ def run_relations(args: argparse.Namespace) -> int:
                 log=log,
             )
         )
+    if config.out:
+        plots = result.setdefault("plots", [])
+        plots.append(plot_per_relation(result, config.out))
+        log(f"wrote {', '.join(str(Path(config.out) / p) for p in plots)}")
     print(relations_markdown(result))
     if args.json:
         print(json.dumps(result))

@@ -23,7 +23,7 @@ or the gold answer inside the prediction).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from latentqa.evals.relations_data import (
     load_relation_data,
     score,
 )
-from latentqa.evals.report import markdown_table, plot_per_layer
+from latentqa.evals.report import markdown_table, plot_grouped_bars, plot_per_layer
 from latentqa.layout import placeholder_token_id
 from latentqa.patch import patch_activations
 from latentqa.read import left_pad, pad_token_id
@@ -382,5 +382,19 @@ def run_in_suite(ctx: Any) -> dict[str, Any]:
         result.update(
             sweep_layers(reader, data, ctx.layers, ctx.out, n=ctx.n, seed=ctx.seed, log=ctx.log)
         )
+    result.setdefault("plots", []).append(plot_per_relation(result, ctx.out))
     result["markdown"] = relations_markdown(result)
     return result
+
+
+def plot_per_relation(result: Mapping[str, Any], out: str | Path) -> str:
+    """Write ``relations_per_relation.png`` (accuracy per relation and method) into ``out``;
+    returns its file name."""
+    name = "relations_per_relation.png"
+    groups = {
+        relation: {method: values["accuracy"] for method, values in methods.items()}
+        for relation, methods in result["per_relation"].items()
+    }
+    Path(out).mkdir(parents=True, exist_ok=True)
+    plot_grouped_bars(groups, Path(out) / name, "exact-match accuracy", "Held-out subjects")
+    return name

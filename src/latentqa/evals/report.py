@@ -58,3 +58,22 @@ def plot_per_layer(
             axis.plot(layers, ys, "o-", label=name)
         if chance is not None:
             axis.axhline(chance, color="0.6", ls="--", lw=1, label="chance")
+
+
+def plot_grouped_bars(
+    groups: Mapping[str, Mapping[str, float | None]], path: Path, ylabel: str, title: str
+) -> None:
+    """Bar chart: one cluster per group (e.g. a relation), one bar per method inside it.
+
+    ``groups[group][method]`` is the bar's height; missing or ``None`` values leave a gap.
+    """
+    names: list[str] = []
+    for methods in groups.values():
+        names += [n for n in methods if n not in names]
+    width = 0.8 / max(len(names), 1)
+    with line_chart(path, xlabel="", ylabel=ylabel, title=title) as axis:
+        for k, name in enumerate(names):
+            xs = [g + (k - (len(names) - 1) / 2) * width for g in range(len(groups))]
+            heights = [groups[group].get(name) for group in groups]
+            axis.bar(xs, [h if h is not None else 0.0 for h in heights], width, label=name)
+        axis.set_xticks(range(len(groups)), [group.replace("_", " ") for group in groups])
