@@ -6,7 +6,7 @@ the system prompt / control turn ("masked messages"). It is computed from the
 chat template and the tokenizer's character offsets, never from constants, so
 templates that fold the system prompt into the first user turn (Gemma) are
 handled as well as ChatML or Llama 3. A relation fact reads only its subject's
-tokens instead (:func:`subject_span`).
+tokens instead (:func:`subject_span`; :func:`encode_subject` checks the subject first).
 """
 
 from __future__ import annotations
@@ -215,3 +215,57 @@ def subject_span(
     last = inside[-1]
     ids = list(encoded["input_ids"][: last + 1])
     return EncodedDialog(input_ids=ids, read_start=inside[0], text=text[: offsets[last][1]])
+
+
+Subjects = str | Sequence[str | None] | None
+"""``subject`` of the reading methods: one text for every dialog, one per dialog, or none."""
+
+
+def check_subject(dialog: Sequence[Message], subject: str) -> list[Message]:
+    """Check that ``subject`` occurs in ``dialog``'s last user turn; the dialog up to that turn
+    (later turns cannot change a causal target's activations on the subject).
+
+    Args:
+        dialog: ``{"role", "content"}`` messages with at least one user turn.
+        subject: Text that occurs verbatim in the last user turn, e.g. ``"France"`` in
+            ``"Tell me about France."``.
+
+    Returns:
+        The validated messages, through the last user turn.
+
+    Raises:
+        LatentQAError: A malformed dialog, an empty subject, or one that does not occur
+            in the last user turn.
+    """
+    messages = validate_dialog(dialog)
+    if not isinstance(subject, str) or not subject.strip():
+        raise LatentQAError(
+            f"the subject must be non-empty text from the dialog's last user turn, got {subject!r}"
+        )
+    last_user = max(i for i, message in enumerate(messages) if message["role"] == "user")
+    turn = messages[last_user]["content"]
+    if subject not in turn:
+        raise LatentQAError(
+            f"the subject {subject!r} does not occur in the dialog's last user turn "
+            f"({turn!r:.80}); pass text that occurs in it verbatim (case and spaces "
+            "included), or leave the subject out to read the whole dialog"
+        )
+    return messages[: last_user + 1]
+
+
+def encode_subject(
+    tokenizer: PreTrainedTokenizerBase, dialog: Sequence[Message], subject: str
+) -> EncodedDialog:
+    """Encode ``dialog`` with the read span on ``subject``'s last occurrence in its last user turn.
+
+    :func:`check_subject` checks the subject and cuts the dialog after that turn;
+    :func:`latentqa.chat.subject_span` finds the tokens that overlap its characters.
+
+    Returns:
+        The encoded dialog, cut after the subject's last token; its read span is the
+        subject's tokens.
+
+    Raises:
+        LatentQAError: As :func:`check_subject`.
+    """
+    return subject_span(tokenizer, check_subject(dialog, subject), subject)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from latentqa.chat import Message
+from latentqa.chat import Message, Subjects
 from latentqa.errors import LatentQAError
 from latentqa.preflight import check_questions
 from latentqa.shared_prefix import shared_answer_loss, shared_decoder_batch
@@ -139,7 +139,7 @@ class ReaderScoring:
         *,
         vectors_transform: VectorsTransform | None = None,
         batch_size: int = 32,
-        subject: str | Sequence[str | None] | None = None,
+        subject: Subjects = None,
     ) -> list[list[Answer]]:
         """:meth:`ask_with_evidence` for every dialog: ``[dialog][question]`` answers.
 

@@ -25,7 +25,15 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from latentqa.chat import EncodedDialog, Message, encode_dialog, subject_span, validate_dialog
+from latentqa.chat import (
+    EncodedDialog,
+    Message,
+    Subjects,
+    check_subject,
+    encode_dialog,
+    encode_subject,
+    validate_dialog,
+)
 from latentqa.decoder import (
     ADAPTER_FILES,
     DecoderSpec,
@@ -50,62 +58,11 @@ __all__ = [
     "EVIDENCE_THRESHOLD",
     "Answer",
     "Reader",
+    "check_subject",
+    "encode_subject",
     "open_decoder_folder",
     "stop_token_ids",
 ]
-
-Subjects = str | Sequence[str | None] | None
-"""``subject`` of the reading methods: one text for every dialog, one per dialog, or none."""
-
-
-def check_subject(dialog: Sequence[Message], subject: str) -> list[Message]:
-    """Check that ``subject`` occurs in ``dialog``'s last user turn; the dialog up to that turn
-    (later turns cannot change a causal target's activations on the subject).
-
-    Args:
-        dialog: ``{"role", "content"}`` messages with at least one user turn.
-        subject: Text that occurs verbatim in the last user turn, e.g. ``"France"`` in
-            ``"Tell me about France."``.
-
-    Returns:
-        The validated messages, through the last user turn.
-
-    Raises:
-        LatentQAError: A malformed dialog, an empty subject, or one that does not occur
-            in the last user turn.
-    """
-    messages = validate_dialog(dialog)
-    if not isinstance(subject, str) or not subject.strip():
-        raise LatentQAError(
-            f"the subject must be non-empty text from the dialog's last user turn, got {subject!r}"
-        )
-    last_user = max(i for i, message in enumerate(messages) if message["role"] == "user")
-    turn = messages[last_user]["content"]
-    if subject not in turn:
-        raise LatentQAError(
-            f"the subject {subject!r} does not occur in the dialog's last user turn "
-            f"({turn!r:.80}); pass text that occurs in it verbatim (case and spaces "
-            "included), or leave the subject out to read the whole dialog"
-        )
-    return messages[: last_user + 1]
-
-
-def encode_subject(
-    tokenizer: PreTrainedTokenizerBase, dialog: Sequence[Message], subject: str
-) -> EncodedDialog:
-    """Encode ``dialog`` with the read span on ``subject``'s last occurrence in its last user turn.
-
-    :func:`check_subject` checks the subject and cuts the dialog after that turn;
-    :func:`latentqa.chat.subject_span` finds the tokens that overlap its characters.
-
-    Returns:
-        The encoded dialog, cut after the subject's last token; its read span is the
-        subject's tokens.
-
-    Raises:
-        LatentQAError: As :func:`check_subject`.
-    """
-    return subject_span(tokenizer, check_subject(dialog, subject), subject)
 
 
 class Reader(ReaderGeneration, ReaderScoring):

@@ -133,8 +133,9 @@ def answer_record(question: str, answer: Answer) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from latentqa.chat import check_subject
     from latentqa.preflight import preflight_read
-    from latentqa.reader import EVIDENCE_THRESHOLD, Reader, check_subject
+    from latentqa.reader import EVIDENCE_THRESHOLD, Reader
 
     dialogs = dialogs_from_args(args)
     preflight_read(
