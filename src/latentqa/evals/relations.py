@@ -5,11 +5,13 @@ subjects: the relations trained on (``heldout`` split) and one relation never tr
 (``heldout_relation``). Every method sees the target's activations on the subject's tokens
 in a neutral sentence ("Tell me about France.") at the same read layer:
 
-- ``lit``: the decoder answers the relation's question; ``lit_zeroed`` / ``lit_shuffled``:
-  the same decoder with zeroed activations / another subject's;
-- ``patchscope`` (training-free): the base model completes a few-shot prompt of the
-  relation ("Q: What is the capital of Japan? A: Tokyo ... Q: What is the capital of x?
-  A:") whose ``x`` holds the subject's last-token activation, patched at the read layer;
+- ``lit``: the decoder answers the relation's question; the answer inside its reply is
+  scored (``Relation.answer_in``: "Tokyo" in "The capital of this country is Tokyo.");
+  ``lit_zeroed`` / ``lit_shuffled``: the same decoder with zeroed activations / another
+  subject's;
+- ``patchscope`` (training-free): the base model completes a few-shot prompt of
+  statements ("The capital of Japan is Tokyo." ... "The capital of x is") whose ``x``
+  holds the subject's last-token activation, patched at the read layer;
 - ``linear_probe``: per relation, logistic regression on the mean subject activation
   over the training subjects' answers. It is scored on the same items as the others: it
   can only name an answer some training subject has, so on open relations (capital,
