@@ -11,6 +11,7 @@ import re
 import threading
 from pathlib import Path
 
+import httpx
 import pytest
 from lit_fixtures import DIALOG, QUESTIONS, build_tiny_decoder
 
@@ -135,7 +136,8 @@ def test_api_docs_page_renders_the_schema(reader, page):
         page.goto(server.url + "/docs")
         page.wait_for_selector("#endpoints .card")
         text = page.inner_text("#endpoints")
-        for route in ("/api/ask", "/api/score", "/api/layer-scores", "/api/health"):
+        routes = ("/api/ask", "/api/score", "/api/layer-scores", "/api/health", "/api/steer")
+        for route in routes:
             assert route in text
         assert "max length 20000" in text
 
@@ -196,3 +198,55 @@ def test_country_fact_example_asks_the_relations_decoder_about_the_subject(reade
         page.select_option("#example", label="Hidden persona")
         assert page.input_value("#decoder") == "default"
         assert page.input_value("#subject") == ""
+
+
+def test_steer_tab_steers_and_shows_completions_before_and_after(reader, page):
+    app = create_app(reader=reader, steer_decoder=str(reader.decoder_path))
+    prompt = "Hello, how are you today?"
+    with BackgroundServer(app) as server:
+        page.goto(server.url + "/")
+        assert page.is_hidden("#panel-steer") and page.is_visible("#panel-read")
+        page.click("#tab-steer")
+        assert page.get_attribute("#tab-steer", "aria-selected") == "true"
+        assert page.is_hidden("#panel-read") and page.is_visible("#steer-run")
+        # The server's message for a bad request shows on the page.
+        page.get_by_role("button", name="Remove pair 1").click()
+        page.click("#steer-run")
+        page.wait_for_selector("#steer-error:not([hidden])")
+        assert "pairs must not be empty" in page.inner_text("#steer-error")
+        page.click("#steer-add-pair")
+        page.get_by_label("Question 1").fill(QUESTIONS[0])
+        page.get_by_label("Answer 1").fill("The assistant is a pirate captain.")
+        page.fill("#steer-prompts", prompt)
+        page.fill("#steer-steps", "2")
+        page.fill("#steer-tokens", "4")
+        with page.expect_response("**/api/steer") as started:
+            page.click("#steer-run")
+        assert started.value.status == 202
+        run_id = started.value.json()["id"]
+        page.wait_for_selector("#steer-status:has-text('Done')")
+        assert "2 steps" in page.inner_text("#steer-status")
+        assert page.is_hidden("#steer-error") and page.is_enabled("#steer-run")
+        assert page.get_attribute("#steer-bar", "value") == "2"
+        assert page.locator("#steer-loss polyline").count() == 1
+        status = httpx.get(f"{server.url}/api/steer/{run_id}").json()
+        assert status["state"] == "done" and status["prompts"] == [prompt]
+        rows = page.locator("#steer-results tbody tr")
+        assert rows.count() == 1 and page.locator("#steer-results td.pending").count() == 0
+        shown = rows.first.locator("td").all_inner_texts()
+        expected = [prompt, *(text or "(empty)" for text in (*status["before"], *status["after"]))]
+        assert [text.strip() for text in shown] == expected
+        # A run started elsewhere holds the slot: the page says so, follows it and stops it.
+        body = {"pairs": [[QUESTIONS[0], "A pirate."]], "prompts": [prompt], "steps": 200}
+        assert httpx.post(f"{server.url}/api/steer", json=body).status_code == 202
+        page.click("#steer-run")
+        page.wait_for_selector("#steer-error:not([hidden])")
+        assert "a steering run is in progress" in page.inner_text("#steer-error")
+        page.click("#steer-stop")
+        page.wait_for_selector("#steer-status:has-text('The run stopped')")
+        assert "stopped on request" in page.inner_text("#steer-error")
+        assert page.is_enabled("#steer-run") and page.is_hidden("#steer-stop")
+        # Back to the Read tab with the keyboard.
+        page.focus("#tab-steer")
+        page.keyboard.press("ArrowLeft")
+        assert page.is_visible("#panel-read") and page.is_hidden("#panel-steer")

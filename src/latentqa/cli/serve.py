@@ -15,6 +15,7 @@ from latentqa.models import EMBEDDED_MODEL
 
 if TYPE_CHECKING:
     from latentqa.reader import Reader
+    from latentqa.steer.model import SteerableModel
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_WAITING = 8  # as latentqa.server.host (not imported here: fastapi may be missing)
@@ -28,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Start a local web app: write a dialog, ask the decoder questions about the "
             "target's activations on it, pick the read layer, and chart how likely an answer "
-            "is at each layer. The model loads in the background; the page shows its progress. "
+            "is at each layer; in the Steer tab, steer the target toward control QA pairs and "
+            "compare its completions before and after. The model loads in the background; the "
+            "page shows its progress. "
             "The JSON API is documented at /docs. Binds 127.0.0.1 unless --host says otherwise."
         ),
     )
@@ -47,6 +50,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="decoder folder from `latentqa train`, or shipped:default (the default) or "
         "shipped:relations; the page also offers the other shipped decoders, loaded when "
         "first chosen, but this one stays its default",
+    )
+    parser.add_argument(
+        "--steer-decoder",
+        default=None,
+        metavar="DECODER",
+        help="decoder the Steer tab steers with: a folder from `latentqa train` or "
+        "shipped:NAME (default: shipped:control for the embedded target); its model, a "
+        "second copy of the target, loads on the first steering run",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
@@ -129,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
 
     # Refuse to start rather than serve 503 "failed to load" forever.
     preflight_decoder(args.target, args.decoder, device=args.device, dtype=args.dtype)
+    if args.steer_decoder is not None:  # the default one is checked by the first run
+        preflight_decoder(args.target, args.steer_decoder, device=args.device, dtype=args.dtype)
     if not is_loopback(args.host):
         print(
             f"warning: serving on {args.host}, not only on this machine: anyone who can reach "
@@ -152,6 +165,13 @@ def run(args: argparse.Namespace) -> int:
 
         return load
 
+    def load_steerable() -> SteerableModel:
+        from latentqa.steer.model import SteerableModel
+
+        return SteerableModel.load(
+            args.target, args.steer_decoder, device=args.device, dtype=args.dtype
+        )
+
     from latentqa.decoder import SHIPPED_PREFIX  # here: it imports torch
 
     own = args.decoder if args.decoder is not None else SHIPPED_PREFIX + "default"
@@ -166,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         allowed_hosts=args.allow_host,
         decoders=others,
         decoder_name=own,
+        steer_factory=load_steerable,  # with --steer-decoder, --device and --dtype
     )
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(

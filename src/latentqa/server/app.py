@@ -11,6 +11,9 @@ load scripts from a CDN, so they are replaced by a small page of our own):
   evidence (read from the activations, or guessed from the question).
 - ``POST /api/score``: log-likelihoods of candidate answers.
 - ``POST /api/layer-scores``: the same at every target layer (the page's chart).
+- ``POST /api/steer``, ``GET /api/steer/{id}``, ``POST /api/steer/{id}/stop``: steer the
+  target toward control QA pairs in the background, one run at a time, and see its
+  completions before and after (see :mod:`latentqa.server.steering`).
 
 Each model endpoint takes an optional ``decoder`` (one of ``/api/health``'s ``decoders``;
 another than the server's own loads on first use) and ``subject`` (read only that text's
@@ -65,9 +68,11 @@ from latentqa.server.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
+from latentqa.server.steering import SteeringRunner, install_steering_routes, steer_target
 
 STATIC_TYPES = {
     "app.js": "text/javascript; charset=utf-8",
+    "steer.js": "text/javascript; charset=utf-8",
     "docs.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
@@ -124,6 +129,8 @@ def create_app(
     allowed_hosts: Sequence[str] = (),
     decoders: Mapping[str, Callable[[], ReaderLike]] | None = None,
     decoder_name: str = "default",
+    steer_decoder: str | None = None,
+    steer_factory: Callable[[], Any] | None = None,
 ) -> FastAPI:
     """Build the web app around one reader.
 
@@ -146,9 +153,16 @@ def create_app(
             ``{"shipped:relations": lambda: Reader.load(target, "shipped:relations")}``),
             each loaded on the first request that chooses it.
         decoder_name: The name of the server's own decoder (``"default"`` names it too).
+        steer_decoder: The decoder folder (or ``shipped:NAME``) that steering reads with;
+            ``None``: :func:`latentqa.steer.model.steering_decoder`'s choice for the target.
+            Its model loads on the first ``/api/steer`` run, from ``target`` (else the
+            reader's) on ``device`` (else the reader's).
+        steer_factory: Builds the :class:`~latentqa.steer.model.SteerableModel` instead
+            (e.g. with a dtype); ``steer_decoder`` is then unused.
 
     Returns:
-        The FastAPI application; ``app.state.host`` is its :class:`ModelHost`.
+        The FastAPI application; ``app.state.host`` is its :class:`ModelHost`,
+        ``app.state.steering`` its :class:`~latentqa.server.steering.SteeringRunner`.
     """
     host = ModelHost(
         reader_factory,
@@ -161,11 +175,20 @@ def create_app(
     )
     page = {name: _static(name) for name in ("index.html", "docs.html", *STATIC_TYPES)}
 
+    def load_steerable() -> Any:
+        from latentqa.steer.model import SteerableModel  # here: it imports torch
+
+        name, where = steer_target(host, target, device)
+        return SteerableModel.load(name, steer_decoder, device=where)
+
+    steering = SteeringRunner(steer_factory or load_steerable)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         host.bind_loop()
         host.start()
         yield
+        steering.shutdown()
 
     app = FastAPI(
         title="latentqa",
@@ -181,6 +204,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.host = host
+    app.state.steering = steering
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(InternalErrors)
     app.add_middleware(LoopbackHostGuard, allowed=tuple(allowed_hosts))  # outermost: first
@@ -349,4 +373,10 @@ def create_app(
             seconds=round(total, 3),
         )
 
+    def steer_check() -> None:
+        # Steering needs the target's spec: without one of its own, the app waits for the reader.
+        if steer_factory is None:
+            steer_target(host, target, device)
+
+    install_steering_routes(app, steering, steer_check)
     return app

@@ -84,6 +84,14 @@ class ClientGone(Exception):
     """The client disconnected; the request's remaining calls never run."""
 
 
+class SteeringBusy(Exception):
+    """A steering run is already in progress (answered with 409); one runs at a time."""
+
+    def __init__(self, message: str, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
 class _Abandoned(Exception):
     """Raised in a worker thread for a call whose request gave up before it started."""
 

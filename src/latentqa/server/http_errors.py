@@ -7,7 +7,8 @@ breaks the schema (empty dialog, message too long, unknown role, empty question)
 (logged only) the client disconnected, 500 an unexpected error (the body says only
 :data:`INTERNAL_ERROR`; the detail goes to the server log), 503 while the model loads,
 after it failed to load, or when too many requests already wait for it, 504 a request
-that ran past its deadline.
+that ran past its deadline, 409 a steering run started while another one runs
+(:class:`SteeringBusy`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from latentqa.server.host_api import (
     ModelFailure,
     ModelUnavailable,
     QueueFull,
+    SteeringBusy,
 )
 from latentqa.server.schemas import MAX_BODY_BYTES
 
@@ -71,6 +73,10 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{where} needs at least {ctx.get('min_length')} items"
     if kind == "too_long":
         return f"{where} has too many items (at most {ctx.get('max_length')})"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        bound = ctx.get("ge", ctx.get("le"))
+        side = "at least" if kind == "greater_than_equal" else "at most"
+        return f"{where} must be {side} {bound}, got {value!r:.40}"
     if kind == "literal_error":
         return f"{where} must be one of {ctx.get('expected')}, got {value!r:.40}"
     if where == "the request body" and kind in ("model_attributes_type", "dict_type"):
@@ -122,6 +128,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(QueueFull)
     async def _busy(_request: Request, exc: QueueFull) -> JSONResponse:
         return error_response(503, str(exc), status="busy")
+
+    @app.exception_handler(SteeringBusy)
+    async def _steering(_request: Request, exc: SteeringBusy) -> JSONResponse:
+        return error_response(409, str(exc), status="steering", id=exc.run_id)
 
     @app.exception_handler(DeadlineExceeded)
     async def _late(_request: Request, exc: DeadlineExceeded) -> JSONResponse:

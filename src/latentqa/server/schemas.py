@@ -8,9 +8,9 @@ with a one-line message, never a crash.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_MESSAGE_CHARS = 20_000
 """Characters in one dialog message."""
@@ -30,6 +30,15 @@ MAX_LAYERS = 64
 """Distinct layers in one ``/api/layer-scores`` request (each is one model call)."""
 MAX_LAYER_ITEMS = 512
 """Items in ``/api/layer-scores``'s ``layers`` list, duplicates included."""
+MAX_STEER_PAIRS = 8
+"""Control pairs in one ``/api/steer`` run (each is asked about every prompt, every step)."""
+MAX_STEER_PROMPTS = 8
+"""Prompts in one ``/api/steer`` run (read while steering, completed before and after)."""
+MAX_STEER_STEPS = 200
+"""Optimizer steps of one ``/api/steer`` run."""
+MAX_STEER_TOKENS = 128
+"""Length of the before / after completions of one ``/api/steer`` run, in tokens."""
+DEFAULT_STEER_STEPS = 20
 
 Role = Literal["system", "user", "assistant"]
 
@@ -214,13 +223,95 @@ class Example(BaseModel):
     subject: str | None = Field(default=None, description="the text whose tokens are read")
 
 
+def _pair(value: Any) -> Any:
+    """Accept ``[question, answer]`` or ``{"question", "answer"}``; say which shape is wanted."""
+    if isinstance(value, dict) and set(value) == {"question", "answer"}:
+        return (value["question"], value["answer"])
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        if isinstance(value, list | tuple):
+            size = f"{len(value)} item" + ("" if len(value) == 1 else "s")
+        else:
+            size = f"a {type(value).__name__}"
+        raise ValueError(f"must be a [question, answer] pair of two strings, got {size}")
+    return value
+
+
+ControlPair = Annotated[tuple[Text, Text], BeforeValidator(_pair)]
+
+
+class SteerRequest(_Strict):
+    """A steering run: control pairs, the prompts to steer on and complete, and its length."""
+
+    pairs: list[ControlPair] = Field(
+        min_length=1,
+        max_length=MAX_STEER_PAIRS,
+        description=(
+            "the control: [question, answer] pairs the decoder should answer about the "
+            "steered target (e.g. [\"What is the emotional tone of the assistant's "
+            'replies?", "Its replies are cheerful."])'
+        ),
+    )
+    prompts: list[Text] = Field(
+        min_length=1,
+        max_length=MAX_STEER_PROMPTS,
+        description="user prompts: read while steering, and completed before and after",
+    )
+    steps: int = Field(
+        default=DEFAULT_STEER_STEPS,
+        ge=1,
+        le=MAX_STEER_STEPS,
+        strict=True,
+        description="optimizer steps of the steering adapter",
+    )
+    max_new_tokens: int = Field(
+        default=32,
+        ge=1,
+        le=MAX_STEER_TOKENS,
+        strict=True,
+        description="length of each before / after completion, in tokens",
+    )
+
+
+class SteerStatus(BaseModel):
+    """Where a steering run stands; ``before`` / ``after`` fill in as it goes."""
+
+    id: str = Field(description="the run's id, for GET /api/steer/{id}")
+    state: Literal["running", "done", "failed", "stopped"] = Field(
+        description=(
+            "running, done, failed (see `error`) or stopped (by POST /api/steer/{id}/stop, "
+            "by the server's shutdown, or because no client asked about it for a while)"
+        )
+    )
+    phase: Literal["loading", "before", "steering", "after", "finished"] = Field(
+        description=(
+            "what the run is doing: loading the steering model (first run only), completing "
+            "the prompts before steering, steering, completing them after"
+        )
+    )
+    step: int = Field(description="optimizer steps finished")
+    steps: int = Field(description="optimizer steps asked for")
+    initial_loss: float | None = Field(
+        description="the decoder's loss on the control before steering (nats per token)"
+    )
+    losses: list[float] = Field(description="the control loss of each finished step")
+    prompts: list[str]
+    before: list[str] = Field(description="the unsteered target's completion of each prompt")
+    after: list[str] = Field(description="the steered target's completion of each prompt")
+    decoder: str | None = Field(description="the decoder folder that steering reads with")
+    error: str | None = Field(description="why the run failed or stopped")
+    seconds: float = Field(description="time since the run started")
+
+
 class ErrorBody(BaseModel):
-    """Every error: a one-line message, plus the status for 503 answers."""
+    """Every error: a one-line message, plus the status for 503 and 409 answers."""
 
     error: str
     status: str | None = Field(
-        default=None, description="503 only: loading, error (failed to load) or busy"
+        default=None,
+        description="503: loading, error (failed to load) or busy; 409: steering (a run is "
+        "in progress)",
     )
+    id: str | None = Field(default=None, description="409 only: the steering run in progress")
 
 
 LIMITS = {
@@ -232,4 +323,8 @@ LIMITS = {
     "max_new_tokens": MAX_NEW_TOKENS,
     "max_body_bytes": MAX_BODY_BYTES,
     "max_layers": MAX_LAYERS,
+    "max_steer_pairs": MAX_STEER_PAIRS,
+    "max_steer_prompts": MAX_STEER_PROMPTS,
+    "max_steer_steps": MAX_STEER_STEPS,
+    "max_steer_tokens": MAX_STEER_TOKENS,
 }

@@ -23,8 +23,10 @@
     let data = null;
     try { data = await response.json(); } catch (error) { data = null; }
     if (!response.ok) {
-      const message = data && data.error ? data.error : `HTTP ${response.status}`;
-      throw new Error(message);
+      const failure = new Error(data && data.error ? data.error : `HTTP ${response.status}`);
+      failure.status = response.status;
+      failure.body = data;
+      throw failure;
     }
     return data;
   }
@@ -389,6 +391,9 @@
       }
     });
   }
+
+  // Shared with steer.js (the Steer tab), which loads after this script.
+  window.latentqa = { api, showError, lines };
 
   // ---- Wiring ---------------------------------------------------------------------------
   document.querySelectorAll("[data-add]").forEach((button) => {
