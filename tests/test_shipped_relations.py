@@ -25,8 +25,8 @@ def test_shipped_names_resolve():
     assert decoder_folder(EMBEDDED_MODEL, "shipped:relations") == FOLDER
     assert decoder_folder(EMBEDDED_MODEL, None) == shipped_decoder(EMBEDDED_MODEL)
     assert decoder_folder(EMBEDDED_MODEL, "shipped:default") == shipped_decoder(EMBEDDED_MODEL)
-    assert set(SHIPPED_NAMES) == {"default", "relations"}
-    with pytest.raises(LatentQAError, match="shipped:default, shipped:relations"):
+    assert set(SHIPPED_NAMES) == {"default", "relations", "control"}
+    with pytest.raises(LatentQAError, match="shipped:default, shipped:relations, shipped:control"):
         decoder_folder(EMBEDDED_MODEL, "shipped:nope")
     with pytest.raises(LatentQAError, match="no decoder ships for target"):
         decoder_folder("some/other-model", "shipped:relations")

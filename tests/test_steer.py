@@ -255,7 +255,8 @@ def test_cli_steer_with_qa_and_generate(paths, tmp_path, monkeypatch, capsys):
     assert _main(monkeypatch, argv) == 0
     out = capsys.readouterr().out
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["steps"] == 2 and "before:" in out and "after:" in out
+    assert summary["steps"] == 2 and "before steering" in out and "after steering" in out
+    assert out.count("user: ") == 3  # one side-by-side block per sample prompt
     assert len(json.loads((tmp_path / "o" / "steer.json").read_text())["control"]) == 2
     assert _main(monkeypatch, ["steer", "--out", str(tmp_path / "p"), *common]) == 2
     assert "give a control" in capsys.readouterr().err

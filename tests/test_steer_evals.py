@@ -101,11 +101,21 @@ def test_sentiment_returns_every_method_and_the_checks(paths, steerable, tmp_pat
         )
     checks = result["checks"]
     assert {"positive", "negative", "target_met"} <= set(checks)
-    assert {"lit_shift", "vector_shift", "lit_beats_vector", "lit_fluent"} <= set(
-        checks["positive"]
-    )
+    assert {
+        "lit_shift",
+        "vector_shift",
+        "prompting_shift",
+        "lit_beats_prompting",
+        "lit_beats_vector",
+        "lit_fluent",
+    } <= set(checks["positive"])
     assert len(result["vector"]["positive"]["trials"]) == 4  # 2 layers x 2 coefficients
-    assert set(result["lit"]["negative"]) == {"initial_loss", "final_loss"}
+    lit = result["lit"]["negative"]
+    assert {"initial_loss", "final_loss", "strength", "trials"} <= set(lit)
+    # LIT's strength is tuned over the default candidates, mildest first, like the vector
+    assert [t[0] for t in lit["trials"]] == [0.1, 0.25, 0.5, 0.75, 1.0]
+    assert lit["strength"] in [t[0] for t in lit["trials"]]
+    assert len(result["per_item"]["none"]) == 3
     assert (tmp_path / "sentiment-positive" / "adapter_model.safetensors").is_file()
     assert not steerable.has_steering
 
@@ -156,6 +166,8 @@ def test_audit_returns_shares_per_behavior(paths, steerable):
     _check_structure(result, "audit", {"none", "prompting", "lit"})
     for values in result["methods"].values():
         assert set(values) == {"french", "pirate"} and all(0 <= v <= 1 for v in values.values())
+    above = {b: result["methods"]["lit"][b] > result["methods"]["none"][b] for b in values}
+    assert result["checks"] == {"lit_above_none": above, "target_met": all(above.values())}
     bad = config_from_dict(AuditEvalConfig, _common(paths, behaviours=["klingon"]))
     with pytest.raises(LatentQAError, match="unknown behaviour"):
         evaluate_audit(bad, steerable=steerable, prompts=POOL)

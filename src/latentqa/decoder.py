@@ -338,9 +338,11 @@ def answer_losses(
 
 SHIPPED_PREFIX = "shipped:"
 """``shipped:NAME`` names a decoder that ships in the package (see :data:`SHIPPED_NAMES`)."""
-SHIPPED_NAMES = {"default": "", "relations": "-relations"}
+SHIPPED_NAMES = {"default": "", "relations": "-relations", "control": "-control"}
 """Shipped decoder name -> folder suffix: ``default`` reads behaviours (personas, hidden
-instructions), ``relations`` reads facts about a country from its name's tokens."""
+instructions), ``relations`` reads facts about a country from its name's tokens,
+``control`` reads an assistant reply's tone and whether it relies on a stereotype (the
+decoder steering uses)."""
 
 
 def shipped_decoder(target: str, name: str = "default") -> Path:

@@ -32,6 +32,7 @@ from latentqa.chat import (
     check_subject,
     encode_dialog,
     encode_subject,
+    subject_span,
     validate_dialog,
 )
 from latentqa.decoder import (
@@ -187,7 +188,9 @@ class Reader(ReaderGeneration, ReaderScoring):
             subject: Read only the tokens of this text's last occurrence in the last user
                 turn (see :func:`encode_subject`); ``None``: a leading system prompt is
                 masked, and so is a default system prompt the chat template adds to a
-                dialog without one, and everything after it is read.
+                dialog without one, and everything after it is read; for a decoder
+                trained on replies (``reads: reply`` in its latentqa.json), a dialog
+                ending with an assistant turn is read on that reply only.
 
         Raises:
             LatentQAError: A malformed dialog, a subject not in the last user turn, or a
@@ -196,6 +199,9 @@ class Reader(ReaderGeneration, ReaderScoring):
         messages = validate_dialog(dialog)
         if subject is not None:
             encoded = encode_subject(self.tokenizer, messages, subject)
+        elif self.spec.extra.get("reads") == "reply" and messages[-1]["role"] == "assistant":
+            # A decoder trained on replies only (shipped:control) reads the last reply.
+            encoded = subject_span(self.tokenizer, messages, messages[-1]["content"].strip())
         else:
             n_masked = 1 if messages[0]["role"] == "system" else 0
             # Without a system message, a template's default system prompt is left out
@@ -261,6 +267,14 @@ class Reader(ReaderGeneration, ReaderScoring):
         if len(subject) != len(dialogs):
             raise LatentQAError(f"{len(subject)} subjects for {len(dialogs)} dialogs")
         encoded = [self.encode(d, s) for d, s in zip(dialogs, subject, strict=True)]
+        return self.read_encoded(encoded, layers, batch_size)
+
+    @torch.no_grad()
+    def read_encoded(
+        self, encoded: Sequence[EncodedDialog], layers: Sequence[int], batch_size: int = 16
+    ) -> list[torch.Tensor]:
+        """Raw hidden states ``[n_layers, span, d_model]`` of already encoded dialogs (any
+        read span, e.g. an assistant reply's: :func:`latentqa.steer.encode_reply`)."""
         layers = [check_layer_index(item, self.n_layers, "read layer") for item in layers]
         spans: list[torch.Tensor] = []
         with self.handle.target():

@@ -43,9 +43,12 @@ class DataBuildConfig:
     """device for the model"""
     cache: str | None = dataclasses.field(default=None, metadata={"metavar": "FILE"})
     """reply cache (default DIR/completions-cache.jsonl)"""
-    task: Literal["builtin", "relations"] = "builtin"
+    task: Literal["builtin", "relations", "control"] = "builtin"
     """builtin: personas/goals/tones/styles; relations: country facts the target knows
-    (capital, currency, ...)"""
+    (capital, currency, ...); control: the tone of replies (moodswapper), the target's
+    own replies in the auditing styles (French, rhyme, pirate; --no-completions leaves
+    them out and loads no model) and stereotypes in sentences (StereoSet): what steering
+    controls"""
     relations: list[RelationName] | None = dataclasses.field(
         default=None, metadata={"metavar": "NAME", "group": RELATIONS_GROUP}
     )
@@ -136,6 +139,8 @@ def _build(args: argparse.Namespace) -> int:
     cache = None if config.cache is None else Path(config.cache)
     if config.task == "relations":
         return _build_relations(config, force)
+    if config.task == "control":
+        return _build_control(config, force)
     from latentqa.data.build import build_dataset, check_build_out
 
     if config.max_new_tokens < 1 or config.batch_size < 1:
@@ -197,6 +202,54 @@ def _format_counts(title: str, counts: dict[str, dict[str, int]]) -> str:
             continue
         lines.append(f"  {kind:<22}{row['labels']:>8}{row['behaviors']:>11}{row['examples']:>10}")
     return "\n".join(lines)
+
+
+def _build_control(config: DataBuildConfig, force: bool) -> int:
+    """``latentqa data build --task control``: moods and stereotypes, no model needed."""
+    from latentqa.data.build import check_build_out
+    from latentqa.data.control import build_control_dataset
+
+    out = Path(config.out)
+    if not 0.0 < config.heldout_fraction < 1.0:
+        raise LatentQAError(f"--heldout-fraction must be in (0, 1), got {config.heldout_fraction}")
+    check_build_out(out, force)
+    start = time.perf_counter()
+    generate, styles = None, None
+    if config.completions:
+        from latentqa.data.control import Style
+        from latentqa.evals.audit import AUDIT_BEHAVIORS
+        from latentqa.models import load_model
+        from latentqa.steer.generate import generate_texts
+
+        print(f"loading {config.target} to write its plain and styled replies...")
+        model, tokenizer = load_model(config.target, device=config.device, dtype="float32")
+
+        def generate(prompts, system):
+            return generate_texts(
+                model,
+                tokenizer,
+                prompts,
+                system=system,
+                max_new_tokens=config.max_new_tokens,
+                batch_size=config.batch_size,
+            )
+
+        styles = {n: Style(b.prompt, b.check, b.control) for n, b in AUDIT_BEHAVIORS.items()}
+    counts = build_control_dataset(
+        out,
+        seed=config.seed,
+        heldout_fraction=config.heldout_fraction,
+        generate=generate,
+        styles=styles,
+    )
+    for split in ("train", "heldout"):
+        c = counts[split]
+        print(
+            f"{out / split}: {c['items']} replies ({c['mood']} moods, {c['style']} plain or "
+            f"styled, {c['stereoset']} StereoSet)"
+        )
+    print(f"wrote {out} in {time.perf_counter() - start:.1f} s")
+    return 0
 
 
 def check_build_args(config: DataBuildConfig) -> None:

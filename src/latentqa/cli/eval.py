@@ -101,9 +101,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     system.set_defaults(func=run_system_prompt)
     from latentqa.cli.eval_all import add_all_task
+    from latentqa.cli.eval_control import add_control_reading_task
     from latentqa.cli.eval_relations import add_relations_task
 
     add_relations_task(tasks)
+    add_control_reading_task(tasks)
     add_all_task(tasks)
     add_steering_tasks(tasks)
     parser.set_defaults(func=lambda _args: parser.print_help() or 1)
@@ -208,6 +210,11 @@ def run_steering(evaluation: Any, args: argparse.Namespace) -> int:
     checks = result.get("checks")
     if checks is not None:
         print(f"\nchecks: {json.dumps(checks)}")
+    if config.out:
+        from latentqa.evals.steering_report import write_steering_outputs
+
+        written = write_steering_outputs(result, config.out)
+        print(f"\nwrote {', '.join(written)} and the LIT adapters to {config.out}")
     if args.json:
         print(json.dumps(result))
     return 0

@@ -59,8 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--decoder",
         default=None,
         help="decoder folder from `latentqa train`, or a shipped one: shipped:default (the "
-        "default: reads hidden instructions from the dialog) or shipped:relations (reads "
-        "facts about a country from its name's tokens; pass --subject)",
+        "default: reads hidden instructions from the dialog), shipped:relations (reads "
+        "facts about a country from its name's tokens; pass --subject) or shipped:control "
+        "(reads the tone of the last assistant reply and whether it relies on a stereotype)",
     )
     parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 for greedy (default)")

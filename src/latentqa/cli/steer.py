@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import textwrap
 
 from latentqa.cli.options import add_config_arguments, config_from_args
 from latentqa.steer.config import SteerConfig
@@ -13,6 +15,15 @@ SAMPLE_PROMPTS = (
     "What should I cook for dinner tonight?",
     "Tell me something interesting about octopuses.",
 )
+
+
+def side_by_side(before: str, after: str, width: int = 48) -> str:
+    """Two wrapped columns, ``before`` left and ``after`` right, under a header."""
+    left = textwrap.wrap(before, width) or [""]
+    right = textwrap.wrap(after, width) or [""]
+    rows = [("before steering", "after steering"), ("-" * width, "-" * width)]
+    rows += itertools.zip_longest(left, right, fillvalue="")
+    return "\n".join(f"  {a:<{width}} | {b}" for a, b in rows)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--generate",
         action="store_true",
-        help="print completions of sample prompts before and after steering",
+        help="print completions of sample prompts before and after steering, side by side",
     )
     parser.add_argument(
         "--max-new-tokens", type=int, default=40, help="length of --generate completions"
@@ -73,6 +84,8 @@ def run_steer(args: argparse.Namespace) -> int:
                 model, steerable.tokenizer, prompts, max_new_tokens=args.max_new_tokens
             )
         for prompt, old, new in zip(prompts, before, after, strict=True):
-            print(f"user: {prompt}\n  before: {old}\n  after:  {new}\n")
+            print(f"user: {prompt}")
+            print(side_by_side(old, new))
+            print()
     print(json.dumps(summary))
     return 0

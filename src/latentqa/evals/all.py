@@ -35,15 +35,27 @@ ENTRY = "run_in_suite"
 KNOWN_TASKS: dict[str, str] = {
     "system-prompt": "latentqa.evals.system_prompt",
     "relations": "latentqa.evals.relations",
+    "control-reading": "latentqa.evals.control_reading",
     "sentiment": "latentqa.evals.sentiment",
     "crows-pairs": "latentqa.evals.crows_pairs",
     "audit": "latentqa.evals.audit",
 }
 """Task name -> module; the report lists them in this order."""
-TASK_DECODERS: dict[str, str] = {"relations": "shipped:relations"}
+TASK_DECODERS: dict[str, str] = {
+    "relations": "shipped:relations",
+    "control-reading": "shipped:control",
+    "sentiment": "shipped:control",
+    "crows-pairs": "shipped:control",
+    "audit": "shipped:control",
+}
 """A task's own default decoder for the embedded target (facts are read by a decoder
-trained on them); ``--task-decoder`` replaces it."""
-HEADLINE_MEASURES: dict[str, str] = {"system-prompt": "mc_accuracy", "relations": "accuracy"}
+trained on them, steering uses the decoder that reads its controls); ``--task-decoder``
+replaces it."""
+HEADLINE_MEASURES: dict[str, str] = {
+    "system-prompt": "mc_accuracy",
+    "relations": "accuracy",
+    "control-reading": "tone",
+}
 """The measure of a reading task that the report's headline table shows."""
 CONTROLS = ("lit_zeroed", "lit_shuffled", "no_system_prompt")
 """Methods that are the decoder with its activations taken away (or without the hidden
@@ -246,6 +258,8 @@ def report_markdown(suite: Mapping[str, Any], ctx: SuiteContext) -> str:
     for task, result in suite["tasks"].items():
         lines += ["", f"## {task}", ""]
         lines.append(result["markdown"] if "markdown" in result else markdown_table(result))
+        if result.get("checks") is not None:  # the steering evaluations' targets
+            lines += ["", f"Checks: `{json.dumps(result['checks'])}`"]
         for plot in result.get("plots", []):
             lines += ["", f"![{task}: {Path(plot).stem}]({plot})"]
     for title, key in (("Skipped", "skipped"), ("Failed", "failed")):

@@ -158,6 +158,7 @@ class AuditTask(SteeringTask):
     """One direction per behaviour; the measure is the replies to held-out prompts."""
 
     name = "audit"
+    vectors_wanted = False
     options: AuditEvalConfig
 
     def __init__(
@@ -207,10 +208,12 @@ class AuditTask(SteeringTask):
                 "lit": steered[0],
             }
         samples["none"] = {"prompt": self.evaluation[0], "reply": none[0]}
+        elicited = {name: methods["lit"][name] > methods["none"][name] for name in self.directions}
         return SteeringResult(
             task="audit",
             n=len(self.evaluation),
             methods=methods,
+            checks={"lit_above_none": elicited, "target_met": all(elicited.values())},
             lit=dict(run.lit),
             samples=samples,
             config=config_to_dict(self.options),

@@ -249,6 +249,13 @@ class CrowsPairsTask(SteeringTask):
     def lit_prompts(self) -> list[str]:
         return [r.stereotypical for r in self.train] + [r.anti for r in self.train]
 
+    def lit_items(self, read: str) -> tuple[list[str], list[str] | None]:
+        # Reading replies: the sentences as the assistant says them, as they are scored.
+        sentences = self.lit_prompts()
+        if read == "reply":
+            return [CHAT_PROMPT] * len(sentences), sentences
+        return sentences, None
+
     def result(self, run: SteeringRun) -> SteeringResult:
         measured = {name: run.measured[name] for name in ("none", "prompting", "vector", "lit")}
         base_ppl = measured["none"]["neutral_ppl"]

@@ -16,8 +16,12 @@ same prompts in the same run:
 - ``lit``: LIT steering, the target's LoRA trained with the decoder's loss on a
   control saying that the assistant's tone is cheerful / gloomy.
 
-Target: LIT moves the mean compound further in the intended direction than the
-steering vector, with perplexity no more than 1.5x the unsteered model's.
+LIT's strength (its adapter's output scale) is tuned like the vector's coefficient, on
+the same separate prompts under the same perplexity limit.
+
+Target: LIT moves the mean compound further in the intended direction than prompting
+and at least as far as the steering vector, with perplexity no more than 1.5x the
+unsteered model's.
 """
 
 from __future__ import annotations
@@ -74,8 +78,9 @@ class SentimentEvalConfig(VectorEvalOptions):
 
     n_prompts: int = 50
     """Held-out neutral prompts to generate on."""
-    n_tune_prompts: int = 8
-    """Separate prompts on which the steering vector's coefficient is tuned."""
+    n_tune_prompts: int = 16
+    """Separate prompts on which the steering vector's coefficient and LIT's strength are
+    tuned."""
     n_vector_prompts: int = 32
     """Separate prompts whose activations define the steering vector."""
     n_train_prompts: int = 128
@@ -105,9 +110,12 @@ def neutral_prompts(limit: float = 0.3) -> list[str]:
 
 
 def _metrics(
-    steerable: SteerableModel, prompts: list[str], replies: list[str], direction: str | None
+    steerable: SteerableModel,
+    prompts: list[str],
+    replies: list[str],
+    direction: str | None,
+    scores: list[float],
 ) -> dict[str, object]:
-    scores = vader_scores(replies)
     with steerable.unsteered() as model:
         ppl = perplexity(reply_logprobs(model, steerable.tokenizer, prompts, replies))
     shares = {
@@ -123,21 +131,27 @@ def _metrics(
 
 
 def _check(methods: dict[str, dict], max_ratio: float) -> dict[str, object]:
-    """Does LIT shift the compound more than the vector, within the perplexity limit?"""
+    """Does LIT shift the compound more than prompting and at least as much as the vector,
+    within the perplexity limit?"""
     base = float(methods["none"]["mean_compound"])
     checks: dict[str, object] = {}
     for direction, sign in SIGN.items():
         lit = methods[f"lit {direction}"]
         lit_shift = sign * (float(lit["mean_compound"]) - base)
         vector_shift = sign * (float(methods[f"vector {direction}"]["mean_compound"]) - base)
+        prompting_shift = sign * (float(methods[f"prompting {direction}"]["mean_compound"]) - base)
         checks[direction] = {
             "lit_shift": lit_shift,
             "vector_shift": vector_shift,
-            "lit_beats_vector": lit_shift > vector_shift,
+            "prompting_shift": prompting_shift,
+            "lit_beats_prompting": lit_shift > prompting_shift,
+            "lit_beats_vector": lit_shift >= vector_shift,
             "lit_fluent": float(lit["ppl_ratio"]) <= max_ratio,
         }
     checks["target_met"] = all(
-        c["lit_beats_vector"] and c["lit_fluent"] for c in checks.values() if isinstance(c, dict)
+        c["lit_beats_prompting"] and c["lit_beats_vector"] and c["lit_fluent"]
+        for c in checks.values()
+        if isinstance(c, dict)
     )
     return checks
 
@@ -233,9 +247,12 @@ class SentimentTask(SteeringTask):
         ]
         replies = {name: run.measured[name] for name in order}
         methods = {}
+        per_item = {name: vader_scores(texts) for name, texts in replies.items()}
         for name, texts in replies.items():
             direction = name.split()[-1] if " " in name else None
-            methods[name] = _metrics(self.steerable, self.evaluation, texts, direction)
+            methods[name] = _metrics(
+                self.steerable, self.evaluation, texts, direction, per_item[name]
+            )
         for values in methods.values():
             values["ppl_ratio"] = float(values["perplexity"]) / float(methods["none"]["perplexity"])
         samples = {
@@ -253,6 +270,7 @@ class SentimentTask(SteeringTask):
             vector=dict(run.vector),
             lit=dict(run.lit),
             samples=samples,
+            per_item=per_item,
             config=config_to_dict(self.options),
         )
 

@@ -11,13 +11,18 @@ prompting, vector pairs and measure, and turns the measurements into a
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
 
 from latentqa.models import EMBEDDED_MODEL
 from latentqa.steer.evaluation import Log, run_lit, vector_settings, vector_steered
+from latentqa.steer.trainer import steering_reads
 from latentqa.steer.vector import tune_setting
 
 if TYPE_CHECKING:
@@ -36,7 +41,7 @@ class SteeringEvalOptions:
     target: str = EMBEDDED_MODEL
     """Target model to steer."""
     decoder: str | None = None
-    """Decoder folder; default: the decoder shipped for the target."""
+    """Decoder folder or shipped:NAME; default: shipped:control for the embedded target."""
     steps: int = 40
     """LIT steering steps (per direction or behaviour)."""
     lr: float = 1e-3
@@ -49,10 +54,14 @@ class SteeringEvalOptions:
     """Target layers adapted by LIT; default: up to the deepest read layer."""
     read_layers: list[int] | None = None
     """Layers the decoder reads while steering; default: the decoder's."""
+    read: str = "auto"
+    """What LIT steering reads: prompt, reply (the target's unsteered replies, or the
+    task's own sentences) or auto (reply for decoders trained on replies)."""
     seed: int = 0
     """Seed for the item split and the LoRA initialisation."""
     out: str | None = None
-    """Folder to keep the LIT adapters in (not kept when unset)."""
+    """Folder for the table (<task>.md), JSON, PNG and the LIT adapters (none kept when
+    unset)."""
     device: str = "auto"
     """auto, cpu, cuda, cuda:N."""
     dtype: str = "float32"
@@ -70,6 +79,12 @@ class VectorEvalOptions(SteeringEvalOptions):
     """Candidate steering-vector coefficients; default: the evaluation's."""
     max_ppl_ratio: float = 1.5
     """Fluency limit in tuning and in the target check: perplexity / unsteered."""
+    lit_strengths: list[float] | None = dataclasses.field(
+        default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 1.0]
+    )
+    """Candidate strengths of the LIT adapter (its LoRA output scaled; 1 = as trained),
+    tuned like the vector's coefficient on the same prompts under the same fluency limit;
+    empty: use it as trained."""
 
 
 @dataclass
@@ -86,6 +101,8 @@ class SteeringResult:
         checks: Whether the evaluation's target is met, and the figures behind it.
         vector: The tuned steering-vector setting and every trial.
         samples: A few replies per method.
+        per_item: Per method, one value per held-out item (sentiment: each reply's VADER
+            compound), for the distribution plot.
     """
 
     task: str
@@ -97,6 +114,7 @@ class SteeringResult:
     checks: dict[str, Any] | None = None
     vector: dict[str, Any] | None = None
     samples: dict[str, Any] | None = None
+    per_item: dict[str, list[float]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON-ready object, keys in the order the commands have always printed."""
@@ -109,6 +127,7 @@ class SteeringResult:
             "vector",
             "lit",
             "samples",
+            "per_item",
             "config",
         )
         values = {name: getattr(self, name) for name in order}
@@ -124,12 +143,13 @@ class SteeringRun:
             (named ``"<method> <direction>"``, or ``"<method>"`` for a single control),
             each the task's :meth:`SteeringTask.measure` output.
         vector: Per direction, the tuned ``{"layer", "coefficient", "trials"}``.
-        lit: Per direction, LIT's ``{"initial_loss", "final_loss"}``.
+        lit: Per direction, LIT's ``{"initial_loss", "final_loss"}`` and, where tuned,
+            its ``strength`` and every ``trials`` entry ``[strength, score, fluent]``.
     """
 
     measured: dict[str, Any] = field(default_factory=dict)
     vector: dict[str | None, dict[str, Any]] = field(default_factory=dict)
-    lit: dict[str | None, dict[str, float]] = field(default_factory=dict)
+    lit: dict[str | None, dict[str, Any]] = field(default_factory=dict)
 
 
 class SteeringTask(ABC):
@@ -147,6 +167,8 @@ class SteeringTask(ABC):
     name: str
     directions: Sequence[str | None] = (None,)
     default_coefficients: Sequence[float] = (1.0,)
+    vectors_wanted: bool = True
+    """Whether the task has a steering-vector baseline (:meth:`vectors` not ``None``)."""
 
     def __init__(self, steerable: SteerableModel, options: SteeringEvalOptions) -> None:
         self.steerable, self.options = steerable, options
@@ -166,6 +188,11 @@ class SteeringTask(ABC):
     @abstractmethod
     def lit_prompts(self) -> list[str]:
         """Prompts the LIT steering reads the target on."""
+
+    def lit_items(self, read: str) -> tuple[list[str], list[str] | None]:
+        """``(prompts, replies)`` LIT steering reads; replies ``None``: the target's own
+        (read ``reply``) or none (read ``prompt``). Default: :meth:`lit_prompts`."""
+        return self.lit_prompts(), None
 
     @abstractmethod
     def result(self, run: SteeringRun) -> SteeringResult:
@@ -197,24 +224,33 @@ def _method(method: str, direction: str | None) -> str:
     return method if direction is None else f"{method} {direction}"
 
 
-def run_steering(task: SteeringTask, log: Log | None = None) -> SteeringResult:
+def run_steering(
+    task: SteeringTask, log: Log | None = None, progress: bool = True
+) -> SteeringResult:
     """Run none -> prompting -> steering vector -> LIT for every direction of ``task``.
 
-    The steering is removed from the target afterwards.
+    A progress bar (``progress``) counts these stages. The steering is removed from the
+    target afterwards.
     """
     say = log or (lambda _message: None)
     steerable, options = task.steerable, task.options
     run = SteeringRun()
+    # Stages: the unsteered measure, then per direction prompting, the vector, LIT.
+    per_direction = 3 if task.vectors_wanted else 2
+    bar = tqdm(total=1 + per_direction * len(task.directions), desc=task.name, disable=not progress)
     with steerable.unsteered() as model:
         run.measured["none"] = task.measure(model, None)
+    bar.update(1)
     task.prepare()  # not nested: its own measures toggle the adapters
     layers = list(getattr(options, "vector_layers", None) or [steerable.n_layers // 3])
     vectors = task.vectors(layers)
     coefficients = getattr(options, "coefficients", None) or task.default_coefficients
     settings = vector_settings(layers, coefficients)
     for direction in task.directions:
+        bar.set_postfix_str(f"prompting {direction or ''}".strip())
         with steerable.unsteered() as model:
             run.measured[_method("prompting", direction)] = task.measure(model, direction, True)
+        bar.update(1)
         if vectors is not None:
             sign = task.sign(direction)
 
@@ -236,16 +272,35 @@ def run_steering(task: SteeringTask, log: Log | None = None) -> SteeringResult:
             }
             with vector_steered(steerable, layer, vectors[layer], sign * c) as model:
                 run.measured[_method("vector", direction)] = task.measure(model, direction)
+            bar.update(1)
+        bar.set_postfix_str(f"LIT {direction or ''}".strip())
+        prompts, replies = task.lit_items(steering_reads(steerable, options.read))
         run.lit[direction] = run_lit(
             steerable,
             task.control(direction),
-            task.lit_prompts(),
+            prompts,
             options,
             task.lit_name(direction),
             log=say,
+            replies=replies,
         )
-        with steerable.steered() as model:
+        strength = 1.0
+        strengths = getattr(options, "lit_strengths", None)
+        if vectors is not None and strengths:
+            # LIT's strength is tuned like the vector's coefficient: same prompts, same limit.
+            def lit_trial(value: float, direction=direction) -> tuple[float, bool]:
+                with steerable.steered_at(value) as model:
+                    measured = task.tune_measure(model)
+                return task.tune_score(measured, direction)
+
+            say(f"{_method(task.name, direction)}: tuning LIT's strength over {strengths}")
+            strength, trials = tune_setting(lit_trial, sorted(strengths))
+            run.lit[direction]["strength"] = strength
+            run.lit[direction]["trials"] = [[s, score, ok] for s, score, ok in trials]
+        with steerable.steered_at(strength) as model:
             run.measured[_method("lit", direction)] = task.measure(model, direction)
+        bar.update(1)
+    bar.close()
     steerable.remove_steering()
     return task.result(run)
 
@@ -279,4 +334,11 @@ class SteeringEvaluation:
             seed=ctx.seed,
             **sizes,
         )
-        return self.evaluate(config, log=ctx.log).to_json()
+        result = self.evaluate(config, log=ctx.log).to_json()
+        if getattr(ctx, "out", None) is not None:
+            from latentqa.evals.steering_report import steering_plot
+
+            png = f"{self.name}.png"
+            if steering_plot(result, Path(ctx.out) / png):
+                result["plots"] = [png]
+        return result

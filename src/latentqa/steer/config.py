@@ -8,6 +8,8 @@ from latentqa.configs import require_int, require_number
 from latentqa.embedded import EMBEDDED_MODEL
 from latentqa.errors import LatentQAError
 
+READ_MODES = ("auto", "prompt", "reply")
+
 
 @dataclass
 class SteerConfig:
@@ -22,12 +24,20 @@ class SteerConfig:
     target: str = EMBEDDED_MODEL
     """Target model to steer: smollm2-135m (embedded), a local folder, a .gguf file."""
     decoder: str | None = None
-    """Decoder folder from `latentqa train`; default: the decoder shipped for the target."""
+    """Decoder folder from `latentqa train` or shipped:NAME; default: shipped:control for
+    the embedded target (it reads the tone of replies and stereotypes)."""
     layers: list[int] | None = None
     """Target layers that get steering LoRA adapters; default: every layer up to the
     deepest read layer (later layers cannot change what the decoder reads)."""
     read_layers: list[int] | None = None
     """Target layers the decoder reads while steering; default: the decoder's own."""
+    read: str = "auto"
+    """What the decoder reads of each prompt while steering: prompt (the user prompt and
+    the reply header), reply (the target's own unsteered greedy reply to it, generated
+    once before steering; the prompt's tokens are not read) or auto (reply for decoders
+    trained on replies, such as shipped:control; prompt otherwise)."""
+    reply_tokens: int = 32
+    """With read=reply: length of the generated replies read."""
     per_layer_loss: bool = False
     """With several read layers: read each layer separately, each with its own loss
     (averaged), instead of one reading of all layers together."""
@@ -71,7 +81,9 @@ class SteerConfig:
         """
         if not str(self.out).strip():
             raise LatentQAError("out must not be empty: set --out to a folder")
-        for name in ("steps", "batch_size", "lora_r", "lora_alpha"):
+        if self.read not in READ_MODES:
+            raise LatentQAError(f"read must be one of {', '.join(READ_MODES)}, got {self.read!r}")
+        for name in ("steps", "batch_size", "lora_r", "lora_alpha", "reply_tokens"):
             require_int(name, getattr(self, name), 1)
         require_int("max_prompts", self.max_prompts, 1, optional=True)
         require_int("warmup_steps", self.warmup_steps, 0)

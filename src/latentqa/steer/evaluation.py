@@ -53,6 +53,7 @@ def eval_steer_config(options: Any, name: str) -> SteerConfig:
         decoder=options.decoder,
         layers=options.layers,
         read_layers=options.read_layers,
+        read=getattr(options, "read", "auto"),
         steps=options.steps,
         lr=options.lr,
         batch_size=options.batch_size,
@@ -73,8 +74,11 @@ def run_lit(
     *,
     progress: bool = False,
     log: Log | None = None,
+    replies: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Train a fresh steering adapter for one control; save it under ``options.out/name``.
+
+    ``replies`` (one per prompt) are what the decoder reads when steering reads replies.
 
     Returns:
         ``{"initial_loss", "final_loss"}`` of the decoder's control loss.
@@ -82,7 +86,7 @@ def run_lit(
     config = eval_steer_config(options, name)
     if log:
         log(f"LIT steering '{name}': {config.steps} steps on {len(prompts)} prompts")
-    records = train_steering(steerable, pairs, prompts, config, progress=progress)
+    records = train_steering(steerable, pairs, prompts, config, progress=progress, replies=replies)
     if options.out:
         steerable.save_steering(config.out)
         lines = "".join(json.dumps(record) + "\n" for record in records)
@@ -94,7 +98,7 @@ def load_steerable(options: Any) -> SteerableModel:
     """Load the target with its decoder adapter from an evaluation config."""
     return SteerableModel.load(
         options.target, options.decoder, device=options.device, dtype=options.dtype
-    )
+    )  # decoder None: steering_decoder's choice
 
 
 def mean(values: Sequence[float]) -> float:

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import torch
@@ -37,6 +37,18 @@ from latentqa.models import EMBEDDED_MODEL, load_model
 
 DECODER_ADAPTER = "decoder"
 STEER_ADAPTER = "steer"
+
+STEERING_DECODER = "shipped:control"
+"""The decoder steering uses on the embedded target unless told otherwise: it reads the
+tone of replies and stereotypes in them, what the steering evaluations control."""
+
+
+def steering_decoder(target: str, decoder: str | Path | None) -> str | Path | None:
+    """``decoder``, else :data:`STEERING_DECODER` for the embedded target (``None``, the
+    shipped default, for any other target, which then needs a decoder folder)."""
+    if decoder is not None:
+        return decoder
+    return STEERING_DECODER if str(target).strip().lower() == EMBEDDED_MODEL else None
 
 
 class SteerableModel:
@@ -89,7 +101,8 @@ class SteerableModel:
 
         Args:
             target: Model spec of the target (see :func:`latentqa.models.load_model`).
-            decoder: A folder written by ``latentqa train``; ``None``: the shipped decoder.
+            decoder: A folder written by ``latentqa train`` or ``shipped:NAME``; ``None``:
+                :func:`steering_decoder`'s choice.
             device: ``auto``, ``cpu``, ``cuda[:N]``.
             dtype: The frozen weights' dtype.
 
@@ -99,7 +112,7 @@ class SteerableModel:
         """
         handle, spec, folder = load_decoder(
             target,
-            decoder,
+            steering_decoder(target, decoder),
             device=device,
             dtype=dtype,
             adapter_name=DECODER_ADAPTER,
@@ -205,6 +218,30 @@ class SteerableModel:
         if not self.has_steering:
             raise LatentQAError("no steering adapter: train one first")
         return self.handle.use_adapter(STEER_ADAPTER)
+
+    @contextmanager
+    def steered_at(self, strength: float) -> Iterator[nn.Module]:
+        """The steered target with the steering adapter's output multiplied by ``strength``.
+
+        A LoRA adds ``scaling * B A x``; scaling it is the adapter's analogue of a steering
+        vector's coefficient (0: the plain target, 1: as trained), so the strength can be
+        tuned against fluency the same way. The scaling is restored on exit, also on error.
+        """
+        # peft's LoRA layers keep a {adapter: scaling} dict (other modules' may be a float).
+        layers = [
+            m
+            for m in self.model.modules()
+            if isinstance(getattr(m, "scaling", None), dict) and STEER_ADAPTER in m.scaling
+        ]
+        original = [m.scaling[STEER_ADAPTER] for m in layers]
+        try:
+            for module, value in zip(layers, original, strict=True):
+                module.scaling[STEER_ADAPTER] = value * strength
+            with self.steered() as model:
+                yield model
+        finally:
+            for module, value in zip(layers, original, strict=True):
+                module.scaling[STEER_ADAPTER] = value
 
     def unsteered(self) -> AbstractContextManager[nn.Module]:
         """Context in which the model is the plain target (every adapter disabled).

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from latentqa.chat import EncodedDialog, first_token_at, render
+from latentqa.chat import EncodedDialog, first_token_at, render, subject_span
 from latentqa.configs import config_to_dict
 from latentqa.data.sources import load_user_prompts
 from latentqa.decoder import answer_token_loss, decoder_batch, decoder_inputs
@@ -30,7 +30,13 @@ from latentqa.read import pad_token_id, read_encoded
 from latentqa.reader import ADAPTER_FILES
 from latentqa.steer.config import SteerConfig
 from latentqa.steer.control import QAPair, combine_controls
-from latentqa.steer.model import DECODER_ADAPTER, STEER_ADAPTER, SteerableModel
+from latentqa.steer.generate import generate_texts
+from latentqa.steer.model import (
+    DECODER_ADAPTER,
+    STEER_ADAPTER,
+    SteerableModel,
+    steering_decoder,
+)
 from latentqa.train.order import example_order
 from latentqa.train.schedule import lr_lambda
 
@@ -49,6 +55,54 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> EncodedDia
     at = text.rfind(prompt.strip())
     start = first_token_at(encoded["offset_mapping"], at) if at >= 0 else 0
     return EncodedDialog(list(encoded["input_ids"]), start, text)
+
+
+def encode_reply(tokenizer: PreTrainedTokenizerBase, prompt: str, reply: str) -> EncodedDialog:
+    """A user prompt and the assistant's reply; the read span is the reply's tokens."""
+    dialog = [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+    return subject_span(tokenizer, dialog, reply.strip())
+
+
+def steering_reads(steerable: SteerableModel, read: str = "auto") -> str:
+    """``prompt`` or ``reply``: what steering reads; ``auto`` follows the decoder's training
+    (``reads`` in its latentqa.json: decoders trained on replies read replies)."""
+    if read != "auto":
+        return read
+    return "reply" if steerable.spec.extra.get("reads") == "reply" else "prompt"
+
+
+def encode_steering_items(
+    steerable: SteerableModel,
+    prompts: Sequence[str],
+    read: str,
+    replies: Sequence[str] | None = None,
+    reply_tokens: int = 32,
+) -> list[EncodedDialog]:
+    """Encode what steering reads: each prompt, or each prompt's reply.
+
+    Args:
+        steerable: The target (its unsteered state writes missing replies).
+        prompts: User prompts.
+        read: ``prompt`` or ``reply`` (see :func:`steering_reads`).
+        replies: With ``reply``: the reply to each prompt; ``None``: the unsteered
+            target's greedy replies, generated here.
+        reply_tokens: Length of generated replies.
+    """
+    if read == "prompt":
+        return [encode_prompt(steerable.tokenizer, p) for p in prompts]
+    if replies is None:
+        with steerable.unsteered() as model:
+            replies = generate_texts(
+                model, steerable.tokenizer, prompts, max_new_tokens=reply_tokens
+            )
+    elif len(replies) != len(prompts):
+        raise LatentQAError(f"got {len(replies)} replies for {len(prompts)} prompts")
+    # An empty reply has nothing to read; such prompts are left out.
+    return [
+        encode_reply(steerable.tokenizer, p, r)
+        for p, r in zip(prompts, replies, strict=True)
+        if r.strip()
+    ]
 
 
 def load_prompts(
@@ -159,8 +213,12 @@ def train_steering(
     *,
     progress: bool = True,
     log: Callable[[dict], None] | None = None,
+    replies: Sequence[str] | None = None,
 ) -> list[dict]:
     """Add a fresh steering adapter to ``steerable`` and train it on the control ``pairs``.
+
+    The decoder reads each prompt, or (``config.read``, see :func:`steering_reads`) the
+    reply to it: ``replies`` when given, else the target's own unsteered replies.
 
     Returns:
         One record per step (``step``, ``loss``, ``lr`` and, with several read-layer
@@ -168,6 +226,10 @@ def train_steering(
         before training on the first batch.
     """
     read_layers = resolve_read_layers(steerable, config.read_layers)
+    # Encoded before the steering adapter exists: generated replies are the plain target's.
+    encoded = encode_steering_items(
+        steerable, prompts, steering_reads(steerable, config.read), replies, config.reply_tokens
+    )
     layers = steerable.add_steering(
         config.layers,
         r=config.lora_r,
@@ -180,7 +242,6 @@ def train_steering(
             f"steer layers {layers} all lie above the deepest read layer {max(read_layers)}: "
             "they cannot change what the decoder reads"
         )
-    encoded = [encode_prompt(steerable.tokenizer, p) for p in prompts]
     if not encoded or not pairs:
         raise LatentQAError("steering needs at least one prompt and one control pair")
     parameters = steerable.steering_parameters()
@@ -285,7 +346,7 @@ def steer(
         # Layers and the decoder folder are checked before the load, from latentqa.json.
         spec = preflight_decoder(
             config.target,
-            config.decoder,
+            steering_decoder(config.target, config.decoder),
             layers=config.read_layers,
             device=config.device,
             dtype=config.dtype,
@@ -295,6 +356,7 @@ def steer(
             config.target, config.decoder, device=config.device, dtype=config.dtype
         )
     records = train_steering(steerable, control, prompts, config, progress=progress)
+    reads = steering_reads(steerable, config.read)
     steerable.save_steering(out)
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     summary = {
@@ -303,6 +365,7 @@ def steer(
         "decoder": str(steerable.decoder_path),
         "layers": steerable.steer_layers,
         "read_layers": resolve_read_layers(steerable, config.read_layers),
+        "read": reads,
         "control": [list(pair) for pair in control],
         "n_prompts": len(prompts),
         "initial_loss": records[0]["loss"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +100,21 @@ class PreparedData:
     """Training examples per task (see :mod:`latentqa.train.tasks`)."""
     n_dropped_lookalikes: int = 0
     """Extra-data labels left out because they name a held-out behaviour."""
+    reads: str = "dialog"
+    """``reply`` when every training behaviour is read on its final assistant reply only
+    (steering then reads replies too, see :func:`latentqa.steer.trainer.steering_reads`);
+    ``dialog`` otherwise."""
+
+
+def reads_of(datasets: Sequence[LatentQADataset]) -> str:
+    """``reply`` if every behaviour of ``datasets`` reads exactly its last reply, else
+    ``dialog``."""
+    behaviors = [b for dataset in datasets for b in dataset.behaviors]
+    on_reply = all(
+        b.kind == "stimulus_completion" and b.read_text and b.read_text == b.stimulus_model
+        for b in behaviors
+    )
+    return "reply" if behaviors and on_reply else "dialog"
 
 
 def _encode_all(
@@ -234,6 +250,7 @@ def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
         n_eval_labels=n_eval_labels,
         task_counts=counts,
         n_dropped_lookalikes=n_dropped,
+        reads=reads_of(train_sets),
     )
 
 

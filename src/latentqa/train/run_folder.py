@@ -225,6 +225,7 @@ def write_decoder(
             "n_train_labels": data.n_train_labels,
             "task_counts": data.task_counts,
             "n_dropped_lookalikes": data.n_dropped_lookalikes,
+            "reads": data.reads,
             "n_eval_labels": data.n_eval_labels,
             "final_metrics": metrics,
         },
