@@ -158,7 +158,6 @@ class AuditTask(SteeringTask):
     """One direction per behaviour; the measure is the replies to held-out prompts."""
 
     name = "audit"
-    vectors_wanted = False
     options: AuditEvalConfig
 
     def __init__(

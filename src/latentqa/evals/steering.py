@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from latentqa.models import EMBEDDED_MODEL
+from latentqa.steer.config import SteerConfig
 from latentqa.steer.evaluation import Log, run_lit, vector_settings, vector_steered
-from latentqa.steer.trainer import steering_reads
+from latentqa.steer.trainer import own_replies, steering_reads
 from latentqa.steer.vector import tune_setting
 
 if TYPE_CHECKING:
@@ -167,8 +168,6 @@ class SteeringTask(ABC):
     name: str
     directions: Sequence[str | None] = (None,)
     default_coefficients: Sequence[float] = (1.0,)
-    vectors_wanted: bool = True
-    """Whether the task has a steering-vector baseline (:meth:`vectors` not ``None``)."""
 
     def __init__(self, steerable: SteerableModel, options: SteeringEvalOptions) -> None:
         self.steerable, self.options = steerable, options
@@ -235,15 +234,21 @@ def run_steering(
     say = log or (lambda _message: None)
     steerable, options = task.steerable, task.options
     run = SteeringRun()
-    # Stages: the unsteered measure, then per direction prompting, the vector, LIT.
-    per_direction = 3 if task.vectors_wanted else 2
-    bar = tqdm(total=1 + per_direction * len(task.directions), desc=task.name, disable=not progress)
+    bar = tqdm(desc=task.name, disable=not progress)
     with steerable.unsteered() as model:
         run.measured["none"] = task.measure(model, None)
     bar.update(1)
     task.prepare()  # not nested: its own measures toggle the adapters
     layers = list(getattr(options, "vector_layers", None) or [steerable.n_layers // 3])
     vectors = task.vectors(layers)
+    # Stages: the unsteered measure, then per direction prompting, the vector (if any), LIT.
+    bar.total = 1 + (2 if vectors is None else 3) * len(task.directions)
+    bar.refresh()
+    # What LIT reads is the same for every direction: the target's own replies once.
+    read = steering_reads(steerable, options.read)
+    lit_prompts, lit_replies = task.lit_items(read)
+    if read == "reply" and lit_replies is None:
+        lit_replies = own_replies(steerable, lit_prompts, SteerConfig.reply_tokens)
     coefficients = getattr(options, "coefficients", None) or task.default_coefficients
     settings = vector_settings(layers, coefficients)
     for direction in task.directions:
@@ -274,15 +279,14 @@ def run_steering(
                 run.measured[_method("vector", direction)] = task.measure(model, direction)
             bar.update(1)
         bar.set_postfix_str(f"LIT {direction or ''}".strip())
-        prompts, replies = task.lit_items(steering_reads(steerable, options.read))
         run.lit[direction] = run_lit(
             steerable,
             task.control(direction),
-            prompts,
+            lit_prompts,
             options,
             task.lit_name(direction),
             log=say,
-            replies=replies,
+            replies=lit_replies,
         )
         strength = 1.0
         strengths = getattr(options, "lit_strengths", None)

@@ -71,6 +71,12 @@ def steering_reads(steerable: SteerableModel, read: str = "auto") -> str:
     return "reply" if steerable.spec.extra.get("reads") == "reply" else "prompt"
 
 
+def own_replies(steerable: SteerableModel, prompts: Sequence[str], reply_tokens: int) -> list[str]:
+    """The plain target's greedy replies to ``prompts`` (what steering reads with ``reply``)."""
+    with steerable.unsteered() as model:
+        return generate_texts(model, steerable.tokenizer, prompts, max_new_tokens=reply_tokens)
+
+
 def encode_steering_items(
     steerable: SteerableModel,
     prompts: Sequence[str],
@@ -91,10 +97,7 @@ def encode_steering_items(
     if read == "prompt":
         return [encode_prompt(steerable.tokenizer, p) for p in prompts]
     if replies is None:
-        with steerable.unsteered() as model:
-            replies = generate_texts(
-                model, steerable.tokenizer, prompts, max_new_tokens=reply_tokens
-            )
+        replies = own_replies(steerable, prompts, reply_tokens)
     elif len(replies) != len(prompts):
         raise LatentQAError(f"got {len(replies)} replies for {len(prompts)} prompts")
     # An empty reply has nothing to read; such prompts are left out.
