@@ -93,10 +93,11 @@ def reference_answers(reader, dialog, questions: list[str], new_tokens: int) -> 
     """(b): per question, a fresh read and no-cache greedy decoding patched on every pass."""
     import torch
 
-    from latentqa.decoder import decoder_batch, unwrap_causal_lm
+    from latentqa.capture import position_ids_for
+    from latentqa.decoder.inputs import decoder_batch
+    from latentqa.generation import stop_token_ids
+    from latentqa.models import unwrap_causal_lm
     from latentqa.patch import patch_activations
-    from latentqa.read import position_ids_for
-    from latentqa.reader import stop_token_ids
 
     causal_lm = unwrap_causal_lm(reader.model)
     stops = stop_token_ids(reader.tokenizer, causal_lm)

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model
 
-from latentqa.decoder import decoder_batch
+from latentqa.capture import left_pad, pad_token_id, position_ids_for
+from latentqa.decoder.inputs import decoder_batch
 from latentqa.models import load_model
 from latentqa.patch import patch_activations
-from latentqa.read import left_pad, pad_token_id, position_ids_for
 from latentqa.train.schedule import lr_lambda
 
 _PERSONAS = [

@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     import transformers  # noqa: F401
     from accelerate import Accelerator
 
+    from latentqa.capture import pad_token_id
+    from latentqa.decoder.packing import SharedBatch, cpu_attention
     from latentqa.layers import find_decoder_layers
     from latentqa.models import EMBEDDED_MODEL, load_model
-    from latentqa.read import pad_token_id
-    from latentqa.shared_prefix import SharedBatch, cpu_attention
     from latentqa.train.activations import ActivationSource
     from latentqa.train.order import example_lengths, example_order
     from latentqa.train.prepare import add_lora, auto_dtype, prepare_data

@@ -15,9 +15,9 @@ import torch
 from tiny import make_pair, make_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from latentqa.configs import config_from_dict
 from latentqa.train.config import TrainConfig
 from latentqa.train.trainer import train
+from latentqa.typed_config import config_from_dict
 
 PERSONAS = {
     "persona-pirate": "a pirate captain",

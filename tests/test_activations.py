@@ -8,17 +8,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny import make_pair
 
-from latentqa.chat import encode_dialog
-from latentqa.errors import LatentQAError
-from latentqa.layers import find_decoder_layers
-from latentqa.patch import patch_activations
-from latentqa.read import (
+from latentqa.capture import (
     left_pad,
     pad_token_id,
     position_ids_for,
     read_activations,
     read_hidden_states,
 )
+from latentqa.chat import encode_dialog
+from latentqa.errors import LatentQAError
+from latentqa.layers import find_decoder_layers
+from latentqa.patch import patch_activations
 
 DIALOGS = [
     [{"role": "user", "content": "Hello, how are you today?"}],

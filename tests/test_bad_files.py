@@ -14,15 +14,15 @@ import pytest
 import latentqa.cli as cli
 from latentqa.cli.options import add_config_arguments, config_from_args
 from latentqa.cli.read import dialogs_from_args
-from latentqa.configs import config_from_file
 from latentqa.data.format import load_latentqa
 from latentqa.data.relations import build_relations_dataset
-from latentqa.decoder import SPEC_FILE, SPEC_FORMAT, DecoderSpec
+from latentqa.decoder.folder import SPEC_FILE, SPEC_FORMAT, DecoderSpec
 from latentqa.errors import LatentQAError
 from latentqa.json_files import read_json
-from latentqa.steer.control import load_control
+from latentqa.steer.qa_pairs import load_control
 from latentqa.steer.trainer import load_prompts
 from latentqa.train.config import TrainConfig
+from latentqa.typed_config import config_from_file
 
 NOT_UTF8 = b'{"name": "caf\xe9"}'  # Latin-1
 

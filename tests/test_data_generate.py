@@ -10,7 +10,7 @@ import torch
 from tiny import make_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from latentqa.data.generation import CompletionCache, complete_dialogs, dialog_key, make_generate
+from latentqa.data.replies import CompletionCache, complete_dialogs, dialog_key, make_generate
 from latentqa.errors import LatentQAError
 
 DIALOGS = [

@@ -30,7 +30,7 @@ def test_demo_options_are_the_builtin_answers_of_their_labels():
 def test_demo_countries_are_held_out_from_the_relations_decoder():
     from latentqa.cli.demo import COUNTRIES, RELATIONS
     from latentqa.data.relations_facts import RELATIONS as ALL_RELATIONS
-    from latentqa.decoder import shipped_decoder
+    from latentqa.decoder.folder import shipped_decoder
     from latentqa.evals.relations_data import load_relation_data
     from latentqa.models import EMBEDDED_MODEL
 

@@ -14,12 +14,14 @@ from peft import LoraConfig, get_peft_model
 from tiny import make_pair
 from torch import nn
 
-from latentqa.decoder import DecoderSpec, answer_token_loss, decoder_batch
+from latentqa.capture import read_activations
+from latentqa.decoder.folder import DecoderSpec
+from latentqa.decoder.inputs import decoder_batch
+from latentqa.decoder.loss import answer_token_loss
+from latentqa.decoder.packing import shared_answer_loss, shared_decoder_batch
 from latentqa.handle import TargetHandle
 from latentqa.layers import block_output_hook, find_decoder_layers
-from latentqa.read import read_activations
 from latentqa.reader import Reader
-from latentqa.shared_prefix import shared_answer_loss, shared_decoder_batch
 from latentqa.train.activations import ActivationSource
 from latentqa.train.trainer import LITObjective
 

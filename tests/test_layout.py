@@ -6,8 +6,8 @@ import pytest
 from tiny import make_pair
 
 from latentqa.chat import encode_dialog, validate_dialog
+from latentqa.decoder.prompt import build_decoder_prompt, collate_prompts, placeholder_token_id
 from latentqa.errors import LatentQAError
-from latentqa.layout import build_decoder_prompt, collate_prompts, placeholder_token_id
 
 SYSTEM = "You are a pirate captain who loves the sea."
 CONTROL = "Please answer every question in rhyme."

@@ -17,7 +17,6 @@ import pytest
 from lit_fixtures import one_line_error, snapshot, train_argv, write_tiny_data, write_tiny_model
 
 from latentqa import cli
-from latentqa.configs import config_from_dict
 from latentqa.data import build as build_module
 from latentqa.data.build import build_dataset
 from latentqa.data.format import load_latentqa
@@ -25,6 +24,7 @@ from latentqa.data.relations import Fact, build_relations_dataset
 from latentqa.errors import LatentQAError
 from latentqa.train.config import TrainConfig
 from latentqa.train.trainer import train
+from latentqa.typed_config import config_from_dict
 
 
 def never_load(*args: object, **kwargs: object) -> None:
@@ -143,7 +143,7 @@ def test_final_adapter_is_replaced_whole(workspace, tmp_path, monkeypatch):
 
     # The spec is written after the adapter: a failure there must not leave a new
     # adapter beside the old latentqa.json.
-    monkeypatch.setattr("latentqa.decoder.DecoderSpec.save", fail)
+    monkeypatch.setattr("latentqa.decoder.folder.DecoderSpec.save", fail)
     more = config_from_dict(TrainConfig, {**values, "steps": 4})
     with pytest.raises(OSError, match="disk full"):
         train(more, resume=True, progress=False)

@@ -13,14 +13,13 @@ import pytest
 from lit_fixtures import write_tiny_data, write_tiny_model
 
 import latentqa.cli as cli
-from latentqa.configs import config_from_dict
-from latentqa.decoder import DecoderSpec
+from latentqa.decoder.folder import ADAPTER_FILES, DecoderSpec
 from latentqa.errors import LatentQAError
-from latentqa.models import embedded_gguf_path
-from latentqa.preflight import gguf_shape, model_shape
-from latentqa.reader import ADAPTER_FILES
+from latentqa.gguf_cache import gguf_shape
+from latentqa.models import embedded_gguf_path, model_shape
 from latentqa.steer.config import SteerConfig
 from latentqa.train.config import TrainConfig
+from latentqa.typed_config import config_from_dict
 
 
 class ModelLoaded(AssertionError):
@@ -36,7 +35,7 @@ def no_model_loads(monkeypatch):
     """Every loader the commands reach fails the test instead of loading."""
     import uvicorn
 
-    loaders = ("train.trainer", "reader", "steer.model", "decoder")
+    loaders = ("train.trainer", "reader", "steer.model", "decoder.folder")
     for module in (f"latentqa.{name}" for name in loaders):
         monkeypatch.setattr(f"{module}.load_model", _no_load)
     monkeypatch.setattr("latentqa.reader.Reader.load", _no_load)

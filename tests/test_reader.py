@@ -9,12 +9,15 @@ import torch
 from lit_fixtures import build_tiny_decoder, write_tiny_model
 
 import latentqa.cli as cli
-from latentqa.decoder import answer_token_loss, decoder_batch, unwrap_causal_lm
+from latentqa.capture import position_ids_for
+from latentqa.decoder.inputs import decoder_batch
+from latentqa.decoder.loss import answer_token_loss
 from latentqa.errors import LatentQAError
 from latentqa.layers import find_decoder_layers
+from latentqa.models import unwrap_causal_lm
 from latentqa.patch import patch_activations
-from latentqa.read import position_ids_for
-from latentqa.reader import EVIDENCE_THRESHOLD, Answer, Reader
+from latentqa.reader import Reader
+from latentqa.scoring import EVIDENCE_THRESHOLD, Answer
 
 DIALOG = [
     {"role": "system", "content": "You are a pirate captain."},

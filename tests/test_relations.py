@@ -14,6 +14,7 @@ from lit_fixtures import write_tiny_data
 from relations_fixtures import FACTS, RELATION_NAMES, write_relations_data
 from tiny import CHATML_TEMPLATE, GEMMA_TEMPLATE, make_llama, make_tokenizer
 
+from latentqa.capture import read_encoded
 from latentqa.chat import encode_dialog
 from latentqa.data.format import load_latentqa
 from latentqa.data.relations import (
@@ -32,7 +33,6 @@ from latentqa.data.relations import (
     subject_span,
 )
 from latentqa.errors import LatentQAError
-from latentqa.read import read_encoded
 
 
 def test_normalize_and_exact_match():

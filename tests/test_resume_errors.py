@@ -14,7 +14,6 @@ import torch
 from lit_fixtures import one_line_error, snapshot, train_argv, write_tiny_data, write_tiny_model
 
 from latentqa import cli
-from latentqa.configs import config_from_dict
 from latentqa.errors import LatentQAError
 from latentqa.train.activations import ActivationSource
 from latentqa.train.checkpoint import (
@@ -28,6 +27,7 @@ from latentqa.train.checkpoint import (
 from latentqa.train.config import TrainConfig
 from latentqa.train.run_folder import read_metrics
 from latentqa.train.trainer import train
+from latentqa.typed_config import config_from_dict
 
 
 @pytest.fixture(scope="module")

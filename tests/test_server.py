@@ -14,7 +14,8 @@ from lit_fixtures import DIALOG, QUESTIONS, build_tiny_decoder
 
 import latentqa.cli as cli
 from latentqa.errors import LatentQAError
-from latentqa.reader import EVIDENCE_THRESHOLD, Reader
+from latentqa.reader import Reader
+from latentqa.scoring import EVIDENCE_THRESHOLD
 from latentqa.server import MAX_MESSAGE_CHARS, BackgroundServer, create_app
 
 OTHER = [{"role": "user", "content": "What is the capital of France?"}]

@@ -5,9 +5,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from latentqa.decoder import answer_token_loss, decoder_batch
+from latentqa.decoder.inputs import decoder_batch
+from latentqa.decoder.loss import answer_token_loss
+from latentqa.decoder.packing import cpu_attention, shared_answer_loss, shared_decoder_batch
 from latentqa.patch import PATCH_MODES
-from latentqa.shared_prefix import cpu_attention, shared_answer_loss, shared_decoder_batch
 from latentqa.train.config import TrainConfig
 from latentqa.train.prepare import add_lora
 

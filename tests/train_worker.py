@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from latentqa.configs import config_from_dict
 from latentqa.train.config import TrainConfig
+from latentqa.typed_config import config_from_dict
 
 
 def main() -> None:

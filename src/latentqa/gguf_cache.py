@@ -15,9 +15,11 @@ import os
 import pathlib
 import re
 import shutil
+import struct
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import torch
 
@@ -142,3 +144,72 @@ def _remove_stale_tmp(folder: pathlib.Path) -> None:
         with contextlib.suppress(OSError):
             if now - leftover.stat().st_mtime > _STALE_TMP_SECONDS:
                 shutil.rmtree(leftover, ignore_errors=True)
+
+
+# GGUF metadata value types (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md):
+# fixed-size scalars by struct format, and the two variable-size types.
+_GGUF_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def _unpack(handle: BinaryIO, fmt: str) -> Any:
+    size = struct.calcsize(fmt)
+    data = handle.read(size)
+    if len(data) != size:
+        raise ValueError("truncated GGUF header")
+    return struct.unpack(fmt, data)[0]
+
+
+def _gguf_value(handle: BinaryIO, kind: int) -> Any:
+    """Read one metadata value; arrays (the tokenizer's vocabulary) are skipped."""
+    if kind in _GGUF_SCALARS:
+        return _unpack(handle, _GGUF_SCALARS[kind])
+    if kind == _GGUF_STRING:
+        return handle.read(_unpack(handle, "<Q")).decode("utf-8")
+    if kind == _GGUF_ARRAY:
+        item, count = _unpack(handle, "<I"), _unpack(handle, "<Q")
+        if item in _GGUF_SCALARS:
+            handle.seek(struct.calcsize(_GGUF_SCALARS[item]) * count, 1)
+        else:
+            for _ in range(count):
+                _gguf_value(handle, item)
+        return None
+    raise ValueError(f"unknown GGUF value type {kind}")
+
+
+def gguf_shape(path: str | Path) -> tuple[int, int] | None:
+    """``(decoder blocks, hidden size)`` from a GGUF file's metadata header.
+
+    Only the header is read (the ``gguf`` package's reader also maps every tensor,
+    which takes seconds). ``None`` when the file is not a GGUF v2+ file or lacks the
+    ``<architecture>.block_count`` / ``embedding_length`` keys.
+    """
+    values: dict[str, Any] = {}
+    try:
+        with Path(path).open("rb") as handle:
+            if handle.read(4) != b"GGUF" or _unpack(handle, "<I") < 2:
+                return None
+            _unpack(handle, "<Q")  # tensor count
+            for _ in range(_unpack(handle, "<Q")):
+                key = handle.read(_unpack(handle, "<Q")).decode("utf-8")
+                values[key] = _gguf_value(handle, _unpack(handle, "<I"))
+                arch = values.get("general.architecture")
+                blocks = values.get(f"{arch}.block_count")
+                width = values.get(f"{arch}.embedding_length")
+                if isinstance(blocks, int) and isinstance(width, int):
+                    return blocks, width
+    except (OSError, ValueError, struct.error):
+        return None  # unreadable here: the load reports it properly
+    return None

@@ -183,3 +183,16 @@ def block_output_hook(
     finally:
         for handle in handles:
             handle.remove()
+
+
+def check_layers(layers: Sequence[int] | None, n_layers: int | None, what: str) -> None:
+    """Refuse layers outside a model of ``n_layers`` blocks (no check when it is unknown).
+
+    Raises:
+        LatentQAError: A layer is out of range (see :func:`latentqa.layers.check_layer_index`).
+    """
+    from latentqa.layers import check_layer_index
+
+    if n_layers is not None:
+        for layer in layers or ():
+            check_layer_index(layer, n_layers, what)

@@ -15,9 +15,11 @@ import pathlib
 import re
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from latentqa.embedded import EMBEDDED_MODEL
 from latentqa.errors import LatentQAError
@@ -25,6 +27,7 @@ from latentqa.gguf_cache import (
     _gguf_cache_dir,
     _is_complete,
     cache_root,
+    gguf_shape,
     write_gguf_cache,
 )
 
@@ -302,3 +305,67 @@ def _ensure_gguf_cache(gguf: pathlib.Path) -> pathlib.Path:
     # The dequantized model is reloaded from the cache rather than returned, so every
     # caller gets the same kind of object (no GGUF quantizer attached) on every load.
     return write_gguf_cache(model, tokenizer, folder, source=source)
+
+
+def unwrap_causal_lm(model: nn.Module) -> nn.Module:
+    """The transformers CausalLM inside peft / DDP / FSDP wrappers."""
+    while True:
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        else:
+            return model
+
+
+def check_device_dtype(device: str, dtype: str) -> None:
+    from latentqa.models import resolve_device, resolve_dtype
+
+    resolve_device(device)
+    if str(dtype).strip().lower() != "auto":
+        resolve_dtype(dtype)
+
+
+def _config_shape(source: str, trust_remote_code: bool) -> tuple[int, int] | None:
+    from transformers import AutoConfig
+
+    try:
+        # local_files_only: a check never reaches the network (a hub id is looked up in
+        # the local cache only).
+        config = AutoConfig.from_pretrained(
+            source, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except Exception:  # any failure here is reported better by the load itself
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    blocks = getattr(text, "num_hidden_layers", None)
+    width = getattr(text, "hidden_size", None)
+    if isinstance(blocks, int) and isinstance(width, int) and blocks > 0:
+        return blocks, width
+    return None
+
+
+def model_shape(target: str, *, trust_remote_code: bool = False) -> tuple[int, int] | None:
+    """``(decoder blocks, hidden size)`` of ``target`` from its config, without its weights.
+
+    Args:
+        target: A model spec as :func:`latentqa.models.load_model` takes it.
+        trust_remote_code: Whether a folder's custom config code may run.
+
+    Returns:
+        The shape, or ``None`` when it cannot be read cheaply (a hub id not in the local
+        cache, a config transformers does not know); the load checks it then.
+
+    Raises:
+        LatentQAError: ``target`` names nothing loadable (a missing path, a folder
+            without config.json, a file that is not .gguf).
+    """
+    # The same resolution and cache lookup as load_model, so both see the same model.
+
+    kind, where = _classify_spec(target)
+    if kind == "gguf":
+        cached = _gguf_cache_dir(Path(where))
+        if _is_complete(cached):
+            return _config_shape(str(cached), trust_remote_code)
+        return gguf_shape(where)
+    return _config_shape(str(where), trust_remote_code)

@@ -164,3 +164,13 @@ def staged_folder(out: Path, *, whole: bool, keep: Sequence[str] = ()) -> Iterat
     finally:
         with suppress(OSError):
             shutil.rmtree(tmp)
+
+
+def check_output_folder(path: str | Path | None, flag: str) -> None:
+    """Refuse an output folder that exists as a file (it would fail after the work is done).
+
+    Raises:
+        LatentQAError: ``path`` exists and is not a folder.
+    """
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise LatentQAError(f"{flag} {path} is a file, not a folder: choose a folder")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from latentqa.errors import LatentQAError
+
 YES = "Yes."
 NO = "No."
 
@@ -32,3 +34,15 @@ def choice_question(question: str, options: Sequence[str]) -> str:
     """Ask ``question`` with the candidate answers listed; the answer is one option, verbatim."""
     listed = "\n".join(f"- {option.strip()}" for option in options)
     return f"{question.rstrip()}\nChoose one of:\n{listed}"
+
+
+def check_questions(questions: str | Sequence[str]) -> list[str]:
+    """The questions as a list, refusing none or an empty one.
+
+    Raises:
+        LatentQAError: No question, or one that is not a non-empty string.
+    """
+    items = [questions] if isinstance(questions, str) else list(questions)
+    if not items or not all(isinstance(q, str) and q.strip() for q in items):
+        raise LatentQAError(f"ask at least one question, as non-empty strings; got {items!r:.80}")
+    return items

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from latentqa.answering import ReaderGeneration
+from latentqa.capture import pad_token_id, read_encoded
 from latentqa.chat import (
     EncodedDialog,
     Message,
@@ -35,23 +37,16 @@ from latentqa.chat import (
     subject_span,
     validate_dialog,
 )
-from latentqa.decoder import (
-    ADAPTER_FILES,
-    DecoderSpec,
-    decoder_inputs,
-    load_decoder,
-    open_decoder_folder,
-    unwrap_causal_lm,
-)
+from latentqa.decoder.folder import ADAPTER_FILES, DecoderSpec, load_decoder, open_decoder_folder
+from latentqa.decoder.inputs import decoder_inputs
 from latentqa.errors import LatentQAError
-from latentqa.evidence import EVIDENCE_THRESHOLD, Answer, ReaderScoring, VectorsTransform
-from latentqa.generation import ReaderGeneration, context_length, stop_token_ids
+from latentqa.generation import context_length, stop_token_ids
 from latentqa.handle import TargetHandle
 from latentqa.layers import check_layer_index
-from latentqa.models import EMBEDDED_MODEL, load_model
+from latentqa.models import EMBEDDED_MODEL, load_model, unwrap_causal_lm
 from latentqa.patch import PATCH_MODES
-from latentqa.preflight import check_questions
-from latentqa.read import pad_token_id, read_encoded
+from latentqa.questions import check_questions
+from latentqa.scoring import EVIDENCE_THRESHOLD, Answer, ReaderScoring, VectorsTransform
 
 # Re-exported: older imports of these names from here keep working.
 __all__ = [

@@ -150,7 +150,7 @@ def _build(args: argparse.Namespace) -> int:
     generate = None
     generator_id = None
     if config.completions:
-        from latentqa.data.generation import make_generate
+        from latentqa.data.replies import make_generate
         from latentqa.models import load_model
 
         print(f"loading {config.target} to generate stimulus_completion replies...")

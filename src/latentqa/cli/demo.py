@@ -121,7 +121,8 @@ def read_countries(target: str, device: str) -> list[dict]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from latentqa.reader import EVIDENCE_THRESHOLD, Reader
+    from latentqa.reader import Reader
+    from latentqa.scoring import EVIDENCE_THRESHOLD
 
     reader = Reader.load(args.target, args.decoder, device=args.device)
     dialogs = [

@@ -112,10 +112,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_system_prompt(args: argparse.Namespace) -> int:
+    from latentqa.decoder.folder import preflight_decoder
     from latentqa.errors import LatentQAError
     from latentqa.evals.report import markdown_table, plot_per_layer
     from latentqa.evals.system_prompt import CHANCE, METHODS, evaluate_system_prompt
-    from latentqa.preflight import check_output_folder, preflight_decoder
+    from latentqa.outdir import check_output_folder
     from latentqa.reader import Reader
 
     config = config_from_args(EvalSystemPromptConfig, args)

@@ -67,8 +67,9 @@ def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
 def run_all_command(args: argparse.Namespace) -> int:
     """Run ``latentqa eval all``; exit status 1 when an evaluation failed."""
     from latentqa.evals.all import SuiteContext, run_suite
-    from latentqa.models import resolve_device
-    from latentqa.preflight import check_layers, check_output_folder, model_shape
+    from latentqa.layers import check_layers
+    from latentqa.models import model_shape, resolve_device
+    from latentqa.outdir import check_output_folder
 
     config = config_from_args(EvalAllConfig, args)
     out = Path(config.out)

@@ -54,13 +54,14 @@ def run_control_reading(args: argparse.Namespace) -> int:
     """Run ``latentqa eval control-reading``; prints the table (and JSON with ``--json``)."""
     from pathlib import Path
 
+    from latentqa.decoder.folder import preflight_decoder
     from latentqa.evals.control_reading import (
         CHANCE,
         evaluate_control_reading,
         plot_control_reading,
     )
     from latentqa.evals.report import markdown_table
-    from latentqa.preflight import check_output_folder, preflight_decoder
+    from latentqa.outdir import check_output_folder
     from latentqa.reader import Reader
 
     config = config_from_args(EvalControlReadingConfig, args)

@@ -64,7 +64,7 @@ def add_relations_task(tasks: argparse._SubParsersAction) -> None:
 
 def run_relations(args: argparse.Namespace) -> int:
     """Run ``latentqa eval relations``; prints the tables (and JSON with ``--json``)."""
-    from latentqa.decoder import decoder_folder
+    from latentqa.decoder.folder import decoder_folder, preflight_decoder
     from latentqa.evals.relations import (
         evaluate_relations,
         plot_per_relation,
@@ -72,7 +72,7 @@ def run_relations(args: argparse.Namespace) -> int:
         sweep_layers,
     )
     from latentqa.evals.relations_data import find_relation_data
-    from latentqa.preflight import check_output_folder, preflight_decoder
+    from latentqa.outdir import check_output_folder
     from latentqa.reader import Reader
 
     config = config_from_args(EvalRelationsConfig, args)

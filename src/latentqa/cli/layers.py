@@ -48,10 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from latentqa.capture import read_activations
     from latentqa.chat import encode_dialog
     from latentqa.layers import find_decoder_layers
     from latentqa.models import load_model
-    from latentqa.read import read_activations
 
     config = config_from_args(LayersConfig, args)
     model, tokenizer = load_model(config.target, device=config.device, dtype=config.dtype)

@@ -18,7 +18,7 @@ import sys
 import typing
 from typing import Any
 
-from latentqa.configs import config_from_dict, field_docs, field_types, read_config_file
+from latentqa.typed_config import config_from_dict, field_docs, field_types, read_config_file
 
 
 def _unwrap_optional(hint: Any) -> Any:

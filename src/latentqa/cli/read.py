@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from latentqa.decoder.folder import DecoderSpec, preflight_decoder
 from latentqa.errors import LatentQAError
 from latentqa.models import EMBEDDED_MODEL
+from latentqa.questions import check_questions
 
 if TYPE_CHECKING:
-    from latentqa.reader import Answer
+    from latentqa.scoring import Answer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -112,7 +116,7 @@ def evidence_tag(answer: Answer) -> str:
 
 def evidence_legend() -> str:
     """The one-line legend printed under the text output."""
-    from latentqa.reader import EVIDENCE_THRESHOLD
+    from latentqa.scoring import EVIDENCE_THRESHOLD
 
     return (
         "evidence: how much more likely each answer is with the real activations than with "
@@ -135,8 +139,8 @@ def answer_record(question: str, answer: Answer) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from latentqa.chat import check_subject
-    from latentqa.preflight import preflight_read
-    from latentqa.reader import EVIDENCE_THRESHOLD, Reader
+    from latentqa.reader import Reader
+    from latentqa.scoring import EVIDENCE_THRESHOLD
 
     dialogs = dialogs_from_args(args)
     preflight_read(
@@ -169,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         subject=args.subject,
     )
     if args.save_control:
-        from latentqa.steer.control import save_control
+        from latentqa.steer.qa_pairs import save_control
 
         pairs = [(q, a.text) for row in answers for q, a in zip(args.questions, row, strict=True)]
         save_control(args.save_control, [q for q, _ in pairs], [a for _, a in pairs])
@@ -204,3 +208,41 @@ def run(args: argparse.Namespace) -> int:
             print()
     print(f"({evidence_legend()})")
     return 0
+
+
+def preflight_read(
+    dialogs: Sequence[Any],
+    questions: Sequence[str],
+    *,
+    target: str,
+    decoder: str | Path | None,
+    layer: int | None = None,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    device: str = "auto",
+    dtype: str = "float32",
+) -> DecoderSpec:
+    """Everything ``latentqa read`` can check before loading the target and decoder.
+
+    Returns:
+        The decoder's spec.
+
+    Raises:
+        LatentQAError: A malformed dialog (roles, no user turn), no or an empty question,
+            a bad number, or what :func:`preflight_decoder` refuses.
+    """
+    from latentqa.chat import validate_dialog
+
+    for index, dialog in enumerate(dialogs):
+        try:
+            validate_dialog(dialog)
+        except LatentQAError as error:
+            where = f"dialog {index + 1}: " if len(dialogs) > 1 else ""
+            raise LatentQAError(f"{where}{error}") from None
+    check_questions(questions)
+    if max_new_tokens < 1:
+        raise LatentQAError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise LatentQAError(f"--temperature must be 0 (greedy) or more, got {temperature}")
+    layers = None if layer is None else [layer]
+    return preflight_decoder(target, decoder, layers=layers, device=device, dtype=dtype)

@@ -107,7 +107,7 @@ def is_loopback(host: str) -> bool:
 
 def shipped_choices(target: str) -> list[str]:
     """The shipped decoders installed for ``target`` (``shipped:NAME``; none for other targets)."""
-    from latentqa.decoder import SHIPPED_NAMES, SHIPPED_PREFIX, shipped_decoder
+    from latentqa.decoder.folder import SHIPPED_NAMES, SHIPPED_PREFIX, shipped_decoder
 
     names = []
     for name in SHIPPED_NAMES:
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         raise LatentQAError(
             f"--request-timeout must be a positive number of seconds, got {args.request_timeout}"
         )
-    from latentqa.preflight import preflight_decoder
+    from latentqa.decoder.folder import preflight_decoder
 
     # Refuse to start rather than serve 503 "failed to load" forever.
     preflight_decoder(args.target, args.decoder, device=args.device, dtype=args.dtype)
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
             args.target, args.steer_decoder, device=args.device, dtype=args.dtype
         )
 
-    from latentqa.decoder import SHIPPED_PREFIX  # here: it imports torch
+    from latentqa.decoder.folder import SHIPPED_PREFIX
 
     own = args.decoder if args.decoder is not None else SHIPPED_PREFIX + "default"
     others = {name: loader(name) for name in shipped_choices(args.target) if name != own}

@@ -22,7 +22,7 @@ from latentqa.data.format import (
     QAExample,
     load_latentqa,
 )
-from latentqa.data.generation import make_generate
+from latentqa.data.replies import make_generate
 
 __all__ = [
     "FIELDS",

@@ -30,7 +30,7 @@ from typing import Any
 
 from latentqa.data.catalog import GOALS, STYLES, TONES
 from latentqa.data.format import KINDS, Behavior
-from latentqa.data.generation import Generate, complete_dialogs
+from latentqa.data.replies import Generate, complete_dialogs
 from latentqa.data.sources import load_personas, load_user_prompts, source_versions
 from latentqa.data.templates import (
     ACK_TEMPLATES,

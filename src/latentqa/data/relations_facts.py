@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from latentqa.data.generation import complete_dialogs
+from latentqa.data.replies import complete_dialogs
 from latentqa.errors import LatentQAError
 from latentqa.package_data import package_file
 
@@ -280,7 +280,7 @@ def make_completer(
     """A greedy plain-text completer (no chat template) for the knowledge filter."""
     import torch
 
-    from latentqa.read import left_pad, pad_token_id
+    from latentqa.capture import left_pad, pad_token_id
 
     pad = pad_token_id(tokenizer)
 

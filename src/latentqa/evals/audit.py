@@ -22,7 +22,6 @@ from typing import Any
 
 from torch import nn
 
-from latentqa.configs import config_to_dict
 from latentqa.data.sources import load_user_prompts
 from latentqa.errors import LatentQAError
 from latentqa.evals.steering import (
@@ -33,9 +32,10 @@ from latentqa.evals.steering import (
     SteeringTask,
     run_steering,
 )
-from latentqa.steer.evaluation import Log, load_steerable, mean, split_items
+from latentqa.evals.steering_methods import Log, load_steerable, mean, split_items
 from latentqa.steer.generate import generate_texts
 from latentqa.steer.model import SteerableModel
+from latentqa.typed_config import config_to_dict
 
 _WORD = re.compile(r"[a-zàâçéèêëîïôûùüÿœæ']+")
 

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from latentqa.capture import left_pad, pad_token_id, position_ids_for
 from latentqa.chat import Message, render
-from latentqa.decoder import unwrap_causal_lm
 from latentqa.handle import adapters_off
-from latentqa.read import left_pad, pad_token_id, position_ids_for
+from latentqa.models import unwrap_causal_lm
 
 
 def _answer_ids(

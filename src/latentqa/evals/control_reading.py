@@ -38,7 +38,7 @@ from latentqa.data.control import (
     build_control_dataset,
 )
 from latentqa.data.format import Behavior, load_latentqa
-from latentqa.decoder import decoder_inputs
+from latentqa.decoder.inputs import decoder_inputs
 from latentqa.errors import LatentQAError
 from latentqa.evals.probe import LogisticProbe
 from latentqa.reader import Reader

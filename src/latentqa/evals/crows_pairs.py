@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Literal
 
 from torch import nn
 
-from latentqa.configs import config_to_dict
 from latentqa.errors import LatentQAError
 from latentqa.evals.steering import (
     SteeringEvaluation,
@@ -41,11 +40,12 @@ from latentqa.evals.steering import (
     VectorEvalOptions,
     run_steering,
 )
+from latentqa.evals.steering_methods import Log, load_steerable, mean, split_items
 from latentqa.package_data import package_file
-from latentqa.steer.evaluation import Log, load_steerable, mean, split_items
 from latentqa.steer.generate import perplexity, reply_logprobs, text_logprobs
 from latentqa.steer.model import SteerableModel
 from latentqa.steer.vector import steering_vector
+from latentqa.typed_config import config_to_dict
 
 if TYPE_CHECKING:
     import torch

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from latentqa.capture import left_pad, pad_token_id
 from latentqa.conditions import activation_conditions
 from latentqa.data.relations_facts import (
     RELATIONS,
@@ -39,7 +40,8 @@ from latentqa.data.relations_facts import (
     few_shot_prompt,
     first_answer,
 )
-from latentqa.decoder import decoder_inputs, unwrap_causal_lm
+from latentqa.decoder.inputs import decoder_inputs
+from latentqa.decoder.prompt import placeholder_token_id
 from latentqa.evals.probe import LogisticProbe
 from latentqa.evals.relations_data import (
     RelationData,
@@ -49,9 +51,8 @@ from latentqa.evals.relations_data import (
     score,
 )
 from latentqa.evals.report import markdown_table, plot_grouped_bars, plot_per_layer
-from latentqa.layout import placeholder_token_id
+from latentqa.models import unwrap_causal_lm
 from latentqa.patch import patch_activations
-from latentqa.read import left_pad, pad_token_id
 from latentqa.reader import Reader
 
 METHODS = ("lit", "lit_zeroed", "lit_shuffled", "patchscope", "linear_probe")
@@ -373,7 +374,7 @@ def relations_markdown(result: dict[str, Any]) -> str:
 
 def run_in_suite(ctx: Any) -> dict[str, Any]:
     """Entry point for ``latentqa eval all`` (see :class:`latentqa.evals.all.SuiteContext`)."""
-    from latentqa.decoder import open_decoder_folder
+    from latentqa.decoder.folder import open_decoder_folder
 
     # Find the facts before any model loads: without them the task is skipped at once.
     folder, spec = open_decoder_folder(ctx.target, ctx.decoder_for("relations"))

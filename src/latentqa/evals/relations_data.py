@@ -13,7 +13,7 @@ from latentqa.data.relations_facts import RELATIONS, Fact, exact_match, fuzzy_ma
 from latentqa.errors import LatentQAError
 
 if TYPE_CHECKING:
-    from latentqa.decoder import DecoderSpec
+    from latentqa.decoder.folder import DecoderSpec
 
 
 @dataclass(frozen=True)

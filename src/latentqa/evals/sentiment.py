@@ -33,7 +33,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentqa.configs import config_to_dict
 from latentqa.data.sources import load_user_prompts
 from latentqa.errors import LatentQAError
 from latentqa.evals.steering import (
@@ -44,10 +43,11 @@ from latentqa.evals.steering import (
     VectorEvalOptions,
     run_steering,
 )
-from latentqa.steer.evaluation import Log, load_steerable, mean, split_items
+from latentqa.evals.steering_methods import Log, load_steerable, mean, split_items
 from latentqa.steer.generate import generate_texts, perplexity, reply_logprobs
 from latentqa.steer.model import SteerableModel
 from latentqa.steer.vector import steering_vector
+from latentqa.typed_config import config_to_dict
 
 CONTROLS: dict[str, list[tuple[str, str]]] = {
     "positive": [

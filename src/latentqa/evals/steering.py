@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from latentqa.evals.steering_methods import Log, run_lit, vector_settings, vector_steered
 from latentqa.models import EMBEDDED_MODEL
 from latentqa.steer.config import SteerConfig
-from latentqa.steer.evaluation import Log, run_lit, vector_settings, vector_steered
 from latentqa.steer.trainer import own_replies, steering_reads
 from latentqa.steer.vector import tune_setting
 
@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from latentqa.evals.all import SuiteContext
-    from latentqa.steer.control import QAPair
     from latentqa.steer.model import SteerableModel
+    from latentqa.steer.qa_pairs import QAPair
 
 
 @dataclass

@@ -263,7 +263,7 @@ def create_app(
         `evidence_threshold` it was read from the activations; otherwise the decoder
         would have guessed it from the question alone.
         """
-        from latentqa.reader import EVIDENCE_THRESHOLD  # here: torch loads with the model
+        from latentqa.scoring import EVIDENCE_THRESHOLD
 
         name, subject = _choice(request)
         dialog = [message.model_dump() for message in request.dialog]

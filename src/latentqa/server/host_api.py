@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from latentqa.evidence import Answer
+    from latentqa.scoring import Answer
 
 
 class ReaderLike(Protocol):

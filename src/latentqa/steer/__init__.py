@@ -13,19 +13,19 @@ Example::
 """
 
 from latentqa.steer.config import SteerConfig
-from latentqa.steer.control import (
-    QAPair,
-    combine_controls,
-    load_control,
-    parse_control,
-    save_control,
-)
 from latentqa.steer.generate import generate_texts, perplexity, reply_logprobs, text_logprobs
 from latentqa.steer.model import (
     DECODER_ADAPTER,
     STEER_ADAPTER,
     SteerableModel,
     load_steered,
+)
+from latentqa.steer.qa_pairs import (
+    QAPair,
+    combine_controls,
+    load_control,
+    parse_control,
+    save_control,
 )
 from latentqa.steer.trainer import (
     SteerResult,

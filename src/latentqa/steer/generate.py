@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from latentqa.capture import left_pad, pad_token_id, position_ids_for
 from latentqa.chat import render
-from latentqa.decoder import lm_head_logits, unwrap_causal_lm
+from latentqa.decoder.loss import lm_head_logits
 from latentqa.errors import LatentQAError
-from latentqa.read import left_pad, pad_token_id, position_ids_for
-from latentqa.reader import stop_token_ids
+from latentqa.generation import stop_token_ids
+from latentqa.models import unwrap_causal_lm
 
 
 def _messages(prompt: str, system: str | None) -> list[dict[str, str]]:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from latentqa.decoder import ADAPTER_FILES, DecoderSpec, first_line, load_decoder
+from latentqa.decoder.folder import ADAPTER_FILES, DecoderSpec, first_line, load_decoder
 from latentqa.errors import LatentQAError
 from latentqa.handle import TargetHandle
 from latentqa.layers import check_layer_index, linear_module_names

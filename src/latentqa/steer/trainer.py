@@ -18,18 +18,16 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from latentqa.capture import pad_token_id, read_encoded
 from latentqa.chat import EncodedDialog, first_token_at, render, subject_span
-from latentqa.configs import config_to_dict
 from latentqa.data.sources import load_user_prompts
-from latentqa.decoder import answer_token_loss, decoder_batch, decoder_inputs
+from latentqa.decoder.folder import ADAPTER_FILES, preflight_decoder
+from latentqa.decoder.inputs import decoder_batch, decoder_inputs
+from latentqa.decoder.loss import answer_token_loss
 from latentqa.errors import LatentQAError
-from latentqa.layers import check_layer_index
+from latentqa.layers import check_layer_index, check_layers
 from latentqa.plots import line_chart
-from latentqa.preflight import check_layers, preflight_decoder
-from latentqa.read import pad_token_id, read_encoded
-from latentqa.reader import ADAPTER_FILES
 from latentqa.steer.config import SteerConfig
-from latentqa.steer.control import QAPair, combine_controls
 from latentqa.steer.generate import generate_texts
 from latentqa.steer.model import (
     DECODER_ADAPTER,
@@ -37,8 +35,10 @@ from latentqa.steer.model import (
     SteerableModel,
     steering_decoder,
 )
+from latentqa.steer.qa_pairs import QAPair, combine_controls
 from latentqa.train.order import example_order
 from latentqa.train.schedule import lr_lambda
+from latentqa.typed_config import config_to_dict
 
 STEER_FILE = "steer.json"
 STEER_FORMAT = "latentqa-steer/1"

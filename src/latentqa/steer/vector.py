@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from latentqa.capture import read_activations
 from latentqa.chat import Message
 from latentqa.errors import LatentQAError
 from latentqa.layers import block_output_hook, find_decoder_layers
-from latentqa.read import read_activations
 
 T = TypeVar("T")
 

@@ -22,11 +22,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from latentqa.capture import pad_token_id, read_encoded
 from latentqa.chat import EncodedDialog
-from latentqa.decoder import flatten_reads, standardizer
+from latentqa.decoder.inputs import flatten_reads, standardizer
 from latentqa.errors import LatentQAError
 from latentqa.handle import TargetHandle
-from latentqa.read import pad_token_id, read_encoded
 
 
 def weights_fingerprint(target: str) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from latentqa.configs import require_int, require_number
 from latentqa.embedded import EMBEDDED_MODEL
 from latentqa.errors import LatentQAError
+from latentqa.typed_config import require_int, require_number
 
 
 @dataclass

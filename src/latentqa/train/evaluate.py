@@ -14,7 +14,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from latentqa.conditions import CONDITIONS, activation_conditions
-from latentqa.decoder import answer_token_loss, decoder_batch
+from latentqa.decoder.inputs import decoder_batch
+from latentqa.decoder.loss import answer_token_loss
 from latentqa.patch import PatchMode
 from latentqa.train.activations import ActivationSource
 

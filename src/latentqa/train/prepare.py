@@ -13,9 +13,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from latentqa.chat import EncodedDialog, encode_dialog, subject_span
-from latentqa.configs import config_to_dict
 from latentqa.data.format import LatentQADataset, load_latentqa
-from latentqa.decoder import fit_standardizer
+from latentqa.decoder.inputs import fit_standardizer
 from latentqa.errors import LatentQAError
 from latentqa.layers import check_layer_index, find_decoder_layers, linear_module_names
 from latentqa.questions import RECONSTRUCT_QUESTION
@@ -30,6 +29,7 @@ from latentqa.train.tasks import (
     masked_text,
     parse_task_mix,
 )
+from latentqa.typed_config import config_to_dict
 
 # Options whose change makes a checkpoint meaningless to resume from.
 _FINGERPRINT_KEYS = (

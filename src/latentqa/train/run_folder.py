@@ -20,8 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from latentqa.configs import config_to_dict
-from latentqa.decoder import SPEC_FILE, DecoderSpec
+from latentqa.decoder.folder import SPEC_FILE, DecoderSpec
 from latentqa.errors import LatentQAError
 from latentqa.outdir import is_empty, replace_entry
 from latentqa.train.checkpoint import (
@@ -31,6 +30,7 @@ from latentqa.train.checkpoint import (
     load_checkpoint,
     remove_stale_temps,
 )
+from latentqa.typed_config import config_to_dict
 
 if TYPE_CHECKING:
     from latentqa.train.config import TrainConfig

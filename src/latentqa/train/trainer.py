@@ -23,24 +23,25 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from latentqa.decoder import answer_token_loss, decoder_batch
-from latentqa.layers import check_layer_index
-from latentqa.layout import DecoderBatch
-from latentqa.models import load_model, resolve_device, resolve_dtype
-from latentqa.preflight import preflight_train
-from latentqa.read import pad_token_id
-from latentqa.shared_prefix import (
+from latentqa.capture import pad_token_id
+from latentqa.decoder.inputs import decoder_batch
+from latentqa.decoder.loss import answer_token_loss
+from latentqa.decoder.packing import (
     SharedBatch,
     cpu_attention,
     shared_answer_loss,
     shared_decoder_batch,
 )
+from latentqa.decoder.prompt import DecoderBatch
+from latentqa.layers import check_layer_index
+from latentqa.models import load_model, resolve_device, resolve_dtype
 from latentqa.train.activations import ActivationSource
 from latentqa.train.checkpoint import TrainerState, resume_from, save_checkpoint
 from latentqa.train.config import TrainConfig
 from latentqa.train.evaluate import evaluate_losses
 from latentqa.train.order import example_lengths, example_order
 from latentqa.train.plots import plot_losses
+from latentqa.train.preflight import preflight_train
 from latentqa.train.prepare import (
     PreparedData,
     add_lora,

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from latentqa.chat import Message, Subjects
+from latentqa.decoder.packing import shared_answer_loss, shared_decoder_batch
 from latentqa.errors import LatentQAError
-from latentqa.preflight import check_questions
-from latentqa.shared_prefix import shared_answer_loss, shared_decoder_batch
+from latentqa.questions import check_questions
 
 VectorsTransform = Callable[[torch.Tensor], torch.Tensor]
 """Maps read vectors ``[n, d_model]`` to replacements of the same shape."""

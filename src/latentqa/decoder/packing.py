@@ -28,11 +28,12 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from latentqa.decoder import answer_losses, unwrap_causal_lm
+from latentqa.capture import pad_token_id
+from latentqa.decoder.loss import answer_losses
+from latentqa.decoder.prompt import build_decoder_prompt
 from latentqa.errors import LatentQAError
-from latentqa.layout import build_decoder_prompt
+from latentqa.models import unwrap_causal_lm
 from latentqa.patch import PatchMode, patch_activations
-from latentqa.read import pad_token_id
 
 # Measured on the embedded model (docs/performance.md): rows of ~256 tokens ran a
 # training step faster than one row per tree (~180) and than ~512.

@@ -14,8 +14,8 @@ from torch import nn
 
 from latentqa.errors import LatentQAError
 from latentqa.steer.config import SteerConfig
-from latentqa.steer.control import QAPair
 from latentqa.steer.model import SteerableModel
+from latentqa.steer.qa_pairs import QAPair
 from latentqa.steer.trainer import train_steering
 from latentqa.steer.vector import add_vector
 

@@ -10,23 +10,18 @@ A trained decoder is a folder (``latentqa.json`` and the peft adapter files);
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedTokenizerBase
 
 from latentqa.errors import LatentQAError
 from latentqa.handle import TargetHandle
-from latentqa.layers import find_decoder_layers
-from latentqa.layout import DecoderBatch, build_decoder_prompt, collate_prompts
-from latentqa.models import EMBEDDED_MODEL, load_model
+from latentqa.layers import check_layers, find_decoder_layers
+from latentqa.models import EMBEDDED_MODEL, check_device_dtype, load_model, model_shape
 from latentqa.package_data import package_file
-from latentqa.patch import PatchMode, patch_activations
-from latentqa.read import pad_token_id, position_ids_for
 
 SPEC_FILE = "latentqa.json"
 SPEC_FORMAT = "latentqa-decoder/1"
@@ -159,180 +154,6 @@ class DecoderSpec:
             )
 
 
-def flatten_reads(span: torch.Tensor, max_read_tokens: int, pool: str = "none") -> torch.Tensor:
-    """``[n_layers, span, d_model]`` -> the decoder's input vectors, last tokens kept.
-
-    ``pool="none"``: ``[n_layers * kept, d_model]``; ``pool="mean"``: ``[n_layers,
-    d_model]``, each layer's mean over its kept positions.
-    """
-    kept = span[:, -max_read_tokens:]
-    if pool == "mean":
-        return kept.float().mean(1).to(kept.dtype)  # [n_layers, d_model]
-    return kept.reshape(-1, kept.shape[-1])
-
-
-def standardizer(
-    mean: Sequence[float] | torch.Tensor | None, std: Sequence[float] | torch.Tensor | None
-) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """``v -> (v - mean) / std`` per dimension, or ``None`` without statistics.
-
-    Residual streams have a few dimensions hundreds of times larger than the rest; the
-    decoder's RMSNorm would let those drown the small, behaviour-specific directions.
-    Standardizing with the training vectors' statistics (as a linear probe does) makes
-    every dimension equally loud.
-    """
-    if mean is None or std is None:
-        return None
-    mean_t = torch.as_tensor(mean, dtype=torch.float32)
-    std_t = torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6)
-
-    def apply(vectors: torch.Tensor) -> torch.Tensor:
-        m, s = mean_t.to(vectors.device), std_t.to(vectors.device)
-        return ((vectors.float() - m) / s).to(vectors.dtype)  # [n, d_model]
-
-    return apply
-
-
-def fit_standardizer(vectors: Sequence[torch.Tensor]) -> tuple[list[float], list[float]]:
-    """Per-dimension mean and standard deviation over all rows of ``vectors``."""
-    rows = torch.cat([v.float().cpu() for v in vectors])  # [n_rows, d_model]
-    return rows.mean(0).tolist(), rows.std(0).clamp_min(1e-6).tolist()
-
-
-def decoder_inputs(span: torch.Tensor, spec: DecoderSpec) -> torch.Tensor:
-    """The decoder's input vectors for one read span ``[n_layers, span, d_model]``, as
-    ``spec`` says: last ``max_read_tokens`` positions, pooled or not, standardized or not.
-    """
-    vectors = flatten_reads(span, spec.max_read_tokens, spec.pool)
-    scale = standardizer(spec.vector_mean, spec.vector_std)
-    return vectors if scale is None else scale(vectors)
-
-
-def decoder_batch(
-    tokenizer: PreTrainedTokenizerBase,
-    vectors: Sequence[torch.Tensor],
-    questions: Sequence[str],
-    answers: Sequence[str] | None = None,
-) -> tuple[DecoderBatch, torch.Tensor]:
-    """Lay out decoder prompts for flattened activation ``vectors`` (one per example).
-
-    Returns the padded batch and all vectors concatenated in placeholder order
-    ``[total_placeholders, d_model]``.
-    """
-    prompts = [
-        build_decoder_prompt(tokenizer, len(v), q, None if answers is None else answers[i])
-        for i, (v, q) in enumerate(zip(vectors, questions, strict=True))
-    ]
-    return collate_prompts(prompts, pad_token_id(tokenizer)), torch.cat(list(vectors))
-
-
-def lm_head_logits(causal_lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """The model's LM head on ``hidden`` ``[..., d_model]`` -> logits ``[..., vocab]``.
-
-    Applies the final soft-capping of models that have one (Gemma), as their own
-    forward does, so losses computed from a body's hidden states match ``model(...)``.
-    The logits keep the head's dtype.
-    """
-    logits = causal_lm.get_output_embeddings()(hidden)
-    cap = getattr(causal_lm.config, "final_logit_softcapping", None)
-    if cap:  # Gemma-style soft capping, part of the model's own forward
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
-def unwrap_causal_lm(model: nn.Module) -> nn.Module:
-    """The transformers CausalLM inside peft / DDP / FSDP wrappers."""
-    while True:
-        if hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        else:
-            return model
-
-
-def answer_token_loss(
-    decoder: nn.Module,
-    batch: DecoderBatch,
-    vectors: torch.Tensor,
-    *,
-    write_layer: int,
-    mode: PatchMode,
-    reduction: str = "mean",
-    layers_path: str | None = None,
-) -> torch.Tensor:
-    """Cross-entropy of the answer tokens with ``vectors`` patched in.
-
-    Runs the decoder's transformer body, then the LM head only at the positions
-    that predict answer tokens: the answer is a few tokens of a ~100-token input,
-    so full-sequence logits would waste most of the head's compute and memory.
-
-    Args:
-        decoder: Decoder model (peft-wrapped CausalLM).
-        batch: Decoder inputs with a label mask.
-        vectors: ``[n_placeholders_total, d_model]`` activations.
-        write_layer: Block at whose output to patch.
-        mode: ``replace`` or ``add``.
-        reduction: ``mean`` (per answer token), ``sum``, or ``none`` (per example sums
-            and token counts as a ``[batch, 2]`` tensor).
-        layers_path: Override for the decoder block search (the one the activations
-            were read with), so the write goes to the same block list.
-    """
-    causal_lm = unwrap_causal_lm(decoder)
-    with patch_activations(
-        causal_lm, write_layer, batch.placeholder_mask, vectors, mode, layers_path=layers_path
-    ):
-        hidden = causal_lm.base_model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=position_ids_for(batch.attention_mask),
-            use_cache=False,
-        ).last_hidden_state  # [batch, seq, d_model]
-    rows = batch.label_mask.nonzero()[:, 0]  # [n_answer_tokens], each token's example
-    n_rows = batch.input_ids.shape[0]
-    return answer_losses(
-        causal_lm, hidden, batch.input_ids, batch.label_mask, rows, n_rows, reduction
-    )
-
-
-def answer_losses(
-    causal_lm: nn.Module,
-    hidden: torch.Tensor,
-    input_ids: torch.Tensor,
-    label_mask: torch.Tensor,
-    owners: torch.Tensor,
-    n_owners: int,
-    reduction: str,
-) -> torch.Tensor:
-    """Cross-entropy of the answer tokens from the body's last hidden states.
-
-    The LM head runs only at the positions that predict an answer token (one step
-    before it; an answer never starts a row or a packed branch, so the shift stays
-    inside its prompt).
-
-    Args:
-        causal_lm: The unwrapped CausalLM (for its head).
-        hidden: ``[rows, seq, d_model]`` last hidden states.
-        input_ids: ``[rows, seq]`` the ids, answers included.
-        label_mask: ``[rows, seq]`` True on answer tokens.
-        owners: ``[n_answer_tokens]`` the prompt each answer token belongs to, in
-            row-major order.
-        n_owners: Number of prompts.
-        reduction: ``mean``, ``sum`` or ``none`` (per prompt sums and token counts,
-            ``[n_owners, 2]``).
-    """
-    predicts = torch.zeros_like(label_mask)
-    predicts[:, :-1] = label_mask[:, 1:]
-    logits = lm_head_logits(causal_lm, hidden[predicts]).float()  # [n_answer, vocab]
-    targets = input_ids[label_mask]  # [n_answer], same row-major order
-    if reduction != "none":
-        return F.cross_entropy(logits, targets, reduction=reduction)
-    token_losses = F.cross_entropy(logits, targets, reduction="none")
-    sums = torch.zeros(n_owners, device=logits.device).index_add_(0, owners, token_losses)
-    counts = torch.zeros_like(sums).index_add_(0, owners, torch.ones_like(token_losses))
-    return torch.stack([sums, counts], dim=-1)
-
-
 # Decoder folders.
 
 
@@ -456,3 +277,44 @@ def load_decoder(
         ) from error
     handle = TargetHandle.resolve(peft_model, tokenizer, layers_path, trainable=trainable)
     return handle, spec, folder
+
+
+def preflight_decoder(
+    target: str,
+    decoder: str | Path | None,
+    *,
+    layers: Sequence[int] | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+) -> DecoderSpec:
+    """Check a decoder folder, its target and layers to read, without loading either.
+
+    Args:
+        target: The target's model spec.
+        decoder: The decoder folder (``None``: the shipped one).
+        layers: Read layers asked for instead of the decoder's own.
+        device: Device name.
+        dtype: Dtype name.
+
+    Returns:
+        The decoder's spec (``latentqa.json``).
+
+    Raises:
+        LatentQAError: Bad device or dtype, a missing or malformed decoder folder, a
+            target that is missing or of another shape than the decoder's, or a layer
+            out of range.
+    """
+    from latentqa.decoder.folder import open_decoder_folder
+
+    check_device_dtype(device, dtype)
+    folder, spec = open_decoder_folder(str(target), decoder)
+    layers_path = spec.train_config.get("layers_path")
+    shape = model_shape(str(target))
+    if shape is not None and layers_path is None and shape != (spec.n_layers, spec.hidden_size):
+        raise LatentQAError(
+            f"decoder {folder} was trained on {spec.target!r} ({spec.n_layers} layers, hidden "
+            f"size {spec.hidden_size}) but {target!r} has {shape[0]} layers, hidden size "
+            f"{shape[1]}: pass the matching target"
+        )
+    check_layers(layers, spec.n_layers, "read layer")
+    return spec

@@ -1,0 +1,3 @@
+"""The LIT decoder: its folders (:mod:`.folder`), its prompt (:mod:`.prompt`), its inputs
+(:mod:`.inputs`), its answer loss (:mod:`.loss`) and prompts that share a read packed
+into prefix trees (:mod:`.packing`)."""

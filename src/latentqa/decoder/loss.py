@@ -1,0 +1,109 @@
+"""The decoder's answer loss: cross-entropy of the answer tokens only, with the LM head
+run only where an answer token is predicted."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentqa.capture import position_ids_for
+from latentqa.decoder.prompt import DecoderBatch
+from latentqa.models import unwrap_causal_lm
+from latentqa.patch import PatchMode, patch_activations
+
+
+def lm_head_logits(causal_lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's LM head on ``hidden`` ``[..., d_model]`` -> logits ``[..., vocab]``.
+
+    Applies the final soft-capping of models that have one (Gemma), as their own
+    forward does, so losses computed from a body's hidden states match ``model(...)``.
+    The logits keep the head's dtype.
+    """
+    logits = causal_lm.get_output_embeddings()(hidden)
+    cap = getattr(causal_lm.config, "final_logit_softcapping", None)
+    if cap:  # Gemma-style soft capping, part of the model's own forward
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def answer_token_loss(
+    decoder: nn.Module,
+    batch: DecoderBatch,
+    vectors: torch.Tensor,
+    *,
+    write_layer: int,
+    mode: PatchMode,
+    reduction: str = "mean",
+    layers_path: str | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of the answer tokens with ``vectors`` patched in.
+
+    Runs the decoder's transformer body, then the LM head only at the positions
+    that predict answer tokens: the answer is a few tokens of a ~100-token input,
+    so full-sequence logits would waste most of the head's compute and memory.
+
+    Args:
+        decoder: Decoder model (peft-wrapped CausalLM).
+        batch: Decoder inputs with a label mask.
+        vectors: ``[n_placeholders_total, d_model]`` activations.
+        write_layer: Block at whose output to patch.
+        mode: ``replace`` or ``add``.
+        reduction: ``mean`` (per answer token), ``sum``, or ``none`` (per example sums
+            and token counts as a ``[batch, 2]`` tensor).
+        layers_path: Override for the decoder block search (the one the activations
+            were read with), so the write goes to the same block list.
+    """
+    causal_lm = unwrap_causal_lm(decoder)
+    with patch_activations(
+        causal_lm, write_layer, batch.placeholder_mask, vectors, mode, layers_path=layers_path
+    ):
+        hidden = causal_lm.base_model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=position_ids_for(batch.attention_mask),
+            use_cache=False,
+        ).last_hidden_state  # [batch, seq, d_model]
+    rows = batch.label_mask.nonzero()[:, 0]  # [n_answer_tokens], each token's example
+    n_rows = batch.input_ids.shape[0]
+    return answer_losses(
+        causal_lm, hidden, batch.input_ids, batch.label_mask, rows, n_rows, reduction
+    )
+
+
+def answer_losses(
+    causal_lm: nn.Module,
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    label_mask: torch.Tensor,
+    owners: torch.Tensor,
+    n_owners: int,
+    reduction: str,
+) -> torch.Tensor:
+    """Cross-entropy of the answer tokens from the body's last hidden states.
+
+    The LM head runs only at the positions that predict an answer token (one step
+    before it; an answer never starts a row or a packed branch, so the shift stays
+    inside its prompt).
+
+    Args:
+        causal_lm: The unwrapped CausalLM (for its head).
+        hidden: ``[rows, seq, d_model]`` last hidden states.
+        input_ids: ``[rows, seq]`` the ids, answers included.
+        label_mask: ``[rows, seq]`` True on answer tokens.
+        owners: ``[n_answer_tokens]`` the prompt each answer token belongs to, in
+            row-major order.
+        n_owners: Number of prompts.
+        reduction: ``mean``, ``sum`` or ``none`` (per prompt sums and token counts,
+            ``[n_owners, 2]``).
+    """
+    predicts = torch.zeros_like(label_mask)
+    predicts[:, :-1] = label_mask[:, 1:]
+    logits = lm_head_logits(causal_lm, hidden[predicts]).float()  # [n_answer, vocab]
+    targets = input_ids[label_mask]  # [n_answer], same row-major order
+    if reduction != "none":
+        return F.cross_entropy(logits, targets, reduction=reduction)
+    token_losses = F.cross_entropy(logits, targets, reduction="none")
+    sums = torch.zeros(n_owners, device=logits.device).index_add_(0, owners, token_losses)
+    counts = torch.zeros_like(sums).index_add_(0, owners, torch.ones_like(token_losses))
+    return torch.stack([sums, counts], dim=-1)
