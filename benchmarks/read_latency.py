@@ -118,7 +118,7 @@ def reference_answers(reader, dialog, questions: list[str], new_tokens: int) -> 
                     grown,
                     flat,
                     spec.mode,
-                    layers_path=reader.layers_path,
+                    blocks=reader.handle.blocks,
                 ):
                     logits = reader.model(
                         input_ids=ids,

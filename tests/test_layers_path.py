@@ -90,7 +90,8 @@ def test_reader_reads_and_writes_through_the_custom_path(pair):
     reader = Reader(model, tokenizer, spec_for(model), layers_path=PATH)
     vectors = reader.read(DIALOG)  # [kept, d_model]
     # The read is the output of the real block 1 (hidden_states[2]) at the kept positions.
-    expected = read_activations(model, tokenizer, [DIALOG], [1], n_masked=1, layers_path=PATH)
+    blocks = find_decoder_layers(model, PATH)
+    expected = read_activations(model, tokenizer, [DIALOG], [1], n_masked=1, blocks=blocks)
     torch.testing.assert_close(vectors, expected[0][0, -8:])
     real = reader.score_vectors(vectors, QUESTION, [ANSWER])
     zeroed = reader.score_vectors(torch.zeros_like(vectors), QUESTION, [ANSWER])
@@ -116,7 +117,7 @@ def test_training_loss_writes_through_the_custom_path(pair, shared):
         batch, flat = decoder_batch(tokenizer, [vectors], [QUESTION], [ANSWER])
 
     def losses(layers_path: str | None) -> tuple[float, float]:
-        objective = LITObjective(decoder, 0, "replace", layers_path)
+        objective = LITObjective(decoder, 0, "replace", find_decoder_layers(decoder, layers_path))
         with torch.no_grad():
             return float(objective(batch, flat)), float(objective(batch, torch.zeros_like(flat)))
 
@@ -127,15 +128,16 @@ def test_training_loss_writes_through_the_custom_path(pair, shared):
     assert blind_real == pytest.approx(blind_zeroed)
 
 
-def test_answer_losses_take_layers_path(pair):
+def test_answer_losses_take_the_blocks(pair):
     model, tokenizer = pair
     vectors = torch.randn(4, model.config.hidden_size)
     batch, flat = decoder_batch(tokenizer, [vectors], [QUESTION], [ANSWER])
     shared, shared_flat = shared_decoder_batch(tokenizer, [vectors], [[(QUESTION, ANSWER)]])
     with torch.no_grad():
-        plain = answer_token_loss(model, batch, flat, write_layer=0, mode="add", layers_path=PATH)
+        blocks = find_decoder_layers(model, PATH)
+        plain = answer_token_loss(model, batch, flat, write_layer=0, mode="add", blocks=blocks)
         packed = shared_answer_loss(
-            model, shared, shared_flat, write_layer=0, mode="add", layers_path=PATH
+            model, shared, shared_flat, write_layer=0, mode="add", blocks=blocks
         )
         untouched = answer_token_loss(model, batch, flat, write_layer=0, mode="add")
     torch.testing.assert_close(plain, packed)

@@ -85,7 +85,7 @@ class ReaderGeneration:
                 batch.placeholder_mask,
                 flat,
                 self.spec.mode,
-                layers_path=self.layers_path,
+                blocks=self.handle.blocks,
             ):
                 output = self.model.generate(
                     input_ids=batch.input_ids,

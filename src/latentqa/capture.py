@@ -16,7 +16,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from latentqa.chat import EncodedDialog, Message, encode_dialog
-from latentqa.layers import block_output_hook, check_layer_index, find_decoder_layers
+from latentqa.layers import DecoderLayers, block_output_hook, check_layer_index, find_decoder_layers
 
 
 class _StopForward(Exception):
@@ -29,7 +29,7 @@ def capture_layers(
     layers: Sequence[int],
     *,
     stop_after_last: bool = True,
-    layers_path: str | None = None,
+    blocks: DecoderLayers | None = None,
 ) -> Iterator[dict[int, torch.Tensor]]:
     """Context manager recording the outputs of the given decoder blocks.
 
@@ -38,7 +38,7 @@ def capture_layers(
     block's hook raises an internal exception that :func:`run_until` swallows, so
     the rest of the model never runs. Hooks are removed on exit, also on error.
     """
-    blocks = find_decoder_layers(model, layers_path)
+    blocks = find_decoder_layers(model) if blocks is None else blocks
     normalised = [check_layer_index(layer, len(blocks), "read layer") for layer in layers]
     deepest = max(normalised, default=None)
     captured: dict[int, torch.Tensor] = {}
@@ -70,7 +70,7 @@ def read_hidden_states(
     attention_mask: torch.Tensor,
     layers: Sequence[int],
     *,
-    layers_path: str | None = None,
+    blocks: DecoderLayers | None = None,
 ) -> dict[int, torch.Tensor]:
     """Hidden states at ``layers`` for a padded batch, running only as deep as needed.
 
@@ -79,13 +79,15 @@ def read_hidden_states(
         input_ids: ``[batch, seq]`` token ids, left-padded.
         attention_mask: ``[batch, seq]``, 1 on real tokens.
         layers: Decoder block indices to read (negative counts from the end).
-        layers_path: Optional override for the decoder block search.
+        blocks: The model's decoder blocks, found once by the caller (searched when
+            ``None``).
 
     Returns:
         ``{layer: [batch, seq, d_model]}`` keyed by the layers as given.
     """
-    n_layers = len(find_decoder_layers(model, layers_path))
-    with capture_layers(model, layers, layers_path=layers_path) as captured:
+    blocks = find_decoder_layers(model) if blocks is None else blocks
+    n_layers = len(blocks)
+    with capture_layers(model, layers, blocks=blocks) as captured:
         run_until(
             model,
             input_ids=input_ids,
@@ -123,12 +125,12 @@ def read_encoded(
     pad_id: int,
     layers: Sequence[int],
     *,
-    layers_path: str | None = None,
+    blocks: DecoderLayers | None = None,
 ) -> list[torch.Tensor]:
     """Read spans of already encoded dialogs: one ``[n_layers, span, d_model]`` per dialog."""
     device = next(model.parameters()).device
     input_ids, attention_mask = left_pad([e.input_ids for e in encoded], pad_id, device)
-    hidden = read_hidden_states(model, input_ids, attention_mask, layers, layers_path=layers_path)
+    hidden = read_hidden_states(model, input_ids, attention_mask, layers, blocks=blocks)
     # [n_layers, batch, seq, d_model]
     stacked = torch.stack([hidden[layer] for layer in layers])
     width = input_ids.shape[1]
@@ -147,7 +149,7 @@ def read_activations(
     layers: Sequence[int],
     *,
     n_masked: int | Sequence[int] = 0,
-    layers_path: str | None = None,
+    blocks: DecoderLayers | None = None,
 ) -> list[torch.Tensor]:
     """Run the target on a batch of dialogs and return the read span of each.
 
@@ -159,7 +161,8 @@ def read_activations(
         layers: Decoder block indices to read.
         n_masked: Leading messages per dialog (or one count for all) whose tokens are
             excluded from the span: the system prompt or control turn.
-        layers_path: Optional override for the decoder block search.
+        blocks: The model's decoder blocks, found once by the caller (searched when
+            ``None``).
 
     Returns:
         Per dialog, a tensor ``[len(layers), span_length, d_model]`` in the order of
@@ -167,4 +170,4 @@ def read_activations(
     """
     counts = [n_masked] * len(dialogs) if isinstance(n_masked, int) else list(n_masked)
     encoded = [encode_dialog(tokenizer, d, n) for d, n in zip(dialogs, counts, strict=True)]
-    return read_encoded(model, encoded, pad_token_id(tokenizer), layers, layers_path=layers_path)
+    return read_encoded(model, encoded, pad_token_id(tokenizer), layers, blocks=blocks)

@@ -116,13 +116,13 @@ def check_layer_index(layer: int, n_layers: int, what: str = "layer") -> int:
     return layer % n_layers
 
 
-def linear_module_names(model: nn.Module, layers_path: str | None = None) -> list[str]:
+def linear_module_names(blocks: DecoderLayers) -> list[str]:
     """Names (last path component) of the linear modules inside a decoder block.
 
-    Works on a bare model and on a peft-wrapped one (a LoRA layer counts as the linear
-    module it wraps; the adapters' own linear modules are skipped).
+    Works on a bare model's blocks and on a peft-wrapped one's (a LoRA layer counts as
+    the linear module it wraps; the adapters' own linear modules are skipped).
     """
-    block = find_decoder_layers(model, layers_path)[0]
+    block = blocks[0]
     names = set()
     for name, module in block.named_modules():
         parts = name.split(".")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from latentqa.errors import LatentQAError
-from latentqa.layers import block_output_hook, find_decoder_layers
+from latentqa.layers import DecoderLayers, block_output_hook, find_decoder_layers
 
 PatchMode = Literal["replace", "add"]
 PATCH_MODES: tuple[str, ...] = ("replace", "add")
@@ -55,7 +55,7 @@ def patch_activations(
     vectors: torch.Tensor,
     mode: PatchMode = "replace",
     *,
-    layers_path: str | None = None,
+    blocks: DecoderLayers | None = None,
 ) -> Iterator[None]:
     """Context manager patching ``vectors`` into the output of decoder block ``layer``.
 
@@ -70,7 +70,8 @@ def patch_activations(
         mask: ``[batch, seq]`` bool positions.
         vectors: ``[mask.sum(), d_model]`` values, in row-major order of ``mask``.
         mode: ``replace`` or ``add``.
-        layers_path: Optional override for the decoder block search.
+        blocks: The model's decoder blocks, found once by the caller (searched when
+            ``None``).
     """
     if mode not in PATCH_MODES:
         raise LatentQAError(f"unknown injection mode {mode!r}; use one of {', '.join(PATCH_MODES)}")
@@ -82,7 +83,7 @@ def patch_activations(
             f"expected {n_positions} vectors [n, d_model] for the patched positions, "
             f"got shape {tuple(vectors.shape)}"
         )
-    blocks = find_decoder_layers(model, layers_path)
+    blocks = find_decoder_layers(model) if blocks is None else blocks
     mask = mask.to(torch.bool)
 
     def patch(_index: int, hidden: torch.Tensor) -> torch.Tensor | None:

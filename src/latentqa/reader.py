@@ -276,7 +276,7 @@ class Reader(ReaderGeneration, ReaderScoring):
             for start in range(0, len(encoded), batch_size):
                 chunk = encoded[start : start + batch_size]
                 spans += read_encoded(
-                    self.model, chunk, self._pad_id, layers, layers_path=self.layers_path
+                    self.model, chunk, self._pad_id, layers, blocks=self.handle.blocks
                 )
         return spans
 

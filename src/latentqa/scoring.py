@@ -251,7 +251,7 @@ class ReaderScoring:
                 write_layer=self.spec.write_layer,
                 mode=self.spec.mode,
                 reduction="none",
-                layers_path=self.layers_path,  # write where the read was taken from
+                blocks=self.handle.blocks,  # write where the read was taken from
             )
             # sums: [branches, 2] = per row (summed nll, answer token count), group order
             scores = -sums[:, 0] / sums[:, 1].clamp_min(1) if normalize else -sums[:, 0]

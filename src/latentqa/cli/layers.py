@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     every = list(range(len(layers)))
     with torch.no_grad():
         (span,) = read_activations(
-            model, tokenizer, [SAMPLE_DIALOG], every, n_masked=1, layers_path=config.layers_path
+            model, tokenizer, [SAMPLE_DIALOG], every, n_masked=1, blocks=layers
         )
     norms = span.float().norm(dim=-1).mean(dim=-1).tolist()  # [n_layers]
     encoded = encode_dialog(tokenizer, SAMPLE_DIALOG, 1)

@@ -9,6 +9,7 @@ from torch import nn
 
 from latentqa.capture import position_ids_for
 from latentqa.decoder.prompt import DecoderBatch
+from latentqa.layers import DecoderLayers
 from latentqa.models import unwrap_causal_lm
 from latentqa.patch import PatchMode, patch_activations
 
@@ -35,7 +36,7 @@ def answer_token_loss(
     write_layer: int,
     mode: PatchMode,
     reduction: str = "mean",
-    layers_path: str | None = None,
+    blocks: DecoderLayers | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of the answer tokens with ``vectors`` patched in.
 
@@ -51,12 +52,12 @@ def answer_token_loss(
         mode: ``replace`` or ``add``.
         reduction: ``mean`` (per answer token), ``sum``, or ``none`` (per example sums
             and token counts as a ``[batch, 2]`` tensor).
-        layers_path: Override for the decoder block search (the one the activations
-            were read with), so the write goes to the same block list.
+        blocks: The model's decoder blocks, found once by the caller (searched when
+            ``None``).
     """
     causal_lm = unwrap_causal_lm(decoder)
     with patch_activations(
-        causal_lm, write_layer, batch.placeholder_mask, vectors, mode, layers_path=layers_path
+        causal_lm, write_layer, batch.placeholder_mask, vectors, mode, blocks=blocks
     ):
         hidden = causal_lm.base_model(
             input_ids=batch.input_ids,

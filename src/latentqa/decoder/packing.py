@@ -32,6 +32,7 @@ from latentqa.capture import pad_token_id
 from latentqa.decoder.loss import answer_losses
 from latentqa.decoder.prompt import build_decoder_prompt
 from latentqa.errors import LatentQAError
+from latentqa.layers import DecoderLayers
 from latentqa.models import unwrap_causal_lm
 from latentqa.patch import PatchMode, patch_activations
 
@@ -192,7 +193,7 @@ def shared_answer_loss(
     write_layer: int,
     mode: PatchMode,
     reduction: str = "mean",
-    layers_path: str | None = None,
+    blocks: DecoderLayers | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of the branches' answer tokens, each prefix computed once.
 
@@ -204,12 +205,13 @@ def shared_answer_loss(
         mode: ``replace`` or ``add``.
         reduction: ``mean`` (per answer token), ``sum``, or ``none`` (per branch sums
             and token counts as a ``[n_branches, 2]`` tensor).
-        layers_path: Override for the decoder-layer search.
+        blocks: The model's decoder blocks, found once by the caller (searched when
+            ``None``).
     """
     causal_lm = unwrap_causal_lm(decoder)
     dtype = causal_lm.get_input_embeddings().weight.dtype
     with patch_activations(
-        causal_lm, write_layer, batch.placeholder_mask, vectors, mode, layers_path=layers_path
+        causal_lm, write_layer, batch.placeholder_mask, vectors, mode, blocks=blocks
     ):
         hidden = causal_lm.base_model(
             input_ids=batch.input_ids,

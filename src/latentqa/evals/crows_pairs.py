@@ -229,7 +229,7 @@ class CrowsPairsTask(SteeringTask):
                     anti,
                     stereo,
                     layer,
-                    layers_path=self.steerable.layers_path,
+                    blocks=self.steerable.blocks,
                 )
                 for layer in layers
             }

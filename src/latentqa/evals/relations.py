@@ -130,7 +130,7 @@ def patchscope_answers(
         patch = vectors[start : start + len(chunk)].to(reader.device)
         with (
             reader.handle.target(),
-            patch_activations(causal_lm, layer, mask, patch, layers_path=reader.layers_path),
+            patch_activations(causal_lm, layer, mask, patch, blocks=reader.handle.blocks),
         ):
             out = causal_lm.generate(
                 input_ids=ids,

@@ -216,7 +216,7 @@ class SentimentTask(SteeringTask):
                     dialogs["negative"],
                     layer,
                     n_masked=1,
-                    layers_path=self.steerable.layers_path,
+                    blocks=self.steerable.blocks,
                 )
                 for layer in layers
             }

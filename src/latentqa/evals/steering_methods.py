@@ -113,7 +113,7 @@ def vector_steered(
     """The unsteered target with ``coefficient * vector`` added at block ``layer``."""
     with (
         steerable.unsteered() as model,
-        add_vector(model, layer, vector, coefficient, layers_path=steerable.layers_path),
+        add_vector(model, layer, vector, coefficient, blocks=steerable.blocks),
     ):
         yield model
 

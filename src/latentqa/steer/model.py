@@ -168,7 +168,7 @@ class SteerableModel:
             {check_layer_index(layer, self.n_layers, "steer layer") for layer in layers}
         )
         if targets == "all-linear":
-            modules = linear_module_names(self.model, self.layers_path)
+            modules = linear_module_names(self.blocks)
         else:
             modules = [name.strip() for name in targets.split(",") if name.strip()]
         if not modules:

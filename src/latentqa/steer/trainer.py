@@ -171,7 +171,7 @@ def steering_loss(
         encoded,
         pad_token_id(steerable.tokenizer),
         read_layers,
-        layers_path=steerable.layers_path,
+        blocks=steerable.blocks,
     )
     # spans: per prompt [n_read_layers, span, d_model], differentiable w.r.t. the steer LoRA
     steerable.use(DECODER_ADAPTER)
@@ -195,7 +195,7 @@ def steering_loss(
             flat,
             write_layer=spec.write_layer,
             mode=spec.mode,
-            layers_path=steerable.layers_path,
+            blocks=steerable.blocks,
         )
         losses.append(loss)
     stacked = torch.stack(losses)  # [n_groups]

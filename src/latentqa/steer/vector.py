@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from latentqa.capture import read_activations
 from latentqa.chat import Message
 from latentqa.errors import LatentQAError
-from latentqa.layers import block_output_hook, find_decoder_layers
+from latentqa.layers import DecoderLayers, block_output_hook, find_decoder_layers
 
 T = TypeVar("T")
 
@@ -34,7 +34,7 @@ def mean_activation(
     *,
     n_masked: int = 0,
     batch_size: int = 16,
-    layers_path: str | None = None,
+    blocks: DecoderLayers | None = None,
 ) -> torch.Tensor:
     """Mean output of block ``layer`` over the read positions of all dialogs, ``[d_model]``.
 
@@ -46,9 +46,7 @@ def mean_activation(
     total, count = None, 0
     for start in range(0, len(dialogs), batch_size):
         chunk = dialogs[start : start + batch_size]
-        spans = read_activations(
-            model, tokenizer, chunk, [layer], n_masked=n_masked, layers_path=layers_path
-        )
+        spans = read_activations(model, tokenizer, chunk, [layer], n_masked=n_masked, blocks=blocks)
         for span in spans:  # [1, span, d_model]
             summed = span[0].float().sum(0)  # [d_model]
             total = summed if total is None else total + summed
@@ -64,10 +62,10 @@ def steering_vector(
     layer: int,
     *,
     n_masked: int = 0,
-    layers_path: str | None = None,
+    blocks: DecoderLayers | None = None,
 ) -> torch.Tensor:
     """Mean activation on ``positive`` dialogs minus that on ``negative`` ones, ``[d_model]``."""
-    kwargs = dict(n_masked=n_masked, layers_path=layers_path)
+    kwargs = dict(n_masked=n_masked, blocks=blocks)
     return mean_activation(model, tokenizer, positive, layer, **kwargs) - mean_activation(
         model, tokenizer, negative, layer, **kwargs
     )
@@ -80,7 +78,7 @@ def add_vector(
     vector: torch.Tensor,
     coefficient: float = 1.0,
     *,
-    layers_path: str | None = None,
+    blocks: DecoderLayers | None = None,
 ) -> Iterator[None]:
     """Context manager adding ``coefficient * vector`` to the output of block ``layer``.
 
@@ -93,7 +91,7 @@ def add_vector(
         # hidden [batch, seq, d_model]; the shift broadcasts over batch and positions
         return hidden + shift.to(device=hidden.device, dtype=hidden.dtype)
 
-    blocks = find_decoder_layers(model, layers_path)
+    blocks = find_decoder_layers(model) if blocks is None else blocks
     with block_output_hook(blocks, layer, add, what="vector layer"):
         yield
 

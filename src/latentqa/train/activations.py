@@ -27,6 +27,7 @@ from latentqa.chat import EncodedDialog
 from latentqa.decoder.inputs import flatten_reads, standardizer
 from latentqa.errors import LatentQAError
 from latentqa.handle import TargetHandle
+from latentqa.layers import DecoderLayers
 
 
 def weights_fingerprint(target: str) -> str:
@@ -61,7 +62,7 @@ class ActivationSource:
         max_read_tokens: Positions kept per dialog (the last ones).
         target_context: Called around every read, e.g. ``peft_model.disable_adapter``
             so that the decoder's own weights act as the frozen target.
-        layers_path: Optional override for the decoder block search.
+        blocks: The target's decoder blocks (searched when ``None``).
         pool: ``none`` or ``mean`` (see :func:`latentqa.decoder.flatten_reads`).
 
     :meth:`from_handle` builds one from a :class:`~latentqa.handle.TargetHandle`, whose
@@ -80,7 +81,7 @@ class ActivationSource:
         max_read_tokens: int,
         *,
         target_context: Callable[[], AbstractContextManager] = nullcontext,
-        layers_path: str | None = None,
+        blocks: DecoderLayers | None = None,
         pool: str = "none",
     ) -> None:
         self.target = target
@@ -89,7 +90,7 @@ class ActivationSource:
         self.read_layers = list(read_layers)
         self.max_read_tokens = max_read_tokens
         self.target_context = target_context
-        self.layers_path = layers_path
+        self.blocks = blocks
         self.pool = pool
         self.scale: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._scale_key: list[float] = []
@@ -105,7 +106,7 @@ class ActivationSource:
         *,
         pool: str = "none",
     ) -> ActivationSource:
-        """A source reading ``handle``'s plain target, with its ``layers_path`` and pad id."""
+        """A source reading ``handle``'s plain target, with its blocks and pad id."""
         return cls(
             handle.model,
             dialogs,
@@ -113,7 +114,7 @@ class ActivationSource:
             read_layers,
             max_read_tokens,
             target_context=handle.target,
-            layers_path=handle.layers_path,
+            blocks=handle.blocks,
             pool=pool,
         )
 
@@ -126,7 +127,7 @@ class ActivationSource:
                 [self.dialogs[i] for i in indices],
                 self.pad_id,
                 self.read_layers,
-                layers_path=self.layers_path,
+                blocks=self.blocks,
             )
         vectors = [flatten_reads(span, self.max_read_tokens, self.pool) for span in spans]
         if self.scale is not None:
@@ -158,7 +159,7 @@ class ActivationSource:
             target_name,
             self.read_layers,
             self.max_read_tokens,
-            self.layers_path,
+            None if self.blocks is None else self.blocks.path,
             self.pool,
             self._scale_key,
         ]

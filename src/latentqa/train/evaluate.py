@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from latentqa.conditions import CONDITIONS, activation_conditions
 from latentqa.decoder.inputs import decoder_batch
 from latentqa.decoder.loss import answer_token_loss
+from latentqa.layers import DecoderLayers
 from latentqa.patch import PatchMode
 from latentqa.train.activations import ActivationSource
 
@@ -64,7 +65,7 @@ def evaluate_losses(
     mode: PatchMode,
     batch_size: int,
     seed: int,
-    layers_path: str | None = None,
+    blocks: DecoderLayers | None = None,
 ) -> dict[str, float]:
     """Mean answer loss (nats/token) per condition over ``items``, overall and per task.
 
@@ -99,7 +100,7 @@ def evaluate_losses(
                 write_layer=write_layer,
                 mode=mode,
                 reduction="none",
-                layers_path=layers_path,
+                blocks=blocks,
             )
             totals[condition, None][0] += float(sums[:, 0].sum())
             totals[condition, None][1] += float(sums[:, 1].sum())

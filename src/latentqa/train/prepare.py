@@ -283,7 +283,7 @@ def add_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
     if config.lora_layers is not None:
         blocks = find_decoder_layers(model, config.layers_path)
         if targets == "all-linear":
-            modules = linear_module_names(model, config.layers_path)
+            modules = linear_module_names(blocks)
         chosen = sorted(
             {check_layer_index(i, len(blocks), "LoRA layer") for i in config.lora_layers}
         )
@@ -302,10 +302,6 @@ def add_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
         if parameter.requires_grad:
             parameter.data = parameter.data.float()
     return peft_model
-
-
-def n_decoder_layers(model: nn.Module, layers_path: str | None) -> int:
-    return len(find_decoder_layers(model, layers_path))
 
 
 def fit_vector_standardizer(

@@ -33,7 +33,7 @@ from latentqa.decoder.packing import (
     shared_decoder_batch,
 )
 from latentqa.decoder.prompt import DecoderBatch
-from latentqa.layers import check_layer_index
+from latentqa.layers import DecoderLayers, check_layer_index, find_decoder_layers
 from latentqa.models import load_model, resolve_device, resolve_dtype
 from latentqa.train.activations import ActivationSource
 from latentqa.train.checkpoint import TrainerState, resume_from, save_checkpoint
@@ -48,7 +48,6 @@ from latentqa.train.prepare import (
     auto_dtype,
     config_fingerprint,
     fit_vector_standardizer,
-    n_decoder_layers,
     prepare_data,
     resolve_read_layers,
 )
@@ -66,13 +65,13 @@ class LITObjective(nn.Module):
     """The decoder's answer loss as a module, so DDP/FSDP see one forward per step."""
 
     def __init__(
-        self, decoder: nn.Module, write_layer: int, mode: str, layers_path: str | None = None
+        self, decoder: nn.Module, write_layer: int, mode: str, blocks: DecoderLayers | None = None
     ) -> None:
         super().__init__()
         self.decoder = decoder
         self.write_layer = write_layer
         self.mode = mode
-        self.layers_path = layers_path  # the block list the vectors were read from
+        self.blocks = blocks  # the block list the vectors were read from
 
     def forward(self, batch: DecoderBatch | SharedBatch, vectors: torch.Tensor) -> torch.Tensor:
         loss = shared_answer_loss if isinstance(batch, SharedBatch) else answer_token_loss
@@ -82,7 +81,7 @@ class LITObjective(nn.Module):
             vectors,
             write_layer=self.write_layer,
             mode=self.mode,
-            layers_path=self.layers_path,
+            blocks=self.blocks,
         )
 
 
@@ -233,7 +232,8 @@ def _start(config: TrainConfig, *, resume: bool, force: bool, progress: bool) ->
     model, tokenizer = load_model(
         config.target, device=device, dtype=dtype, trust_remote_code=config.trust_remote_code
     )
-    n_layers = n_decoder_layers(model, config.layers_path)
+    blocks = find_decoder_layers(model, config.layers_path)
+    n_layers = len(blocks)
     read_layers = resolve_read_layers(config, n_layers)
     check_layer_index(config.write_layer, n_layers, "write layer")
     data = prepare_data(config, tokenizer)
@@ -245,7 +245,7 @@ def _start(config: TrainConfig, *, resume: bool, force: bool, progress: bool) ->
         read_layers,
         config.max_read_tokens,
         target_context=decoder.disable_adapter,
-        layers_path=config.layers_path,
+        blocks=blocks,
         pool=config.read_pool,
     )
     stats = fit_vector_standardizer(source, data, config) if config.standardize else None
@@ -264,7 +264,7 @@ def _start(config: TrainConfig, *, resume: bool, force: bool, progress: bool) ->
     )
     step = resume_from(checkpoint, decoder, optimizer, scheduler) if checkpoint is not None else 0
     objective, optimizer = accelerator.prepare(
-        LITObjective(decoder, config.write_layer, config.mode, config.layers_path), optimizer
+        LITObjective(decoder, config.write_layer, config.mode, blocks), optimizer
     )
     if accelerator.is_main_process:
         start_writing(out, resume_step=step if checkpoint is not None else None, force=force)
@@ -347,7 +347,7 @@ def _evaluate(run: _Run) -> dict[str, float]:
         mode=run.config.mode,
         batch_size=run.config.batch_size,
         seed=run.config.seed,
-        layers_path=run.config.layers_path,
+        blocks=run.source.blocks,
     )
 
 
