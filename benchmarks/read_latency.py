@@ -70,9 +70,10 @@ QUESTIONS = [
 def forced_length(reader, new_tokens: int) -> Iterator[None]:
     """Make the reader's ``generate`` produce exactly ``new_tokens`` tokens per row.
 
-    ``Reader.generate_ids`` passes the stop ids as ``eos_token_id`` and offers no way to
-    disable them; ``min_new_tokens`` makes ``generate`` suppress them (their logits set
-    to -inf) until the limit, everything else in the library path stays as it is.
+    ``Reader.generate_ids`` passes the stop ids as ``eos_token_id`` (through
+    :func:`latentqa.generation.generate_batch`) and offers no way to disable them;
+    ``min_new_tokens`` makes ``generate`` suppress them (their logits set to -inf) until
+    the limit, everything else in the library path stays as it is.
     """
     original = reader.model.generate
     reader.model.generate = partial(original, min_new_tokens=new_tokens)
@@ -95,12 +96,11 @@ def reference_answers(reader, dialog, questions: list[str], new_tokens: int) -> 
 
     from latentqa.capture import position_ids_for
     from latentqa.decoder.inputs import decoder_batch
-    from latentqa.generation import stop_token_ids
     from latentqa.models import unwrap_causal_lm
     from latentqa.patch import patch_activations
 
     causal_lm = unwrap_causal_lm(reader.model)
-    stops = stop_token_ids(reader.tokenizer, causal_lm)
+    stops = reader.decoder.stop_ids
     spec = reader.spec
     answers = []
     with torch.no_grad():

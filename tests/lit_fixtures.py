@@ -11,9 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
-from tiny import make_pair, make_tokenizer
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny import make_llama, make_pair, make_tokenizer
 
 from latentqa.train.config import TrainConfig
 from latentqa.train.trainer import train
@@ -177,18 +175,6 @@ def write_sensitive_model(folder: Path) -> Path:
     there would be nothing for steering to change.
     """
     tokenizer = make_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        initializer_range=0.2,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
+    make_llama(len(tokenizer), initializer_range=0.2).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -19,8 +19,8 @@ from latentqa.data.relations import build_relations_dataset
 from latentqa.decoder.folder import SPEC_FILE, SPEC_FORMAT, DecoderSpec
 from latentqa.errors import LatentQAError
 from latentqa.json_files import read_json
+from latentqa.steer.prompts import load_prompts
 from latentqa.steer.qa_pairs import load_control
-from latentqa.steer.trainer import load_prompts
 from latentqa.train.config import TrainConfig
 from latentqa.typed_config import config_from_file
 

@@ -98,7 +98,7 @@ def test_type_a_dialog_ask_and_chart(reader, page, tmp_path):
         assert shown == [answer or "(empty answer)" for answer in expected]
         assert page.is_hidden("#ask-error")
         # Beside each answer: its evidence (real vs zeroed activations), with a tooltip.
-        weighed = reader.ask_with_evidence(DIALOG, QUESTIONS, max_new_tokens=4, layer=1)
+        weighed = reader.ask(DIALOG, QUESTIONS, max_new_tokens=4, layer=1, evidence=True)
         badges = page.locator("#answers .evidence")
         assert badges.count() == len(QUESTIONS)
         for index, answer in enumerate(weighed):

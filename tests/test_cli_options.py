@@ -12,11 +12,11 @@ import pytest
 
 from latentqa.cli import build_parser
 from latentqa.cli.data import DataBuildConfig, RelationName
-from latentqa.cli.eval_all import EvalAllConfig
-from latentqa.cli.eval_relations import EvalRelationsConfig
 from latentqa.cli.layers import LayersConfig
 from latentqa.cli.options import add_config_arguments, config_from_args
 from latentqa.data.relations_facts import RELATIONS
+from latentqa.evals.all import EvalAllConfig
+from latentqa.evals.relations_task import EvalRelationsConfig
 
 
 @dataclasses.dataclass

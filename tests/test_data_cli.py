@@ -7,9 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from tiny import make_tokenizer
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny import make_llama, make_tokenizer
 
 from latentqa.cli import data as data_cli
 from latentqa.data import load_latentqa
@@ -42,17 +40,7 @@ def test_build_with_model_generates_and_caches(tmp_path: Path, monkeypatch, caps
     def fake_load_model(spec: str, device: str = "auto", dtype: str = "float32"):
         loaded.append(spec)
         tokenizer = make_tokenizer()
-        torch.manual_seed(0)
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            tie_word_embeddings=False,
-        )
-        return LlamaForCausalLM(config).eval(), tokenizer
+        return make_llama(len(tokenizer), n_layers=2, tie=False, max_positions=2048), tokenizer
 
     monkeypatch.setattr("latentqa.models.load_model", fake_load_model)
     monkeypatch.setattr(

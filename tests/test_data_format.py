@@ -151,7 +151,7 @@ def test_error_qa_missing(good: Path) -> None:
 def test_error_malformed_json_names_file_and_line(good: Path) -> None:
     _write(good, "control.json", '[\n  {"label": "a",\n  "control_user": }\n]')
     message = _error(good)
-    assert "control.json" in message and "malformed JSON" in message and "line 3" in message
+    assert "control.json" in message and "not valid JSON" in message and "line 3" in message
 
 
 def test_error_wrong_top_level_types(good: Path) -> None:

@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from tiny import make_tokenizer
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny import make_llama, make_tokenizer
 
 from latentqa.data.replies import CompletionCache, complete_dialogs, dialog_key, make_generate
 from latentqa.errors import LatentQAError
@@ -31,18 +29,7 @@ DIALOGS = [
 @pytest.fixture(scope="module")
 def pair():
     tokenizer = make_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(config).eval(), tokenizer
+    return make_llama(len(tokenizer), n_layers=2, tie=False, max_positions=256), tokenizer
 
 
 def test_make_generate_batches_like_single_dialogs(pair) -> None:

@@ -17,8 +17,9 @@ from torch import nn
 from latentqa.capture import read_activations
 from latentqa.decoder.folder import DecoderSpec
 from latentqa.decoder.inputs import decoder_batch
+from latentqa.decoder.loaded import LoadedDecoder
 from latentqa.decoder.loss import answer_token_loss
-from latentqa.decoder.packing import shared_answer_loss, shared_decoder_batch
+from latentqa.decoder.packing import shared_decoder_batch
 from latentqa.handle import TargetHandle
 from latentqa.layers import block_output_hook, find_decoder_layers
 from latentqa.reader import Reader
@@ -87,7 +88,7 @@ def test_block_output_hook_unwraps_edits_and_removes_on_error(pair):
 
 def test_reader_reads_and_writes_through_the_custom_path(pair):
     model, tokenizer = pair
-    reader = Reader(model, tokenizer, spec_for(model), layers_path=PATH)
+    reader = Reader(LoadedDecoder.from_model(model, tokenizer, spec_for(model), layers_path=PATH))
     vectors = reader.read(DIALOG)  # [kept, d_model]
     # The read is the output of the real block 1 (hidden_states[2]) at the kept positions.
     blocks = find_decoder_layers(model, PATH)
@@ -107,9 +108,8 @@ def test_training_loss_writes_through_the_custom_path(pair, shared):
     torch.manual_seed(0)
     decoder = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
     handle = TargetHandle.resolve(decoder, tokenizer, PATH)
-    source = ActivationSource.from_handle(
-        handle, [Reader(model, tokenizer, spec_for(model), layers_path=PATH).encode(DIALOG)], [1], 8
-    )
+    reader = Reader(LoadedDecoder.from_model(model, tokenizer, spec_for(model), layers_path=PATH))
+    source = ActivationSource.from_handle(handle, [reader.encode(DIALOG)], [1], 8)
     (vectors,) = source.get([0])  # read with the adapters off, through the override
     if shared:
         batch, flat = shared_decoder_batch(tokenizer, [vectors], [[(QUESTION, ANSWER)]])
@@ -136,7 +136,7 @@ def test_answer_losses_take_the_blocks(pair):
     with torch.no_grad():
         blocks = find_decoder_layers(model, PATH)
         plain = answer_token_loss(model, batch, flat, write_layer=0, mode="add", blocks=blocks)
-        packed = shared_answer_loss(
+        packed = answer_token_loss(
             model, shared, shared_flat, write_layer=0, mode="add", blocks=blocks
         )
         untouched = answer_token_loss(model, batch, flat, write_layer=0, mode="add")

@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 from slow_marks import needs_embedded
+from tiny import make_llama
 
 from latentqa import gguf_cache, models
 from latentqa.errors import LatentQAError
@@ -42,20 +43,7 @@ def _tiny_tokenizer():
 
 
 def _tiny_model(vocab_size: int, tie: bool = True):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=vocab_size,
-        max_position_embeddings=64,
-        tie_word_embeddings=tie,
-    )
-    return LlamaForCausalLM(config).eval()
+    return make_llama(vocab_size, n_layers=2, tie=tie, max_positions=64)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from latentqa.train.order import epoch_permutation, example_order
+from latentqa.schedule import epoch_permutation, example_order
 
 examples = st.integers(1, 60).flatmap(
     lambda n: st.tuples(

@@ -35,7 +35,7 @@ def no_model_loads(monkeypatch):
     """Every loader the commands reach fails the test instead of loading."""
     import uvicorn
 
-    loaders = ("train.trainer", "reader", "steer.model", "decoder.folder")
+    loaders = ("train.trainer", "reader", "steer.model", "decoder.loaded")
     for module in (f"latentqa.{name}" for name in loaders):
         monkeypatch.setattr(f"{module}.load_model", _no_load)
     monkeypatch.setattr("latentqa.reader.Reader.load", _no_load)

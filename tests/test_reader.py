@@ -158,7 +158,7 @@ def test_score_matches_answer_token_loss_and_one_by_one(reader):
 
 
 def test_evidence_is_real_minus_zeroed_mean_log_likelihood(reader):
-    answers = reader.ask_with_evidence(DIALOG, QUESTIONS, max_new_tokens=5)
+    answers = reader.ask(DIALOG, QUESTIONS, max_new_tokens=5, evidence=True)
     assert all(isinstance(a, Answer) for a in answers)
     assert [a.text for a in answers] == reader.ask(DIALOG, QUESTIONS, max_new_tokens=5)
     vectors = reader.read(DIALOG)
@@ -179,7 +179,7 @@ def test_evidence_is_real_minus_zeroed_mean_log_likelihood(reader):
     one_by_one = reader.evidence_vectors(rows, QUESTIONS, ANSWERS[:3], batch_size=1)
     for a, b in zip(weighed, one_by_one, strict=True):
         assert a.evidence == pytest.approx(b.evidence, abs=1e-4)
-    many = reader.ask_many_with_evidence([DIALOG, DIALOG[1:]], QUESTIONS[:2], max_new_tokens=5)
+    many = reader.ask_many([DIALOG, DIALOG[1:]], QUESTIONS[:2], max_new_tokens=5, evidence=True)
     assert [len(row) for row in many] == [2, 2]
     assert [a.evidence for a in many[0]] == pytest.approx(
         [a.evidence for a in answers[:2]], abs=1e-4
@@ -187,8 +187,8 @@ def test_evidence_is_real_minus_zeroed_mean_log_likelihood(reader):
 
 
 def test_evidence_is_zero_when_the_activations_are_zeroed(reader):
-    answers = reader.ask_with_evidence(
-        DIALOG, QUESTIONS, max_new_tokens=4, vectors_transform=torch.zeros_like
+    answers = reader.ask(
+        DIALOG, QUESTIONS, max_new_tokens=4, vectors_transform=torch.zeros_like, evidence=True
     )
     for answer in answers:
         assert answer.evidence == pytest.approx(0.0, abs=1e-6) and not answer.read
@@ -205,7 +205,7 @@ def test_evidence_costs_one_scoring_pass_per_condition(reader):
 
     handle = block.register_forward_hook(record)
     try:
-        reader.ask_with_evidence(DIALOG, QUESTIONS, max_new_tokens=3)
+        reader.ask(DIALOG, QUESTIONS, max_new_tokens=3, evidence=True)
     finally:
         handle.remove()
     # The target read (one row), the generation's prompt pass (a row per question) and
@@ -304,7 +304,7 @@ def test_cli_json_and_text_output(paths, reader, monkeypatch, capsys, tmp_path):
         assert item["evidence"] == pytest.approx(item["logprob_real"] - item["logprob_zeroed"])
         assert item["read"] == (item["evidence"] > EVIDENCE_THRESHOLD)
     dialog = [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hi"}]
-    expected = reader.ask_with_evidence(dialog, QUESTIONS[:2], max_new_tokens=3)
+    expected = reader.ask(dialog, QUESTIONS[:2], max_new_tokens=3, evidence=True)
     assert [item["answer"] for item in result["answers"]] == [a.text for a in expected]
     assert [item["evidence"] for item in result["answers"]] == pytest.approx(
         [a.evidence for a in expected], abs=1e-4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -14,10 +15,12 @@ from lit_fixtures import write_tiny_model
 from relations_fixtures import write_relations_data
 
 from latentqa.cli import main
-from latentqa.cli.eval_relations import add_relations_task
+from latentqa.cli.eval import add_evaluation
 from latentqa.data.relations_facts import normalize
 from latentqa.errors import LatentQAError
-from latentqa.evals.all import KNOWN_TASKS, SuiteContext, discover, run_suite
+from latentqa.evals import registry
+from latentqa.evals.all import SuiteContext, run_suite
+from latentqa.evals.registry import Evaluation, discover
 from latentqa.evals.relations import (
     METHODS,
     evaluate_relations,
@@ -30,6 +33,7 @@ from latentqa.evals.relations import (
     sweep_layers,
 )
 from latentqa.evals.relations_data import find_relation_data
+from latentqa.evals.relations_task import EVALUATION as RELATIONS
 from latentqa.reader import Reader
 
 SUMMARY_KEYS = {
@@ -160,7 +164,7 @@ def test_layer_sweep_writes_plots(setup, reader, tmp_path):
 def test_cli_prints_json_last(setup, capsys):
     model, data, decoder = setup
     parser = argparse.ArgumentParser()
-    add_relations_task(parser.add_subparsers())
+    add_evaluation(parser.add_subparsers(), RELATIONS)
     args = parser.parse_args(
         [
             "relations",
@@ -187,7 +191,7 @@ def test_cli_prints_json_last(setup, capsys):
 def test_cli_out_writes_the_per_relation_chart(setup, tmp_path, capsys):
     model, data, decoder = setup
     parser = argparse.ArgumentParser()
-    add_relations_task(parser.add_subparsers())
+    add_evaluation(parser.add_subparsers(), RELATIONS)
     out = tmp_path / "plots"
     argv = ["relations", "--data", str(data), "--target", str(model), "--decoder", str(decoder)]
     args = parser.parse_args([*argv, "--device", "cpu", "--max-new-tokens", "2", "--out", str(out)])
@@ -200,7 +204,7 @@ def test_eval_all_writes_report_and_json(setup, tmp_path, monkeypatch):
     from latentqa.evals.report import plot_per_layer
 
     model, data, decoder = setup
-    monkeypatch.setitem(KNOWN_TASKS, "ghost", "latentqa.evals.ghost")
+    monkeypatch.setattr(registry, "EVALUATION_MODULES", (*registry.EVALUATION_MODULES, "ghost"))
 
     def system_prompt_stub(ctx: SuiteContext) -> dict:
         per_layer = {1: {"lit": {"mc_accuracy": 0.5}}, 2: {"lit": {"mc_accuracy": 0.7}}}
@@ -262,24 +266,98 @@ def test_eval_all_skips_tasks_without_data(tmp_path):
     assert set(suite["skipped"]) == {"system-prompt", "relations"}
     assert str(tmp_path / "model") in suite["skipped"]["system-prompt"]  # no such model
     assert "no decoder ships for target" in suite["skipped"]["relations"]
-    assert set(KNOWN_TASKS) <= set(discover())
+    found = discover()
+    assert list(found) == [
+        "system-prompt",
+        "relations",
+        "control-reading",
+        "sentiment",
+        "crows-pairs",
+        "audit",
+    ]
+    assert all(isinstance(entry, Evaluation) for entry in found.values())
+    assert found["relations"].default_decoder == "shipped:relations"
+    assert found["system-prompt"].default_decoder is None
+    with pytest.raises(LatentQAError, match="unknown evaluation"):
+        run_suite(ctx, tasks=["relation"])
 
 
-def test_eval_all_finds_a_module_by_its_run_in_suite(tmp_path, monkeypatch):
-    module = types.ModuleType("latentqa.evals.fake")
+@dataclasses.dataclass
+class _FakeConfig:
+    """Options of a fake evaluation."""
 
-    def run_in_suite(ctx: SuiteContext) -> dict:
-        return {"task": "fake", "n": ctx.n, "methods": {"none": {"seed": ctx.seed}}}
+    n: int = 1
+    """items"""
 
-    module.run_in_suite = run_in_suite
-    monkeypatch.setitem(sys.modules, "latentqa.evals.fake", module)
-    monkeypatch.setitem(KNOWN_TASKS, "fake", "latentqa.evals.fake")
-    ctx = SuiteContext(out=tmp_path, target="m", n=7, seed=3, log=lambda _: None)
-    suite = run_suite(ctx, ["fake"])
-    assert suite["tasks"]["fake"]["methods"]["none"] == {"seed": 3}
-    monkeypatch.setitem(sys.modules, "latentqa.evals.fake", types.ModuleType("fake"))
-    suite = run_suite(ctx, ["fake"])
-    assert "no run_in_suite(ctx) entry point" in suite["skipped"]["fake"]
+
+def _fake_evaluation(name: str, **fields) -> Evaluation:
+    def suite(ctx: SuiteContext) -> dict:
+        return {"task": name, "n": ctx.n, "methods": {"lit": {"acc": 0.5, "seed": ctx.seed}}}
+
+    return Evaluation(
+        name=name,
+        help="a fake",
+        description="A fake evaluation.",
+        config=_FakeConfig,
+        run=lambda config, log: {"task": name, "n": config.n, "methods": {}},
+        report=lambda result, config, log: f"{name} table, n = {result['n']}",
+        **{"suite": suite, **fields},
+    )
+
+
+def test_eval_all_runs_a_registered_evaluation(tmp_path, monkeypatch):
+    module = types.ModuleType("latentqa.evals.fake_task")
+    module.EVALUATION = _fake_evaluation("fake", default_decoder="dec-fake", headline="acc")
+    monkeypatch.setitem(sys.modules, "latentqa.evals.fake_task", module)
+    monkeypatch.setattr(registry, "EVALUATION_MODULES", ("fake_task", "broken"))
+    broken = types.ModuleType("latentqa.evals.broken")
+    monkeypatch.setitem(sys.modules, "latentqa.evals.broken", broken)
+    ctx = SuiteContext(out=tmp_path, n=7, seed=3, log=lambda _: None)
+    suite = run_suite(ctx)
+    assert suite["tasks"]["fake"]["methods"]["lit"]["seed"] == 3
+    assert "has no EVALUATION" in suite["skipped"]["broken"]
+    assert ctx.decoder_for("fake") == "dec-fake"  # the embedded target: its own decoder
+    report = (tmp_path / "report.md").read_text()
+    assert "fake decoder `dec-fake`" in report and "| fake (n = 7) | acc | **0.500** |" in report
+    # A module that fails to import is reported as failed; a missing suite runner skips.
+    broken.__getattr__ = lambda name: 1 / 0
+    module.EVALUATION = _fake_evaluation("fake", suite=None)
+    suite = run_suite(ctx)
+    assert "has no suite runner" in suite["skipped"]["fake"]
+    assert "ZeroDivisionError" in suite["failed"]["broken"]
+    # Two evaluations of one name are an error.
+    monkeypatch.setattr(registry, "EVALUATION_MODULES", ("fake_task", "fake_task"))
+    with pytest.raises(LatentQAError, match="two evaluations are named 'fake'"):
+        run_suite(ctx)
+
+
+def test_eval_commands_come_from_the_registry(setup, tmp_path, monkeypatch, capsys):
+    model, _, _ = setup
+    fake, failing = types.ModuleType("fake_task"), types.ModuleType("failing_task")
+    fake.EVALUATION = _fake_evaluation("fake")
+    failing.EVALUATION = _fake_evaluation("failing", suite=lambda ctx: 1 / 0)
+    monkeypatch.setitem(sys.modules, "latentqa.evals.fake_task", fake)
+    monkeypatch.setitem(sys.modules, "latentqa.evals.failing_task", failing)
+    monkeypatch.setattr(registry, "EVALUATION_MODULES", ("fake_task", "failing_task"))
+    assert main(["eval", "fake", "--n", "3", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "fake table, n = 3" and json.loads(lines[-1])["n"] == 3
+    with pytest.raises(SystemExit):
+        main(["eval", "fake", "--m", "3"])  # unknown options are errors
+    with pytest.raises(SystemExit):
+        main(["eval", "relations"])  # only registered evaluations are commands
+    capsys.readouterr()
+    out = tmp_path / "report"
+    argv = ["eval", "all", "--out", str(out), "--target", str(model), "--json"]
+    assert main(argv) == 1  # an evaluation failed
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == f"wrote {out / 'report.md'} and results.json (ran: fake; skipped: none)"
+    assert json.loads(lines[-1]) == json.loads((out / "results.json").read_text())
+    assert "ZeroDivisionError" in json.loads(lines[-1])["failed"]["failing"]
+    argv = ["eval", "all", "--out", str(tmp_path / "again"), "--target", str(model)]
+    assert main([*argv, "--tasks", "fake"]) == 0
+    assert main([*argv, "--tasks", "fake", "relations"]) == 2
+    assert "unknown evaluation(s) ['relations']" in capsys.readouterr().err
 
 
 def test_facts_default_to_the_decoders_own(setup, reader, tmp_path):

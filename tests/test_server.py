@@ -52,14 +52,6 @@ class Overlap:
         finally:
             self._exit()
 
-    def ask_with_evidence(self, *args, **kwargs):
-        self._enter()
-        try:
-            time.sleep(0.005)
-            return self.reader.ask_with_evidence(*args, **kwargs)
-        finally:
-            self._exit()
-
     def score(self, *args, **kwargs):
         self._enter()
         try:
@@ -111,7 +103,7 @@ def test_ask_and_score_match_the_reader(client, reader):
     body = response.json()
     assert body["answers"] == reader.ask(DIALOG, QUESTIONS, max_new_tokens=TOKENS)
     assert body["read_layers"] == [2]
-    weighed = reader.ask_with_evidence(DIALOG, QUESTIONS, max_new_tokens=TOKENS)
+    weighed = reader.ask(DIALOG, QUESTIONS, max_new_tokens=TOKENS, evidence=True)
     assert body["evidence"] == pytest.approx([a.evidence for a in weighed], abs=1e-4)
     assert body["logprob_real"] == pytest.approx([a.logprob_real for a in weighed], abs=1e-4)
     assert body["logprob_zeroed"] == pytest.approx([a.logprob_zeroed for a in weighed], abs=1e-4)

@@ -72,13 +72,9 @@ class FakeReader:
             with self._count:
                 self.active -= 1
 
-    def ask(self, dialog, questions, max_new_tokens=64, temperature=0.0, layer=None):
+    def ask(self, dialog, questions, *, subject=None, evidence=False, layer=None, **options):
         self._work("ask", layer)
-        return ["x" for _ in questions]
-
-    def ask_with_evidence(self, dialog, questions, max_new_tokens=64, temperature=0.0, layer=None):
-        self._work("ask", layer)
-        return [FakeAnswer("x") for _ in questions]
+        return [FakeAnswer("x") if evidence else "x" for _ in questions]
 
     def score(self, dialog, question, answers, normalize=False, layer=None):
         self._work("score", layer)

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from latentqa.decoder.inputs import decoder_batch
 from latentqa.decoder.loss import answer_token_loss
-from latentqa.decoder.packing import cpu_attention, shared_answer_loss, shared_decoder_batch
+from latentqa.decoder.packing import cpu_attention, shared_decoder_batch
 from latentqa.patch import PATCH_MODES
 from latentqa.train.config import TrainConfig
 from latentqa.train.prepare import add_lora
@@ -60,7 +60,7 @@ def test_shared_loss_and_gradients_equal_unshared(arch, sizes, mode, seed):
     expected_grads = _grads(decoder)
 
     shared, vectors = shared_decoder_batch(tokenizer, reads, groups)
-    got = shared_answer_loss(decoder, shared, vectors, write_layer=1, mode=mode, reduction="none")
+    got = answer_token_loss(decoder, shared, vectors, write_layer=1, mode=mode, reduction="none")
     got[:, 0].sum().backward()
     torch.testing.assert_close(got, expected.detach(), rtol=1e-4, atol=1e-4)
     for a, b in zip(_grads(decoder), expected_grads, strict=True):
@@ -81,7 +81,7 @@ def test_mean_reduction_matches_and_math_attention_changes_nothing(tiny):
     batch, flat = decoder_batch(tokenizer, flat_reads, [q for q, _ in pairs], [a for _, a in pairs])
     expected = answer_token_loss(decoder, batch, flat, write_layer=0, mode="replace")
     with cpu_attention(torch.device("cpu")):
-        got = shared_answer_loss(decoder, shared, vectors, write_layer=0, mode="replace")
+        got = answer_token_loss(decoder, shared, vectors, write_layer=0, mode="replace")
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -106,5 +106,5 @@ def test_packing_trees_into_rows_changes_nothing(tiny, row_tokens):
     pairs = [pair for group in groups for pair in group]
     batch, flat = decoder_batch(tokenizer, flat_reads, [q for q, _ in pairs], [a for _, a in pairs])
     expected = answer_token_loss(decoder, batch, flat, write_layer=1, mode="add", reduction="none")
-    got = shared_answer_loss(decoder, shared, vectors, write_layer=1, mode="add", reduction="none")
+    got = answer_token_loss(decoder, shared, vectors, write_layer=1, mode="add", reduction="none")
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

@@ -11,6 +11,7 @@ from peft import PeftModel
 
 import latentqa.cli as cli
 from latentqa.errors import LatentQAError
+from latentqa.generation import generate_texts
 from latentqa.models import load_model
 from latentqa.steer import (
     STEER_ADAPTER,
@@ -19,7 +20,6 @@ from latentqa.steer import (
     add_vector,
     combine_controls,
     encode_prompt,
-    generate_texts,
     load_control,
     load_steered,
     parse_control,
@@ -193,7 +193,7 @@ def test_control_formats_files_and_round_trip(tmp_path):
         ({"layers": [9]}, "steer layer 9 is out of range"),
         ({"layers": [3], "read_layers": [1]}, "above the deepest read layer"),
         ({"read_layers": [7]}, "read layer 7 is out of range"),
-        ({"prompts": "/nowhere/p.txt"}, "cannot read prompts file"),
+        ({"prompts": "/nowhere/p.txt"}, "prompts file /nowhere/p.txt does not exist"),
     ],
 )
 def test_bad_steering_options_are_errors(paths, tmp_path, overrides, message):

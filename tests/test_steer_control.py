@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 
@@ -14,11 +13,11 @@ from lit_fixtures import STEER_PROMPTS as PROMPTS
 import latentqa.cli as cli
 from latentqa.data.format import Behavior, LatentQADataset, load_latentqa
 from latentqa.errors import LatentQAError
-from latentqa.evals.steering import SteeringResult
+from latentqa.evals.steering import SteeringEvaluation, SteeringResult
 from latentqa.evals.steering_report import write_steering_outputs
 from latentqa.steer import SteerableModel, SteerConfig, train_steering
+from latentqa.steer.encoding import encode_reply, encode_steering_items, steering_reads
 from latentqa.steer.model import STEERING_DECODER, steering_decoder
-from latentqa.steer.trainer import encode_reply, encode_steering_items, steering_reads
 from latentqa.train.prepare import reads_of
 from latentqa.typed_config import config_from_dict
 
@@ -186,7 +185,7 @@ def test_run_in_suite_adds_the_plot(paths, tmp_path):
             per_item={"none": [0.3]},
         )  # fmt: skip
 
-    evaluation = dataclasses.replace(sentiment.EVALUATION, evaluate=fake)
+    evaluation = SteeringEvaluation("sentiment", sentiment.SentimentEvalConfig, fake, "n_prompts")
     ctx = argparse.Namespace(
         target=paths["model"], decoder_for=lambda t: None, device="cpu", seed=0, n=None,
         log=print, out=tmp_path,

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 
 import pytest
 from lit_fixtures import STEER_PROMPTS as PROMPTS
 
-from latentqa.cli.eval import add_steering_tasks
+from latentqa.cli.eval import add_evaluation
 from latentqa.errors import LatentQAError
+from latentqa.evals import audit, crows_pairs, sentiment
 from latentqa.evals.audit import (
     AuditEvalConfig,
     evaluate_audit,
@@ -28,7 +28,7 @@ from latentqa.evals.crows_pairs import (
 )
 from latentqa.evals.report import markdown_table
 from latentqa.evals.sentiment import SentimentEvalConfig, evaluate_sentiment
-from latentqa.evals.steering import SteeringResult
+from latentqa.evals.steering import SteeringEvaluation, SteeringResult
 from latentqa.evals.steering_methods import split_items
 from latentqa.steer import SteerableModel
 from latentqa.typed_config import config_from_dict
@@ -203,9 +203,17 @@ def test_shipped_crows_pairs_and_neutral_text_load():
     assert len(neutral) > 100 and all(q and a for q, a in neutral)
 
 
-def test_eval_tasks_parse_options_and_reject_unknown_ones():
+def _steering_parser() -> argparse.ArgumentParser:
+    """A parser with the three steering evaluations' subcommands, as ``latentqa eval``."""
     parser = argparse.ArgumentParser()
-    add_steering_tasks(parser.add_subparsers(dest="task"))
+    tasks = parser.add_subparsers(dest="task")
+    for module in (sentiment, crows_pairs, audit):
+        add_evaluation(tasks, module.EVALUATION)
+    return parser
+
+
+def test_eval_tasks_parse_options_and_reject_unknown_ones():
+    parser = _steering_parser()
     args = parser.parse_args(["sentiment", "--n-prompts", "5", "--coefficients", "1", "2"])
     assert args.n_prompts == 5 and args.coefficients == [1.0, 2.0] and callable(args.func)
     args = parser.parse_args(["crows-pairs", "--format", "raw", "--json"])
@@ -215,8 +223,7 @@ def test_eval_tasks_parse_options_and_reject_unknown_ones():
 
 
 def test_eval_cli_prints_a_table_and_a_json_last_line(paths, capsys):
-    parser = argparse.ArgumentParser()
-    add_steering_tasks(parser.add_subparsers(dest="task"))
+    parser = _steering_parser()
     argv = [
         "audit",
         "--target",
@@ -246,15 +253,13 @@ def test_eval_cli_prints_a_table_and_a_json_last_line(paths, capsys):
 
 
 def test_run_in_suite_uses_the_suite_options(paths):
-    import latentqa.evals.audit as audit
-
     seen = {}
 
     def fake(config, log):
         seen["config"] = config
         return SteeringResult(task="audit", n=0, methods={}, lit={}, config={})
 
-    evaluation = dataclasses.replace(audit.EVALUATION, evaluate=fake)
+    evaluation = SteeringEvaluation("audit", audit.AuditEvalConfig, fake, "n_prompts")
     ctx = argparse.Namespace(
         target=paths["model"],
         decoder_for=lambda task: f"dec-{task}",
@@ -277,12 +282,14 @@ def test_run_in_suite_uses_the_suite_options(paths):
         3,
         7,
     )
-    assert audit.run_in_suite == audit.EVALUATION.run_in_suite
+    for module in (sentiment, crows_pairs, audit):
+        entry = module.EVALUATION
+        assert entry.default_decoder == "shipped:control" and entry.suite is not None
+        assert entry.config.__module__ == module.__name__
 
 
 def test_steering_options_inherit_their_help_text():
-    parser = argparse.ArgumentParser()
-    add_steering_tasks(parser.add_subparsers(dest="task"))
+    parser = _steering_parser()
     helps = {
         name: " ".join(action.format_help().split())
         for name, action in parser._subparsers._group_actions[0].choices.items()

@@ -13,6 +13,7 @@ import latentqa.cli as cli
 from latentqa.chat import render
 from latentqa.cli.serve import shipped_choices
 from latentqa.decoder.folder import DecoderSpec
+from latentqa.decoder.loaded import LoadedDecoder
 from latentqa.errors import LatentQAError
 from latentqa.reader import Reader
 from latentqa.server import create_app
@@ -52,7 +53,7 @@ def bare_reader(model, tokenizer) -> Reader:
         hidden_size=model.config.hidden_size,
         n_layers=n,
     )
-    return Reader(model, tokenizer, spec)
+    return Reader(LoadedDecoder.from_model(model, tokenizer, spec))
 
 
 def subject_positions(tokenizer, dialog, subject) -> list[int]:
@@ -151,12 +152,18 @@ def test_ask_and_evidence_read_the_subject(reader):
     assert len(vectors) < len(reader.read(COUNTRY))
     answers = reader.ask(COUNTRY, QUESTION, max_new_tokens=TOKENS, subject="France")
     assert answers == reader.ask_vectors(vectors, QUESTION, max_new_tokens=TOKENS)
-    weighed = reader.ask_with_evidence(COUNTRY, [QUESTION], max_new_tokens=TOKENS, subject="France")
+    weighed = reader.ask(
+        COUNTRY, [QUESTION], max_new_tokens=TOKENS, subject="France", evidence=True
+    )
     assert [a.text for a in weighed] == answers
     (expected,) = reader.evidence_vectors([vectors], [QUESTION], answers)
     assert weighed[0].evidence == pytest.approx(expected.evidence, abs=1e-4)
-    many = reader.ask_many_with_evidence(
-        [COUNTRY, COUNTRY], [QUESTION], max_new_tokens=TOKENS, subject=["France", None]
+    many = reader.ask_many(
+        [COUNTRY, COUNTRY],
+        [QUESTION],
+        max_new_tokens=TOKENS,
+        subject=["France", None],
+        evidence=True,
     )
     assert [a.text for a in many[0]] == answers
     assert [a.text for a in many[1]] == reader.ask(COUNTRY, QUESTION, max_new_tokens=TOKENS)
@@ -190,8 +197,8 @@ def test_cli_subject(paths, reader, monkeypatch, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["subject"] == "France"
     (answer,) = report["results"][0]["answers"]
-    (expected,) = reader.ask_with_evidence(
-        COUNTRY, [QUESTION], max_new_tokens=TOKENS, subject="France"
+    (expected,) = reader.ask(
+        COUNTRY, [QUESTION], max_new_tokens=TOKENS, subject="France", evidence=True
     )
     assert answer["answer"] == expected.text
     assert answer["evidence"] == pytest.approx(expected.evidence, abs=1e-4)

@@ -258,8 +258,8 @@ def test_every_method_and_measure_with_a_fake_reader(fakes):
 
 def test_cli_runs_with_no_data_option(fakes, monkeypatch, capsys):
     from latentqa.cli import build_parser, main
-    from latentqa.cli.eval import EvalSystemPromptConfig
     from latentqa.cli.options import config_from_args
+    from latentqa.evals.system_prompt_task import EvalSystemPromptConfig
     from latentqa.reader import Reader
 
     args = build_parser().parse_args(["eval", "system-prompt", "--json"])

@@ -21,10 +21,10 @@ from latentqa.decoder.inputs import decoder_batch
 from latentqa.decoder.loss import answer_token_loss
 from latentqa.errors import LatentQAError
 from latentqa.models import load_model
+from latentqa.schedule import lr_lambda
 from latentqa.train.activations import ActivationSource
 from latentqa.train.config import TrainConfig
 from latentqa.train.prepare import add_lora, prepare_data
-from latentqa.train.schedule import lr_lambda
 from latentqa.train.trainer import train
 from latentqa.typed_config import config_from_dict
 
@@ -233,20 +233,20 @@ def test_empty_dataset_is_an_error(workspace, tmp_path):
 
 
 def test_lora_layers_adapt_only_the_chosen_blocks_and_the_decoder_loads(workspace, tmp_path):
-    from latentqa.decoder.folder import load_decoder
+    from latentqa.decoder.loaded import load_decoder
 
     out = tmp_path / "lower"
     train(config(workspace, out, steps=2, write_layer=1, lora_layers=[0, -3]), progress=False)
     weights = load_file(out / "adapter_model.safetensors")
     adapted = {int(key.split(".layers.")[1].split(".")[0]) for key in weights}
     assert adapted == {0, 1}  # -3 of 4 blocks is block 1; blocks 2 and 3 stay the target's
-    handle, spec, _ = load_decoder(workspace[0], out, device="cpu")
+    loaded_decoder = load_decoder(workspace[0], out, device="cpu")
     loaded = {
         int(name.split(".layers.")[1].split(".")[0])
-        for name, _ in handle.model.named_parameters()
+        for name, _ in loaded_decoder.model.named_parameters()
         if "lora_" in name
     }
-    assert loaded == {0, 1} and spec.write_layer == 1
+    assert loaded == {0, 1} and loaded_decoder.spec.write_layer == 1
     with pytest.raises(LatentQAError, match="LoRA layer 4 is out of range"):
         train(config(workspace, tmp_path / "bad", lora_layers=[4]), progress=False)
     with pytest.raises(LatentQAError, match="lora_layers must name at least one block"):

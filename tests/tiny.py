@@ -70,7 +70,26 @@ def make_tokenizer(template: str = CHATML_TEMPLATE) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def make_llama(vocab_size: int, seed: int = 0, n_layers: int = 4) -> LlamaForCausalLM:
+def make_llama(
+    vocab_size: int,
+    seed: int = 0,
+    n_layers: int = 4,
+    *,
+    tie: bool = True,
+    max_positions: int = 512,
+    initializer_range: float = 0.02,
+) -> LlamaForCausalLM:
+    """A tiny random Llama (width 32), its weights drawn after ``torch.manual_seed(seed)``.
+
+    Args:
+        vocab_size: The tokenizer's size.
+        seed: Seed of the random weights.
+        n_layers: Decoder blocks.
+        tie: Tie the LM head to the input embeddings.
+        max_positions: ``max_position_embeddings`` (no weights depend on it).
+        initializer_range: Standard deviation of the initial weights (larger: outputs
+            that depend more on the inputs).
+    """
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -79,8 +98,9 @@ def make_llama(vocab_size: int, seed: int = 0, n_layers: int = 4) -> LlamaForCau
         num_hidden_layers=n_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=tie,
+        initializer_range=initializer_range,
     )
     return LlamaForCausalLM(config).eval()
 

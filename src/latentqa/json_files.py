@@ -1,4 +1,4 @@
-"""Reading the JSON files users hand to latentqa, with one-line errors."""
+"""Reading the files users hand to latentqa (JSON and plain text), with one-line errors."""
 
 from __future__ import annotations
 
@@ -9,23 +9,55 @@ from typing import Any
 from latentqa.errors import LatentQAError
 
 
-def read_json(path: Path) -> Any:
-    """The JSON value in ``path``; every failure is one line naming the file and the fix."""
+def _named(path: str | Path, kind: str) -> str:
+    """The file as messages name it: ``"config file run.json"``, or the path alone."""
+    return f"{kind} {path}" if kind else str(path)
+
+
+def read_text(path: str | Path, kind: str = "", *, expected: str = "UTF-8 text") -> str:
+    """The UTF-8 text of ``path``; every failure is one line naming the file and the fix.
+
+    Args:
+        path: The file to read.
+        kind: What the file is, named before its path in messages (e.g. ``"config file"``);
+            empty: the path alone.
+        expected: What the file must be, told when it is not UTF-8 (e.g. ``"UTF-8 JSON"``).
+
+    Raises:
+        LatentQAError: The file does not exist, cannot be read or is not UTF-8.
+    """
+    name = _named(path, kind)
     try:
-        text = path.read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LatentQAError(f"{name} does not exist") from None
     except OSError as error:
-        raise LatentQAError(f"{path}: cannot read ({error.strerror or error})") from error
+        raise LatentQAError(f"cannot read {name}: {error.strerror or error}") from None
     except UnicodeDecodeError as error:
         raise LatentQAError(
-            f"{path}: not UTF-8 text ({error.reason} at byte {error.start}): "
-            "the file must be UTF-8 JSON"
+            f"{name} is not UTF-8 ({error.reason} at byte {error.start}): it must be {expected}"
         ) from None
+
+
+def read_json(path: str | Path, kind: str = "") -> Any:
+    """The JSON value in ``path``; every failure is one line naming the file and the fix.
+
+    Args:
+        path: The file to read.
+        kind: What the file is, named before its path in messages (e.g. ``"control file"``);
+            empty: the path alone.
+
+    Raises:
+        LatentQAError: The file does not exist, cannot be read, is not UTF-8 or is not JSON.
+    """
+    text = read_text(path, kind, expected="UTF-8 JSON")
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise LatentQAError(
-            f"{path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
-        ) from error
+            f"{_named(path, kind)} is not valid JSON: {error.msg} "
+            f"at line {error.lineno}, column {error.colno}"
+        ) from None
 
 
 def type_name(value: Any) -> str:

@@ -1,137 +1,71 @@
 """Ask a trained decoder questions about a target model's activations on a dialog.
 
-A :class:`Reader` holds ONE copy of the weights: the target with the decoder's LoRA
-adapters, read with the adapters disabled (as in training). A dialog is read once for
-all questions; generation patches the prompt pass only and decodes from the KV cache.
-:meth:`Reader.base` is the same reader without an adapter (a training-free,
-SelfIE / Patchscope-style baseline); the ``*_vectors`` methods and
-``vectors_transform`` let evaluations zero or shuffle the activations.
-:meth:`Reader.ask_with_evidence` also reports, per answer, whether it was read from the
-activations or could be guessed from the question alone (see :class:`Answer`).
-With a ``subject``, only that text's tokens in the last user turn are read (as the
-shipped ``relations`` decoder, trained on a country name's tokens, expects).
+A :class:`Reader` works through ONE :class:`~latentqa.decoder.loaded.LoadedDecoder`:
+one copy of the weights, the target with the decoder's LoRA adapters, read with the
+adapters disabled (as in training). A dialog is read once for all questions; generation
+patches the prompt pass only and decodes from the KV cache. :meth:`Reader.base` is the
+same reader without an adapter (a training-free, SelfIE / Patchscope-style baseline);
+the ``*_vectors`` methods and the ``vectors_transform`` option let evaluations zero or
+shuffle the activations. ``ask(..., evidence=True)`` also reports, per answer, whether
+it was read from the activations or could be guessed from the question alone (see
+:class:`~latentqa.scoring.Answer`). With a ``subject``, only that text's tokens in the
+last user turn are read (as the shipped ``relations`` decoder, trained on a country
+name's tokens, expects).
 
-Scoring and evidence live in :mod:`latentqa.evidence`, decoder folders in
-:mod:`latentqa.decoder` (both re-exported here); adapters are switched through the
-reader's :class:`~latentqa.handle.TargetHandle`.
+Answer generation lives in :mod:`latentqa.answering`, scoring and evidence in
+:mod:`latentqa.scoring` (functions of a loaded decoder; the Reader's methods of the
+same names call them), decoder folders in :mod:`latentqa.decoder`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
-from torch import nn
-from transformers import PreTrainedTokenizerBase
 
-from latentqa.answering import ReaderGeneration
-from latentqa.capture import pad_token_id, read_encoded
+from latentqa import answering, scoring
+from latentqa.answering import AskOptions, VectorsTransform
+from latentqa.capture import read_encoded
 from latentqa.chat import (
     EncodedDialog,
     Message,
     Subjects,
-    check_subject,
     encode_dialog,
     encode_subject,
     subject_span,
     validate_dialog,
 )
-from latentqa.decoder.folder import ADAPTER_FILES, DecoderSpec, load_decoder, open_decoder_folder
-from latentqa.decoder.inputs import decoder_inputs
+from latentqa.decoder.folder import DecoderSpec
+from latentqa.decoder.loaded import DecoderHolder, LoadedDecoder, decoder_method
 from latentqa.errors import LatentQAError
-from latentqa.generation import context_length, stop_token_ids
 from latentqa.handle import TargetHandle
 from latentqa.layers import check_layer_index
-from latentqa.models import EMBEDDED_MODEL, load_model, unwrap_causal_lm
+from latentqa.models import EMBEDDED_MODEL, load_model
 from latentqa.patch import PATCH_MODES
 from latentqa.questions import check_questions
-from latentqa.scoring import EVIDENCE_THRESHOLD, Answer, ReaderScoring, VectorsTransform
+from latentqa.scoring import Answer
 
-# Re-exported: older imports of these names from here keep working.
-__all__ = [
-    "ADAPTER_FILES",
-    "EVIDENCE_THRESHOLD",
-    "Answer",
-    "Reader",
-    "check_subject",
-    "encode_subject",
-    "open_decoder_folder",
-    "stop_token_ids",
-]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+T = TypeVar("T")
 
 
-class Reader(ReaderGeneration, ReaderScoring):
+def _per_dialog(flat: list[T], width: int) -> list[list[T]]:
+    """Dialog-major rows regrouped: ``width`` consecutive rows per dialog."""
+    return [flat[i : i + width] for i in range(0, len(flat), width)]
+
+
+class Reader(DecoderHolder):
     """A decoder (target + LoRA adapters, or the bare target) reading the target's activations.
 
+    Build one with :meth:`load` (a decoder folder), :meth:`base` (no adapter) or
+    ``Reader(LoadedDecoder.from_model(model, tokenizer, spec))`` (a model in hand).
+
     Args:
-        model: A peft model (target with the decoder's adapters) or a bare causal LM.
-        tokenizer: The target's tokenizer, with a chat template.
-        spec: How the decoder reads: read / write layers, mode, max_read_tokens.
-        decoder_path: The decoder folder, or ``None`` without an adapter.
-        target_name: The target's model spec, for reports.
-        layers_path: Optional dotted path of the decoder block list.
+        decoder: The loaded decoder it reads and answers through.
     """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer: PreTrainedTokenizerBase,
-        spec: DecoderSpec,
-        *,
-        decoder_path: Path | None = None,
-        target_name: str | None = None,
-        layers_path: str | None = None,
-    ) -> None:
-        from peft import PeftModel
-
-        self.handle = TargetHandle.resolve(model.eval(), tokenizer, layers_path)
-        """The model, its blocks and the one way to switch its adapters."""
-        self.model = model
-        self.tokenizer = tokenizer
-        self.spec = spec
-        self.decoder_path = decoder_path
-        self.target_name = target_name if target_name is not None else spec.target
-        self.layers_path = layers_path
-        self.has_adapter = isinstance(model, PeftModel)
-        self.n_layers = self.handle.n_layers
-        self.hidden_size = int(unwrap_causal_lm(model).config.hidden_size)
-        self.device = next(model.parameters()).device
-        self._pad_id = pad_token_id(tokenizer)
-        self._stop_ids = stop_token_ids(tokenizer, unwrap_causal_lm(model))
-        self._context = context_length(model)
-
-    @classmethod
-    def load(
-        cls,
-        target: str = EMBEDDED_MODEL,
-        decoder: str | Path | None = None,
-        *,
-        device: str | torch.device = "auto",
-        dtype: str | torch.dtype = "float32",
-    ) -> Reader:
-        """Load the target once and attach a trained decoder's adapters to it.
-
-        Args:
-            target: Model spec of the target (see :func:`latentqa.models.load_model`).
-            decoder: A folder written by ``latentqa train``; ``None``: the decoder shipped
-                for the embedded model.
-            device: ``auto``, ``cpu``, ``cuda[:N]``.
-            dtype: The frozen weights' dtype.
-
-        Raises:
-            LatentQAError: Missing or malformed decoder folder, or a decoder trained on
-                another target.
-        """
-        handle, spec, folder = load_decoder(target, decoder, device=device, dtype=dtype)
-        return cls(
-            handle.model,
-            handle.tokenizer,
-            spec,
-            decoder_path=folder,
-            target_name=str(target),
-            layers_path=handle.layers_path,
-        )
 
     @classmethod
     def base(
@@ -150,7 +84,8 @@ class Reader(ReaderGeneration, ReaderScoring):
         """The untrained target reading its own activations, no adapter (a baseline).
 
         ``read_layers`` defaults to half depth; the other arguments are as in
-        :class:`latentqa.decoder.DecoderSpec` and :meth:`load`.
+        :class:`latentqa.decoder.folder.DecoderSpec`, :meth:`load` and
+        :meth:`LoadedDecoder.from_model <latentqa.decoder.loaded.LoadedDecoder.from_model>`.
         """
         if mode not in PATCH_MODES:
             raise LatentQAError(
@@ -159,7 +94,8 @@ class Reader(ReaderGeneration, ReaderScoring):
         if max_read_tokens < 1:
             raise LatentQAError(f"max_read_tokens must be at least 1, got {max_read_tokens}")
         model, tokenizer = load_model(target, device=device, dtype=dtype)
-        n_layers = TargetHandle.resolve(model, tokenizer, layers_path).n_layers
+        handle = TargetHandle.resolve(model, tokenizer, layers_path)
+        n_layers = handle.n_layers
         layers = [n_layers // 2] if read_layers is None else list(read_layers)
         spec = DecoderSpec(
             target=str(target),
@@ -171,7 +107,7 @@ class Reader(ReaderGeneration, ReaderScoring):
             hidden_size=int(model.config.hidden_size),
             n_layers=n_layers,
         )
-        return cls(model, tokenizer, spec, target_name=str(target), layers_path=layers_path)
+        return cls(LoadedDecoder(handle, spec, target_name=str(target)))
 
     # Reading the target.
 
@@ -202,7 +138,7 @@ class Reader(ReaderGeneration, ReaderScoring):
             # Without a system message, a template's default system prompt is left out
             # too: the read span starts where it would after a (masked) system prompt.
             encoded = encode_dialog(self.tokenizer, messages, n_masked, mask_default_system=True)
-        self._check_length(len(encoded.input_ids), "the dialog")
+        self.decoder.check_length(len(encoded.input_ids), "the dialog")
         return encoded
 
     @torch.no_grad()
@@ -244,7 +180,7 @@ class Reader(ReaderGeneration, ReaderScoring):
         layers = self.spec.read_layers if layer is None else [layer]
         spans = self.read_spans(dialogs, layers, batch_size, subject=subjects)
         # each span [n_layers, span, d_model] -> [n_layers * kept, d_model]
-        return [decoder_inputs(span, self.spec) for span in spans]
+        return [self.decoder.inputs(span) for span in spans]
 
     @torch.no_grad()
     def read_spans(
@@ -276,7 +212,7 @@ class Reader(ReaderGeneration, ReaderScoring):
             for start in range(0, len(encoded), batch_size):
                 chunk = encoded[start : start + batch_size]
                 spans += read_encoded(
-                    self.model, chunk, self._pad_id, layers, blocks=self.handle.blocks
+                    self.model, chunk, self.decoder.pad_id, layers, blocks=self.blocks
                 )
         return spans
 
@@ -295,92 +231,108 @@ class Reader(ReaderGeneration, ReaderScoring):
         self,
         dialog: Sequence[Message],
         questions: str | Sequence[str],
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        layer: int | None = None,
         *,
-        vectors_transform: VectorsTransform | None = None,
-        batch_size: int = 32,
         subject: str | None = None,
-    ) -> list[str]:
+        evidence: bool = False,
+        **options: Unpack[AskOptions],
+    ) -> list[str] | list[Answer]:
         """Answer each question about the target's activations on ``dialog`` (read once).
 
         Args:
             dialog: ``{"role", "content"}`` messages; a leading system prompt is masked.
             questions: The questions (a single string counts as one).
-            max_new_tokens: Answer length limit.
-            temperature: 0 for greedy decoding, else sampling.
-            layer: Read this target block instead of the decoder's read layers.
-            vectors_transform: Applied to the read vectors ``[n, d_model]`` first.
-            batch_size: Dialogs per target pass / rows per generation batch.
             subject: Read only the tokens of this text in the last user turn (for
                 decoders trained on subject tokens, e.g. ``"France"`` in ``"Tell me about
                 France."`` for ``shipped:relations``); ``None``: the whole dialog after
                 the system prompt.
+            evidence: Also weigh each answer against zeroed activations: after
+                generation it is scored twice, with the vectors it was generated from and
+                with zeros of the same shape (one batched decoder pass per condition);
+                an answer whose evidence exceeds
+                :data:`~latentqa.scoring.EVIDENCE_THRESHOLD` was *read* from the
+                activations, otherwise *guessed* from the question.
+            **options: ``max_new_tokens`` (64), ``temperature`` (0: greedy), ``layer``
+                (read this block instead of the decoder's read layers),
+                ``vectors_transform`` (applied to the read vectors ``[n, d_model]``
+                first; the zeroed condition uses zeros of the transformed shape) and
+                ``batch_size`` (32): see :class:`~latentqa.answering.AskOptions`.
 
         Returns:
-            One answer per question, as plain strings; :meth:`ask_with_evidence` takes the
-            same arguments and also reports how much each answer owes to the activations.
+            One answer per question: plain strings, or with ``evidence`` one
+            :class:`~latentqa.scoring.Answer` each (``str(answer)`` is the same text).
         """
-        answers = self.ask_many(
-            [dialog],
-            questions,
-            max_new_tokens,
-            temperature,
-            layer,
-            vectors_transform=vectors_transform,
-            batch_size=batch_size,
-            subject=subject,
-        )
-        return answers[0]
+        return self.ask_many([dialog], questions, subject=subject, evidence=evidence, **options)[0]
 
     def ask_many(
         self,
         dialogs: Sequence[Sequence[Message]],
         questions: str | Sequence[str],
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
+        *,
+        subject: Subjects = None,
+        evidence: bool = False,
+        **options: Unpack[AskOptions],
+    ) -> list[list[str]] | list[list[Answer]]:
+        """Ask every question about every dialog (see :meth:`ask`): ``[dialog][question]``.
+
+        Each dialog is read once; the answers run in batches of ``batch_size`` rows,
+        dialog-major. ``subject`` is one text for every dialog or one per dialog (see
+        :meth:`read_many`).
+
+        Raises:
+            LatentQAError: Bad dialogs, questions, subject, layer or settings.
+            TypeError: An option that is not one of :class:`~latentqa.answering.AskOptions`.
+        """
+        unknown = sorted(set(options) - AskOptions.__optional_keys__)
+        if unknown:
+            known = ", ".join(sorted(AskOptions.__optional_keys__))
+            raise TypeError(f"unknown option(s) {', '.join(unknown)}; the options are {known}")
+        items = check_questions(questions)
+        batch_size = options.get("batch_size", 32)
+        vectors = self.read_many(dialogs, options.get("layer"), batch_size, subject=subject)
+        transform = options.get("vectors_transform")
+        if transform is not None:
+            vectors = [transform(v) for v in vectors]
+        rows = [v for v in vectors for _ in items]  # dialog-major: every question per dialog
+        row_questions = items * len(vectors)
+        max_new_tokens = options.get("max_new_tokens", 64)
+        temperature = options.get("temperature", 0.0)
+        ids = answering.generate_ids(
+            self.decoder, rows, row_questions, max_new_tokens, temperature, batch_size
+        )
+        texts = answering.answer_texts(self.decoder, ids)
+        if evidence:
+            weighed = scoring.evidence_rows(self.decoder, rows, row_questions, texts, batch_size)
+            return _per_dialog(weighed, len(items))
+        return _per_dialog(texts, len(items))
+
+    def score(
+        self,
+        dialog: Sequence[Message],
+        question: str,
+        answers: Sequence[str],
+        normalize: bool = False,
         layer: int | None = None,
         *,
         vectors_transform: VectorsTransform | None = None,
-        batch_size: int = 32,
-        subject: Subjects = None,
-    ) -> list[list[str]]:
-        """Ask every question about every dialog (see :meth:`ask`): ``[dialog][question]``.
+        subject: str | None = None,
+    ) -> list[float]:
+        """Log-likelihood (sum of log-probs) of each candidate answer to ``question``.
 
-        ``subject`` is one text for every dialog or one per dialog (see :meth:`read_many`).
+        One target read and one decoder forward over all candidates; ``normalize`` is as
+        in :func:`~latentqa.scoring.score_vectors`, ``layer``, ``vectors_transform`` and
+        ``subject`` as in :meth:`ask`.
         """
-        _, _, flat, width = self._answer_rows(
-            dialogs,
-            questions,
-            max_new_tokens,
-            temperature,
-            layer,
-            vectors_transform,
-            batch_size,
-            subject=subject,
-        )
-        return [flat[i : i + width] for i in range(0, len(flat), width)]
-
-    def _answer_rows(
-        self,
-        dialogs,
-        questions,
-        max_new_tokens,
-        temperature,
-        layer,
-        vectors_transform,
-        batch_size,
-        *,
-        subject: Subjects = None,
-    ) -> tuple[list[torch.Tensor], list[str], list[str], int]:
-        """Read every dialog once, answer every question: (row vectors, row questions,
-        answer texts, questions per dialog), rows dialog-major."""
-        items = check_questions(questions)
-        vectors = self.read_many(dialogs, layer, batch_size, subject=subject)
+        (question,) = check_questions([question])
+        scoring.check_answers(answers)  # before the read: bad input fails fast
+        vectors = self.read(dialog, layer, subject=subject)
         if vectors_transform is not None:
-            vectors = [vectors_transform(v) for v in vectors]
-        rows = [v for v in vectors for _ in items]  # dialog-major: every question per dialog
-        row_questions = items * len(vectors)
-        ids = self.generate_ids(rows, row_questions, max_new_tokens, temperature, batch_size)
-        return rows, row_questions, self._texts(ids), len(items)
+            vectors = vectors_transform(vectors)
+        return scoring.score_vectors(self.decoder, vectors, question, answers, normalize)
+
+    # Functions of the decoder, as methods: vectors already read (zeroed, shuffled, ...).
+
+    generate_ids = decoder_method(answering.generate_ids)
+    ask_vectors = decoder_method(answering.ask_vectors)
+    score_rows = decoder_method(scoring.score_rows)
+    score_vectors = decoder_method(scoring.score_vectors)
+    evidence_vectors = decoder_method(scoring.evidence_rows)

@@ -12,7 +12,6 @@ import ast
 import dataclasses
 import inspect
 import itertools
-import json
 import math
 import textwrap
 import types
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from latentqa.errors import LatentQAError
+from latentqa.json_files import read_json
 
 T = TypeVar("T")
 
@@ -117,16 +117,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     Raises:
         LatentQAError: The file is missing, unreadable, not UTF-8, not JSON or not an object.
     """
-    try:
-        values = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LatentQAError(f"config file {path} does not exist") from None
-    except OSError as error:
-        raise LatentQAError(f"cannot read config file {path}: {error.strerror or error}") from None
-    except UnicodeDecodeError:
-        raise LatentQAError(f"config file {path} is not UTF-8: it must be UTF-8 JSON") from None
-    except json.JSONDecodeError as error:
-        raise LatentQAError(f"config file {path} is not valid JSON: {error}") from None
+    values = read_json(path, "config file")
     if not isinstance(values, dict):
         raise LatentQAError(f"config file {path} must hold a JSON object")
     return values

@@ -218,8 +218,8 @@ def _build_control(config: DataBuildConfig, force: bool) -> int:
     if config.completions:
         from latentqa.data.control import Style
         from latentqa.evals.audit import AUDIT_BEHAVIORS
+        from latentqa.generation import generate_texts
         from latentqa.models import load_model
-        from latentqa.steer.generate import generate_texts
 
         print(f"loading {config.target} to write its plain and styled replies...")
         model, tokenizer = load_model(config.target, device=config.device, dtype="float32")

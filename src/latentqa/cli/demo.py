@@ -94,8 +94,8 @@ def read_countries(target: str, device: str) -> list[dict]:
     }
     questions = [ALL_RELATIONS[r].question for r in RELATIONS]
     dialogs = [[{"role": "user", "content": f"Tell me about {c}."}] for c in COUNTRIES]
-    answers = reader.ask_many_with_evidence(
-        dialogs, questions, max_new_tokens=24, subject=COUNTRIES
+    answers = reader.ask_many(
+        dialogs, questions, evidence=True, max_new_tokens=24, subject=COUNTRIES
     )
     rows = []
     for country, replies in zip(COUNTRIES, answers, strict=True):
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         [{"role": "system", "content": d["system"]}, {"role": "user", "content": d["user"]}]
         for d in DEMO
     ]
-    answers = reader.ask_many_with_evidence(dialogs, QUESTIONS, max_new_tokens=args.max_new_tokens)
+    answers = reader.ask_many(dialogs, QUESTIONS, evidence=True, max_new_tokens=args.max_new_tokens)
     options = [d["instructed"] for d in DEMO]
     results = []
     for item, dialog, replies in zip(DEMO, dialogs, answers, strict=True):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from latentqa.decoder.folder import DecoderSpec, preflight_decoder
 from latentqa.errors import LatentQAError
+from latentqa.json_files import read_json
 from latentqa.models import EMBEDDED_MODEL
 from latentqa.questions import check_questions
 
@@ -88,14 +89,7 @@ def dialogs_from_args(args: argparse.Namespace) -> list[list[dict[str, str]]]:
         if any(part is not None for part in single):
             raise LatentQAError("pass either --dialogs or --system/--user/--assistant, not both")
         path = Path(args.dialogs)
-        try:
-            data: Any = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as error:
-            raise LatentQAError(f"cannot read {path}: {error.strerror or error}") from None
-        except UnicodeDecodeError:
-            raise LatentQAError(f"{path} is not UTF-8: it must be UTF-8 JSON") from None
-        except json.JSONDecodeError as error:
-            raise LatentQAError(f"{path} is not valid JSON: {error}") from None
+        data = read_json(path, "dialogs file")
         if not isinstance(data, list) or not data or not all(isinstance(d, list) for d in data):
             raise LatentQAError(
                 f"{path} must hold a non-empty JSON list of dialogs (message lists)"
@@ -164,9 +158,10 @@ def run(args: argparse.Namespace) -> int:
                 where = f"dialog {index + 1}: " if len(dialogs) > 1 else ""
                 raise LatentQAError(f"{where}{error} (--subject)") from None
     reader = Reader.load(args.target, args.decoder, device=args.device, dtype=args.dtype)
-    answers = reader.ask_many_with_evidence(
+    answers = reader.ask_many(
         dialogs,
         args.questions,
+        evidence=True,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         layer=args.layer,

@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_steer(args: argparse.Namespace) -> int:
-    from latentqa.steer.generate import generate_texts
+    from latentqa.generation import generate_texts
     from latentqa.steer.trainer import steer
 
     config = config_from_args(SteerConfig, args)

@@ -235,33 +235,16 @@ class LatentQADataset:
         Raises:
             LatentQAError: The fraction is outside ``[0, 1)``.
         """
-        heldout = set(choose_heldout(self.labels, heldout_fraction, seed))
+        if not 0.0 <= heldout_fraction < 1.0:
+            raise LatentQAError(f"held-out fraction must be in [0, 1), got {heldout_fraction}")
+        ordered = sorted(self.labels)
+        count = round(len(ordered) * heldout_fraction)
+        if heldout_fraction > 0 and len(ordered) >= 2:
+            count = min(max(count, 1), len(ordered) - 1)
+        random.Random(f"heldout:{seed}").shuffle(ordered)
+        heldout = set(ordered[:count])
         train_labels = [label for label in self.labels if label not in heldout]
         return self.select_labels(train_labels), self.select_labels(heldout)
-
-
-def choose_heldout(labels: Sequence[str], heldout_fraction: float, seed: int) -> list[str]:
-    """Pick a deterministic share of ``labels`` to hold out.
-
-    Args:
-        labels: Distinct labels.
-        heldout_fraction: Share to hold out, in ``[0, 1)``.
-        seed: Seed of the shuffle.
-
-    Returns:
-        The held-out labels, sorted.
-
-    Raises:
-        LatentQAError: The fraction is outside ``[0, 1)``.
-    """
-    if not 0.0 <= heldout_fraction < 1.0:
-        raise LatentQAError(f"held-out fraction must be in [0, 1), got {heldout_fraction}")
-    ordered = sorted(labels)
-    count = round(len(ordered) * heldout_fraction)
-    if heldout_fraction > 0 and len(ordered) >= 2:
-        count = min(max(count, 1), len(ordered) - 1)
-    random.Random(f"heldout:{seed}").shuffle(ordered)
-    return sorted(ordered[:count])
 
 
 def load_latentqa(

@@ -278,13 +278,11 @@ def make_completer(
     model: Any, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int = 8, batch_size: int = 32
 ) -> Complete:
     """A greedy plain-text completer (no chat template) for the knowledge filter."""
-    import torch
-
-    from latentqa.capture import left_pad, pad_token_id
+    from latentqa.capture import pad_token_id
+    from latentqa.generation import generate_rows  # here: it imports torch
 
     pad = pad_token_id(tokenizer)
 
-    @torch.no_grad()
     def complete(prompts: list[str]) -> list[str]:
         out: list[str] = []
         for i in range(0, len(prompts), batch_size):
@@ -292,15 +290,8 @@ def make_completer(
                 tokenizer(p, add_special_tokens=False)["input_ids"]
                 for p in prompts[i : i + batch_size]
             ]
-            ids, mask = left_pad(rows, pad, next(model.parameters()).device)
-            new = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                do_sample=False,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=pad,
-            )
-            out += tokenizer.batch_decode(new[:, ids.shape[1] :], skip_special_tokens=True)
+            new = generate_rows(model, rows, max_new_tokens=max_new_tokens, pad_id=pad)
+            out += tokenizer.batch_decode(new, skip_special_tokens=True)
         return out
 
     return complete

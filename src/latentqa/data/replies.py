@@ -129,8 +129,8 @@ def make_generate(
 
     Each dialog is rendered with ``tokenizer.apply_chat_template(...,
     add_generation_prompt=True)``; batches are left-padded (with the pad token, or
-    the end-of-sequence token when there is none) and decoded with
-    ``model.generate(do_sample=False)`` under ``torch.no_grad``. Dialogs are batched
+    the end-of-sequence token when there is none) and decoded greedily by
+    :func:`latentqa.generation.generate_rows`. Dialogs are batched
     by length to waste little on padding. The tokenizer is not modified. The model
     should be in eval mode.
 
@@ -138,7 +138,7 @@ def make_generate(
         model: A causal language model with a ``generate`` method.
         tokenizer: Its tokenizer, with a chat template.
         max_new_tokens: Most tokens per reply.
-        batch_size: Dialogs per ``model.generate`` call.
+        batch_size: Dialogs per generation batch.
         progress: Show a tqdm progress bar.
 
     Returns:
@@ -149,8 +149,9 @@ def make_generate(
         LatentQAError: ``max_new_tokens`` or ``batch_size`` is not positive, or the
             tokenizer has neither a pad nor an end-of-sequence token.
     """
-    import torch
     from tqdm.auto import tqdm
+
+    from latentqa.generation import generate_rows  # here: it imports torch
 
     if max_new_tokens < 1 or batch_size < 1:
         raise LatentQAError("max_new_tokens and batch_size must be positive")
@@ -168,28 +169,15 @@ def make_generate(
         encoded = [encode(dialog) for dialog in dialogs]
         order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
         replies: list[str] = [""] * len(encoded)
-        device = next(model.parameters()).device
         bar: Any = tqdm(
             total=len(encoded), desc="generating replies", unit="reply", disable=not progress
         )
-        with torch.no_grad(), bar:
+        with bar:
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
-                width = max(len(encoded[i]) for i in batch)
-                ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, index in enumerate(batch):
-                    tokens = encoded[index]
-                    ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
-                    mask[row, width - len(tokens) :] = 1
-                output = model.generate(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=pad_id,
-                )
-                texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+                rows = [encoded[index] for index in batch]
+                new = generate_rows(model, rows, max_new_tokens=max_new_tokens, pad_id=pad_id)
+                texts = tokenizer.batch_decode(new, skip_special_tokens=True)
                 for index, text in zip(batch, texts, strict=True):
                     replies[index] = text.strip()
                 bar.update(len(batch))

@@ -4,7 +4,7 @@ The decoder is the target model with LoRA adapters. It reads activation vectors
 patched in at placeholder positions (see :mod:`latentqa.layout` and
 :mod:`latentqa.patch`) and is trained with cross-entropy on answer tokens only.
 A trained decoder is a folder (``latentqa.json`` and the peft adapter files);
-:func:`load_decoder` loads one onto its target.
+:func:`latentqa.decoder.loaded.load_decoder` loads one onto its target.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from latentqa.errors import LatentQAError
-from latentqa.handle import TargetHandle
-from latentqa.layers import check_layers, find_decoder_layers
-from latentqa.models import EMBEDDED_MODEL, check_device_dtype, load_model, model_shape
+from latentqa.json_files import read_json
+from latentqa.layers import check_layers
+from latentqa.models import EMBEDDED_MODEL, check_device_dtype, model_shape
 from latentqa.package_data import package_file
 
 SPEC_FILE = "latentqa.json"
@@ -62,6 +61,11 @@ class DecoderSpec:
         config = self.extra.get("train_config")
         return config if isinstance(config, dict) else {}
 
+    @property
+    def layers_path(self) -> str | None:
+        """The block-list override the decoder was trained with (``None``: found by search)."""
+        return self.train_config.get("layers_path")
+
     def save(self, folder: str | Path) -> None:
         data = {"format": SPEC_FORMAT, **asdict(self)}
         Path(folder, SPEC_FILE).write_text(json.dumps(data, indent=2) + "\n")
@@ -77,14 +81,7 @@ class DecoderSpec:
                 f"{folder} is not a latentqa decoder folder (no {SPEC_FILE}); "
                 "pass a folder written by `latentqa train`"
             )
-        try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
-        except OSError as error:
-            raise LatentQAError(f"cannot read {path}: {error.strerror or error}") from None
-        except UnicodeDecodeError:
-            raise LatentQAError(f"{path} is not UTF-8: it must be UTF-8 JSON") from None
-        except json.JSONDecodeError as error:
-            raise LatentQAError(f"{path} is not valid JSON: {error}") from None
+        data = read_json(path)
         if not isinstance(data, dict):
             raise LatentQAError(
                 f"{path} must hold a JSON object ({SPEC_FORMAT}), got a {type(data).__name__}"
@@ -233,52 +230,6 @@ def first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def load_decoder(
-    target: str = EMBEDDED_MODEL,
-    decoder: str | Path | None = None,
-    *,
-    device: str | torch.device = "auto",
-    dtype: str | torch.dtype = "float32",
-    adapter_name: str = "default",
-    trainable: str | None = None,
-) -> tuple[TargetHandle, DecoderSpec, Path]:
-    """Load the target once and attach a trained decoder's adapters to it (frozen).
-
-    Args:
-        target: Model spec of the target (see :func:`latentqa.models.load_model`).
-        decoder: A folder written by ``latentqa train``; ``None``: the decoder shipped
-            for the embedded model.
-        device: ``auto``, ``cpu``, ``cuda[:N]``.
-        dtype: The frozen weights' dtype.
-        adapter_name: The peft name of the decoder's adapter.
-        trainable: Passed to the handle (see :attr:`TargetHandle.trainable`).
-
-    Returns:
-        The handle (a peft model, with the ``layers_path`` the decoder was trained
-        with), the decoder's spec and its folder.
-
-    Raises:
-        LatentQAError: Missing or malformed decoder folder, or a decoder trained on
-            another target.
-    """
-    from peft import PeftModel
-
-    folder, spec = open_decoder_folder(str(target), decoder)
-    layers_path = spec.train_config.get("layers_path")
-    model, tokenizer = load_model(target, device=device, dtype=dtype)
-    spec.check_target(model, len(find_decoder_layers(model, layers_path)))
-    try:
-        peft_model = PeftModel.from_pretrained(
-            model, str(folder), adapter_name=adapter_name, is_trainable=False
-        )
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
-        raise LatentQAError(
-            f"could not load the adapter in {folder}: {first_line(error)}"
-        ) from error
-    handle = TargetHandle.resolve(peft_model, tokenizer, layers_path, trainable=trainable)
-    return handle, spec, folder
-
-
 def preflight_decoder(
     target: str,
     decoder: str | Path | None,
@@ -308,9 +259,9 @@ def preflight_decoder(
 
     check_device_dtype(device, dtype)
     folder, spec = open_decoder_folder(str(target), decoder)
-    layers_path = spec.train_config.get("layers_path")
     shape = model_shape(str(target))
-    if shape is not None and layers_path is None and shape != (spec.n_layers, spec.hidden_size):
+    trained = (spec.n_layers, spec.hidden_size)
+    if shape is not None and spec.layers_path is None and shape != trained:
         raise LatentQAError(
             f"decoder {folder} was trained on {spec.target!r} ({spec.n_layers} layers, hidden "
             f"size {spec.hidden_size}) but {target!r} has {shape[0]} layers, hidden size "

@@ -3,6 +3,9 @@ run only where an answer token is predicted."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,9 +31,33 @@ def lm_head_logits(causal_lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+@dataclass
+class RowLayout:
+    """How the decoder's body reads a batch's rows, and whose answer each token is."""
+
+    attention_mask: torch.Tensor  # [rows, seq] 0/1, or additive [rows, 1, seq, seq]
+    position_ids: torch.Tensor  # [rows, seq]
+    owners: torch.Tensor  # [n_answer_tokens] long: each answer token's prompt, row-major
+    n_owners: int
+    """Prompts in the batch."""
+
+
+class PackedBatch(Protocol):
+    """A batch whose rows pack several prompts and that lays them out itself (such as
+    :class:`latentqa.decoder.packing.SharedBatch`)."""
+
+    input_ids: torch.Tensor  # [rows, seq]
+    placeholder_mask: torch.Tensor  # [rows, seq] bool
+    label_mask: torch.Tensor  # [rows, seq] bool, answer tokens
+
+    def layout(self, dtype: torch.dtype) -> RowLayout:
+        """The rows' layout, an additive attention mask in ``dtype``."""
+        ...
+
+
 def answer_token_loss(
     decoder: nn.Module,
-    batch: DecoderBatch,
+    batch: DecoderBatch | PackedBatch,
     vectors: torch.Tensor,
     *,
     write_layer: int,
@@ -46,29 +73,43 @@ def answer_token_loss(
 
     Args:
         decoder: Decoder model (peft-wrapped CausalLM).
-        batch: Decoder inputs with a label mask.
+        batch: Decoder inputs with a label mask: one prompt per row, or packed rows
+            whose shared prefixes are computed once.
         vectors: ``[n_placeholders_total, d_model]`` activations.
         write_layer: Block at whose output to patch.
         mode: ``replace`` or ``add``.
-        reduction: ``mean`` (per answer token), ``sum``, or ``none`` (per example sums
-            and token counts as a ``[batch, 2]`` tensor).
+        reduction: ``mean`` (per answer token), ``sum``, or ``none`` (per prompt sums
+            and token counts as a ``[n_prompts, 2]`` tensor).
         blocks: The model's decoder blocks, found once by the caller (searched when
             ``None``).
     """
     causal_lm = unwrap_causal_lm(decoder)
+    if isinstance(batch, DecoderBatch):  # one prompt per row
+        layout = RowLayout(
+            batch.attention_mask,
+            position_ids_for(batch.attention_mask),
+            batch.label_mask.nonzero()[:, 0],  # [n_answer_tokens], each token's row
+            batch.input_ids.shape[0],
+        )
+    else:
+        layout = batch.layout(causal_lm.get_input_embeddings().weight.dtype)
     with patch_activations(
         causal_lm, write_layer, batch.placeholder_mask, vectors, mode, blocks=blocks
     ):
         hidden = causal_lm.base_model(
             input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=position_ids_for(batch.attention_mask),
+            attention_mask=layout.attention_mask,
+            position_ids=layout.position_ids,
             use_cache=False,
-        ).last_hidden_state  # [batch, seq, d_model]
-    rows = batch.label_mask.nonzero()[:, 0]  # [n_answer_tokens], each token's example
-    n_rows = batch.input_ids.shape[0]
+        ).last_hidden_state  # [rows, seq, d_model]
     return answer_losses(
-        causal_lm, hidden, batch.input_ids, batch.label_mask, rows, n_rows, reduction
+        causal_lm,
+        hidden,
+        batch.input_ids,
+        batch.label_mask,
+        layout.owners,
+        layout.n_owners,
+        reduction,
     )
 
 

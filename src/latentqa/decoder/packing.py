@@ -6,13 +6,13 @@ prompts are the same ids with the same vectors patched in, so the decoder's hidd
 states there are the same too. Pack them into one row: the prefix once, then every
 prompt's own tokens (its *branch*), with an attention mask under which a branch sees
 the prefix and itself but no other branch, and position ids that restart each branch
-where the prefix ends. The loss and its gradients equal
-:func:`latentqa.decoder.answer_token_loss` on the unpacked prompts (tested); the
+where the prefix ends. :func:`latentqa.decoder.loss.answer_token_loss` takes such a
+batch; its loss and gradients equal those of the unpacked prompts (tested); the
 prefix is computed once, in one forward pass (a second pass over a cache cost as much
 in per-op overhead on a CPU as the prefix it saved).
 
-One tree (``P`` placeholders, from :func:`latentqa.layout.build_decoder_prompt`); a row
-holds one or more trees side by side, left-padded::
+One tree (``P`` placeholders, from :func:`latentqa.decoder.prompt.build_decoder_prompt`);
+a row holds one or more trees side by side, left-padded::
 
     <header> <user> P P ... P | \\n Q1 <end> <assistant> A1 | \\n Q2 ... A2 | ...
     segments  0 ........... 0 | 1 ....................... 1 | 2 ........ 2 |
@@ -25,16 +25,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from latentqa.capture import pad_token_id
-from latentqa.decoder.loss import answer_losses
+from latentqa.decoder.loss import RowLayout
 from latentqa.decoder.prompt import build_decoder_prompt
 from latentqa.errors import LatentQAError
-from latentqa.layers import DecoderLayers
-from latentqa.models import unwrap_causal_lm
-from latentqa.patch import PatchMode, patch_activations
 
 # Measured on the embedded model (docs/performance.md): rows of ~256 tokens ran a
 # training step faster than one row per tree (~180) and than ~512.
@@ -64,6 +60,16 @@ class SharedBatch:
     def to(self, device: torch.device | str) -> SharedBatch:
         moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in vars(self).items()}
         return SharedBatch(**moved)
+
+    def layout(self, dtype: torch.dtype) -> RowLayout:
+        """Each branch sees its prefix and itself (an additive mask in ``dtype``), its
+        positions continuing the prefix's; each answer token belongs to its branch."""
+        return RowLayout(
+            branch_attention_mask(self.trees, self.segments, dtype),
+            self.position_ids,
+            self.branch_index[self.label_mask],  # [n_answer_tokens], each token's branch
+            self.n_branches,
+        )
 
     @property
     def n_tokens(self) -> int:
@@ -183,46 +189,6 @@ def branch_attention_mask(trees: torch.Tensor, segments: torch.Tensor, dtype: to
     allowed |= torch.eye(width, dtype=torch.bool, device=trees.device)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=trees.device)
     return mask.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
-
-
-def shared_answer_loss(
-    decoder: nn.Module,
-    batch: SharedBatch,
-    vectors: torch.Tensor,
-    *,
-    write_layer: int,
-    mode: PatchMode,
-    reduction: str = "mean",
-    blocks: DecoderLayers | None = None,
-) -> torch.Tensor:
-    """Cross-entropy of the branches' answer tokens, each prefix computed once.
-
-    Args:
-        decoder: Decoder model (peft-wrapped CausalLM).
-        batch: From :func:`shared_decoder_batch`.
-        vectors: ``[n_placeholders_total, d_model]`` activations of the prefixes.
-        write_layer: Block at whose output to patch.
-        mode: ``replace`` or ``add``.
-        reduction: ``mean`` (per answer token), ``sum``, or ``none`` (per branch sums
-            and token counts as a ``[n_branches, 2]`` tensor).
-        blocks: The model's decoder blocks, found once by the caller (searched when
-            ``None``).
-    """
-    causal_lm = unwrap_causal_lm(decoder)
-    dtype = causal_lm.get_input_embeddings().weight.dtype
-    with patch_activations(
-        causal_lm, write_layer, batch.placeholder_mask, vectors, mode, blocks=blocks
-    ):
-        hidden = causal_lm.base_model(
-            input_ids=batch.input_ids,
-            attention_mask=branch_attention_mask(batch.trees, batch.segments, dtype),
-            position_ids=batch.position_ids,
-            use_cache=False,
-        ).last_hidden_state  # [rows, seq, d_model]
-    owners = batch.branch_index[batch.label_mask]  # [n_answer], each token's branch
-    return answer_losses(
-        causal_lm, hidden, batch.input_ids, batch.label_mask, owners, batch.n_branches, reduction
-    )
 
 
 @contextmanager

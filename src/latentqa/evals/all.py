@@ -1,13 +1,9 @@
 """``latentqa eval all``: run every evaluation that exists, write one report.
 
-Evaluations are found at run time. The known ones (:data:`KNOWN_TASKS`) are looked up
-by module name and reported as skipped, with the reason, when their module is missing;
-any other module of :mod:`latentqa.evals` with an entry point joins too.
-
-Every task's entry point is its module's ``run_in_suite(ctx: SuiteContext) -> dict``
-(the steering evaluations get theirs from
-:class:`~latentqa.evals.steering.SteeringEvaluation`). The result object is like
-the ``--json`` line of the task's own command (``task``, ``n``, ``methods``; optionally
+The evaluations are those of :mod:`latentqa.evals.registry`, in its order; one whose
+module is missing is reported as skipped, with the reason. Every task's entry point is
+its evaluation's ``suite(ctx: SuiteContext) -> dict``. The result object is like the
+``--json`` line of the task's own command (``task``, ``n``, ``methods``; optionally
 ``per_layer``, ``plots``: PNG names written into ``ctx.out``, and ``markdown``: extra
 report text). A task raises :class:`SkipTask` (or a ``LatentQAError``) when it cannot
 run, e.g. without its data.
@@ -17,155 +13,70 @@ Output: ``OUT/report.md`` (every table and plot) and ``OUT/results.json`` (every
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import dataclasses
 import json
-import pkgutil
-import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from latentqa.errors import LatentQAError
+from latentqa.evals.registry import (
+    Evaluation,
+    Log,
+    SkipTask,
+    SuiteContext,
+    discover,
+    find_evaluation,
+)
 from latentqa.models import EMBEDDED_MODEL
 
-ENTRY = "run_in_suite"
-KNOWN_TASKS: dict[str, str] = {
-    "system-prompt": "latentqa.evals.system_prompt",
-    "relations": "latentqa.evals.relations",
-    "control-reading": "latentqa.evals.control_reading",
-    "sentiment": "latentqa.evals.sentiment",
-    "crows-pairs": "latentqa.evals.crows_pairs",
-    "audit": "latentqa.evals.audit",
-}
-"""Task name -> module; the report lists them in this order."""
-TASK_DECODERS: dict[str, str] = {
-    "relations": "shipped:relations",
-    "control-reading": "shipped:control",
-    "sentiment": "shipped:control",
-    "crows-pairs": "shipped:control",
-    "audit": "shipped:control",
-}
-"""A task's own default decoder for the embedded target (facts are read by a decoder
-trained on them, steering uses the decoder that reads its controls); ``--task-decoder``
-replaces it."""
-HEADLINE_MEASURES: dict[str, str] = {
-    "system-prompt": "mc_accuracy",
-    "relations": "accuracy",
-    "control-reading": "tone",
-}
-"""The measure of a reading task that the report's headline table shows."""
+__all__ = ["ALL", "EvalAllConfig", "SkipTask", "SuiteContext", "run_all", "run_suite"]
+
 CONTROLS = ("lit_zeroed", "lit_shuffled", "no_system_prompt")
 """Methods that are the decoder with its activations taken away (or without the hidden
 prompt): the headline shows them apart from the baselines."""
-Runner = Callable[["SuiteContext"], dict[str, Any]]
+Runner = Callable[[SuiteContext], dict[str, Any]]
 
 
-class SkipTask(Exception):
-    """Raised by an evaluation that cannot run in this suite (the message says why)."""
+@dataclasses.dataclass
+class EvalAllConfig:
+    """Options of ``latentqa eval all``."""
 
-
-@dataclass
-class SuiteContext:
-    """What every evaluation of the suite shares: models, data folders, options.
-
-    Attributes:
-        out: Output folder (plots go here).
-        target: Target model spec.
-        decoder: Default decoder folder (``None``: the shipped decoder).
-        decoders: Per-task decoder folders, e.g. ``{"relations": "runs/rel"}``.
-        data: Per-task data folders, e.g. ``{"system-prompt": "data/", ...}``; a task
-            without one uses its own default (system-prompt: the shipped held-out set;
-            relations: the facts beside its decoder).
-        device: Device for every model.
-        n: Item cap passed to each evaluation.
-        seed: Seed passed to each evaluation.
-        layers: Read layers to sweep (``None``: no sweep).
-        log: Progress messages.
-    """
-
-    out: Path
+    out: str
+    """report folder"""
     target: str = EMBEDDED_MODEL
+    """target model"""
     decoder: str | None = None
-    decoders: dict[str, str] = field(default_factory=dict)
-    data: dict[str, str] = field(default_factory=dict)
-    device: str = "auto"
+    """default decoder folder or shipped:NAME (default: shipped)"""
+    task_decoder: list[str] = dataclasses.field(
+        default_factory=list, metadata={"repeatable": True, "metavar": "TASK=DIR"}
+    )
+    """decoder for one task, e.g. relations=runs/rel (repeatable; for the embedded target,
+    relations reads with shipped:relations unless given)"""
+    data: list[str] = dataclasses.field(
+        default_factory=list, metadata={"repeatable": True, "metavar": "TASK=DIR"}
+    )
+    """data folder for one task, e.g. system-prompt=data/ (repeatable)"""
+    tasks: list[str] | None = dataclasses.field(default=None, metadata={"metavar": "TASKS"})
+    """only these evaluations"""
+    layers: list[int] | None = dataclasses.field(default=None, metadata={"metavar": "LAYERS"})
+    """also sweep these layers"""
     n: int | None = None
+    """item cap for each evaluation"""
     seed: int = 0
-    layers: list[int] | None = None
-    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr)
-    _readers: dict[tuple[str, str | None], Any] = field(default_factory=dict, repr=False)
-
-    def decoder_for(self, task: str) -> str | None:
-        """``decoders[task]``, else the task's shipped decoder (:data:`TASK_DECODERS`, for
-        the embedded target), else the default ``decoder``."""
-        if task in self.decoders:
-            return self.decoders[task]
-        if task in TASK_DECODERS and str(self.target).strip().lower() == EMBEDDED_MODEL:
-            return TASK_DECODERS[task]
-        return self.decoder
-
-    def reader(self, task: str) -> Any:
-        """The task's decoder as a :class:`~latentqa.reader.Reader`, loaded once per folder."""
-        from latentqa.reader import Reader
-
-        key = ("decoder", self.decoder_for(task))
-        if key not in self._readers:
-            self._readers[key] = Reader.load(self.target, key[1], device=self.device)
-        return self._readers[key]
-
-    def base(self, task: str) -> Any:
-        """The untrained target reading like the task's decoder (no adapter)."""
-        from latentqa.reader import Reader
-
-        spec = self.reader(task).spec
-        key = ("base", json.dumps([spec.read_layers, spec.write_layer, spec.mode, spec.pool]))
-        if key not in self._readers:
-            self._readers[key] = Reader.base(
-                self.target,
-                read_layers=spec.read_layers,
-                write_layer=spec.write_layer,
-                mode=spec.mode,
-                max_read_tokens=spec.max_read_tokens,
-                pool=spec.pool,
-                device=self.device,
-            )
-        return self._readers[key]
+    """random seed"""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N"""
 
 
-def _runner(task: str, module_name: str) -> Runner:
-    """The task's runner; :class:`SkipTask` when its module or entry point is missing."""
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name != module_name:
-            raise
-        raise SkipTask(f"not available (no module {module_name})") from None
-    runner = getattr(module, ENTRY, None)
-    if not callable(runner):
-        raise SkipTask(f"{module_name} has no {ENTRY}(ctx) entry point")
-    return runner
-
-
-def discover() -> dict[str, str]:
-    """Task name -> module: the known tasks, then other evals modules with an entry point."""
-    import latentqa.evals as package
-
-    tasks = dict(KNOWN_TASKS)
-    known_modules = set(tasks.values()) | {__name__}
-    for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
-        if info.name in known_modules:
-            continue
-        try:
-            module = importlib.import_module(info.name)
-        except ImportError:
-            continue
-        task = info.name.rsplit(".", 1)[1].replace("_", "-")
-        if callable(getattr(module, ENTRY, None)):
-            tasks[task] = info.name
-    return tasks
+def _runner(entry: Evaluation | Exception) -> Runner:
+    """The evaluation's suite runner; raises what stopped its module from loading."""
+    if isinstance(entry, Exception):
+        raise entry
+    if entry.suite is None:
+        raise SkipTask(f"{entry.name} has no suite runner")
+    return entry.suite
 
 
 def run_suite(
@@ -177,12 +88,15 @@ def run_suite(
 
     Args:
         ctx: Shared models, data and options.
-        tasks: Only these task names (default: all discovered).
+        tasks: Only these task names (default: all registered).
         runners: Replacement runners by task name (tests use stubs).
 
     Returns:
         ``{"tasks": {task: result}, "skipped": {task: reason}, "failed": {task: error}}``,
         also written to ``ctx.out/results.json``.
+
+    Raises:
+        LatentQAError: A name in ``tasks`` is no evaluation's.
     """
     found = discover()
     chosen = list(found) if tasks is None else list(tasks)
@@ -193,7 +107,7 @@ def run_suite(
     suite: dict[str, Any] = {"tasks": {}, "skipped": {}, "failed": {}}
     for task in chosen:
         try:
-            runner = (runners or {}).get(task) or _runner(task, found[task])
+            runner = (runners or {}).get(task) or _runner(found[task])
             ctx.log(f"== {task}")
             suite["tasks"][task] = runner(ctx)
         except (SkipTask, LatentQAError) as reason:
@@ -218,7 +132,8 @@ def headline_table(suite: Mapping[str, Any]) -> list[str]:
     its activations taken away and beside every baseline (empty without such a task)."""
     rows = []
     for task, result in suite["tasks"].items():
-        measure = HEADLINE_MEASURES.get(task)
+        evaluation = find_evaluation(task)
+        measure = evaluation.headline if evaluation else None
         methods = result.get("methods", {})
         if measure is None or measure not in methods.get("lit", {}):
             continue
@@ -267,3 +182,60 @@ def report_markdown(suite: Mapping[str, Any], ctx: SuiteContext) -> str:
             lines += ["", f"## {title}", ""]
             lines += [f"- **{task}**: {why}" for task, why in suite[key].items()]
     return "\n".join(lines) + "\n"
+
+
+def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
+    pairs = [item.split("=", 1) for item in items]
+    if any(len(pair) != 2 or not all(pair) for pair in pairs):
+        raise LatentQAError(f"{flag} takes TASK=DIR, e.g. relations=runs/rel")
+    return dict(pairs)
+
+
+def run_all(config: EvalAllConfig, log: Log) -> dict[str, Any]:
+    """Run ``latentqa eval all``: check the options before any model loads, then
+    :func:`run_suite` into ``config.out``."""
+    from latentqa.layers import check_layers
+    from latentqa.models import model_shape, resolve_device
+    from latentqa.outdir import check_output_folder
+
+    out = Path(config.out)
+    # Before any model loads: a bad --layers would otherwise fail after each main evaluation.
+    resolve_device(config.device)
+    check_output_folder(out, "--out")
+    shape = model_shape(config.target)
+    check_layers(config.layers, shape[0] if shape else None, "read layer")
+    ctx = SuiteContext(
+        out=out,
+        target=config.target,
+        decoder=config.decoder,
+        decoders=_pairs(config.task_decoder, "--task-decoder"),
+        data=_pairs(config.data, "--data"),
+        device=config.device,
+        n=config.n,
+        seed=config.seed,
+        layers=config.layers,
+        log=log,
+    )
+    return run_suite(ctx, config.tasks)
+
+
+def _all_report(suite: Mapping[str, Any], config: EvalAllConfig, _log: Log) -> str:
+    ran, skipped = ", ".join(suite["tasks"]) or "none", ", ".join(suite["skipped"]) or "none"
+    return (
+        f"wrote {Path(config.out) / 'report.md'} and results.json (ran: {ran}; skipped: {skipped})"
+    )
+
+
+ALL = Evaluation(
+    name="all",
+    help="run every available evaluation; write report.md and results.json",
+    description="Run every evaluation that exists (missing ones are listed as skipped) "
+    "and write OUT/report.md with all tables and plots and OUT/results.json.",
+    config=EvalAllConfig,
+    run=run_all,
+    report=_all_report,
+    json_help="print results.json as one line last",
+    status=lambda suite: 1 if suite["failed"] else 0,
+)
+"""``latentqa eval all`` itself (not part of the suite): exit status 1 when an evaluation
+failed."""

@@ -26,14 +26,14 @@ from latentqa.data.sources import load_user_prompts
 from latentqa.errors import LatentQAError
 from latentqa.evals.steering import (
     SteeringEvalOptions,
-    SteeringEvaluation,
     SteeringResult,
     SteeringRun,
     SteeringTask,
     run_steering,
+    steering_evaluation,
 )
 from latentqa.evals.steering_methods import Log, load_steerable, mean, split_items
-from latentqa.steer.generate import generate_texts
+from latentqa.generation import generate_texts
 from latentqa.steer.model import SteerableModel
 from latentqa.typed_config import config_to_dict
 
@@ -253,5 +253,14 @@ def evaluate_audit(
     return run_steering(task, log)
 
 
-EVALUATION = SteeringEvaluation("audit", AuditEvalConfig, evaluate_audit, "n_prompts")
-run_in_suite = EVALUATION.run_in_suite
+EVALUATION = steering_evaluation(
+    name="audit",
+    help="elicit hidden behaviours (French, rhyme, pirate) described only in a control",
+    description=(
+        "How often each behaviour appears before and after LIT steering, against "
+        "prompting, by automatic checks."
+    ),
+    config=AuditEvalConfig,
+    evaluate=evaluate_audit,
+    size="n_prompts",
+)

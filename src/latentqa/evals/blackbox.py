@@ -15,6 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from latentqa.capture import left_pad, pad_token_id, position_ids_for
 from latentqa.chat import Message, render
+from latentqa.generation import generate_rows
 from latentqa.handle import adapters_off
 from latentqa.models import unwrap_causal_lm
 
@@ -64,7 +65,6 @@ def score_answers(
     return scores
 
 
-@torch.no_grad()
 def generate_replies(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -72,8 +72,13 @@ def generate_replies(
     max_new_tokens: int = 48,
     batch_size: int = 16,
 ) -> list[str]:
-    """Greedy replies of the target to each dialog (ending with a user turn)."""
+    """Greedy replies of the target to each dialog (ending with a user turn).
+
+    Replies end where the model's generation config says (no template stop tokens); an
+    empty one reads ``"..."``.
+    """
     causal_lm = unwrap_causal_lm(model)
+    pad = pad_token_id(tokenizer)
     replies: list[str] = []
     for start in range(0, len(dialogs), batch_size):
         chunk = dialogs[start : start + batch_size]
@@ -81,19 +86,8 @@ def generate_replies(
             tokenizer(render(tokenizer, list(d), True), add_special_tokens=False)["input_ids"]
             for d in chunk
         ]
-        input_ids, attention = left_pad(rows, pad_token_id(tokenizer), input_ids_device(model))
         with adapters_off(model):
-            out = causal_lm.generate(
-                input_ids=input_ids,
-                attention_mask=attention,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad_token_id(tokenizer),
-            )
-        texts = tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
+            new = generate_rows(causal_lm, rows, max_new_tokens=max_new_tokens, pad_id=pad)
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
         replies += [text.strip() or "..." for text in texts]
     return replies
-
-
-def input_ids_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device

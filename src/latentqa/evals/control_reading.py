@@ -20,12 +20,13 @@ items).
 
 from __future__ import annotations
 
+import json
 import random
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -41,8 +42,13 @@ from latentqa.data.format import Behavior, load_latentqa
 from latentqa.decoder.inputs import decoder_inputs
 from latentqa.errors import LatentQAError
 from latentqa.evals.probe import LogisticProbe
+from latentqa.evals.registry import Evaluation, Log
+from latentqa.models import EMBEDDED_MODEL
 from latentqa.reader import Reader
-from latentqa.steer.trainer import encode_reply
+from latentqa.steer.encoding import encode_reply
+
+if TYPE_CHECKING:
+    from latentqa.evals.registry import SuiteContext
 
 METHODS = ("lit", "lit_zeroed", "lit_shuffled", "linear_probe")
 CHANCE = {"valence": 0.5, "tone": 1 / len(MOODS), "stereotype": 0.5}
@@ -216,8 +222,55 @@ def plot_control_reading(result: dict[str, Any], out: str | Path) -> str:
     return name
 
 
-def run_in_suite(ctx: Any) -> dict[str, Any]:
-    """Entry point for ``latentqa eval all`` (see :class:`latentqa.evals.all.SuiteContext`)."""
+@dataclass
+class EvalControlReadingConfig:
+    """Options of ``latentqa eval control-reading``."""
+
+    data: str | None = None
+    """folder from `latentqa data build --task control` (default: built afresh with seed 0,
+    the split shipped:control was trained on)"""
+    target: str = EMBEDDED_MODEL
+    """target model"""
+    decoder: str = "shipped:control"
+    """decoder folder trained on control data, or shipped:control"""
+    n: int = 120
+    """held-out items per question"""
+    n_probe: int = 400
+    """training items per question for the linear probe"""
+    seed: int = 0
+    """random seed"""
+    out: str | None = None
+    """folder for control_reading.png and control_reading.json"""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N"""
+
+
+def run(config: EvalControlReadingConfig, log: Log) -> dict[str, Any]:
+    """Run ``latentqa eval control-reading``; the decoder and ``--out`` are checked before
+    any model loads."""
+    from latentqa.decoder.folder import preflight_decoder
+    from latentqa.outdir import check_output_folder
+
+    preflight_decoder(config.target, config.decoder, device=config.device)
+    check_output_folder(config.out, "--out")
+    reader = Reader.load(config.target, config.decoder, device=config.device)
+    return evaluate_control_reading(
+        reader, config.data, n=config.n, n_probe=config.n_probe, seed=config.seed, log=log
+    )
+
+
+def report(result: dict[str, Any], config: EvalControlReadingConfig, _log: Log) -> str:
+    """Write the PNG and the JSON into ``--out`` (if given); return the table."""
+    from latentqa.evals.report import markdown_table
+
+    if config.out:
+        plot_control_reading(result, config.out)
+        (Path(config.out) / "control_reading.json").write_text(json.dumps(result, indent=1))
+    return markdown_table(result, chance=CHANCE)
+
+
+def run_in_suite(ctx: SuiteContext) -> dict[str, Any]:
+    """``latentqa eval all``'s entry point: the evaluation and its plot."""
     reader = ctx.reader("control-reading")
     sizes = {} if ctx.n is None else {"n": ctx.n}
     result = evaluate_control_reading(
@@ -225,3 +278,19 @@ def run_in_suite(ctx: Any) -> dict[str, Any]:
     )
     result["plots"] = [plot_control_reading(result, ctx.out)]
     return result
+
+
+EVALUATION = Evaluation(
+    name="control-reading",
+    help="does the steering decoder read tone and stereotypes from a reply?",
+    description="Held-out replies (mood prompts and StereoSet groups never trained "
+    "on): valence (2 options), tone (9 options) and stereotype (2 options), chosen by "
+    "the decoder's likelihood, beside the same decoder with zeroed and shuffled "
+    "activations and a linear probe. With no option: shipped:control.",
+    config=EvalControlReadingConfig,
+    run=run,
+    report=report,
+    suite=run_in_suite,
+    default_decoder="shipped:control",
+    headline="tone",
+)

@@ -33,16 +33,16 @@ from torch import nn
 
 from latentqa.errors import LatentQAError
 from latentqa.evals.steering import (
-    SteeringEvaluation,
     SteeringResult,
     SteeringRun,
     SteeringTask,
     VectorEvalOptions,
     run_steering,
+    steering_evaluation,
 )
 from latentqa.evals.steering_methods import Log, load_steerable, mean, split_items
+from latentqa.generation import perplexity, reply_logprobs, text_logprobs
 from latentqa.package_data import package_file
-from latentqa.steer.generate import perplexity, reply_logprobs, text_logprobs
 from latentqa.steer.model import SteerableModel
 from latentqa.steer.vector import steering_vector
 from latentqa.typed_config import config_to_dict
@@ -312,5 +312,14 @@ def evaluate_crows_pairs(
     return run_steering(task, log)
 
 
-EVALUATION = SteeringEvaluation("crows-pairs", CrowsPairsEvalConfig, evaluate_crows_pairs, "n_rows")
-run_in_suite = EVALUATION.run_in_suite
+EVALUATION = steering_evaluation(
+    name="crows-pairs",
+    help="debias: share of CrowS-Pairs rows where the model prefers the stereotype",
+    description=(
+        "Stereotypical share before and after debiasing (LIT, prompting, steering "
+        "vector), and perplexity on neutral text (TruthfulQA answers)."
+    ),
+    config=CrowsPairsEvalConfig,
+    evaluate=evaluate_crows_pairs,
+    size="n_rows",
+)

@@ -51,6 +51,7 @@ from latentqa.evals.relations_data import (
     score,
 )
 from latentqa.evals.report import markdown_table, plot_grouped_bars, plot_per_layer
+from latentqa.generation import generate_batch
 from latentqa.models import unwrap_causal_lm
 from latentqa.patch import patch_activations
 from latentqa.reader import Reader
@@ -132,14 +133,10 @@ def patchscope_answers(
             reader.handle.target(),
             patch_activations(causal_lm, layer, mask, patch, blocks=reader.handle.blocks),
         ):
-            out = causal_lm.generate(
-                input_ids=ids,
-                attention_mask=attention,
-                do_sample=False,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=pad,
+            new = generate_batch(
+                causal_lm, ids, attention, max_new_tokens=max_new_tokens, pad_id=pad
             )
-        texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
         answers += [first_answer(text) for text in texts]
     return answers
 
@@ -370,24 +367,6 @@ def relations_markdown(result: dict[str, Any]) -> str:
         + ", ".join(f"{r} {c['known']}/{c['candidates']}" for r, c in result["filter"].items()),
     ]
     return "\n".join(lines)
-
-
-def run_in_suite(ctx: Any) -> dict[str, Any]:
-    """Entry point for ``latentqa eval all`` (see :class:`latentqa.evals.all.SuiteContext`)."""
-    from latentqa.decoder.folder import open_decoder_folder
-
-    # Find the facts before any model loads: without them the task is skipped at once.
-    folder, spec = open_decoder_folder(ctx.target, ctx.decoder_for("relations"))
-    data = find_relation_data(ctx.data.get("relations"), folder, spec)
-    reader = ctx.reader("relations")
-    result = evaluate_relations(reader, data, n=ctx.n, seed=ctx.seed, log=ctx.log)
-    if ctx.layers:
-        result.update(
-            sweep_layers(reader, data, ctx.layers, ctx.out, n=ctx.n, seed=ctx.seed, log=ctx.log)
-        )
-    result.setdefault("plots", []).append(plot_per_relation(result, ctx.out))
-    result["markdown"] = relations_markdown(result)
-    return result
 
 
 def plot_per_relation(result: Mapping[str, Any], out: str | Path) -> str:

@@ -36,15 +36,15 @@ from torch import nn
 from latentqa.data.sources import load_user_prompts
 from latentqa.errors import LatentQAError
 from latentqa.evals.steering import (
-    SteeringEvaluation,
     SteeringResult,
     SteeringRun,
     SteeringTask,
     VectorEvalOptions,
     run_steering,
+    steering_evaluation,
 )
 from latentqa.evals.steering_methods import Log, load_steerable, mean, split_items
-from latentqa.steer.generate import generate_texts, perplexity, reply_logprobs
+from latentqa.generation import generate_texts, perplexity, reply_logprobs
 from latentqa.steer.model import SteerableModel
 from latentqa.steer.vector import steering_vector
 from latentqa.typed_config import config_to_dict
@@ -301,5 +301,14 @@ def evaluate_sentiment(
     return run_steering(task, log)
 
 
-EVALUATION = SteeringEvaluation("sentiment", SentimentEvalConfig, evaluate_sentiment, "n_prompts")
-run_in_suite = EVALUATION.run_in_suite
+EVALUATION = steering_evaluation(
+    name="sentiment",
+    help="steer toward positive / negative replies: LIT vs prompting vs a steering vector",
+    description=(
+        "Generate on held-out neutral prompts and score with VADER (mean compound, share "
+        "with the intended polarity) and fluency (perplexity under the unsteered model)."
+    ),
+    config=SentimentEvalConfig,
+    evaluate=evaluate_sentiment,
+    size="n_prompts",
+)

@@ -20,17 +20,18 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from latentqa.evals.registry import Evaluation
 from latentqa.evals.steering_methods import Log, run_lit, vector_settings, vector_steered
 from latentqa.models import EMBEDDED_MODEL
 from latentqa.steer.config import SteerConfig
-from latentqa.steer.trainer import own_replies, steering_reads
+from latentqa.steer.encoding import own_replies, steering_reads
 from latentqa.steer.vector import tune_setting
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from latentqa.evals.all import SuiteContext
+    from latentqa.evals.registry import SuiteContext
     from latentqa.steer.model import SteerableModel
     from latentqa.steer.qa_pairs import QAPair
 
@@ -311,7 +312,7 @@ def run_steering(
 
 @dataclass(frozen=True)
 class SteeringEvaluation:
-    """A steering evaluation as the CLI and ``latentqa eval all`` see it.
+    """What a steering evaluation adds to the shared command and suite runner.
 
     Attributes:
         name: Task name.
@@ -324,6 +325,16 @@ class SteeringEvaluation:
     config: type[SteeringEvalOptions]
     evaluate: Callable[..., SteeringResult]
     size: str
+
+    def run(self, config: SteeringEvalOptions, log: Log) -> dict[str, Any]:
+        """The command's result: the evaluation's ``--json`` object."""
+        return self.evaluate(config, log=log).to_json()
+
+    def report(self, result: dict[str, Any], config: SteeringEvalOptions, _log: Log) -> str:
+        """The table and the checks; with ``--out``, the files written there, named."""
+        from latentqa.evals.steering_report import command_report
+
+        return command_report(result, config.out)
 
     def run_in_suite(self, ctx: SuiteContext) -> dict[str, Any]:
         """Entry point of ``latentqa eval all``: default sizes; ``ctx.n`` caps :attr:`size`.
@@ -346,3 +357,27 @@ class SteeringEvaluation:
             if steering_plot(result, Path(ctx.out) / png):
                 result["plots"] = [png]
         return result
+
+
+def steering_evaluation(
+    *,
+    name: str,
+    help: str,
+    description: str,
+    config: type[SteeringEvalOptions],
+    evaluate: Callable[..., SteeringResult],
+    size: str,
+) -> Evaluation:
+    """A steering evaluation's registry entry (see :class:`SteeringEvaluation`); its
+    decoder in the suite, for the embedded target, is ``shipped:control``."""
+    steering = SteeringEvaluation(name, config, evaluate, size)
+    return Evaluation(
+        name=name,
+        help=help,
+        description=description,
+        config=config,
+        run=steering.run,
+        report=steering.report,
+        suite=steering.run_in_suite,
+        default_decoder="shipped:control",
+    )

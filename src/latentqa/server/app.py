@@ -117,6 +117,38 @@ def _distinct_layers(layers: Sequence[int], n_layers: int | None) -> list[int]:
     return distinct
 
 
+async def _score(
+    session: Session,
+    reader: ReaderLike,
+    request: ScoreRequest | LayerScoresRequest,
+    dialog: list[dict[str, Any]],
+    layer: int | None,
+    subject: Mapping[str, Any],
+) -> tuple[list[float], float]:
+    """One model call: the request's candidate answers scored on ``dialog``.
+
+    Args:
+        session: The request's turn at the model.
+        reader: The reader with the chosen decoder.
+        request: The question, the answers and whether to normalize.
+        dialog: The request's dialog as plain messages.
+        layer: The target layer read; ``None``: the decoder's own.
+        subject: ``{"subject": text}`` to read only that text's tokens, or empty.
+
+    Returns:
+        The scores (one per answer) and the seconds spent on the model.
+    """
+    return await session.call(
+        reader.score,
+        dialog,
+        request.question,
+        list(request.answers),
+        normalize=request.normalize,
+        layer=layer,
+        **subject,
+    )
+
+
 def create_app(
     reader_factory: Callable[[], ReaderLike] | None = None,
     *,
@@ -273,9 +305,10 @@ def create_app(
             reader = await host.reader_for(session, request.decoder)
             layer, layers[:] = _read_layers(request.layer, reader)
             return await session.call(
-                reader.ask_with_evidence,
+                reader.ask,
                 dialog,
                 list(request.questions),
+                evidence=True,
                 max_new_tokens=request.max_new_tokens,
                 temperature=request.temperature,
                 layer=layer,
@@ -304,15 +337,7 @@ def create_app(
         async def work(session: Session) -> tuple[list[float], float]:
             reader = await host.reader_for(session, request.decoder)
             layer, layers[:] = _read_layers(request.layer, reader)
-            return await session.call(
-                reader.score,
-                dialog,
-                request.question,
-                list(request.answers),
-                normalize=request.normalize,
-                layer=layer,
-                **subject,
-            )
+            return await _score(session, reader, request, dialog, layer, subject)
 
         scores, seconds = await host.serve(work, is_disconnected=http.is_disconnected)
         return ScoreResponse(scores=scores, read_layers=layers, seconds=round(seconds, 3))
@@ -352,15 +377,7 @@ def create_app(
             rows: list[list[float]] = []
             total = 0.0
             for layer in layers:  # a deadline or a disconnect stops it between calls
-                row, seconds = await session.call(
-                    reader.score,
-                    dialog,
-                    request.question,
-                    list(request.answers),
-                    normalize=request.normalize,
-                    layer=layer,
-                    **subject,
-                )
+                row, seconds = await _score(session, reader, request, dialog, layer, subject)
                 rows.append(row)
                 total += seconds
             return rows, total

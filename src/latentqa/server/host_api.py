@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from latentqa.answering import AskOptions
     from latentqa.scoring import Answer
 
 
@@ -23,26 +26,13 @@ class ReaderLike(Protocol):
         self,
         dialog: list[dict[str, str]],
         questions: list[str],
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        layer: int | None = None,
         *,
         subject: str | None = None,
-    ) -> list[str]:
-        """Answer each question about the target's activations on ``dialog``."""
-        ...
-
-    def ask_with_evidence(
-        self,
-        dialog: list[dict[str, str]],
-        questions: list[str],
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        layer: int | None = None,
-        *,
-        subject: str | None = None,
-    ) -> list[Answer]:
-        """As :meth:`ask`, each answer with its evidence (real vs zeroed activations)."""
+        evidence: bool = False,
+        **options: Unpack[AskOptions],
+    ) -> list[str] | list[Answer]:
+        """Answer each question about the target's activations on ``dialog``; with
+        ``evidence``, each answer with its evidence (real vs zeroed activations)."""
         ...
 
     def score(

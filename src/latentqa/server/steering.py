@@ -255,8 +255,8 @@ class SteeringRunner:
             run.finish("failed", INTERNAL_ERROR)
 
     def _steer(self, steerable: Any, run: SteeringRun) -> None:
-        from latentqa.steer.config import SteerConfig  # here: they import torch
-        from latentqa.steer.generate import generate_texts
+        from latentqa.generation import generate_texts  # here: they import torch
+        from latentqa.steer.config import SteerConfig
         from latentqa.steer.trainer import train_steering
 
         run.check()

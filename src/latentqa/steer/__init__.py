@@ -13,13 +13,15 @@ Example::
 """
 
 from latentqa.steer.config import SteerConfig
-from latentqa.steer.generate import generate_texts, perplexity, reply_logprobs, text_logprobs
+from latentqa.steer.encoding import encode_prompt
+from latentqa.steer.loss import steering_loss
 from latentqa.steer.model import (
     DECODER_ADAPTER,
     STEER_ADAPTER,
     SteerableModel,
     load_steered,
 )
+from latentqa.steer.prompts import load_prompts
 from latentqa.steer.qa_pairs import (
     QAPair,
     combine_controls,
@@ -27,14 +29,7 @@ from latentqa.steer.qa_pairs import (
     parse_control,
     save_control,
 )
-from latentqa.steer.trainer import (
-    SteerResult,
-    encode_prompt,
-    load_prompts,
-    steer,
-    steering_loss,
-    train_steering,
-)
+from latentqa.steer.trainer import SteerResult, steer, train_steering
 from latentqa.steer.vector import add_vector, steering_vector, tune_setting
 
 __all__ = [
@@ -47,18 +42,14 @@ __all__ = [
     "add_vector",
     "combine_controls",
     "encode_prompt",
-    "generate_texts",
     "load_control",
     "load_prompts",
     "load_steered",
     "parse_control",
-    "perplexity",
-    "reply_logprobs",
     "save_control",
     "steer",
     "steering_loss",
     "steering_vector",
-    "text_logprobs",
     "train_steering",
     "tune_setting",
 ]

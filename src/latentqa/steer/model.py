@@ -29,9 +29,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from latentqa.decoder.folder import ADAPTER_FILES, DecoderSpec, first_line, load_decoder
+from latentqa.decoder.folder import ADAPTER_FILES, first_line
+from latentqa.decoder.loaded import DecoderHolder, LoadedDecoder
 from latentqa.errors import LatentQAError
-from latentqa.handle import TargetHandle
 from latentqa.layers import check_layer_index, linear_module_names
 from latentqa.models import EMBEDDED_MODEL, load_model
 
@@ -51,81 +51,28 @@ def steering_decoder(target: str, decoder: str | Path | None) -> str | Path | No
     return STEERING_DECODER if str(target).strip().lower() == EMBEDDED_MODEL else None
 
 
-class SteerableModel:
+class SteerableModel(DecoderHolder):
     """The target with the frozen decoder adapter and, once added, a steering adapter.
 
     Args:
-        model: A peft model whose adapter ``"decoder"`` is the decoder.
-        tokenizer: The target's tokenizer (with a chat template).
-        spec: How the decoder reads (read / write layers, mode, max_read_tokens).
-        decoder_path: The decoder folder.
-        target_name: The target's model spec.
-        layers_path: Optional dotted path of the decoder block list.
+        decoder: The loaded decoder: a peft model whose adapter ``"decoder"`` is the
+            decoder (:meth:`load` builds it).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer: PreTrainedTokenizerBase,
-        spec: DecoderSpec,
-        *,
-        decoder_path: Path,
-        target_name: str,
-        layers_path: str | None = None,
-    ) -> None:
-        # The handle applies the gradient rule now and after every adapter switch.
-        self.handle = TargetHandle.resolve(
-            model.eval(), tokenizer, layers_path, trainable=STEER_ADAPTER
-        )
-        self.model = model
-        self.tokenizer = tokenizer
-        self.spec = spec
-        self.decoder_path = decoder_path
-        self.target_name = target_name
-        self.layers_path = layers_path
-        self.blocks = self.handle.blocks
-        self.n_layers = self.handle.n_layers
-        self.device = self.handle.device
-        self.steer_layers: list[int] = []
+    adapter_name = DECODER_ADAPTER
+    trainable = STEER_ADAPTER
 
     @classmethod
-    def load(
-        cls,
-        target: str = EMBEDDED_MODEL,
-        decoder: str | Path | None = None,
-        *,
-        device: str | torch.device = "auto",
-        dtype: str | torch.dtype = "float32",
-    ) -> SteerableModel:
-        """Load the target once and attach the decoder's adapter as ``"decoder"`` (frozen).
+    def decoder_for(cls, target: str, decoder: str | Path | None) -> str | Path | None:
+        """:func:`steering_decoder`'s choice: ``shipped:control`` on the embedded target."""
+        return steering_decoder(target, decoder)
 
-        Args:
-            target: Model spec of the target (see :func:`latentqa.models.load_model`).
-            decoder: A folder written by ``latentqa train`` or ``shipped:NAME``; ``None``:
-                :func:`steering_decoder`'s choice.
-            device: ``auto``, ``cpu``, ``cuda[:N]``.
-            dtype: The frozen weights' dtype.
-
-        Raises:
-            LatentQAError: Missing or malformed decoder folder, or a decoder trained on
-                another target.
-        """
-        handle, spec, folder = load_decoder(
-            target,
-            steering_decoder(target, decoder),
-            device=device,
-            dtype=dtype,
-            adapter_name=DECODER_ADAPTER,
-            trainable=STEER_ADAPTER,
-        )
-        return cls(
-            handle.model,
-            handle.tokenizer,
-            spec,
-            decoder_path=folder,
-            target_name=str(target),
-            layers_path=handle.layers_path,
-        )
+    def __init__(self, decoder: LoadedDecoder) -> None:
+        super().__init__(decoder)
+        # The handle applies the gradient rule now and after every adapter switch.
+        self.handle.trainable = STEER_ADAPTER
+        self.handle.apply_gradient_rule()
+        self.steer_layers: list[int] = []
 
     # Adapters.
 
@@ -282,7 +229,7 @@ def load_steered(
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """Load ``target`` with a steering adapter written by ``latentqa steer``.
 
-    The result is an ordinary peft model: ``model.generate(...)`` generates steered
+    The result is an ordinary peft model: its ``generate`` method generates steered
     text, and ``with model.disable_adapter():`` gives the unsteered target.
 
     Returns:

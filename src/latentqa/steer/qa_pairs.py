@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from latentqa.errors import LatentQAError
+from latentqa.json_files import read_json
 
 QAPair = tuple[str, str]
 """One ``(question, answer)`` pair of a control."""
@@ -67,17 +68,7 @@ def load_control(path: str | Path) -> list[QAPair]:
         LatentQAError: The file is missing, not UTF-8 JSON, or not a valid control.
     """
     path = Path(path).expanduser()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LatentQAError(f"control file {path} does not exist") from None
-    except OSError as error:
-        raise LatentQAError(f"cannot read {path}: {error.strerror or error}") from None
-    except UnicodeDecodeError:
-        raise LatentQAError(f"control file {path} is not UTF-8: it must be UTF-8 JSON") from None
-    except json.JSONDecodeError as error:
-        raise LatentQAError(f"control file {path} is not valid JSON: {error}") from None
-    return parse_control(data, str(path))
+    return parse_control(read_json(path, "control file"), str(path))
 
 
 def combine_controls(

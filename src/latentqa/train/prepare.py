@@ -70,12 +70,6 @@ def data_folders(config: TrainConfig) -> tuple[Path, Path | None]:
     return train, heldout if heldout.is_dir() else None
 
 
-def resolve_read_layers(config: TrainConfig, n_layers: int) -> list[int]:
-    """Default read layer: half depth (the paper read 15 of 32)."""
-    layers = config.read_layers if config.read_layers is not None else [n_layers // 2]
-    return [check_layer_index(layer, n_layers, "read layer") for layer in layers]
-
-
 def config_fingerprint(config: TrainConfig) -> str:
     values = config_to_dict(config)
     subset = {key: values[key] for key in _FINGERPRINT_KEYS}
@@ -102,8 +96,23 @@ class PreparedData:
     """Extra-data labels left out because they name a held-out behaviour."""
     reads: str = "dialog"
     """``reply`` when every training behaviour is read on its final assistant reply only
-    (steering then reads replies too, see :func:`latentqa.steer.trainer.steering_reads`);
+    (steering then reads replies too, see :func:`latentqa.steer.encoding.steering_reads`);
     ``dialog`` otherwise."""
+
+
+def example_lengths(
+    data: PreparedData, max_read_tokens: int, n_read_layers: int, pool: str = "none"
+) -> list[int]:
+    """Approximate decoder length of each training example, for length-grouped batches.
+
+    Placeholders (read positions kept, per read layer) plus question and answer at
+    about four characters a token.
+    """
+
+    def kept(d: int) -> int:
+        return 1 if pool == "mean" else min(data.dialogs[d].read_length, max_read_tokens)
+
+    return [kept(d) * n_read_layers + (len(q) + len(a)) // 4 for d, q, a in data.train]
 
 
 def reads_of(datasets: Sequence[LatentQADataset]) -> str:

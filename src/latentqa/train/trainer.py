@@ -26,20 +26,16 @@ from tqdm.auto import tqdm
 from latentqa.capture import pad_token_id
 from latentqa.decoder.inputs import decoder_batch
 from latentqa.decoder.loss import answer_token_loss
-from latentqa.decoder.packing import (
-    SharedBatch,
-    cpu_attention,
-    shared_answer_loss,
-    shared_decoder_batch,
-)
+from latentqa.decoder.packing import SharedBatch, cpu_attention, shared_decoder_batch
 from latentqa.decoder.prompt import DecoderBatch
 from latentqa.layers import DecoderLayers, check_layer_index, find_decoder_layers
 from latentqa.models import load_model, resolve_device, resolve_dtype
+from latentqa.read_layers import resolve_read_layers
+from latentqa.schedule import example_order, lr_lambda
 from latentqa.train.activations import ActivationSource
 from latentqa.train.checkpoint import TrainerState, resume_from, save_checkpoint
 from latentqa.train.config import TrainConfig
 from latentqa.train.evaluate import evaluate_losses
-from latentqa.train.order import example_lengths, example_order
 from latentqa.train.plots import plot_losses
 from latentqa.train.preflight import preflight_train
 from latentqa.train.prepare import (
@@ -47,9 +43,9 @@ from latentqa.train.prepare import (
     add_lora,
     auto_dtype,
     config_fingerprint,
+    example_lengths,
     fit_vector_standardizer,
     prepare_data,
-    resolve_read_layers,
 )
 from latentqa.train.run_folder import (
     CHECKPOINTS,
@@ -58,7 +54,6 @@ from latentqa.train.run_folder import (
     start_writing,
     write_decoder,
 )
-from latentqa.train.schedule import lr_lambda
 
 
 class LITObjective(nn.Module):
@@ -74,8 +69,7 @@ class LITObjective(nn.Module):
         self.blocks = blocks  # the block list the vectors were read from
 
     def forward(self, batch: DecoderBatch | SharedBatch, vectors: torch.Tensor) -> torch.Tensor:
-        loss = shared_answer_loss if isinstance(batch, SharedBatch) else answer_token_loss
-        return loss(
+        return answer_token_loss(
             self.decoder,
             batch,
             vectors,
@@ -234,7 +228,7 @@ def _start(config: TrainConfig, *, resume: bool, force: bool, progress: bool) ->
     )
     blocks = find_decoder_layers(model, config.layers_path)
     n_layers = len(blocks)
-    read_layers = resolve_read_layers(config, n_layers)
+    read_layers = resolve_read_layers(config.read_layers, n_layers)
     check_layer_index(config.write_layer, n_layers, "write layer")
     data = prepare_data(config, tokenizer)
     decoder = add_lora(model, config)

@@ -1,17 +1,25 @@
-"""``latentqa eval relations``: options and the command (the evaluation is in
-:mod:`latentqa.evals.relations`)."""
+"""``latentqa eval relations`` as the registry sees it: options, command and suite runner
+(the evaluation is :mod:`latentqa.evals.relations`)."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from latentqa.cli.options import add_config_arguments, config_from_args
 from latentqa.errors import LatentQAError
+from latentqa.evals.registry import Evaluation, Log
+from latentqa.evals.relations import (
+    evaluate_relations,
+    plot_per_relation,
+    relations_markdown,
+    sweep_layers,
+)
+from latentqa.evals.relations_data import find_relation_data
 from latentqa.models import EMBEDDED_MODEL
+
+if TYPE_CHECKING:
+    from latentqa.evals.registry import SuiteContext
 
 
 @dataclasses.dataclass
@@ -46,38 +54,18 @@ class EvalRelationsConfig:
     """auto, cpu, cuda, cuda:N"""
 
 
-def add_relations_task(tasks: argparse._SubParsersAction) -> None:
-    """Add ``latentqa eval relations`` to the ``eval`` subparsers."""
-    p = tasks.add_parser(
-        "relations",
-        help="read country relations (capital, currency, ...) from subject tokens",
-        description="Facts about held-out countries (never trained on) and a held-out "
-        "relation, read from the target's activations on the country's name: the decoder, "
-        "the same decoder with zeroed and shuffled activations, Patchscope and a linear "
-        "probe, on the same items (exact and fuzzy accuracy). With no option: the shipped "
-        "relations decoder on the held-out countries it ships with.",
-    )
-    add_config_arguments(p, EvalRelationsConfig)
-    p.add_argument("--json", action="store_true", help="print the result as one JSON line last")
-    p.set_defaults(func=run_relations)
+def run(config: EvalRelationsConfig, log: Log) -> dict[str, Any]:
+    """Run ``latentqa eval relations``: every option is checked before any model loads
+    (the layer sweep runs after the main evaluation).
 
-
-def run_relations(args: argparse.Namespace) -> int:
-    """Run ``latentqa eval relations``; prints the tables (and JSON with ``--json``)."""
+    Raises:
+        LatentQAError: A malformed ``--layer-decoder``, a missing data folder, a layer
+            or decoder that cannot be used, or an output folder that cannot be written.
+    """
     from latentqa.decoder.folder import decoder_folder, preflight_decoder
-    from latentqa.evals.relations import (
-        evaluate_relations,
-        plot_per_relation,
-        relations_markdown,
-        sweep_layers,
-    )
-    from latentqa.evals.relations_data import find_relation_data
     from latentqa.outdir import check_output_folder
     from latentqa.reader import Reader
 
-    config = config_from_args(EvalRelationsConfig, args)
-    log = lambda message: print(message, file=sys.stderr)  # noqa: E731
-    # Every option is checked before any load: the sweep runs after the main evaluation.
     pairs = [item.split("=", 1) for item in config.layer_decoder]
     if any(len(pair) != 2 or not pair[0].lstrip("-").isdigit() for pair in pairs):
         raise LatentQAError("--layer-decoder takes LAYER=DIR, e.g. 9=runs/rel-l9")
@@ -90,40 +78,63 @@ def run_relations(args: argparse.Namespace) -> int:
     )
     data = find_relation_data(config.data, decoder_folder(config.target, config.decoder), spec)
     for layer, folder in pairs:
-        if int(layer) not in config.layers:
+        if int(layer) not in (config.layers or ()):
             raise LatentQAError(f"--layer-decoder {layer}={folder}: add {layer} to --layers")
         preflight_decoder(config.target, folder, layers=[int(layer)], device=config.device)
     if config.layers or config.out:
         check_output_folder(config.out, "--out")
     reader = Reader.load(config.target, config.decoder, device=config.device)
-    result = evaluate_relations(
-        reader,
-        data,
-        n=config.n,
-        seed=config.seed,
-        max_new_tokens=config.max_new_tokens,
-        log=log,
-    )
+    options = dict(n=config.n, seed=config.seed, max_new_tokens=config.max_new_tokens, log=log)
+    result = evaluate_relations(reader, data, **options)
     if config.layers:
         readers = {int(k): Reader.load(config.target, v, device=config.device) for k, v in pairs}
+        out = config.out or "."
         result.update(
-            sweep_layers(
-                reader,
-                data,
-                config.layers,
-                config.out or ".",
-                layer_readers=readers,
-                n=config.n,
-                seed=config.seed,
-                max_new_tokens=config.max_new_tokens,
-                log=log,
-            )
+            sweep_layers(reader, data, config.layers, out, layer_readers=readers, **options)
         )
+    return result
+
+
+def report(result: dict[str, Any], config: EvalRelationsConfig, log: Log) -> str:
+    """Draw the per-relation PNG into ``--out`` (if given); return the tables."""
     if config.out:
         plots = result.setdefault("plots", [])
         plots.append(plot_per_relation(result, config.out))
         log(f"wrote {', '.join(str(Path(config.out) / p) for p in plots)}")
-    print(relations_markdown(result))
-    if args.json:
-        print(json.dumps(result))
-    return 0
+    return relations_markdown(result)
+
+
+def run_in_suite(ctx: SuiteContext) -> dict[str, Any]:
+    """``latentqa eval all``'s entry point: the evaluation, the layer sweep with
+    ``--layers`` and the per-relation plot."""
+    from latentqa.decoder.folder import open_decoder_folder
+
+    # Find the facts before any model loads: without them the task is skipped at once.
+    folder, spec = open_decoder_folder(ctx.target, ctx.decoder_for("relations"))
+    data = find_relation_data(ctx.data.get("relations"), folder, spec)
+    reader = ctx.reader("relations")
+    result = evaluate_relations(reader, data, n=ctx.n, seed=ctx.seed, log=ctx.log)
+    if ctx.layers:
+        result.update(
+            sweep_layers(reader, data, ctx.layers, ctx.out, n=ctx.n, seed=ctx.seed, log=ctx.log)
+        )
+    result.setdefault("plots", []).append(plot_per_relation(result, ctx.out))
+    result["markdown"] = relations_markdown(result)
+    return result
+
+
+EVALUATION = Evaluation(
+    name="relations",
+    help="read country relations (capital, currency, ...) from subject tokens",
+    description="Facts about held-out countries (never trained on) and a held-out "
+    "relation, read from the target's activations on the country's name: the decoder, "
+    "the same decoder with zeroed and shuffled activations, Patchscope and a linear "
+    "probe, on the same items (exact and fuzzy accuracy). With no option: the shipped "
+    "relations decoder on the held-out countries it ships with.",
+    config=EvalRelationsConfig,
+    run=run,
+    report=report,
+    suite=run_in_suite,
+    default_decoder="shipped:relations",
+    headline="accuracy",
+)

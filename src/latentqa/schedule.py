@@ -1,16 +1,16 @@
-"""Which training examples go into which step: seeded epochs, length groups, shared reads.
+"""The seeded schedules shared by LIT training and steering: examples and learning rate.
 
-The order is a pure function of the seed and the stream position, so a resumed run
-recomputes the same batches from its step count alone.
+Which example each step sees is a pure function of the seed and the stream position,
+so a resumed run recomputes the same batches from its step count alone; the learning
+rate is a pure function of the step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import torch
-
-from latentqa.train.prepare import PreparedData
 
 
 def _units(
@@ -50,7 +50,7 @@ def epoch_permutation(
     while which examples share a window stays random. With ``dialogs`` (each example's
     dialog) and ``share`` > 1, up to ``share`` examples of one dialog are kept next to
     each other, so a batch can compute their read once
-    (:mod:`latentqa.shared_prefix`); every example still appears once per epoch.
+    (:mod:`latentqa.decoder.packing`); every example still appears once per epoch.
     """
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(n, generator=generator).tolist()
@@ -98,16 +98,22 @@ def example_order(
     return out
 
 
-def example_lengths(
-    data: PreparedData, max_read_tokens: int, n_read_layers: int, pool: str = "none"
-) -> list[int]:
-    """Approximate decoder length of each training example, for length-grouped batches.
+def lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
+    """Linear warmup to 1, then cosine down to ``min_ratio``, per optimizer step.
 
-    Placeholders (read positions kept, per read layer) plus question and answer at
-    about four characters a token.
+    Args:
+        warmup: Steps of linear warmup.
+        total: Steps of the whole run (the cosine reaches ``min_ratio`` there).
+        min_ratio: The final factor.
+
+    Returns:
+        The factor of the base learning rate at each step, for ``LambdaLR``.
     """
 
-    def kept(d: int) -> int:
-        return 1 if pool == "mean" else min(data.dialogs[d].read_length, max_read_tokens)
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return [kept(d) * n_read_layers + (len(q) + len(a)) // 4 for d, q, a in data.train]
+    return factor

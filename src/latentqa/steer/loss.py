@@ -1,0 +1,81 @@
+"""Steering's objective: the frozen decoder's answer loss on the control, read off the
+steered target.
+
+The target is read with only the ``"steer"`` adapter active, with gradients; the
+decoder takes the read vectors with only ``"decoder"`` active, so the gradient of its
+cross-entropy on the control's answers flows through the patched vectors into the
+steering adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from latentqa.capture import pad_token_id, read_encoded
+from latentqa.chat import EncodedDialog
+from latentqa.decoder.inputs import decoder_batch, decoder_inputs
+from latentqa.decoder.loss import answer_token_loss
+from latentqa.steer.model import DECODER_ADAPTER, STEER_ADAPTER, SteerableModel
+from latentqa.steer.qa_pairs import QAPair
+
+
+def steering_loss(
+    steerable: SteerableModel,
+    encoded: Sequence[EncodedDialog],
+    pairs: Sequence[QAPair],
+    read_layers: Sequence[int],
+    *,
+    per_layer_loss: bool = False,
+) -> tuple[torch.Tensor, list[float]]:
+    """The decoder's answer loss on the control, reading the steered target on ``encoded``.
+
+    Args:
+        steerable: The target with both adapters (the steering one is read through).
+        encoded: What the target reads, with their read spans (see
+            :mod:`latentqa.steer.encoding`).
+        pairs: The control's ``(question, answer)`` pairs, asked about every item.
+        read_layers: The target layers read (checked, normalised).
+        per_layer_loss: One loss per read layer (each read alone) instead of one loss
+            of all read layers together.
+
+    Returns:
+        The loss to minimise (the mean over layer groups) and each group's value: one
+        group of all read layers, or one group per layer with ``per_layer_loss``.
+    """
+    steerable.use(STEER_ADAPTER)
+    spans = read_encoded(
+        steerable.model,
+        encoded,
+        pad_token_id(steerable.tokenizer),
+        read_layers,
+        blocks=steerable.blocks,
+    )
+    # spans: per prompt [n_read_layers, span, d_model], differentiable w.r.t. the steer LoRA
+    steerable.use(DECODER_ADAPTER)
+    groups = (
+        [[i] for i in range(len(read_layers))]
+        if per_layer_loss
+        else [list(range(len(read_layers)))]
+    )
+    questions = [q for _ in encoded for q, _ in pairs]
+    answers = [a for _ in encoded for _, a in pairs]
+    spec = steerable.spec
+    losses = []
+    for group in groups:
+        # per prompt [len(group) * kept, d_model], once per control pair
+        vectors = [decoder_inputs(span[group], spec) for span in spans]
+        rows = [v for v in vectors for _ in pairs]
+        batch, flat = decoder_batch(steerable.tokenizer, rows, questions, answers)
+        loss = answer_token_loss(
+            steerable.model,
+            batch.to(steerable.device),
+            flat,
+            write_layer=spec.write_layer,
+            mode=spec.mode,
+            blocks=steerable.blocks,
+        )
+        losses.append(loss)
+    stacked = torch.stack(losses)  # [n_groups]
+    return stacked.mean(), [float(value) for value in stacked.detach()]
