@@ -33,7 +33,7 @@ STAGES: list[tuple[str, list[str]]] = [
             "schedule",
         ],
     ),
-    ("models", ["gguf_cache", "models", "layers", "read_layers"]),
+    ("models", ["devices", "gguf_cache", "models", "layers"]),
     ("target", ["handle", "chat"]),
     ("read and write", ["capture", "patch"]),
     ("decoder", ["decoder"]),

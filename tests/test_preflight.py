@@ -109,6 +109,10 @@ def test_model_shape_comes_from_the_config_without_weights(files, tmp_path):
         (["--lr", "inf"], "lr must be positive"),
         (["--keep-checkpoints", "0"], "keep_checkpoints must be at least 1"),
         (["--target", "{root}/no-model"], "no such file or folder"),
+        (["--projector", "linear"], "set --read-pool mean, last or mean+last"),
+        (["--projector", "mlp", "--read-pool", "last", "--mode", "add"], "leave --mode unset"),
+        (["--projector-lr", "0.01"], "--projector-lr applies to a projector"),
+        (["--mode", "embed", "--write-layer", "1"], "--write-layer 1 has no effect"),
     ],
 )
 def test_train_refuses_before_the_model_loads(files, tmp_path, capsys, extra, message):

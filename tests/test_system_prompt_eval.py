@@ -127,6 +127,9 @@ class FakeReader:
                 out.append(self.score_vectors(v, q, [a], normalize)[0])
         return out
 
+    def score_rows_shared(self, vectors, questions, answers, normalize=False, progress=None):
+        return self.score_rows(vectors, questions, answers, normalize)
+
     def generate_ids(self, vectors, questions, max_new_tokens=64):
         rows = []
         for v in vectors:
@@ -141,8 +144,11 @@ def fakes(monkeypatch):
     monkeypatch.setattr(sp, "embedder", FakeEmbedder)
     replies = lambda model, tok, dialogs, max_new_tokens=48: ["ok"] * len(dialogs)  # noqa: E731
     monkeypatch.setattr(sp, "generate_replies", replies)
-    scores = lambda model, tok, dialog, q, answers: [_prior(a) for a in answers]  # noqa: E731
-    monkeypatch.setattr(sp, "score_answers", scores)
+
+    def scores(model, tok, dialogs, questions, answer_sets, progress=None):
+        return [[_prior(a) for a in answers] for answers in answer_sets]
+
+    monkeypatch.setattr(sp, "score_answer_sets", scores)
 
 
 def _fake_reader(data=None, question=QUESTION) -> FakeReader:
@@ -229,11 +235,11 @@ def test_every_method_and_measure_with_a_fake_reader(fakes):
     assert tuple(result["methods"]) == ALL_METHODS
     methods = result["methods"]
     for values in methods.values():
-        assert tuple(values) == MEASURES
-        assert all(v is None or 0.0 <= v <= 1.0 for v in values.values())
+        assert tuple(values) == (*MEASURES, "seconds") and values["seconds"] >= 0
+        assert all(v is None or 0.0 <= v <= 1.0 for k, v in values.items() if k in MEASURES)
     # The fake reads the behaviour perfectly from real vectors ...
     for name in ("lit", "base_patchscope"):
-        assert methods[name] == dict.fromkeys(MEASURES, 1.0)
+        assert {k: methods[name][k] for k in MEASURES} == dict.fromkeys(MEASURES, 1.0)
     # ... and nothing from zeroed vectors or a user turn without its system prompt: it
     # says "No." to everything, which is right for exactly half of the 2n questions.
     for name in ("lit_zeroed", "no_system_prompt"):
@@ -242,7 +248,10 @@ def test_every_method_and_measure_with_a_fake_reader(fakes):
     assert methods["lit_shuffled"]["mc_accuracy"] < 0.5
     # Zeroed vectors: every calibrated gain is 0, so the pick is a seeded random option.
     assert 0.0 < methods["lit_zeroed"]["mc_accuracy_calibrated"] < 0.6
-    assert len(reader.yes_no_asked) == 4 * 2 * 40  # lit, zeroed, shuffled, no system prompt
+    # lit, shuffled and no system prompt ask each of their 2n questions; lit_zeroed's
+    # zeroed rows depend only on the question, so a question asked twice is scored once.
+    distinct = {q for _, q, _ in yes_no_questions(build_items(None, n=40)[0])}
+    assert len(reader.yes_no_asked) == 3 * 2 * 40 + len(distinct)
     without_system = [d for d in reader.read_dialogs if d[0]["role"] != "system"]
     assert len(without_system) == 40 and all(d[0]["role"] == "user" for d in without_system)
     assert methods["linear_probe"]["mc_accuracy_calibrated"] is None
@@ -250,9 +259,12 @@ def test_every_method_and_measure_with_a_fake_reader(fakes):
     assert methods["black_box"]["yes_no_accuracy"] is None
     assert any("shipped" in m for m in messages)
     table = markdown_table(result, chance=CHANCE).splitlines()
-    assert table[2] == "| method | " + " | ".join(MEASURES) + " |"
+    assert table[2] == "| method | " + " | ".join(MEASURES) + " | seconds |"
     assert any(line.startswith("| no_system_prompt | ") for line in table)
-    assert table[-1] == "| *chance* | 0.200 | 0.200 | 0.500 | 0.500 | 0.500 |"
+    lit_row = next(line for line in table if line.startswith("| lit | "))
+    assert lit_row.endswith(f" | {methods['lit']['seconds']:.1f} |")
+    assert table[-1] == "| *chance* | 0.200 | 0.200 | 0.500 | 0.500 | 0.500 | – |"
+    assert result["seconds"] >= sum(v["seconds"] for v in methods.values()) - 0.1
     json.dumps(result)
 
 
@@ -264,7 +276,7 @@ def test_cli_runs_with_no_data_option(fakes, monkeypatch, capsys):
 
     args = build_parser().parse_args(["eval", "system-prompt", "--json"])
     config = config_from_args(EvalSystemPromptConfig, args)
-    assert config.data is None and config.n is None and config.open
+    assert config.data is None and config.n is None and config.open is None  # yes: not --quick
     args = build_parser().parse_args(["eval", "system-prompt", "--no-open", "--n", "3"])
     config = config_from_args(EvalSystemPromptConfig, args)
     assert config.n == 3 and not config.open
@@ -275,7 +287,7 @@ def test_cli_runs_with_no_data_option(fakes, monkeypatch, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     result = json.loads(out[-1])
     assert result["n"] == 177 and tuple(result["methods"]) == ALL_METHODS
-    assert all(tuple(values) == MEASURES for values in result["methods"].values())
+    assert all(tuple(values) == (*MEASURES, "seconds") for values in result["methods"].values())
     assert any(line.startswith("| no_system_prompt |") for line in out)
 
 
@@ -299,7 +311,7 @@ def test_every_method_on_a_tiny_model(tmp_path, monkeypatch):
     )
     assert result["n"] == 6 and tuple(result["methods"]) == ALL_METHODS
     for name, values in result["methods"].items():
-        assert tuple(values) == MEASURES
+        assert tuple(values) == (*MEASURES, "seconds")
         assert 0.0 <= values["mc_accuracy"] <= 1.0
         assert (values["open_win_rate"] is None) == (name == "linear_probe")
         if name in DECODER_METHODS:
@@ -327,3 +339,44 @@ def test_eval_all_reports_the_new_measures(fakes, monkeypatch, tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "| no_system_prompt | " in report
     assert "mc_accuracy_calibrated | yes_no_accuracy" in report and "| *chance* |" in report
+
+
+def test_quick_preset_and_options_that_win(fakes, monkeypatch, capsys):
+    from latentqa.cli import build_parser, main
+    from latentqa.cli.options import config_from_args
+    from latentqa.evals.system_prompt_task import QUICK, EvalSystemPromptConfig, resolve_preset
+    from latentqa.reader import Reader
+
+    def preset(*argv: str) -> EvalSystemPromptConfig:
+        args = build_parser().parse_args(["eval", "system-prompt", *argv])
+        return resolve_preset(config_from_args(EvalSystemPromptConfig, args))
+
+    default = preset()
+    assert default.open is True and default.n is None and default.methods is None
+    quick = preset("--quick")
+    assert (quick.n, quick.methods, quick.open) == (40, QUICK["methods"], False)
+    mine = preset("--quick", "--n", "7", "--open", "--methods", "lit", "linear_probe")
+    assert (mine.n, mine.methods, mine.open) == (7, ["lit", "linear_probe"], True)
+    assert preset("--no-open").open is False
+    monkeypatch.setattr(Reader, "load", classmethod(lambda cls, *a, **k: _fake_reader()))
+
+    def no_base(cls, *args, **kwargs):
+        raise AssertionError("--quick runs no base_patchscope: the base model is not loaded")
+
+    monkeypatch.setattr(Reader, "base", classmethod(no_base))
+    assert main(["eval", "system-prompt", "--quick", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n"] == 40 and list(result["methods"]) == QUICK["methods"]
+    assert all(values["open_win_rate"] is None for values in result["methods"].values())
+
+
+def test_each_condition_is_read_once(fakes):
+    reader, base = _fake_reader(), _fake_reader()
+    items, train_pairs = build_items(None, n=30)
+    evaluate_system_prompt(reader, base, None, n=30)
+    systems = [d[0]["content"] for d in reader.read_dialogs if d[0]["role"] == "system"]
+    expected = [i.dialog[0]["content"] for i in items] + [d[0]["content"] for d, _ in train_pairs]
+    # The real reads serve lit, lit_zeroed, lit_shuffled and the probe: each dialog once.
+    assert sorted(systems) == sorted(expected)
+    assert len(reader.read_dialogs) == len(expected) + len(items)  # + the user turns alone
+    assert [d[0]["content"] for d in base.read_dialogs] == [i.dialog[0]["content"] for i in items]

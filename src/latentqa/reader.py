@@ -179,8 +179,9 @@ class Reader(DecoderHolder):
             )
         layers = self.spec.read_layers if layer is None else [layer]
         spans = self.read_spans(dialogs, layers, batch_size, subject=subjects)
-        # each span [n_layers, span, d_model] -> [n_layers * kept, d_model]
-        return [self.decoder.inputs(span) for span in spans]
+        # each span [n_layers, span, d_model] -> [n_layers * kept, d_model] (or pooled,
+        # projected: a projector reads only the decoder's own layers)
+        return [self.decoder.inputs(span, layers) for span in spans]
 
     @torch.no_grad()
     def read_spans(
@@ -334,5 +335,6 @@ class Reader(DecoderHolder):
     generate_ids = decoder_method(answering.generate_ids)
     ask_vectors = decoder_method(answering.ask_vectors)
     score_rows = decoder_method(scoring.score_rows)
+    score_rows_shared = decoder_method(scoring.score_rows_shared)
     score_vectors = decoder_method(scoring.score_vectors)
     evidence_vectors = decoder_method(scoring.evidence_rows)

@@ -56,6 +56,9 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
+        others = [option for option in options if option is not type(None)]
+        if len(others) == 1:  # Optional[X]: X's own message ("must be one of ...")
+            return _coerce(name, value, others[0])
         for option in options:
             if option is type(None):
                 continue

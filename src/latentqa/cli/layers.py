@@ -26,7 +26,9 @@ class LayersConfig:
     device: str = "auto"
     """auto, cpu, cuda, cuda:N"""
     dtype: str = "float32"
-    """float32 or bfloat16"""
+    """float32, bfloat16, or auto (bfloat16 where this machine runs it at least as fast as
+    float32: a CUDA device that supports it, or a CPU whose bfloat16 matmuls measure at
+    least as fast; else float32); the output states the dtype used"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,10 +53,11 @@ def run(args: argparse.Namespace) -> int:
     from latentqa.capture import read_activations
     from latentqa.chat import encode_dialog
     from latentqa.layers import find_decoder_layers
-    from latentqa.models import load_model
+    from latentqa.models import load_model, resolve_device, resolve_dtype
 
     config = config_from_args(LayersConfig, args)
-    model, tokenizer = load_model(config.target, device=config.device, dtype=config.dtype)
+    dtype = resolve_dtype(config.dtype, resolve_device(config.device))
+    model, tokenizer = load_model(config.target, device=config.device, dtype=dtype)
     layers = find_decoder_layers(model, config.layers_path)
     every = list(range(len(layers)))
     with torch.no_grad():
@@ -69,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         "layers_path": layers.path,
         "n_layers": len(layers),
         "block": type(layers[0]).__name__,
+        "dtype": str(dtype).removeprefix("torch."),
         "hidden_size": span.shape[-1],
         "read_tokens": encoded.read_length,
         "masked_tokens": encoded.read_start,
@@ -81,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         f"{report['architecture']}: {len(layers)} x {report['block']} at '{layers.path}', "
         f"hidden size {report['hidden_size']}"
     )
+    chosen = " (chosen by --dtype auto)" if config.dtype.strip().lower() == "auto" else ""
+    print(f"weights in {report['dtype']}{chosen} on {next(model.parameters()).device}")
     print(
         f"sample dialog: {encoded.read_start} system-prompt tokens masked, "
         f"{encoded.read_length} tokens read"

@@ -60,7 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "second copy of the target, loads on the first steering run",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        help="weights' dtype: float32 (default), bfloat16, or auto (bfloat16 where this "
+        "machine runs it at least as fast as float32: a CUDA device that supports it, or a "
+        "CPU whose bfloat16 matmuls measure at least as fast; else float32)",
+    )
     parser.add_argument(
         "--max-waiting",
         type=int,

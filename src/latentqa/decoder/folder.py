@@ -16,16 +16,40 @@ from pathlib import Path
 
 from torch import nn
 
+from latentqa.decoder.projector import PROJECTOR_FILE, PROJECTOR_KINDS
+from latentqa.decoder.prompt import PROMPT_ORDERS
 from latentqa.errors import LatentQAError
 from latentqa.json_files import read_json
 from latentqa.layers import check_layers
 from latentqa.models import EMBEDDED_MODEL, check_device_dtype, model_shape
 from latentqa.package_data import package_file
+from latentqa.patch import PATCH_MODES
 
 SPEC_FILE = "latentqa.json"
 SPEC_FORMAT = "latentqa-decoder/1"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 SHIPPED_DECODERS = package_file("latentqa", "resources/decoders")
+POOLS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "mean": ("mean",),
+    "last": ("last",),
+    "mean+last": ("mean", "last"),
+}
+"""Each read pool and the vectors it makes of one read layer, in this order: ``none``
+keeps every position; ``mean`` is the mean of the kept positions, ``last`` the last
+kept position; ``mean+last`` gives both, the mean first (see
+:func:`latentqa.decoder.inputs.flatten_reads`)."""
+
+
+def pool_width(pool: str) -> int:
+    """Vectors per read layer of a pooled read (its *slots* per layer); 0 for ``none``.
+
+    Raises:
+        LatentQAError: An unknown pool.
+    """
+    if pool not in POOLS:
+        raise LatentQAError(f"unknown read pool {pool!r}; use one of {', '.join(POOLS)}")
+    return len(POOLS[pool])
 
 
 @dataclass
@@ -47,11 +71,19 @@ class DecoderSpec:
     n_layers: int
     """The target's number of decoder blocks, checked at load time."""
     pool: str = "none"
-    """``none``: one vector per read position; ``mean``: one per read layer (the mean)."""
+    """``none``: one vector per read position; ``mean``, ``last``, ``mean+last``: one
+    vector per read layer and pooling (see :data:`POOLS`)."""
     vector_mean: list[float] | None = None
     """Per-dimension mean of the training vectors, when the decoder reads them standardized."""
     vector_std: list[float] | None = None
     """Per-dimension standard deviation of the training vectors (with ``vector_mean``)."""
+    projector: str = "none"
+    """``none``, or the kind of projector (``linear``, ``mlp``) saved beside the adapter
+    as ``projector.safetensors``: each pooled vector goes through its slot's map into
+    the decoder's input-embedding space (with ``mode`` ``embed``)."""
+    prompt_order: str = "vectors-first"
+    """Where the placeholders go: before the question (``vectors-first``) or after it
+    (``question-first``); see :func:`latentqa.decoder.prompt.build_decoder_prompt`."""
     extra: dict = field(default_factory=dict)
     """Training config, data version and final metrics, for reproducibility."""
 
@@ -66,8 +98,18 @@ class DecoderSpec:
         """The block-list override the decoder was trained with (``None``: found by search)."""
         return self.train_config.get("layers_path")
 
+    @property
+    def n_slots(self) -> int:
+        """Vectors per read of a pooled decoder (read layers x poolings); 0 unpooled."""
+        return len(self.read_layers) * pool_width(self.pool)
+
     def save(self, folder: str | Path) -> None:
         data = {"format": SPEC_FORMAT, **asdict(self)}
+        # Fields added later are left out at their defaults: a decoder without them
+        # keeps the file older latentqa versions read.
+        for name, default in _LATER_FIELDS.items():
+            if data[name] == default:
+                del data[name]
         Path(folder, SPEC_FILE).write_text(json.dumps(data, indent=2) + "\n")
 
     @classmethod
@@ -138,6 +180,20 @@ class DecoderSpec:
                 )
         if not data["read_layers"]:
             raise LatentQAError(f"{path}: field 'read_layers' is empty")
+        choices = {
+            "mode": PATCH_MODES,
+            "pool": tuple(POOLS),
+            "projector": PROJECTOR_KINDS,
+            "prompt_order": PROMPT_ORDERS,
+        }
+        for name, allowed in choices.items():
+            if name in data and data[name] not in allowed:
+                raise LatentQAError(
+                    f"{path}: field {name!r} must be one of {', '.join(allowed)}, got "
+                    f"{json.dumps(data[name])[:60]}: written by a newer latentqa?"
+                )
+        if data.get("projector", "none") != "none" and data.get("pool", "none") == "none":
+            raise LatentQAError(f"{path}: a projector needs a pooled read, but 'pool' is none")
         return cls(**data)
 
     def check_target(self, target: nn.Module, n_layers: int) -> None:
@@ -149,6 +205,10 @@ class DecoderSpec:
                 f"size {self.hidden_size}) but the target has {n_layers} layers, hidden "
                 f"size {hidden}: load the matching target"
             )
+
+
+_LATER_FIELDS = {"projector": "none", "prompt_order": "vectors-first"}
+"""Spec fields added after the first decoders shipped, with the value they default to."""
 
 
 # Decoder folders.
@@ -205,17 +265,19 @@ def decoder_folder(target: str, decoder: str | Path | None) -> Path:
 
 
 def open_decoder_folder(target: str, decoder: str | Path | None) -> tuple[Path, DecoderSpec]:
-    """The decoder folder (see :func:`decoder_folder`) and its spec, checked for adapters.
+    """The decoder folder (see :func:`decoder_folder`) and its spec, checked for adapters
+    (and the projector its spec names).
 
     Raises:
         LatentQAError: The folder is missing, has no ``latentqa.json``, or lacks the
-            safetensors adapter files.
+            safetensors adapter files or projector.
     """
     folder = decoder_folder(target, decoder)
     if not folder.is_dir():
         raise LatentQAError(f"decoder folder {folder} does not exist")
     spec = DecoderSpec.load(folder)
-    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
+    needed = ADAPTER_FILES + ((PROJECTOR_FILE,) if spec.projector != "none" else ())
+    missing = [name for name in needed if not (folder / name).is_file()]
     if missing:
         raise LatentQAError(
             f"{folder} lacks {', '.join(missing)}: pass a folder written by `latentqa train` "

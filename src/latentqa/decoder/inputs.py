@@ -9,20 +9,29 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from latentqa.capture import pad_token_id
-from latentqa.decoder.folder import DecoderSpec
+from latentqa.decoder.folder import POOLS, DecoderSpec, pool_width
 from latentqa.decoder.prompt import DecoderBatch, build_decoder_prompt, collate_prompts
 
 
 def flatten_reads(span: torch.Tensor, max_read_tokens: int, pool: str = "none") -> torch.Tensor:
     """``[n_layers, span, d_model]`` -> the decoder's input vectors, last tokens kept.
 
-    ``pool="none"``: ``[n_layers * kept, d_model]``; ``pool="mean"``: ``[n_layers,
-    d_model]``, each layer's mean over its kept positions.
+    ``pool="none"``: ``[n_layers * kept, d_model]``, layer by layer. A pooled read is
+    ``[n_layers * pool_width(pool), d_model]``, layer-major: for each read layer in turn
+    its pooled vectors in the order :data:`POOLS` lists them (``mean+last``: layer 0's
+    mean, layer 0's last position, layer 1's mean, ...). These are the *slots* a
+    projector has one map for.
     """
     kept = span[:, -max_read_tokens:]
-    if pool == "mean":
-        return kept.float().mean(1).to(kept.dtype)  # [n_layers, d_model]
-    return kept.reshape(-1, kept.shape[-1])
+    if pool_width(pool) == 0:
+        return kept.reshape(-1, kept.shape[-1])
+    slots = [  # each [n_layers, d_model]
+        kept.float().mean(1).to(kept.dtype) if kind == "mean" else kept[:, -1]
+        for kind in POOLS[pool]
+    ]
+    if len(slots) == 1:
+        return slots[0]
+    return torch.stack(slots, dim=1).flatten(0, 1)  # [n_layers * width, d_model], layer-major
 
 
 def standardizer(
@@ -67,14 +76,19 @@ def decoder_batch(
     vectors: Sequence[torch.Tensor],
     questions: Sequence[str],
     answers: Sequence[str] | None = None,
+    *,
+    order: str = "vectors-first",
 ) -> tuple[DecoderBatch, torch.Tensor]:
     """Lay out decoder prompts for flattened activation ``vectors`` (one per example).
 
-    Returns the padded batch and all vectors concatenated in placeholder order
-    ``[total_placeholders, d_model]``.
+    ``order`` is the decoder's prompt order (``DecoderSpec.prompt_order``, see
+    :func:`build_decoder_prompt`). Returns the padded batch and all vectors
+    concatenated in placeholder order ``[total_placeholders, d_model]``.
     """
     prompts = [
-        build_decoder_prompt(tokenizer, len(v), q, None if answers is None else answers[i])
+        build_decoder_prompt(
+            tokenizer, len(v), q, None if answers is None else answers[i], order=order
+        )
         for i, (v, q) in enumerate(zip(vectors, questions, strict=True))
     ]
     return collate_prompts(prompts, pad_token_id(tokenizer)), torch.cat(list(vectors))

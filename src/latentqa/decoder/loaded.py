@@ -16,7 +16,7 @@ loaded decoder one of their methods.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Concatenate, ParamSpec, TypeVar
@@ -26,11 +26,12 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from latentqa.capture import pad_token_id
-from latentqa.decoder.folder import DecoderSpec, first_line, open_decoder_folder
+from latentqa.decoder.folder import DecoderSpec, first_line, open_decoder_folder, pool_width
 from latentqa.decoder.inputs import decoder_inputs
+from latentqa.decoder.projector import Projector
 from latentqa.errors import LatentQAError
 from latentqa.handle import TargetHandle, context_length, stop_token_ids
-from latentqa.layers import DecoderLayers, find_decoder_layers
+from latentqa.layers import DecoderLayers, check_layer_index, find_decoder_layers
 from latentqa.models import EMBEDDED_MODEL, load_model, unwrap_causal_lm
 
 P = ParamSpec("P")
@@ -54,6 +55,9 @@ class LoadedDecoder:
     """The decoder folder; ``None`` without an adapter."""
     target_name: str = ""
     """The target's model spec, for reports (default: the spec's target)."""
+    projector: Projector | None = None
+    """The decoder's projector (frozen), when its spec names one: :meth:`inputs` applies
+    it. Loaded from ``folder`` when not given."""
     hidden_size: int = field(init=False)
     """The target's hidden size: read vectors are ``[n, hidden_size]``."""
     device: torch.device = field(init=False)
@@ -79,6 +83,21 @@ class LoadedDecoder:
         self.stop_ids = stop_token_ids(self.handle.tokenizer, causal_lm)
         self.context = context_length(model)
         self.has_adapter = isinstance(model, PeftModel)
+        if self.spec.projector != "none" and self.projector is None:
+            if self.folder is None:
+                raise LatentQAError(
+                    f"the decoder spec names a {self.spec.projector} projector: pass it, or "
+                    "load the decoder from its folder"
+                )
+            self.projector = Projector.load(self.folder, self.device)
+        if self.projector is not None:
+            self.projector.requires_grad_(False).eval()  # frozen; gradients still pass through
+            if self.projector.n_slots != self.spec.n_slots:
+                raise LatentQAError(
+                    f"the projector has {self.projector.n_slots} maps but the decoder reads "
+                    f"{self.spec.n_slots} vectors ({len(self.spec.read_layers)} layers, pool "
+                    f"{self.spec.pool}): its folder is inconsistent, retrain it"
+                )
 
     @classmethod
     def from_model(
@@ -91,6 +110,7 @@ class LoadedDecoder:
         target_name: str = "",
         layers_path: str | None = None,
         trainable: str | None = None,
+        projector: Projector | None = None,
     ) -> LoadedDecoder:
         """A loaded decoder around a model in hand (its blocks are found here, once).
 
@@ -103,9 +123,11 @@ class LoadedDecoder:
             layers_path: Dotted path of the block list, for models the search misses.
             trainable: Adapter whose weights alone require gradients (see
                 :attr:`TargetHandle.trainable`).
+            projector: The decoder's projector, if its spec names one (else loaded from
+                ``folder``).
         """
         handle = TargetHandle.resolve(model, tokenizer, layers_path, trainable=trainable)
-        return cls(handle, spec, folder, target_name)
+        return cls(handle, spec, folder, target_name, projector)
 
     @property
     def model(self) -> nn.Module:
@@ -127,10 +149,39 @@ class LoadedDecoder:
         """Number of decoder blocks."""
         return self.handle.n_layers
 
-    def inputs(self, span: torch.Tensor) -> torch.Tensor:
+    def inputs(self, span: torch.Tensor, layers: Sequence[int] | None = None) -> torch.Tensor:
         """The decoder's input vectors of a read span, as the spec says (kept tokens,
-        pooling, standardization): ``[n_layers, span, d_model]`` -> ``[n, d_model]``."""
-        return decoder_inputs(span, self.spec)
+        pooling, standardization, projector): ``[n_layers, span, d_model]`` ->
+        ``[n, d_model]``.
+
+        Args:
+            span: The read, one row per layer of ``layers``.
+            layers: The target blocks ``span`` holds (default: the spec's read layers).
+                A projector maps each layer's vectors with that layer's maps, so it
+                reads only layers among the spec's.
+
+        Raises:
+            LatentQAError: A projector asked to map a layer it has no map for.
+
+        Differentiable in ``span`` (steering trains the target through it).
+        """
+        vectors = decoder_inputs(span, self.spec)
+        if self.projector is None:
+            return vectors
+        n_blocks = self.spec.n_layers
+        read = [check_layer_index(layer, n_blocks, "read layer") for layer in self.spec.read_layers]
+        asked = (
+            read if layers is None else [check_layer_index(x, n_blocks, "layer") for x in layers]
+        )
+        if not set(asked) <= set(read) or len(asked) != len(span):
+            raise LatentQAError(
+                f"the decoder's projector maps reads of layers {self.spec.read_layers} only, "
+                f"not {asked} ({len(span)} read): read its own layers"
+            )
+        width = pool_width(self.spec.pool)
+        # the slot of (layer, pooling): the layer's place among the read layers x width + k
+        slots = [read.index(layer) * width + k for layer in asked for k in range(width)]
+        return self.projector(vectors, slots).to(vectors.dtype)  # [n_slots', d_model]
 
     def check_length(self, length: int, what: str) -> None:
         """Raise a clear error when ``length`` tokens of ``what`` exceed the context."""

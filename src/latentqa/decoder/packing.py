@@ -16,6 +16,11 @@ a row holds one or more trees side by side, left-padded::
 
     <header> <user> P P ... P | \\n Q1 <end> <assistant> A1 | \\n Q2 ... A2 | ...
     segments  0 ........... 0 | 1 ....................... 1 | 2 ........ 2 |
+
+A tree's prefix is what its prompts really share: up to the last placeholder. In the
+``question-first`` prompt order the question comes before the placeholders, so only
+prompts of one read that ask the same question (the options scored for it) share a
+tree; each other question gets a tree of its own, its read's vectors repeated.
 """
 
 from __future__ import annotations
@@ -97,8 +102,11 @@ def shared_decoder_batch(
     vectors: Sequence[torch.Tensor],
     groups: Sequence[Sequence[tuple[str, str | None]]],
     row_tokens: int = ROW_TOKENS,
+    *,
+    order: str = "vectors-first",
 ) -> tuple[SharedBatch, torch.Tensor]:
-    """Lay out one tree per entry of ``vectors``: its prefix, then one branch per QA pair.
+    """Lay out the prompts of each read as trees: a shared prefix, then one branch per
+    QA pair (one tree per read in the ``vectors-first`` order).
 
     Args:
         tokenizer: The decoder's tokenizer.
@@ -108,6 +116,7 @@ def shared_decoder_batch(
         row_tokens: Pack trees into rows of up to this many tokens (or the longest
             tree): fewer, fuller rows waste less compute on padding, while attention
             grows with the square of a row's length.
+        order: The decoder's prompt order (see :func:`build_decoder_prompt`).
 
     Returns:
         The batch (branches numbered in group order) and the vectors concatenated in
@@ -115,22 +124,27 @@ def shared_decoder_batch(
     """
     if len(vectors) != len(groups) or any(not group for group in groups):
         raise LatentQAError("every read needs at least one question")
-    trees: list[tuple[list[int], list[list[int]], list[list[bool]]]] = []
-    for read, group in zip(vectors, groups, strict=True):
-        prompts = [build_decoder_prompt(tokenizer, len(read), q, a) for q, a in group]
-        cut = prompts[0].placeholder_end
-        prefix = prompts[0].input_ids[:cut]
-        # The header is rendered without the question, so every prompt of a group agrees
-        # up to its last placeholder; a template that broke this must not share.
-        if any(p.placeholder_end != cut or p.input_ids[:cut] != prefix for p in prompts):
-            raise LatentQAError("the chat template puts the question before the placeholders")
-        trees.append(
-            (prefix, [p.input_ids[cut:] for p in prompts], [p.label_mask[cut:] for p in prompts])
-        )
-    lengths = [len(prefix) + sum(map(len, branches)) for prefix, branches, _ in trees]
-    first_branch = [0]
-    for _, branches, _ in trees:
-        first_branch.append(first_branch[-1] + len(branches))
+    # Each tree: its prefix, its branches' ids and label masks, and their numbers.
+    trees: list[tuple[list[int], list[list[int]], list[list[bool]], list[int]]] = []
+    reads: list[int] = []  # each tree's read
+    number = 0  # branches are numbered in group order, whichever tree they join
+    for read_index, (read, group) in enumerate(zip(vectors, groups, strict=True)):
+        # Prompts that agree up to their last placeholder share a tree (vectors-first:
+        # all of them, their header is rendered without the question).
+        shared: dict[tuple[int, ...], int] = {}
+        for question, answer in group:
+            p = build_decoder_prompt(tokenizer, len(read), question, answer, order=order)
+            prefix = tuple(p.input_ids[: p.placeholder_end])
+            if prefix not in shared:
+                shared[prefix] = len(trees)
+                trees.append((list(prefix), [], [], []))
+                reads.append(read_index)
+            _, branches, labels, numbers = trees[shared[prefix]]
+            branches.append(p.input_ids[p.placeholder_end :])
+            labels.append(p.label_mask[p.placeholder_end :])
+            numbers.append(number)
+            number += 1
+    lengths = [len(prefix) + sum(map(len, branches)) for prefix, branches, _, _ in trees]
     rows = _pack(lengths, max(max(lengths), row_tokens))
     shape = (len(rows), max(sum(lengths[t] for t in row) for row in rows))
     input_ids = torch.full(shape, pad_token_id(tokenizer), dtype=torch.long)
@@ -140,29 +154,31 @@ def shared_decoder_batch(
     placeholder_mask = torch.zeros(shape, dtype=torch.bool)
     label_mask = torch.zeros(shape, dtype=torch.bool)
     branch_index = torch.full(shape, -1, dtype=torch.long)
-    order: list[int] = []  # trees in placeholder (row-major) order, for the vectors
+    placed: list[int] = []  # trees in placeholder (row-major) order, for the vectors
     for row, members in enumerate(rows):
         at = shape[1] - sum(lengths[t] for t in members)  # left padding
         for slot, tree in enumerate(members):
-            prefix, branches, labels = trees[tree]
+            prefix, branches, labels, numbers = trees[tree]
             span = slice(at, at + len(prefix))
             input_ids[row, span] = torch.tensor(prefix)
             tree_ids[row, span] = slot
             position_ids[row, span] = torch.arange(len(prefix))
-            placeholder_mask[row, at + len(prefix) - len(vectors[tree]) : span.stop] = True
-            order.append(tree)
+            placeholder_mask[row, at + len(prefix) - len(vectors[reads[tree]]) : span.stop] = True
+            placed.append(tree)
             at += len(prefix)
-            for k, (branch, label) in enumerate(zip(branches, labels, strict=True), start=1):
+            for k, (branch, label, branch_number) in enumerate(
+                zip(branches, labels, numbers, strict=True), start=1
+            ):
                 span = slice(at, at + len(branch))
                 input_ids[row, span] = torch.tensor(branch)
                 tree_ids[row, span] = slot
                 segments[row, span] = k
                 position_ids[row, span] = torch.arange(len(prefix), len(prefix) + len(branch))
                 label_mask[row, span] = torch.tensor(label, dtype=torch.bool)
-                branch_index[row, span] = first_branch[tree] + k - 1
+                branch_index[row, span] = branch_number
                 at += len(branch)
     n_example_tokens = sum(
-        len(prefix) * len(branches) + sum(map(len, branches)) for prefix, branches, _ in trees
+        len(prefix) * len(branches) + sum(map(len, branches)) for prefix, branches, _, _ in trees
     )
     batch = SharedBatch(
         input_ids,
@@ -172,10 +188,10 @@ def shared_decoder_batch(
         placeholder_mask,
         label_mask,
         branch_index,
-        first_branch[-1],
+        number,
         n_example_tokens,
     )
-    return batch, torch.cat([vectors[t] for t in order])
+    return batch, torch.cat([vectors[reads[t]] for t in placed])
 
 
 def branch_attention_mask(trees: torch.Tensor, segments: torch.Tensor, dtype: torch.dtype):

@@ -66,18 +66,28 @@ class Projector(nn.Module):
     def n_slots(self) -> int:
         return self.weight.shape[0]
 
-    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``[..., n_slots, d_in]`` -> ``[..., n_slots, d_out]`` (slot ``i`` through map ``i``)."""
-        if vectors.shape[-2:] != self.weight.shape[:2]:
+    def forward(self, vectors: torch.Tensor, slots: Sequence[int] | None = None) -> torch.Tensor:
+        """``[..., n, d_in]`` -> ``[..., n, d_out]``: vector ``j`` through the map of slot
+        ``slots[j]`` (default: all slots in order, ``n = n_slots``).
+
+        Differentiable in ``vectors`` (steering trains the target through it) and in
+        the maps (training).
+        """
+        index = list(range(self.n_slots)) if slots is None else list(slots)
+        if vectors.shape[-2:] != (len(index), self.weight.shape[1]) or not all(
+            0 <= i < self.n_slots for i in index
+        ):
             raise LatentQAError(
                 f"the projector maps {self.n_slots} vectors of size {self.weight.shape[1]}, "
                 f"got shape {tuple(vectors.shape)}: the decoder reads other layers or pooling"
             )
-        x = vectors.to(self.weight.dtype)
-        out = torch.einsum("...si,sio->...so", x, self.weight) + self.bias  # [..., slots, d_out]
+        weight, bias = self.weight[index], self.bias[index]  # [n, d_in, d_out], [n, d_out]
+        x = vectors.to(weight.dtype)
+        out = torch.einsum("...si,sio->...so", x, weight) + bias  # [..., n, d_out]
         if self.kind == "mlp":
-            inner = torch.einsum("...si,sih->...sh", x, self.up) + self.up_bias
-            out = out + torch.einsum("...sh,sho->...so", nn.functional.gelu(inner), self.down)
+            inner = torch.einsum("...si,sih->...sh", x, self.up[index]) + self.up_bias[index]
+            down = self.down[index]  # [n, hidden, d_out]
+            out = out + torch.einsum("...sh,sho->...so", nn.functional.gelu(inner), down)
         return out
 
     @torch.no_grad()
@@ -200,19 +210,31 @@ def mean_token_embeddings(
     """The mean input embedding of each text's tokens, ``[len(texts), d_model]`` (float32).
 
     A bag of words in the decoder's own input space: the target that a fitted projector
-    maps a read toward.
+    maps a read toward. A module is called (so an embedding that scales its rows, as
+    Gemma's does, gives what the decoder's blocks see); a tensor is indexed.
     """
-    weight = embeddings.weight if isinstance(embeddings, nn.Module) else embeddings
     rows = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
             raise LatentQAError("cannot embed an empty text")
-        rows.append(weight[torch.tensor(ids, device=weight.device)].float().mean(0).cpu())
+        rows.append(_embed(embeddings, ids).float().mean(0).cpu())
     return torch.stack(rows)
 
 
+@torch.no_grad()
 def token_norm(embeddings: nn.Embedding | torch.Tensor) -> float:
     """The median norm of the decoder's token embeddings (what soft tokens are scaled to)."""
     weight = embeddings.weight if isinstance(embeddings, nn.Module) else embeddings
-    return float(weight.detach().float().norm(dim=-1).median())
+    norms = [  # chunks: a large vocabulary's embeddings need not be copied at once
+        _embed(embeddings, range(start, min(start + 4096, len(weight)))).float().norm(dim=-1)
+        for start in range(0, len(weight), 4096)
+    ]
+    return float(torch.cat(norms).median())
+
+
+def _embed(embeddings: nn.Embedding | torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+    """Input embeddings of ``ids``, ``[len(ids), d_model]``."""
+    weight = embeddings.weight if isinstance(embeddings, nn.Module) else embeddings
+    index = torch.tensor(list(ids), device=weight.device)
+    return embeddings(index) if isinstance(embeddings, nn.Module) else weight[index]

@@ -1,12 +1,14 @@
 """The decoder's input: a chat prompt with placeholder positions for activations.
 
-Layout (rendered with the decoder tokenizer's own chat template)::
+Layouts (rendered with the decoder tokenizer's own chat template), by prompt order::
 
-    <template header> <user> [P P ... P] \\n QUESTION <end of user> <assistant> ANSWER <end>
+    vectors-first:   <header> <user> [P P ... P] \\n QUESTION <end> <assistant> ANSWER <end>
+    question-first:  <header> <user> QUESTION \\n [P P ... P] <end> <assistant> ANSWER <end>
 
 ``P`` is a placeholder token, one per activation vector; the patch hook overwrites
-the hidden states there. Positions are found by rendering the template around a
-marker string and tokenizing the pieces, never from per-model offsets.
+the hidden states there (``embed`` mode: their input embeddings). Positions are found
+by rendering the template around a marker string and tokenizing the pieces, never
+from per-model offsets.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from latentqa.errors import LatentQAError
 _MARKER = "\u2063LATENTQA-ACTIVATIONS\u2063"
 # Tried in order; the first that is one token in the tokenizer is the placeholder.
 _PLACEHOLDER_CANDIDATES = ("?", "_", ".", "x")
+PROMPT_ORDERS: tuple[str, ...] = ("vectors-first", "question-first")
+"""``vectors-first``: the placeholders open the user turn, the question follows (every
+prompt about one read shares the prefix up to its last placeholder); ``question-first``:
+the question opens it and the placeholders end it, right before the answer."""
 
 
 def placeholder_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -63,8 +69,10 @@ def build_decoder_prompt(
     answer: str | None = None,
     *,
     placeholder_id: int | None = None,
+    order: str = "vectors-first",
 ) -> DecoderPrompt:
-    """Build the decoder's ids: ``n_placeholders`` slots, then the question, then the answer.
+    """Build the decoder's ids: ``n_placeholders`` slots and the question (in ``order``),
+    then the answer.
 
     Args:
         tokenizer: The decoder's tokenizer (with a chat template).
@@ -72,6 +80,7 @@ def build_decoder_prompt(
         question: The question about the activations.
         answer: The answer (training / scoring); ``None`` ends with the generation prompt.
         placeholder_id: Override for the placeholder token.
+        order: One of :data:`PROMPT_ORDERS`.
 
     Returns:
         The ids, the placeholder span, and the label mask over answer tokens. The
@@ -82,7 +91,11 @@ def build_decoder_prompt(
         raise LatentQAError("the decoder needs at least one activation to read")
     if not question.strip():
         raise LatentQAError("the question is empty")
-    messages = [{"role": "user", "content": f"{_MARKER}\n{question}"}]
+    if order not in PROMPT_ORDERS:
+        choices = ", ".join(PROMPT_ORDERS)
+        raise LatentQAError(f"unknown prompt order {order!r}; use one of {choices}")
+    content = f"{_MARKER}\n{question}" if order == "vectors-first" else f"{question}\n{_MARKER}"
+    messages = [{"role": "user", "content": content}]
     prompt_text = render(tokenizer, messages, add_generation_prompt=True)
     if prompt_text.count(_MARKER) != 1:
         raise LatentQAError("the chat template altered the activation marker; cannot lay out")

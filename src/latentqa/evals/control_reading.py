@@ -39,7 +39,6 @@ from latentqa.data.control import (
     build_control_dataset,
 )
 from latentqa.data.format import Behavior, load_latentqa
-from latentqa.decoder.inputs import decoder_inputs
 from latentqa.errors import LatentQAError
 from latentqa.evals.probe import LogisticProbe
 from latentqa.evals.registry import Evaluation, Log
@@ -182,7 +181,7 @@ def evaluate_control_reading(
     for name, items in held.items():
         bar.set_postfix_str(name)
         spans = _spans(reader, items)
-        vectors = [decoder_inputs(span, reader.spec) for span in spans]
+        vectors = [reader.decoder.inputs(span) for span in spans]
         shuffled = [vectors[j] for j in _derangement(len(vectors), seed)]
         methods["lit"][name] = _accuracy(reader, items, vectors)
         zeroed = [torch.zeros_like(v) for v in vectors]

@@ -40,7 +40,6 @@ from latentqa.data.relations_facts import (
     few_shot_prompt,
     first_answer,
 )
-from latentqa.decoder.inputs import decoder_inputs
 from latentqa.decoder.prompt import placeholder_token_id
 from latentqa.evals.probe import LogisticProbe
 from latentqa.evals.relations_data import (
@@ -235,7 +234,7 @@ def evaluate_relations(
     lit_layers = list(reader.spec.read_layers) if layer is None else [layer]
     log(f"relations: {len(items)} items, read layers {lit_layers}")
     spans = read_subjects(reader, items, lit_layers, batch_size)  # [n_layers, span, d] each
-    vectors = [decoder_inputs(s, reader.spec) for s in spans]
+    vectors = [reader.decoder.inputs(s, lit_layers) for s in spans]
     # Shuffled: another subject's vectors (seeded draw, see latentqa.conditions).
     conditions = activation_conditions(vectors, [i.fact.subject for i in items], seed)
     answers: dict[str, list[str | None]] = {

@@ -7,17 +7,21 @@ from pathlib import Path
 
 from latentqa.plots import line_chart
 
+SECONDS = "seconds"
+"""A method's wall time, if an evaluation records it: shown to a tenth of a second."""
 
-def _cell(value: object) -> str:
+
+def _cell(value: object, metric: str = "") -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return f"{value:.1f}" if metric == SECONDS else f"{value:.3f}"
     return str(value)
 
 
 def markdown_table(result: Mapping, chance: Mapping[str, float] | None = None) -> str:
-    """One row per method, one column per metric (``–`` where a method has none).
+    """One row per method, one column per metric (``–`` where a method has none; a
+    ``seconds`` column, a method's wall time, comes last).
 
     ``chance`` (metric -> score of a method that knows nothing) adds a last ``chance`` row.
     """
@@ -25,6 +29,7 @@ def markdown_table(result: Mapping, chance: Mapping[str, float] | None = None) -
     metrics: list[str] = []
     for values in methods.values():
         metrics += [m for m in values if m not in metrics]
+    metrics.sort(key=lambda m: m == SECONDS)  # stable: the measures keep their order
     lines = [
         f"**{result['task']}** (n = {result.get('n', '?')})",
         "",
@@ -32,9 +37,11 @@ def markdown_table(result: Mapping, chance: Mapping[str, float] | None = None) -
         "|---|" + "---|" * len(metrics),
     ]
     for name, values in methods.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(values.get(m)) for m in metrics) + " |")
+        cells = " | ".join(_cell(values.get(m), m) for m in metrics)
+        lines.append(f"| {name} | {cells} |")
     if chance:
-        lines.append("| *chance* | " + " | ".join(_cell(chance.get(m)) for m in metrics) + " |")
+        cells = " | ".join(_cell(chance.get(m), m) for m in metrics)
+        lines.append(f"| *chance* | {cells} |")
     return "\n".join(lines)
 
 

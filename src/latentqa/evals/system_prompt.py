@@ -35,6 +35,11 @@ item's 5 options); and the target itself as a black box shown the user turn and 
 own reply (``black_box``: multiple choice and open answers). A measure a method does
 not have is ``None``.
 
+Cost: each condition's vectors are read once; each item's rows (options, yes/no) are
+scored as one token trie and a row given zeroed vectors once per run
+(:mod:`latentqa.evals.system_prompt_scoring`); every method's wall time is in the result
+(``seconds``).
+
 Data (:func:`build_items`): a ``latentqa data build`` folder (``train/`` for the probe,
 ``heldout/`` for the items), a folder in the public release layout (``system.json`` +
 ``qa.json``; the probe trains on ``train/`` inside it when there is one, else on a
@@ -45,6 +50,7 @@ seeded half of its labels), or by default the held-out set shipped in the packag
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,7 +59,7 @@ from tqdm.auto import tqdm
 
 from latentqa.conditions import activation_conditions
 from latentqa.errors import LatentQAError
-from latentqa.evals.blackbox import generate_replies, score_answers
+from latentqa.evals.blackbox import generate_replies, score_answer_sets
 from latentqa.evals.embed import embedder
 from latentqa.evals.probe import RidgeProbe
 from latentqa.evals.system_prompt_items import (
@@ -68,7 +74,7 @@ from latentqa.evals.system_prompt_items import (
 from latentqa.evals.system_prompt_scoring import (
     ZeroedScores,
     decoder_answers,
-    decoder_scores,
+    item_scores,
     yes_no_accuracy,
 )
 from latentqa.reader import Reader
@@ -150,13 +156,13 @@ def _decoder_method(
     open_answers: bool,
     max_new_tokens: int,
 ) -> dict[str, float | None]:
-    scores = decoder_scores(reader, vectors, items, zeroed, name)
-    baseline = [zeroed(v, i) for i, v in enumerate(vectors)]
-    picks = calibrated_picks(scores, baseline, random.Random(f"calibrated:{seed}:{name}"))
+    scored = item_scores(reader, vectors, items, zeroed, name)
+    rng = random.Random(f"calibrated:{seed}:{name}")
+    picks = calibrated_picks(scored.options, scored.baseline, rng)
     calibrated = sum(p == item.gold_index for p, item in zip(picks, items, strict=True))
-    yes_no, paired = yes_no_accuracy(reader, vectors, items, name)
+    yes_no, paired = yes_no_accuracy(scored.yes_no, items)
     result: dict[str, float | None] = {
-        "mc_accuracy": _mc_accuracy(scores, items),
+        "mc_accuracy": _mc_accuracy(scored.options, items),
         "mc_accuracy_calibrated": calibrated / len(items),
         "yes_no_accuracy": yes_no,
         "yes_no_paired": paired,
@@ -177,6 +183,48 @@ def _measures(**values: float | None) -> dict[str, float | None]:
     return {measure: values.get(measure) for measure in MEASURES}
 
 
+class _Reads:
+    """Each condition's vectors, read (or derived) once, when a method first needs them."""
+
+    def __init__(
+        self,
+        reader: Reader,
+        base: Reader | None,
+        items: Sequence[Item],
+        layer: int | None,
+        seed: int,
+    ) -> None:
+        self.reader, self.base, self.items, self.layer, self.seed = reader, base, items, layer, seed
+        self.done: dict[str, list[torch.Tensor]] = {}
+
+    def __call__(self, condition: str) -> list[torch.Tensor]:
+        if condition not in self.done:
+            self.done[condition] = self._read(condition)
+        return self.done[condition]
+
+    def _read(self, condition: str) -> list[torch.Tensor]:
+        dialogs = [item.dialog for item in self.items]
+        if condition == "real":
+            return self.reader.read_many(dialogs, self.layer)
+        if condition in ("zeroed", "shuffled"):
+            labels = [item.label for item in self.items]
+            return activation_conditions(self("real"), labels, self.seed)[condition]
+        if condition == "user_only":
+            return self.reader.read_many([i.user_dialog for i in self.items], self.layer)
+        assert self.base is not None
+        return self.base.read_many(dialogs, self.layer)
+
+
+DECODER_CONDITIONS = {
+    "lit": "real",
+    "lit_zeroed": "zeroed",
+    "lit_shuffled": "shuffled",
+    "no_system_prompt": "user_only",
+    "base_patchscope": "base",
+}
+"""The decoder methods and the vectors each reads (see :class:`_Reads`)."""
+
+
 def evaluate_system_prompt(
     reader: Reader,
     base: Reader | None,
@@ -194,6 +242,10 @@ def evaluate_system_prompt(
 ) -> dict:
     """Run every method on the same held-out items; returns the result object.
 
+    Each condition's vectors are read once, when the first method needs them (the real
+    reads serve ``lit``, ``lit_zeroed``, ``lit_shuffled`` and ``linear_probe``), and a
+    row given zeroed vectors is scored once for every method that needs it.
+
     Args:
         reader: The decoder.
         base: The untrained target reading like the decoder (``base_patchscope``);
@@ -210,11 +262,15 @@ def evaluate_system_prompt(
         methods: Run only these of :data:`METHODS` (default: all).
 
     Returns:
-        ``{"task": "system-prompt", "n", "question", "methods": {method: {measure:
-        value or None}}}`` with the measures of :data:`MEASURES` for ``lit``,
-        ``lit_zeroed``, ``lit_shuffled``, ``no_system_prompt``, ``base_patchscope``,
-        ``linear_probe`` and ``black_box``.
+        ``{"task": "system-prompt", "n", "question", "seconds", "methods": {method:
+        {measure: value or None, "seconds": wall time}}}`` with the measures of
+        :data:`MEASURES` for ``lit``, ``lit_zeroed``, ``lit_shuffled``,
+        ``no_system_prompt``, ``base_patchscope``, ``linear_probe`` and ``black_box``.
+        A method's ``seconds`` include the reads and zeroed rows it was the first to
+        need (``lit`` pays for the real reads, which later methods reuse); the top-level
+        ``seconds`` is the whole run's.
     """
+    started = time.perf_counter()
     wanted = set(METHODS if methods is None else methods)
     unknown = wanted - set(METHODS)
     if unknown:
@@ -222,37 +278,38 @@ def evaluate_system_prompt(
             f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}"
         )
     items, train_pairs = build_items(data, question, n=n, seed=seed, log=log)
-    dialogs = [item.dialog for item in items]
     log(f"{len(items)} held-out items, {len(train_pairs)} training dialogs for the probe")
-    vectors = reader.read_many(dialogs, layer)
-    by_condition = activation_conditions(vectors, [item.label for item in items], seed)
-    conditions: dict[str, tuple[Reader, list[torch.Tensor]]] = {
-        "lit": (reader, vectors),
-        "lit_zeroed": (reader, by_condition["zeroed"]),
-        "lit_shuffled": (reader, by_condition["shuffled"]),
-    }
-    if "no_system_prompt" in wanted:
-        user_only = reader.read_many([i.user_dialog for i in items], layer)
-        conditions["no_system_prompt"] = (reader, user_only)
-    if base is not None and "base_patchscope" in wanted:
-        conditions["base_patchscope"] = (base, base.read_many(dialogs, layer))
+    reads = _Reads(reader, base, items, layer, seed)
     zeroed: dict[int, ZeroedScores] = {}
-    methods: dict[str, dict[str, float | None]] = {}
-    for name, (who, vecs) in conditions.items():
-        if name not in wanted:
+    results: dict[str, dict[str, float | None]] = {}
+    for name in METHODS:
+        if name not in wanted or (name == "base_patchscope" and base is None):
             continue
-        cache = zeroed.setdefault(id(who), ZeroedScores(who, items))
-        methods[name] = _decoder_method(
-            name, who, vecs, items, cache, seed, open_answers, max_new_tokens
-        )
-    if "linear_probe" in wanted:
-        methods["linear_probe"] = _probe(reader, train_pairs, vectors, items, layer, seed, log)
-    if black_box and "black_box" in wanted:
-        methods["black_box"] = _black_box(reader, items, open_answers, max_new_tokens)
-    return {"task": "system-prompt", "n": len(items), "question": question, "methods": methods}
+        if name == "black_box" and not black_box:
+            continue
+        start = time.perf_counter()
+        if name in DECODER_CONDITIONS:
+            who = base if name == "base_patchscope" else reader
+            assert who is not None
+            cache = zeroed.setdefault(id(who), ZeroedScores(who))
+            vectors = reads(DECODER_CONDITIONS[name])
+            args = (seed, open_answers, max_new_tokens)
+            results[name] = _decoder_method(name, who, vectors, items, cache, *args)
+        elif name == "linear_probe":
+            results[name] = _probe(reader, train_pairs, reads, items, layer, seed, log)
+        else:
+            results[name] = _black_box(reader, items, open_answers, max_new_tokens)
+        results[name]["seconds"] = round(time.perf_counter() - start, 2)
+    return {
+        "task": "system-prompt",
+        "n": len(items),
+        "question": question,
+        "seconds": round(time.perf_counter() - started, 2),
+        "methods": results,
+    }
 
 
-def _probe(reader, train_pairs, vectors, items, layer, seed, log) -> dict[str, float | None]:
+def _probe(reader, train_pairs, reads, items, layer, seed, log) -> dict[str, float | None]:
     """Ridge from pooled activations to answer embeddings.
 
     Multiple choice: the option nearest (cosine) to the prediction. Yes/no: yes to a
@@ -265,7 +322,7 @@ def _probe(reader, train_pairs, vectors, items, layer, seed, log) -> dict[str, f
     train_vectors = reader.read_many([dialog for dialog, _ in train_pairs], layer)
     model = embedder()
     probe = RidgeProbe.fit(pooled(train_vectors), model.embed([a for _, a in train_pairs]), seed)
-    predicted = torch.nn.functional.normalize(probe.predict(pooled(vectors)), dim=-1)
+    predicted = torch.nn.functional.normalize(probe.predict(pooled(reads("real"))), dim=-1)
     scores, right = [], 0
     for p, item in zip(predicted, items, strict=True):
         option_cos = model.embed(item.options) @ p
@@ -286,10 +343,12 @@ def _black_box(reader: Reader, items, open_answers: bool, max_new_tokens: int) -
         [item.dialog[-1], {"role": "assistant", "content": reply}]
         for item, reply in zip(items, replies, strict=True)
     ]
-    scores = [
-        score_answers(reader.model, reader.tokenizer, v, item.question, item.options)
-        for v, item in tqdm(list(zip(visible, items, strict=True)), desc="black box", leave=False)
-    ]
+    questions = [item.question for item in items]
+    options = [item.options for item in items]
+    bar = lambda chunks: tqdm(list(chunks), desc="black box", leave=False)  # noqa: E731
+    scores = score_answer_sets(
+        reader.model, reader.tokenizer, visible, questions, options, progress=bar
+    )
     result = _measures(mc_accuracy=_mc_accuracy(scores, items))
     if open_answers:
         asked = [

@@ -1,13 +1,18 @@
 """Decoder scoring for the system-prompt evaluation: options, yes/no pairs, zeroed reads.
 
-Each item's options (and its yes/no questions) are scored against one read: the rows
-pass the same vectors object, so :meth:`latentqa.reader.Reader.score_rows` packs them
-behind one shared prefix.
+A decoder method's rows (each item's options, its calibration baseline and its yes/no
+questions) are scored in one call of :func:`latentqa.scoring.score_rows_shared`: the
+rows of one item pass the same vectors object, so they form one token trie whose
+common prefixes (the read, the question, the yes/no question before ``Yes.`` /
+``No.``) run once. Zeroed vectors carry nothing of the dialog, so a row given zeros
+depends only on their shape, its question and its answer: :class:`ZeroedScores` scores
+each such row once per run and gives rows of one shape one zeros object (one trie).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -16,18 +21,124 @@ from latentqa.evals.system_prompt_items import Item, yes_no_questions
 from latentqa.questions import NO, YES
 from latentqa.reader import Reader
 
+Row = tuple[torch.Tensor, str, str]
+"""(vectors ``[n, d_model]``, question, answer)."""
 
-def yes_no_accuracy(
-    reader: Reader, vectors: Sequence[torch.Tensor], items, desc: str
-) -> tuple[float, float]:
+
+def _progress(desc: str):
+    return lambda chunks: tqdm(list(chunks), desc=desc, leave=False)
+
+
+def score_rows(reader: Reader, rows: Sequence[Row], desc: str) -> list[float]:
+    """Normalised log-likelihoods of (vectors, question, answer) rows, with a progress bar;
+    rows that pass the same vectors object share one trie."""
+    if not rows:
+        return []
+    vectors, questions, answers = zip(*rows, strict=True)
+    return reader.score_rows_shared(
+        list(vectors), list(questions), list(answers), True, progress=_progress(desc)
+    )
+
+
+class ZeroedScores:
+    """Normalised scores of rows given all-zero vectors, each computed once per run.
+
+    Such a row's score depends only on the vectors' shape and dtype, the question and
+    the answer (the decoder's prompt holds nothing of the dialog), so that is the key:
+    an item's calibration baseline, ``lit_zeroed``'s rows and the baselines of the
+    other methods' reads of the same shape are scored once. Rows of one shape share
+    one zeros object, so their common prompt is one trie.
+    """
+
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
+        self.cache: dict[tuple, float] = {}
+        self._zeros: dict[tuple, torch.Tensor] = {}
+
+    @staticmethod
+    def key(vectors: torch.Tensor, question: str, answer: str) -> tuple:
+        return (tuple(vectors.shape), vectors.dtype, question, answer)
+
+    def zeros(self, like: torch.Tensor) -> torch.Tensor:
+        """The one zeros tensor shaped like ``like``."""
+        key = (tuple(like.shape), like.dtype)
+        if key not in self._zeros:
+            self._zeros[key] = torch.zeros_like(like)
+        return self._zeros[key]
+
+    def rows(self, wanted: Iterable[Row]) -> list[Row]:
+        """The rows of ``wanted`` (given zeros of some shape) not scored yet, each once."""
+        todo: dict[tuple, Row] = {}
+        for vectors, question, answer in wanted:
+            key = self.key(vectors, question, answer)
+            if key not in self.cache and key not in todo:
+                todo[key] = (self.zeros(vectors), question, answer)
+        return list(todo.values())
+
+    def store(self, rows: Sequence[Row], scores: Sequence[float]) -> None:
+        for row, score in zip(rows, scores, strict=True):
+            self.cache[self.key(*row)] = score
+
+    def __call__(self, vectors: torch.Tensor, question: str, answer: str) -> float:
+        return self.cache[self.key(vectors, question, answer)]
+
+
+@dataclass
+class ItemScores:
+    """A decoder method's scores on the items."""
+
+    options: list[list[float]]
+    """Per item, each option's normalised log-likelihood."""
+    baseline: list[list[float]]
+    """Per item, the same options given zeroed vectors of the method's shape."""
+    yes_no: list[float]
+    """Per question of :func:`yes_no_questions`, the ``YES`` then the ``NO`` row's score."""
+
+
+def item_scores(
+    reader: Reader,
+    vectors: Sequence[torch.Tensor],
+    items: Sequence[Item],
+    zeroed: ZeroedScores,
+    desc: str,
+    yes_no: bool = True,
+) -> ItemScores:
+    """Options, calibration baseline and yes/no rows of every item, in one batched call.
+
+    Rows whose vectors are all zero (the baseline, and every row of ``lit_zeroed``)
+    come from, and fill, ``zeroed``; the others are scored here.
+    """
+    options = [
+        (v, item.question, o) for v, item in zip(vectors, items, strict=True) for o in item.options
+    ]
+    zero_options = [(zeroed.zeros(v), q, o) for v, q, o in options]
+    asked = yes_no_questions(items) if yes_no else []
+    yes_no_rows = [(vectors[i], q, answer) for i, q, _ in asked for answer in (YES, NO)]
+    live = [row for row in (*options, *yes_no_rows) if row[0].any()]
+    dead = zeroed.rows(row for row in (*options, *zero_options, *yes_no_rows) if not row[0].any())
+    scores = score_rows(reader, [*live, *dead], desc)
+    zeroed.store(dead, scores[len(live) :])
+    fresh = iter(scores[: len(live)])
+    # Live rows in the order they were listed; every other row is a zeroed one.
+    flat = [next(fresh) if row[0].any() else zeroed(*row) for row in (*options, *yes_no_rows)]
+    width = [len(item.options) for item in items]
+    starts = [sum(width[:i]) for i in range(len(items))]
+    baseline = [zeroed(*row) for row in zero_options]
+    return ItemScores(
+        [flat[s : s + w] for s, w in zip(starts, width, strict=True)],
+        [baseline[s : s + w] for s, w in zip(starts, width, strict=True)],
+        flat[len(options) :],
+    )
+
+
+def yes_no_accuracy(scores: Sequence[float], items: Sequence[Item]) -> tuple[float, float]:
     """Yes/no accuracy, and the paired version that a constant bias cannot move.
 
-    Paired: per item, the margin ``log P(yes) - log P(no)`` is larger for the gold
-    candidate than for the distractor (ties count half).
+    ``scores`` are :attr:`ItemScores.yes_no`. Paired: per item, the margin
+    ``log P(yes) - log P(no)`` is larger for the gold candidate than for the distractor
+    (ties count half).
     """
     asked = yes_no_questions(items)
-    rows = [(vectors[i], q, answer) for i, q, _ in asked for answer in (YES, NO)]
-    scores = score_rows(reader, rows, f"{desc} yes/no")
     margins = [scores[2 * k] - scores[2 * k + 1] for k in range(len(asked))]
     right = sum((m > 0) == is_gold for m, (_, _, is_gold) in zip(margins, asked, strict=True))
     # yes_no_questions lists each item's gold question, then its distractor question.
@@ -36,67 +147,24 @@ def yes_no_accuracy(
     return right / len(asked), paired / len(pairs)
 
 
-def score_rows(reader: Reader, rows: Sequence[tuple], desc: str, batch: int = 32) -> list[float]:
-    """Normalised log-likelihoods of (vectors, question, answer) rows, with a progress bar."""
-    out: list[float] = []
-    for start in tqdm(range(0, len(rows), batch), desc=desc, leave=False):
-        chunk = rows[start : start + batch]
-        out += reader.score_rows(
-            [r[0] for r in chunk], [r[1] for r in chunk], [r[2] for r in chunk], normalize=True
-        )
-    return out
+def decoder_answers(
+    reader: Reader, vectors: Sequence[torch.Tensor], items: Sequence[Item], max_new_tokens: int
+) -> list[str]:
+    """Greedy open answers, one per item.
 
-
-def option_scores(reader: Reader, vectors: Sequence[torch.Tensor], items, desc: str):
-    """Per item, the normalised log-likelihood of each of its options."""
-    rows = [
-        (v, item.question, o) for v, item in zip(vectors, items, strict=True) for o in item.options
-    ]
-    flat = score_rows(reader, rows, desc)
-    widths = [len(item.options) for item in items]
-    starts = [sum(widths[:i]) for i in range(len(items))]
-    return [flat[s : s + w] for s, w in zip(starts, widths, strict=True)]
-
-
-class ZeroedScores:
-    """Normalised option scores given zeroed vectors, computed once per shape and item."""
-
-    def __init__(self, reader: Reader, items: Sequence[Item]) -> None:
-        self.reader, self.items = reader, items
-        self.cache: dict[tuple, list[float]] = {}
-
-    @staticmethod
-    def _key(vectors: torch.Tensor, index: int) -> tuple:
-        return (tuple(vectors.shape), vectors.dtype, index)
-
-    def fill(self, vectors: Sequence[torch.Tensor], indices: Sequence[int]) -> None:
-        """Score the options of items ``indices`` with zeros shaped like ``vectors`` (batched)."""
-        todo = [
-            (v, i)
-            for v, i in zip(vectors, indices, strict=True)
-            if self._key(v, i) not in self.cache
-        ]
-        if not todo:
-            return
-        zeros = [torch.zeros_like(v) for v, _ in todo]
-        scores = option_scores(self.reader, zeros, [self.items[i] for _, i in todo], "zeroed")
-        for (v, i), row in zip(todo, scores, strict=True):
-            self.cache[self._key(v, i)] = row
-
-    def __call__(self, vectors: torch.Tensor, index: int) -> list[float]:
-        self.fill([vectors], [index])
-        return self.cache[self._key(vectors, index)]
-
-
-def decoder_scores(reader: Reader, vectors: Sequence[torch.Tensor], items, zeroed, desc: str):
-    """Normalised option scores; all-zero vectors come from (and fill) the zeroed cache."""
-    zeroed.fill(vectors, range(len(vectors)))
-    live = [i for i, v in enumerate(vectors) if v.any()]
-    scores = option_scores(reader, [vectors[i] for i in live], [items[i] for i in live], desc)
-    by_index = dict(zip(live, scores, strict=True))
-    return [by_index[i] if i in by_index else zeroed(v, i) for i, v in enumerate(vectors)]
-
-
-def decoder_answers(reader: Reader, vectors, items, max_new_tokens: int) -> list[str]:
-    ids = reader.generate_ids(list(vectors), [item.question for item in items], max_new_tokens)
-    return [reader.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+    Rows given all-zero vectors of one shape and the same question are one prompt, so
+    they are generated once (``lit_zeroed``: one answer per read length, not per item).
+    """
+    keys: list[tuple] = []
+    unique: dict[tuple, int] = {}
+    for index, (v, item) in enumerate(zip(vectors, items, strict=True)):
+        key = ("zeros", tuple(v.shape), v.dtype, item.question) if not v.any() else (index,)
+        unique.setdefault(key, index)
+        keys.append(key)
+    rows = list(unique.values())
+    ids = reader.generate_ids(
+        [vectors[i] for i in rows], [items[i].question for i in rows], max_new_tokens
+    )
+    decoded = [reader.tokenizer.decode(r, skip_special_tokens=True).strip() for r in ids]
+    texts = dict(zip(unique, decoded, strict=True))
+    return [texts[key] for key in keys]

@@ -15,7 +15,7 @@ import torch
 
 from latentqa.capture import pad_token_id, read_encoded
 from latentqa.chat import EncodedDialog
-from latentqa.decoder.inputs import decoder_batch, decoder_inputs
+from latentqa.decoder.inputs import decoder_batch
 from latentqa.decoder.loss import answer_token_loss
 from latentqa.steer.model import DECODER_ADAPTER, STEER_ADAPTER, SteerableModel
 from latentqa.steer.qa_pairs import QAPair
@@ -64,10 +64,14 @@ def steering_loss(
     spec = steerable.spec
     losses = []
     for group in groups:
-        # per prompt [len(group) * kept, d_model], once per control pair
-        vectors = [decoder_inputs(span[group], spec) for span in spans]
+        # per prompt [len(group) * kept, d_model], once per control pair; a projector
+        # (frozen) maps each layer with its own map, and the gradient passes through it
+        layers = [read_layers[i] for i in group]
+        vectors = [steerable.decoder.inputs(span[group], layers) for span in spans]
         rows = [v for v in vectors for _ in pairs]
-        batch, flat = decoder_batch(steerable.tokenizer, rows, questions, answers)
+        batch, flat = decoder_batch(
+            steerable.tokenizer, rows, questions, answers, order=spec.prompt_order
+        )
         loss = answer_token_loss(
             steerable.model,
             batch.to(steerable.device),

@@ -20,9 +20,8 @@ from tqdm.auto import tqdm
 from latentqa.chat import EncodedDialog
 from latentqa.decoder.folder import ADAPTER_FILES, preflight_decoder
 from latentqa.errors import LatentQAError
-from latentqa.layers import check_layers
+from latentqa.layers import check_layers, resolve_read_layers
 from latentqa.plots import line_chart
-from latentqa.read_layers import resolve_read_layers
 from latentqa.schedule import example_order, lr_lambda
 from latentqa.steer.config import SteerConfig
 from latentqa.steer.encoding import encode_steering_items, steering_reads

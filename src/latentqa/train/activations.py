@@ -52,7 +52,8 @@ def weights_fingerprint(target: str) -> str:
 
 
 class ActivationSource:
-    """Flattened read vectors ``[n_layers * kept, d_model]`` for encoded dialogs.
+    """Flattened read vectors ``[n_layers * kept, d_model]`` (pooled: ``[n_layers * width,
+    d_model]``) for encoded dialogs.
 
     Args:
         target: The model whose activations are read.
@@ -63,7 +64,8 @@ class ActivationSource:
         target_context: Called around every read, e.g. ``peft_model.disable_adapter``
             so that the decoder's own weights act as the frozen target.
         blocks: The target's decoder blocks (searched when ``None``).
-        pool: ``none`` or ``mean`` (see :func:`latentqa.decoder.flatten_reads`).
+        pool: ``none``, ``mean``, ``last`` or ``mean+last`` (see
+            :func:`latentqa.decoder.inputs.flatten_reads`; the cache key covers it).
 
     :meth:`from_handle` builds one from a :class:`~latentqa.handle.TargetHandle`, whose
     ``target()`` is the one way to switch the decoder's adapters off.

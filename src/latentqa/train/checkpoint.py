@@ -31,6 +31,9 @@ ADAPTER_FILE = "adapter.safetensors"
 STATE_FILE = "optimizer.pt"
 TRAINER_FILE = "trainer_state.json"
 LATEST = "latest"
+PROJECTOR_KEY = "latentqa_projector."
+"""Prefix of a projector's tensors among a checkpoint's adapter tensors: saved in the
+same file, so the two are written, and restored, together and atomically."""
 _STEP = re.compile(r"step-\d{7,}")
 _UNREADABLE = (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError)
 """What reading a damaged or truncated checkpoint file raises (JSON and UTF-8 errors
@@ -201,22 +204,48 @@ def restore_rng(checkpoint: Checkpoint) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def resume_from(checkpoint: Checkpoint, decoder: Any, optimizer: Any, scheduler: Any) -> int:
-    """Load the adapter, optimizer, schedule and random state; return the step count.
+def projector_state(projector: torch.nn.Module | None) -> dict[str, torch.Tensor]:
+    """A projector's tensors under :data:`PROJECTOR_KEY`, to save with the adapter's."""
+    if projector is None:
+        return {}
+    return {PROJECTOR_KEY + k: v.detach() for k, v in projector.state_dict().items()}
+
+
+def resume_from(
+    checkpoint: Checkpoint,
+    decoder: Any,
+    optimizer: Any,
+    scheduler: Any,
+    projector: torch.nn.Module | None = None,
+) -> int:
+    """Load the adapter (and projector), optimizer, schedule and random state; return the
+    step count.
 
     Args:
         checkpoint: The checkpoint to continue from.
         decoder: The peft model whose adapter is restored.
         optimizer: The run's optimizer (before accelerate prepares it).
         scheduler: The run's learning-rate scheduler.
+        projector: The run's projector, restored exactly from the checkpoint's
+            :data:`PROJECTOR_KEY` tensors.
 
     Raises:
         LatentQAError: The checkpoint does not fit this run (other shapes or options).
     """
     from peft.utils import set_peft_model_state_dict
 
+    adapter = dict(checkpoint.adapter)
+    own = {
+        k[len(PROJECTOR_KEY) :]: adapter.pop(k)
+        for k in list(adapter)
+        if k.startswith(PROJECTOR_KEY)
+    }
     try:
-        set_peft_model_state_dict(decoder, checkpoint.adapter)
+        if (projector is None) != (not own):
+            raise ValueError("a projector in only one of the checkpoint and the run")
+        if projector is not None:
+            projector.load_state_dict(own)  # strict: every tensor, every shape
+        set_peft_model_state_dict(decoder, adapter)
         optimizer.load_state_dict(checkpoint.tensors["optimizer"])
         scheduler.load_state_dict(checkpoint.tensors["scheduler"])
         restore_rng(checkpoint)

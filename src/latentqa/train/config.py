@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from latentqa.embedded import EMBEDDED_MODEL
@@ -35,9 +35,10 @@ class TrainConfig:
     per epoch); any other mix draws steps x batch examples, each used once."""
     task_examples: int = 20000
     """Examples drawn from a task mix when --steps is not set."""
-    read_pool: Literal["none", "mean"] = "none"
-    """none: one placeholder per read position; mean: one placeholder per read layer
-    holding the mean of that layer's read positions (shorter decoder inputs)."""
+    read_pool: Literal["none", "mean", "last", "mean+last"] = "none"
+    """none: one placeholder per read position; mean: one per read layer holding the mean of
+    its read positions; last: the last read position; mean+last: both, per read layer its
+    mean then its last position (layer by layer). Pooled reads are short decoder inputs."""
     standardize: bool = False
     """Standardize each read vector per dimension with the mean and standard deviation of
     up to 512 training dialogs' vectors (stored in latentqa.json and applied whenever the
@@ -50,8 +51,35 @@ class TrainConfig:
     """Target layers whose outputs the decoder reads; default: about half depth."""
     write_layer: int = 0
     """Decoder layer at whose output the activations are patched in."""
-    mode: Literal["replace", "add"] = "replace"
-    """Injection: replace the hidden state, or add the norm-matched vector."""
+    mode: Literal["replace", "add", "embed"] | None = None
+    """Injection: replace the hidden state at the write layer, add the norm-matched vector
+    there, or embed: the vectors replace the placeholders' input embeddings (soft input
+    tokens; the write layer is not used). Unset: embed with a projector, else replace."""
+    projector: Literal["none", "linear", "mlp"] = "none"
+    """A trainable map per slot (read layer x pooling) from each pooled vector to the
+    decoder's input-embedding space, trained with the LoRA and saved beside it as
+    projector.safetensors: linear (affine) or mlp (affine plus a residual MLP starting at
+    zero). Needs a pooled read (--read-pool) and writes with --mode embed."""
+    projector_lr: float = 1e-3
+    """The projector's peak learning rate (its own AdamW group, same schedule)."""
+    projector_warmup_steps: int = 0
+    """Optimizer steps that train the projector alone first (the LoRA stays frozen; the
+    learning-rate schedule counts them)."""
+    projector_init: Literal["fitted", "random"] = "fitted"
+    """fitted: each slot's map starts as the ridge map (closed form, see --projector-alpha)
+    from the training dialogs' vectors to the decoder's mean input embedding of each
+    dialog's masked text (its hidden system prompt or control turn; the answer where there
+    is none), scaled to the embeddings' median norm; random: orthogonal maps of that norm."""
+    projector_alpha: float = 100.0
+    """Ridge penalty of the fitted start."""
+    projector_fit_dialogs: int = 3000
+    """The fitted start reads up to this many training dialogs (a seeded sample; from the
+    activation cache with --cache-activations, else one target pass each)."""
+    prompt_order: Literal["vectors-first", "question-first"] = "vectors-first"
+    """vectors-first: the placeholders open the decoder's user turn, the question follows;
+    question-first: the question comes first and the placeholders right before the answer
+    (examples of one dialog then share their read's prefix only when they ask the same
+    question, so --share-reads saves little)."""
     max_read_tokens: int = 96
     """Keep only the last this-many read positions of each dialog."""
     lora_r: int = 16
@@ -121,9 +149,13 @@ class TrainConfig:
     def validate(self) -> None:
         """Check every option that needs no file or model, so bad values fail at once.
 
+        An unset ``mode`` is resolved here: ``embed`` with a projector, else ``replace``.
+
         Raises:
             LatentQAError: One line naming the option, its value and what to set instead.
         """
+        if self.mode is None:
+            self.mode = "embed" if self.projector != "none" else "replace"
         for name in ("data", "out"):
             if not str(getattr(self, name)).strip():
                 raise LatentQAError(f"{name} must not be empty: set {name} to a folder")
@@ -140,7 +172,7 @@ class TrainConfig:
         )
         for name in positive:
             require_int(name, getattr(self, name), 1)
-        for name in ("warmup_steps", "eval_every", "save_every"):
+        for name in ("warmup_steps", "eval_every", "save_every", "projector_warmup_steps"):
             require_int(name, getattr(self, name), 0)
         for name in ("steps", "max_examples"):
             require_int(name, getattr(self, name), 1, optional=True)
@@ -150,10 +182,22 @@ class TrainConfig:
         require_number("max_grad_norm", self.max_grad_norm, 0)
         require_number("lora_dropout", self.lora_dropout, 0, 1, high_open=True)
         require_number("min_lr_ratio", self.min_lr_ratio, 0, 1)
-        if self.read_pool not in ("none", "mean"):
-            raise LatentQAError(f"read_pool must be none or mean, got {self.read_pool!r}")
-        if self.mode not in ("replace", "add"):
-            raise LatentQAError(f"mode must be replace or add, got {self.mode!r}")
+        require_int("projector_fit_dialogs", self.projector_fit_dialogs, 2)
+        require_number("projector_lr", self.projector_lr, 0, low_open=True)
+        require_number("projector_alpha", self.projector_alpha, 0, low_open=True)
+        choices = {
+            "read_pool": ("none", "mean", "last", "mean+last"),
+            "mode": ("replace", "add", "embed"),
+            "projector": ("none", "linear", "mlp"),
+            "projector_init": ("fitted", "random"),
+            "prompt_order": ("vectors-first", "question-first"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise LatentQAError(
+                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        self._check_projector()
         if self.lora_layers is not None and not self.lora_layers:
             raise LatentQAError("lora_layers must name at least one block (or leave it unset)")
         if not self.lora_targets.strip():
@@ -169,3 +213,36 @@ class TrainConfig:
                 raise LatentQAError(f"{what}: set --kinds to any of {', '.join(KINDS)}")
         if self.read_layers is not None and not self.read_layers:
             raise LatentQAError("read_layers must name at least one layer")
+
+    def _check_projector(self) -> None:
+        """Options that contradict each other around ``projector`` and ``mode embed``."""
+        if self.mode == "embed" and self.write_layer != 0:
+            raise LatentQAError(
+                f"--mode embed writes the input embeddings, so --write-layer "
+                f"{self.write_layer} has no effect: leave --write-layer at 0"
+            )
+        if self.projector == "none":
+            changed = [
+                f.name
+                for f in fields(self)
+                if f.name.startswith("projector_") and getattr(self, f.name) != f.default
+            ]
+            if changed:
+                flag = "--" + changed[0].replace("_", "-")
+                raise LatentQAError(f"{flag} applies to a projector: add --projector linear or mlp")
+            return
+        if self.read_pool == "none":
+            raise LatentQAError(
+                f"--projector {self.projector} maps one pooled vector per slot: set --read-pool "
+                "mean, last or mean+last"
+            )
+        if self.mode != "embed":
+            raise LatentQAError(
+                f"--projector {self.projector} writes soft input tokens (--mode embed), not "
+                f"--mode {self.mode}: leave --mode unset or set it to embed"
+            )
+        if self.steps is not None and self.projector_warmup_steps >= self.steps:
+            raise LatentQAError(
+                f"projector_warmup_steps ({self.projector_warmup_steps}) leaves no step for the "
+                f"LoRA in {self.steps} steps: set --projector-warmup-steps below --steps"
+            )

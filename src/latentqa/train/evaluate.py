@@ -66,11 +66,15 @@ def evaluate_losses(
     batch_size: int,
     seed: int,
     blocks: DecoderLayers | None = None,
+    projector: nn.Module | None = None,
+    order: str = "vectors-first",
 ) -> dict[str, float]:
     """Mean answer loss (nats/token) per condition over ``items``, overall and per task.
 
     Keys: ``loss_<condition>`` and, when the items span several tasks,
-    ``loss_<condition>_<task>``.
+    ``loss_<condition>_<task>``. With a ``projector`` the reads are projected first, so
+    the zeroed condition is zero soft tokens, as a loaded decoder's (see
+    :meth:`latentqa.decoder.loaded.LoadedDecoder.inputs`); ``order`` is the prompt order.
     """
     was_training = decoder.training
     decoder.eval()
@@ -82,8 +86,8 @@ def evaluate_losses(
         chunk = list(range(start, min(start + batch_size, len(items))))
         batch_items = [items[i] for i in chunk]
         vectors = activation_conditions(
-            source.get([item.dialog for item in batch_items]),
-            shuffled=source.get([items[partners[i]].dialog for i in chunk]),
+            _projected(projector, source.get([item.dialog for item in batch_items])),
+            shuffled=_projected(projector, source.get([items[partners[i]].dialog for i in chunk])),
         )
         for condition in CONDITIONS:
             batch, flat = decoder_batch(
@@ -91,6 +95,7 @@ def evaluate_losses(
                 vectors[condition],
                 [item.question for item in batch_items],
                 [item.answer for item in batch_items],
+                order=order,
             )
             device = flat.device
             sums = answer_token_loss(
@@ -114,3 +119,8 @@ def evaluate_losses(
             name = f"loss_{condition}" if task is None else f"loss_{condition}_{task}"
             result[name] = total / max(count, 1.0)
     return result
+
+
+def _projected(projector: nn.Module | None, reads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each read ``[n_slots, d_model]`` through the projector (as it is without one)."""
+    return reads if projector is None else [projector(read) for read in reads]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from latentqa.chat import EncodedDialog, encode_dialog, subject_span
 from latentqa.data.format import LatentQADataset, load_latentqa
+from latentqa.decoder.folder import pool_width
 from latentqa.decoder.inputs import fit_standardizer
 from latentqa.errors import LatentQAError
 from latentqa.layers import check_layer_index, find_decoder_layers, linear_module_names
@@ -54,6 +55,16 @@ _FINGERPRINT_KEYS = (
     "read_pool",
     "standardize",
 )
+_LATER_KEYS = (
+    "projector",
+    "projector_warmup_steps",
+    "projector_init",
+    "projector_alpha",
+    "projector_fit_dialogs",
+    "prompt_order",
+)
+"""Options added later that also make a checkpoint meaningless: keyed only when set, so
+runs from before them keep their fingerprint."""
 
 
 def data_folders(config: TrainConfig) -> tuple[Path, Path | None]:
@@ -75,6 +86,8 @@ def config_fingerprint(config: TrainConfig) -> str:
     subset = {key: values[key] for key in _FINGERPRINT_KEYS}
     if config.share_reads != 1:  # batches differ; runs from before the option keep theirs
         subset["share_reads"] = config.share_reads
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    subset.update({key: values[key] for key in _LATER_KEYS if values[key] != defaults[key]})
     return hashlib.sha256(json.dumps(subset, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -98,6 +111,9 @@ class PreparedData:
     """``reply`` when every training behaviour is read on its final assistant reply only
     (steering then reads replies too, see :func:`latentqa.steer.encoding.steering_reads`);
     ``dialog`` otherwise."""
+    fit_texts: dict[int, str] = field(default_factory=dict)
+    """Per training dialog, the text a fitted projector maps its read toward: its masked
+    text (hidden system prompt, control turn), else its first training answer."""
 
 
 def example_lengths(
@@ -105,12 +121,14 @@ def example_lengths(
 ) -> list[int]:
     """Approximate decoder length of each training example, for length-grouped batches.
 
-    Placeholders (read positions kept, per read layer) plus question and answer at
-    about four characters a token.
+    Placeholders (read positions kept, or pooled vectors, per read layer) plus question
+    and answer at about four characters a token.
     """
 
+    width = pool_width(pool)
+
     def kept(d: int) -> int:
-        return 1 if pool == "mean" else min(data.dialogs[d].read_length, max_read_tokens)
+        return width or min(data.dialogs[d].read_length, max_read_tokens)
 
     return [kept(d) * n_read_layers + (len(q) + len(a)) // 4 for d, q, a in data.train]
 
@@ -249,8 +267,11 @@ def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
         ]
         n_eval_labels = len(eval_set.labels)
     counts: dict[str, int] = {}
+    fit_texts: dict[int, str] = {}
+    masked = dict(hidden)
     for example in train:
         counts[example.task] = counts.get(example.task, 0) + 1
+        fit_texts.setdefault(example.dialog, masked.get(example.dialog, example.answer))
     return PreparedData(
         dialogs=dialogs,
         train=[(e.dialog, e.question, e.answer) for e in train],
@@ -260,6 +281,7 @@ def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
         task_counts=counts,
         n_dropped_lookalikes=n_dropped,
         reads=reads_of(train_sets),
+        fit_texts=fit_texts,
     )
 
 

@@ -193,8 +193,10 @@ def write_decoder(
     data: PreparedData,
     metrics: dict[str, float],
     stats: tuple[list[float], list[float]] | None = None,
+    projector: Any = None,
 ) -> None:
-    """Save the adapter (safetensors) and latentqa.json into ``config.out``.
+    """Save the adapter (safetensors), the projector if any and latentqa.json into
+    ``config.out``.
 
     Each file is replaced whole (see :func:`write_atomically`).
 
@@ -206,6 +208,8 @@ def write_decoder(
         data: The prepared data (its counts are recorded).
         metrics: The final held-out losses.
         stats: Standardization mean and std, if the run standardized.
+        projector: The trained :class:`~latentqa.decoder.projector.Projector`, if any
+            (saved as ``projector.safetensors``).
     """
     hidden = decoder.get_base_model().config.hidden_size
     spec = DecoderSpec(
@@ -217,6 +221,8 @@ def write_decoder(
         pool=config.read_pool,
         vector_mean=stats[0] if stats else None,
         vector_std=stats[1] if stats else None,
+        projector=config.projector,
+        prompt_order=config.prompt_order,
         hidden_size=hidden,
         n_layers=n_layers,
         extra={
@@ -233,6 +239,8 @@ def write_decoder(
 
     def write(folder: Path) -> None:
         decoder.save_pretrained(folder, safe_serialization=True)
+        if projector is not None:
+            projector.save(folder)
         spec.save(folder)
 
     write_atomically(Path(config.out), write, last=SPEC_FILE)

@@ -2,7 +2,8 @@
 
 One optimizer step: for ``grad_accum`` micro-batches, fetch the target's read
 vectors (live, or from the on-disk cache), lay out decoder prompts with one
-placeholder per vector, patch the vectors in at the write layer and take the
+placeholder per vector, patch the vectors in at the write layer (or, through a
+projector, as soft input tokens: :mod:`latentqa.train.projector_fit`) and take the
 cross-entropy of the answer tokens. Warmup + cosine is stepped once per
 optimizer step. Multi-process runs (``torchrun`` / ``accelerate launch``) go
 through accelerate, which wraps the objective in DDP (or FSDP when configured).
@@ -24,18 +25,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from latentqa.capture import pad_token_id
-from latentqa.decoder.inputs import decoder_batch
-from latentqa.decoder.loss import answer_token_loss
-from latentqa.decoder.packing import SharedBatch, cpu_attention, shared_decoder_batch
-from latentqa.decoder.prompt import DecoderBatch
-from latentqa.layers import DecoderLayers, check_layer_index, find_decoder_layers
+from latentqa.decoder.folder import pool_width
+from latentqa.decoder.packing import cpu_attention
+from latentqa.decoder.projector import Projector
+from latentqa.layers import check_layer_index, find_decoder_layers, resolve_read_layers
 from latentqa.models import load_model, resolve_device, resolve_dtype
-from latentqa.read_layers import resolve_read_layers
 from latentqa.schedule import example_order, lr_lambda
 from latentqa.train.activations import ActivationSource
-from latentqa.train.checkpoint import TrainerState, resume_from, save_checkpoint
+from latentqa.train.checkpoint import TrainerState, projector_state, resume_from, save_checkpoint
 from latentqa.train.config import TrainConfig
 from latentqa.train.evaluate import evaluate_losses
+from latentqa.train.objective import LITObjective, lit_inputs
 from latentqa.train.plots import plot_losses
 from latentqa.train.preflight import preflight_train
 from latentqa.train.prepare import (
@@ -47,6 +47,7 @@ from latentqa.train.prepare import (
     fit_vector_standardizer,
     prepare_data,
 )
+from latentqa.train.projector_fit import build_projector, freeze_lora_step, parameter_groups
 from latentqa.train.run_folder import (
     CHECKPOINTS,
     check_flags,
@@ -54,55 +55,6 @@ from latentqa.train.run_folder import (
     start_writing,
     write_decoder,
 )
-
-
-class LITObjective(nn.Module):
-    """The decoder's answer loss as a module, so DDP/FSDP see one forward per step."""
-
-    def __init__(
-        self, decoder: nn.Module, write_layer: int, mode: str, blocks: DecoderLayers | None = None
-    ) -> None:
-        super().__init__()
-        self.decoder = decoder
-        self.write_layer = write_layer
-        self.mode = mode
-        self.blocks = blocks  # the block list the vectors were read from
-
-    def forward(self, batch: DecoderBatch | SharedBatch, vectors: torch.Tensor) -> torch.Tensor:
-        return answer_token_loss(
-            self.decoder,
-            batch,
-            vectors,
-            write_layer=self.write_layer,
-            mode=self.mode,
-            blocks=self.blocks,
-        )
-
-
-def lit_inputs(
-    tokenizer, source: ActivationSource, examples: Sequence[tuple[int, str, str]], share: int
-) -> tuple[DecoderBatch | SharedBatch, torch.Tensor, int]:
-    """The decoder inputs of one micro-batch and its tokens (each example counted whole).
-
-    With ``share`` > 1, examples of one dialog (up to ``share`` of them) read its
-    activations once through a shared prefix; the loss and gradient are the same.
-    """
-    if share <= 1:
-        vectors = source.get([dialog for dialog, _, _ in examples])
-        batch, flat = decoder_batch(
-            tokenizer, vectors, [q for _, q, _ in examples], [a for _, _, a in examples]
-        )
-        return batch, flat, int(batch.attention_mask.sum())
-    groups: dict[tuple[int, int], list[tuple[str, str]]] = {}
-    seen: dict[int, int] = {}
-    for dialog, question, answer in examples:
-        # A dialog with more than `share` examples in the batch starts a second prefix.
-        key = (dialog, seen.get(dialog, 0) // share)
-        seen[dialog] = seen.get(dialog, 0) + 1
-        groups.setdefault(key, []).append((question, answer))
-    vectors = source.get([dialog for dialog, _ in groups])
-    batch, flat = shared_decoder_batch(tokenizer, vectors, list(groups.values()))
-    return batch, flat, batch.n_example_tokens
 
 
 @dataclass
@@ -136,7 +88,12 @@ class _Run:
     n_layers: int
     stats: tuple[list[float], list[float]] | None
     """Standardization mean and std (``--standardize``), else ``None``."""
+    projector: Projector | None
+    """The projector in front of the decoder (``--projector``), else ``None``."""
+    lora: list[nn.Parameter]
+    """The LoRA's trainable weights."""
     trainable: list[nn.Parameter]
+    """Every trained weight: the LoRA's, then the projector's."""
     optimizer: Any
     """Prepared by accelerate (DDP-aware) after the checkpoint is restored."""
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -251,15 +208,25 @@ def _start(config: TrainConfig, *, resume: bool, force: bool, progress: bool) ->
 
     per_step = config.batch_size * accelerator.num_processes * config.grad_accum
     total_steps = config.steps or max(1, math.ceil(config.epochs * len(data.train) / per_step))
-    trainable = [p for p in decoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    lora = [p for p in decoder.parameters() if p.requires_grad]
+    n_slots = len(read_layers) * pool_width(config.read_pool)
+    # A resumed run takes the projector's weights from its checkpoint: no fit needed.
+    projector = build_projector(
+        config, decoder, tokenizer, source, data, n_slots=n_slots, fit=checkpoint is None
+    )
+    if projector is None:  # one group, as runs before the projector had it
+        optimizer = torch.optim.AdamW(lora, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        groups = parameter_groups(lora, projector, config)
+        optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(config.warmup_steps, total_steps, config.min_lr_ratio)
     )
-    step = resume_from(checkpoint, decoder, optimizer, scheduler) if checkpoint is not None else 0
-    objective, optimizer = accelerator.prepare(
-        LITObjective(decoder, config.write_layer, config.mode, blocks), optimizer
-    )
+    step = 0
+    if checkpoint is not None:
+        step = resume_from(checkpoint, decoder, optimizer, scheduler, projector)
+    objective = LITObjective(decoder, config.write_layer, config.mode, blocks, projector)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
     if accelerator.is_main_process:
         start_writing(out, resume_step=step if checkpoint is not None else None, force=force)
     return _Run(
@@ -274,7 +241,9 @@ def _start(config: TrainConfig, *, resume: bool, force: bool, progress: bool) ->
         read_layers=read_layers,
         n_layers=n_layers,
         stats=stats,
-        trainable=trainable,
+        projector=projector,
+        lora=lora,
+        trainable=lora + ([] if projector is None else list(projector.parameters())),
         optimizer=optimizer,
         scheduler=scheduler,
         objective=objective,
@@ -301,7 +270,9 @@ def _step(run: _Run, lengths: Sequence[int], dialogs: Sequence[int]) -> dict:
             config.share_reads,
         )
         examples = [run.data.train[i] for i in picks]
-        batch, flat, n_tokens = lit_inputs(run.tokenizer, run.source, examples, config.share_reads)
+        batch, flat, n_tokens = lit_inputs(
+            run.tokenizer, run.source, examples, config.share_reads, config.prompt_order
+        )
         batch = batch.to(flat.device)
         sync = micro == config.grad_accum - 1
         # Gradients are all-reduced once per optimizer step, on its last micro-batch.
@@ -311,6 +282,7 @@ def _step(run: _Run, lengths: Sequence[int], dialogs: Sequence[int]) -> dict:
             accelerator.backward(loss)
         loss_sum += float(loss.detach())
         tokens += n_tokens * world
+    freeze_lora_step(run.lora, run.step, config)  # the projector's warmup steps
     if config.max_grad_norm > 0:
         accelerator.clip_grad_norm_(run.trainable, config.max_grad_norm)
     run.optimizer.step()
@@ -342,6 +314,8 @@ def _evaluate(run: _Run) -> dict[str, float]:
         batch_size=run.config.batch_size,
         seed=run.config.seed,
         blocks=run.source.blocks,
+        projector=run.projector,
+        order=run.config.prompt_order,
     )
 
 
@@ -349,7 +323,7 @@ def _save_checkpoint(run: _Run) -> None:
     """Write a checkpoint of the current step (main process only)."""
     from peft.utils import get_peft_model_state_dict
 
-    adapter = get_peft_model_state_dict(run.decoder)
+    adapter = {**get_peft_model_state_dict(run.decoder), **projector_state(run.projector)}
     state = TrainerState(run.step, run.fingerprint)
     save_checkpoint(
         run.out / CHECKPOINTS,
@@ -371,6 +345,7 @@ def _save_final(run: _Run, metrics: dict[str, float]) -> None:
         run.data,
         metrics,
         run.stats,
+        run.projector,
     )
     _save_checkpoint(run)
     plot_losses(run.out / "metrics.jsonl", run.out / "loss.png")

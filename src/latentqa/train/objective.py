@@ -1,0 +1,105 @@
+"""The objective of one LIT micro-batch: its decoder inputs, and the answer loss as a module.
+
+:func:`lit_inputs` lays out a micro-batch (sharing each dialog's read across its QA
+pairs where the prompt order allows); :class:`LITObjective` projects the read vectors
+(with a projector) and takes the answer loss, as one module so that DDP/FSDP see one
+forward per step and all-reduce the projector's gradients with the LoRA's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from latentqa.decoder.inputs import decoder_batch
+from latentqa.decoder.loss import answer_token_loss
+from latentqa.decoder.packing import SharedBatch, shared_decoder_batch
+from latentqa.decoder.projector import Projector
+from latentqa.decoder.prompt import DecoderBatch
+from latentqa.layers import DecoderLayers
+from latentqa.train.activations import ActivationSource
+
+
+def project_flat(projector: Projector | None, vectors: torch.Tensor) -> torch.Tensor:
+    """Read vectors concatenated read by read ``[n_reads * n_slots, d_in]`` through their
+    slots' maps -> ``[n_reads * n_slots, d_out]`` (unchanged without a projector)."""
+    if projector is None:
+        return vectors
+    slots = vectors.view(-1, projector.n_slots, vectors.shape[-1])  # [n_reads, slots, d_in]
+    return projector(slots).flatten(0, 1)
+
+
+class LITObjective(nn.Module):
+    """The decoder's answer loss as a module, with the projector (if any) in front.
+
+    Args:
+        decoder: The peft model.
+        write_layer: Decoder block whose output is patched (unused in ``embed`` mode).
+        mode: Injection mode.
+        blocks: The block list the vectors were read from.
+        projector: Maps each read's pooled vectors into the decoder's input embeddings.
+    """
+
+    def __init__(
+        self,
+        decoder: nn.Module,
+        write_layer: int,
+        mode: str,
+        blocks: DecoderLayers | None = None,
+        projector: Projector | None = None,
+    ) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.write_layer = write_layer
+        self.mode = mode
+        self.blocks = blocks
+        self.projector = projector
+
+    def forward(self, batch: DecoderBatch | SharedBatch, vectors: torch.Tensor) -> torch.Tensor:
+        return answer_token_loss(
+            self.decoder,
+            batch,
+            project_flat(self.projector, vectors),
+            write_layer=self.write_layer,
+            mode=self.mode,
+            blocks=self.blocks,
+        )
+
+
+def lit_inputs(
+    tokenizer,
+    source: ActivationSource,
+    examples: Sequence[tuple[int, str, str]],
+    share: int,
+    order: str = "vectors-first",
+) -> tuple[DecoderBatch | SharedBatch, torch.Tensor, int]:
+    """The decoder inputs of one micro-batch and its tokens (each example counted whole).
+
+    With ``share`` > 1, examples of one dialog (up to ``share`` of them) read its
+    activations once through a shared prefix; the loss and gradient are the same. In the
+    ``question-first`` order prompts share a prefix only when they ask the same question
+    (see :func:`shared_decoder_batch`); the vectors of a read go in once per tree, so a
+    projector still sees whole reads.
+    """
+    if share <= 1:
+        vectors = source.get([dialog for dialog, _, _ in examples])
+        batch, flat = decoder_batch(
+            tokenizer,
+            vectors,
+            [q for _, q, _ in examples],
+            [a for _, _, a in examples],
+            order=order,
+        )
+        return batch, flat, int(batch.attention_mask.sum())
+    groups: dict[tuple[int, int], list[tuple[str, str]]] = {}
+    seen: dict[int, int] = {}
+    for dialog, question, answer in examples:
+        # A dialog with more than `share` examples in the batch starts a second prefix.
+        key = (dialog, seen.get(dialog, 0) // share)
+        seen[dialog] = seen.get(dialog, 0) + 1
+        groups.setdefault(key, []).append((question, answer))
+    vectors = source.get([dialog for dialog, _ in groups])
+    batch, flat = shared_decoder_batch(tokenizer, vectors, list(groups.values()), order=order)
+    return batch, flat, batch.n_example_tokens
