@@ -16,7 +16,7 @@ from latentqa.capture import left_pad, pad_token_id, position_ids_for
 from latentqa.decoder.inputs import decoder_batch
 from latentqa.models import load_model
 from latentqa.patch import patch_activations
-from latentqa.train.schedule import lr_lambda
+from latentqa.schedule import lr_lambda
 
 _PERSONAS = [
     f"{adjective} {role}"

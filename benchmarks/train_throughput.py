@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     from latentqa.decoder.packing import SharedBatch, cpu_attention
     from latentqa.layers import find_decoder_layers
     from latentqa.models import EMBEDDED_MODEL, load_model
+    from latentqa.schedule import example_order, lr_lambda
     from latentqa.train.activations import ActivationSource
-    from latentqa.train.order import example_lengths, example_order
-    from latentqa.train.prepare import add_lora, auto_dtype, prepare_data
-    from latentqa.train.trainer import LITObjective, lit_inputs, lr_lambda
+    from latentqa.train.objective import LITObjective, lit_inputs
+    from latentqa.train.prepare import add_lora, auto_dtype, example_lengths, prepare_data
 
     if args.threads:
         torch.set_num_threads(args.threads)
