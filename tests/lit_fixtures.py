@@ -131,6 +131,13 @@ def one_line_error(capsys: pytest.CaptureFixture[str], code: int, pattern: str) 
     return err
 
 
+def tiny_train_config(workspace: tuple[Path, Path], out: Path, **values) -> TrainConfig:
+    """A float32 TrainConfig for the tiny model and data of ``workspace``, with ``values``."""
+    model, data = workspace
+    base = {"data": str(data), "out": str(out), "target": str(model), "dtype": "float32"}
+    return config_from_dict(TrainConfig, {**base, **values})
+
+
 def train_argv(workspace: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
     model, data = workspace
     return [

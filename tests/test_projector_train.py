@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from lit_fixtures import DIALOG, QUESTIONS, write_tiny_data, write_tiny_model
+from lit_fixtures import DIALOG, QUESTIONS, tiny_train_config, write_tiny_data, write_tiny_model
 from safetensors.torch import load_file
 
 import latentqa.train.trainer as trainer
@@ -28,7 +28,7 @@ from latentqa.train.checkpoint import PROJECTOR_KEY
 from latentqa.train.config import TrainConfig
 from latentqa.train.prepare import _FINGERPRINT_KEYS, add_lora, config_fingerprint, prepare_data
 from latentqa.train.projector_fit import build_projector, fit_examples
-from latentqa.typed_config import config_from_dict, config_to_dict
+from latentqa.typed_config import config_to_dict
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +38,7 @@ def workspace(tmp_path_factory):
 
 
 def config(workspace, out, **overrides) -> TrainConfig:
-    model, data = workspace
-    values = dict(
-        data=str(data),
-        out=str(out),
-        target=str(model),
+    defaults = dict(
         steps=4,
         batch_size=4,
         lr=1e-2,
@@ -50,14 +46,12 @@ def config(workspace, out, **overrides) -> TrainConfig:
         eval_every=0,
         save_every=2,
         eval_examples=8,
-        dtype="float32",
         device="cpu",
         projector="linear",
         read_pool="mean+last",
         read_layers=[1, 2],
     )
-    values.update(overrides)
-    return config_from_dict(TrainConfig, values)
+    return tiny_train_config(workspace, out, **{**defaults, **overrides})
 
 
 @pytest.fixture(scope="module")

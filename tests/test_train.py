@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lit_fixtures import write_tiny_data, write_tiny_model
+from lit_fixtures import tiny_train_config, write_tiny_data, write_tiny_model
 from safetensors.torch import load_file
 
 from latentqa.capture import pad_token_id
@@ -26,7 +26,6 @@ from latentqa.train.activations import ActivationSource
 from latentqa.train.config import TrainConfig
 from latentqa.train.prepare import add_lora, prepare_data
 from latentqa.train.trainer import train
-from latentqa.typed_config import config_from_dict
 
 TESTS = Path(__file__).resolve().parent
 
@@ -38,11 +37,7 @@ def workspace(tmp_path_factory):
 
 
 def config(workspace, out, **overrides) -> TrainConfig:
-    model, data = workspace
-    values = dict(
-        data=str(data),
-        out=str(out),
-        target=str(model),
+    defaults = dict(
         steps=12,
         batch_size=4,
         lr=1e-2,
@@ -50,10 +45,8 @@ def config(workspace, out, **overrides) -> TrainConfig:
         eval_every=6,
         save_every=4,
         eval_examples=16,
-        dtype="float32",
     )
-    values.update(overrides)
-    return config_from_dict(TrainConfig, values)
+    return tiny_train_config(workspace, out, **{**defaults, **overrides})
 
 
 def test_training_writes_decoder_metrics_and_plot(workspace, tmp_path):

@@ -40,7 +40,7 @@ from latentqa.decoder.folder import DecoderSpec
 from latentqa.decoder.loaded import DecoderHolder, LoadedDecoder, decoder_method
 from latentqa.errors import LatentQAError
 from latentqa.handle import TargetHandle
-from latentqa.layers import check_layer_index
+from latentqa.layers import check_layer_index, resolve_read_layers
 from latentqa.models import EMBEDDED_MODEL, load_model
 from latentqa.patch import PATCH_MODES
 from latentqa.questions import check_questions
@@ -96,10 +96,9 @@ class Reader(DecoderHolder):
         model, tokenizer = load_model(target, device=device, dtype=dtype)
         handle = TargetHandle.resolve(model, tokenizer, layers_path)
         n_layers = handle.n_layers
-        layers = [n_layers // 2] if read_layers is None else list(read_layers)
         spec = DecoderSpec(
             target=str(target),
-            read_layers=[check_layer_index(layer, n_layers, "read layer") for layer in layers],
+            read_layers=resolve_read_layers(read_layers, n_layers),
             write_layer=check_layer_index(write_layer, n_layers, "write layer"),
             mode=mode,
             max_read_tokens=max_read_tokens,
@@ -108,6 +107,28 @@ class Reader(DecoderHolder):
             n_layers=n_layers,
         )
         return cls(LoadedDecoder(handle, spec, target_name=str(target)))
+
+    @classmethod
+    def base_like(
+        cls,
+        spec: DecoderSpec,
+        target: str = EMBEDDED_MODEL,
+        *,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "float32",
+    ) -> Reader:
+        """:meth:`base` reading as ``spec``'s decoder does (its read and write layers, mode,
+        kept tokens and pooling): the untrained baseline an evaluation sets beside it."""
+        return cls.base(
+            target,
+            read_layers=spec.read_layers,
+            write_layer=spec.write_layer,
+            mode=spec.mode,
+            max_read_tokens=spec.max_read_tokens,
+            pool=spec.pool,
+            device=device,
+            dtype=dtype,
+        )
 
     # Reading the target.
 

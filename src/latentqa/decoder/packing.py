@@ -82,8 +82,8 @@ class SharedBatch:
         return int((self.trees >= 0).sum())
 
 
-def _pack(lengths: list[int], width: int) -> list[list[int]]:
-    """First-fit decreasing: tree indices per row, no row longer than ``width``."""
+def pack_first_fit(lengths: list[int], width: int) -> list[list[int]]:
+    """First-fit decreasing: item indices per row, no row longer than ``width``."""
     rows: list[list[int]] = []
     room: list[int] = []
     for tree in sorted(range(len(lengths)), key=lambda t: -lengths[t]):
@@ -145,7 +145,7 @@ def shared_decoder_batch(
             numbers.append(number)
             number += 1
     lengths = [len(prefix) + sum(map(len, branches)) for prefix, branches, _, _ in trees]
-    rows = _pack(lengths, max(max(lengths), row_tokens))
+    rows = pack_first_fit(lengths, max(max(lengths), row_tokens))
     shape = (len(rows), max(sum(lengths[t] for t in row) for row in rows))
     input_ids = torch.full(shape, pad_token_id(tokenizer), dtype=torch.long)
     tree_ids = torch.full(shape, -1, dtype=torch.long)

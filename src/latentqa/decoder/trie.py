@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentqa.decoder.loss import lm_head_logits
+from latentqa.decoder.packing import pack_first_fit
 from latentqa.errors import LatentQAError
 from latentqa.models import unwrap_causal_lm
 
@@ -142,21 +143,6 @@ class TrieBatch:
         return mask, torch.stack(picked) if picked else torch.zeros(0)
 
 
-def _pack(lengths: list[int], width: int) -> list[list[int]]:
-    """First-fit decreasing: trie indices per row, no row longer than ``width``."""
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for trie in sorted(range(len(lengths)), key=lambda t: -lengths[t]):
-        row = next((r for r, free in enumerate(room) if free >= lengths[trie]), None)
-        if row is None:
-            rows.append([])
-            room.append(width)
-            row = len(rows) - 1
-        rows[row].append(trie)
-        room[row] -= lengths[trie]
-    return rows
-
-
 def pack_tries(
     groups: Sequence[Sequence[TriePrompt]],
     pad_id: int,
@@ -210,7 +196,7 @@ def pack_tries(
     if not tries:
         raise LatentQAError("nothing to score: no prompts")
     lengths = [len(t.tokens) for t in tries]
-    rows = _pack(lengths, max(max(lengths), row_tokens))
+    rows = pack_first_fit(lengths, max(max(lengths), row_tokens))
     shape = (len(rows), max(sum(lengths[t] for t in row) for row in rows))
     input_ids = torch.full(shape, pad_id, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)

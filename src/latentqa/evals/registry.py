@@ -205,13 +205,5 @@ class SuiteContext:
         spec = self.reader(task).spec
         key = ("base", json.dumps([spec.read_layers, spec.write_layer, spec.mode, spec.pool]))
         if key not in self._readers:
-            self._readers[key] = Reader.base(
-                self.target,
-                read_layers=spec.read_layers,
-                write_layer=spec.write_layer,
-                mode=spec.mode,
-                max_read_tokens=spec.max_read_tokens,
-                pool=spec.pool,
-                device=self.device,
-            )
+            self._readers[key] = Reader.base_like(spec, self.target, device=self.device)
         return self._readers[key]

@@ -127,16 +127,7 @@ def run(config: EvalSystemPromptConfig, log: Log) -> dict[str, Any]:
     spec = reader.spec
     base = None
     if config.methods is None or "base_patchscope" in config.methods:
-        base = Reader.base(
-            config.target,
-            read_layers=spec.read_layers,
-            write_layer=spec.write_layer,
-            mode=spec.mode,
-            max_read_tokens=spec.max_read_tokens,
-            pool=spec.pool,
-            device=config.device,
-            dtype=dtype,
-        )
+        base = Reader.base_like(spec, config.target, device=config.device, dtype=dtype)
     options = dict(n=config.n, seed=config.seed, log=log, methods=config.methods)
     result = evaluate_system_prompt(reader, base, config.data, open_answers=config.open, **options)
     if config.layers:
