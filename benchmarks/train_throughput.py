@@ -10,8 +10,9 @@ reference takes them in plain shuffled order), read layer 15, write layer 0, ``r
 injection, the same ``max_read_tokens`` and LoRA (r=16, all linear layers, same seed),
 AdamW with the trainer's clipping and schedule:
 
-(a) library: frozen weights in the dtype ``auto_dtype`` picks (bfloat16 only where the
-    hardware runs it faster), float32 LoRA from ``add_lora``, activations from an
+(a) library: frozen weights in the dtype ``--dtype auto`` picks (bfloat16 only where a
+    short matmul measures it at least as fast as float32 here), float32 LoRA from
+    ``add_lora``, activations from an
     ``ActivationSource`` with the on-disk cache (built before timing, reported
     separately), the trainer's example order and ``lit_inputs`` (up to ``share_reads``
     examples of one dialog compute its read once), the answer loss (logits only at
@@ -70,12 +71,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from latentqa.capture import pad_token_id
     from latentqa.decoder.packing import SharedBatch, cpu_attention
+    from latentqa.devices import resolve_dtype
     from latentqa.layers import find_decoder_layers
     from latentqa.models import EMBEDDED_MODEL, load_model
     from latentqa.schedule import example_order, lr_lambda
     from latentqa.train.activations import ActivationSource
     from latentqa.train.objective import LITObjective, lit_inputs
-    from latentqa.train.prepare import add_lora, auto_dtype, example_lengths, prepare_data
+    from latentqa.train.prepare import add_lora, example_lengths, prepare_data
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         # ---- (a) the library's path, set up exactly as train() does -------------------
-        dtype = auto_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
+        dtype = resolve_dtype(args.dtype, device)  # auto: measured, as the trainer does
         model_a, tokenizer = load_model(config.target, device=device, dtype=dtype)
         data = prepare_data(config, tokenizer)
         decoder = add_lora(model_a, config)

@@ -21,7 +21,7 @@ import latentqa.evals.system_prompt as sp
 from latentqa.conditions import activation_conditions
 from latentqa.evals.blackbox import generate_replies, score_answers
 from latentqa.evals.system_prompt_items import build_items, yes_no_questions
-from latentqa.questions import NO, YES
+from latentqa.questions import NO, YES, yes_no_question
 
 
 def score_rows(reader, rows, batch=32):
@@ -80,6 +80,19 @@ def yes_no_scores(reader, vectors, items):
     return score_rows(reader, rows)
 
 
+def option_margins(reader, vectors, items):
+    rows = [
+        (v, yes_no_question(item.question, o), a)
+        for v, item in zip(vectors, items, strict=True)
+        for o in item.options
+        for a in (YES, NO)
+    ]
+    flat = score_rows(reader, rows)
+    margins = [flat[k] - flat[k + 1] for k in range(0, len(flat), 2)]
+    starts = [sum(len(item.options) for item in items[:i]) for i in range(len(items))]
+    return [margins[s : s + len(item.options)] for s, item in zip(starts, items, strict=True)]
+
+
 def decoder_answers(reader, vectors, items, max_new_tokens):
     ids = reader.generate_ids(list(vectors), [item.question for item in items], max_new_tokens)
     return [reader.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
@@ -93,18 +106,20 @@ def decoder_method(name, reader, vectors, items, zeroed, seed, open_answers, max
     picks = sp.calibrated_picks(scores, baseline, rng)
     yes_no = yes_no_scores(reader, vectors, items)
     accuracy, paired = sp.yes_no_accuracy(yes_no, items)
+    margins = option_margins(reader, vectors, items)
     figures = {
         "mc_accuracy": sp._mc_accuracy(scores, items),
         "mc_accuracy_calibrated": sum(p == i.gold_index for p, i in zip(picks, items, strict=True))
         / len(items),
+        "mc_yes_no_accuracy": sp._mc_accuracy(margins, items),
         "yes_no_accuracy": accuracy,
-        "yes_no_paired": paired,
+        "paired_yes_no_accuracy": paired,
         "open_win_rate": None,
     }
     if open_answers:
         answers = decoder_answers(reader, vectors, items, max_new_tokens)
         figures["open_win_rate"] = sp._open_win_rate(answers, items)
-    raw = {"options": scores, "baseline": baseline, "yes_no": yes_no}
+    raw = {"options": scores, "baseline": baseline, "yes_no": yes_no, "margins": margins}
     return figures, raw
 
 

@@ -109,8 +109,8 @@ def test_type_a_dialog_ask_and_chart(reader, page, tmp_path):
             shown_value = float(text.split()[1].replace("\u2212", "-"))
             assert shown_value == pytest.approx(answer.evidence, abs=0.011)
             tooltip = badge.get_attribute("title")
-            assert "real activations" in tooltip and "zeroed" in tooltip
-        assert "zeroed" in page.inner_text("#evidence-legend")
+            assert "reference dialogs" in tooltip and "zeroed" in tooltip
+        assert "16 other dialogs" in page.inner_text("#evidence-legend")
         # The per-layer chart: one bar per layer and candidate answer.
         page.fill("#chart-question", QUESTIONS[0])
         page.fill("#chart-answers", "A pirate captain.\nA French chef.")

@@ -10,6 +10,7 @@ from lit_fixtures import build_tiny_decoder, write_tiny_model
 
 import latentqa.cli as cli
 from latentqa.capture import position_ids_for
+from latentqa.data.references import REFERENCE_DIALOGS
 from latentqa.decoder.inputs import decoder_batch
 from latentqa.decoder.loss import answer_token_loss
 from latentqa.errors import LatentQAError
@@ -157,20 +158,28 @@ def test_score_matches_answer_token_loss_and_one_by_one(reader):
     assert zeroed != pytest.approx(scores)
 
 
-def test_evidence_is_real_minus_zeroed_mean_log_likelihood(reader):
+def test_evidence_is_real_minus_the_reference_dialogs_mean_log_likelihood(reader):
     answers = reader.ask(DIALOG, QUESTIONS, max_new_tokens=5, evidence=True)
     assert all(isinstance(a, Answer) for a in answers)
     assert [a.text for a in answers] == reader.ask(DIALOG, QUESTIONS, max_new_tokens=5)
     vectors = reader.read(DIALOG)
+    references = reader.reference_reads()
+    assert len(references) == REFERENCE_DIALOGS
+    assert reader.reference_reads() is references  # read once per reader
     for question, answer in zip(QUESTIONS, answers, strict=True):
         (real,) = reader.score_vectors(vectors, question, [answer.text], normalize=True)
         (zeroed,) = reader.score_vectors(
             torch.zeros_like(vectors), question, [answer.text], normalize=True
         )
+        others = [
+            reader.score_vectors(r, question, [answer.text], normalize=True)[0] for r in references
+        ]
+        reference = sum(others) / len(others)
         assert answer.logprob_real == pytest.approx(real, abs=1e-4)
         assert answer.logprob_zeroed == pytest.approx(zeroed, abs=1e-4)
-        assert answer.evidence == pytest.approx(real - zeroed, abs=1e-4)
-        assert answer.evidence == answer.logprob_real - answer.logprob_zeroed
+        assert answer.logprob_reference == pytest.approx(reference, abs=1e-4)
+        assert answer.evidence == pytest.approx(real - reference, abs=1e-4)
+        assert answer.threshold == reader.read_threshold == EVIDENCE_THRESHOLD
         assert answer.read == (answer.evidence > EVIDENCE_THRESHOLD)
         assert answer.label == ("read" if answer.read else "guessed") and str(answer) == answer.text
     # Given answers, any rows and batch sizes: the same figures.
@@ -186,13 +195,17 @@ def test_evidence_is_real_minus_zeroed_mean_log_likelihood(reader):
     )
 
 
-def test_evidence_is_zero_when_the_activations_are_zeroed(reader):
-    answers = reader.ask(
-        DIALOG, QUESTIONS, max_new_tokens=4, vectors_transform=torch.zeros_like, evidence=True
-    )
+def test_evidence_is_zero_when_every_reference_is_the_dialog_itself(reader, monkeypatch):
+    own = reader.read(DIALOG)
+    monkeypatch.setattr(reader, "reference_reads", lambda layer=None: [own.clone()] * 3)
+    answers = reader.ask(DIALOG, QUESTIONS, max_new_tokens=4, evidence=True)
     for answer in answers:
-        assert answer.evidence == pytest.approx(0.0, abs=1e-6) and not answer.read
-        assert answer.logprob_real == pytest.approx(answer.logprob_zeroed, abs=1e-6)
+        assert answer.evidence == pytest.approx(0.0, abs=1e-4) and not answer.read
+        assert answer.logprob_real == pytest.approx(answer.logprob_reference, abs=1e-4)
+    # Without references, zeroed vectors are the reference (the old mark), still computed.
+    (weighed,) = reader.evidence_vectors([torch.zeros_like(own)], QUESTIONS[:1], ["Yes."])
+    assert weighed.logprob_reference is None
+    assert weighed.evidence == pytest.approx(0.0, abs=1e-6)
 
 
 def test_evidence_costs_one_scoring_pass_per_condition(reader):
@@ -203,17 +216,20 @@ def test_evidence_costs_one_scoring_pass_per_condition(reader):
         hidden = output[0] if isinstance(output, tuple) else output
         calls.append(tuple(hidden.shape[:2]))
 
+    reader.reference_reads()  # read once per reader, before this ask
     handle = block.register_forward_hook(record)
     try:
         reader.ask(DIALOG, QUESTIONS, max_new_tokens=3, evidence=True)
     finally:
         handle.remove()
     # The target read (one row), the generation's prompt pass (a row per question) and
-    # its one-token decode steps, then one scoring pass per condition, real and zeroed
-    # (rows packed: questions that share a read share a row).
+    # its one-token decode steps, then one scoring pass per condition, real, zeroed and
+    # the reference reads (rows packed: questions that share a read share a row; the
+    # references' rows are one token trie per reference).
     assert calls[0][0] == 1 and calls[1] == (len(QUESTIONS), calls[1][1])
     full = [shape for shape in calls[2:] if shape[1] > 1]
-    assert len(full) == 2
+    assert [rows for rows, _ in full[:2]] == [1, 1]  # real, zeroed: one packed row each
+    assert sum(rows for rows, _ in full[2:]) == REFERENCE_DIALOGS  # a trie per reference
 
 
 def test_evidence_rows_must_match(reader):
@@ -300,8 +316,9 @@ def test_cli_json_and_text_output(paths, reader, monkeypatch, capsys, tmp_path):
     assert [a["question"] for a in result["answers"]] == QUESTIONS[:2]
     assert report["evidence_threshold"] == EVIDENCE_THRESHOLD
     for item in result["answers"]:
-        assert {"answer", "evidence", "read", "logprob_real", "logprob_zeroed"} <= set(item)
-        assert item["evidence"] == pytest.approx(item["logprob_real"] - item["logprob_zeroed"])
+        assert {"answer", "evidence", "read", "logprob_real", "logprob_reference"} <= set(item)
+        assert item["evidence"] == pytest.approx(item["logprob_real"] - item["logprob_reference"])
+        assert "logprob_zeroed" in item
         assert item["read"] == (item["evidence"] > EVIDENCE_THRESHOLD)
     dialog = [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hi"}]
     expected = reader.ask(dialog, QUESTIONS[:2], max_new_tokens=3, evidence=True)
@@ -314,7 +331,7 @@ def test_cli_json_and_text_output(paths, reader, monkeypatch, capsys, tmp_path):
     text = capsys.readouterr().out
     tag = f"[{expected[0].label} {expected[0].evidence:+.2f} nats/token]"
     assert f"A: {expected[0].text}  {tag}" in text
-    assert "more likely each answer is with the real activations than with zeroed ones" in text
+    assert "more likely each answer is with this dialog's activations than with other" in text
     dialogs = tmp_path / "dialogs.json"
     dialogs.write_text(json.dumps([DIALOG, DIALOG[1:]]))
     assert _main(monkeypatch, ["read", "--dialogs", str(dialogs), "-q", "Who?", *common]) == 0

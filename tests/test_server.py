@@ -107,6 +107,9 @@ def test_ask_and_score_match_the_reader(client, reader):
     assert body["evidence"] == pytest.approx([a.evidence for a in weighed], abs=1e-4)
     assert body["logprob_real"] == pytest.approx([a.logprob_real for a in weighed], abs=1e-4)
     assert body["logprob_zeroed"] == pytest.approx([a.logprob_zeroed for a in weighed], abs=1e-4)
+    assert body["logprob_reference"] == pytest.approx(
+        [a.logprob_reference for a in weighed], abs=1e-4
+    )
     assert body["evidence_threshold"] == EVIDENCE_THRESHOLD
     at_one = client.post("/api/ask", json=ask_body(layer=1)).json()
     assert at_one["answers"] == reader.ask(DIALOG, QUESTIONS, max_new_tokens=TOKENS, layer=1)
@@ -251,7 +254,8 @@ def test_openapi_lists_the_endpoints(client):
         response["required"]
     )
     assert response["properties"]["evidence"]["items"]["type"] == "number"
-    assert "zeroed" in response["properties"]["evidence"]["description"]
+    assert "other dialogs" in response["properties"]["evidence"]["description"]
+    assert "logprob_reference" in response["required"]
     docs = client.get("/docs")  # our own page: FastAPI's loads scripts from a CDN
     assert docs.status_code == 200 and "/static/docs.js" in docs.text and "cdn" not in docs.text
     assert client.get("/redoc").status_code == 404

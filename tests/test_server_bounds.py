@@ -34,6 +34,8 @@ class FakeAnswer:
     evidence: float = 0.5
     logprob_real: float = -1.0
     logprob_zeroed: float = -1.5
+    logprob_reference: float = -1.4
+    threshold: float = 0.1
 
 
 @dataclass

@@ -199,12 +199,15 @@ def test_zeroed_rows_are_scored_once_per_shape_and_answer(monkeypatch):
     cache = ZeroedScores(reader)
     first = item_scores(reader, vectors, items, cache, "lit")
     zero_rows = {(len(v), o) for v, i in zip(vectors, items, strict=True) for o in i.options}
-    assert scored == [len(zero_rows) + 54]  # 6 x 5 options + 6 x 4 yes/no rows, live
+    # live: 6 x 5 options + 6 x 4 yes/no rows + 6 x 5 x 2 option yes/no rows
+    assert scored == [len(zero_rows) + 54 + 60]
     again = item_scores(reader, zeros, items, cache, "lit_zeroed")
     # lit_zeroed: its options are the baseline (exactly), only its yes/no rows are new,
     # each (read length, question) once.
     assert again.options == again.baseline == first.baseline
     distinct = {(len(zeros[i]), q) for i, q, _ in sp.yes_no_questions(items)}
+    for z, item in zip(zeros, items, strict=True):
+        distinct |= {(len(z), yes_no_question(item.question, o)) for o in item.options}
     assert scored[1:] == [2 * len(distinct)]
 
 
@@ -249,14 +252,19 @@ def test_evaluation_figures_equal_the_reference(paths, tmp_path):
         got = {k: v for k, v in result["methods"][name].items() if k in expected}
         assert got == expected, name
     # The raw scores agree to float round-off, and so does every choice made from them.
-    reads = sp._Reads(reader, base, items, None, 0)
+    reads = sp.ConditionReads(reader, base, items, None, 0)
     zeroed = {id(reader): ZeroedScores(reader), id(base): ZeroedScores(base)}
     for name, condition in sp.DECODER_CONDITIONS.items():
         who = base if name == "base_patchscope" else reader
         new = item_scores(who, reads(condition), items, zeroed[id(who)], name)
-        for part in ("options", "baseline", "yes_no"):
+        for part, ref in (
+            ("options", "options"),
+            ("baseline", "baseline"),
+            ("yes_no", "yes_no"),
+            ("option_margins", "margins"),
+        ):
             torch.testing.assert_close(
-                torch.tensor(getattr(new, part)), torch.tensor(raw[name][part]), atol=1e-5, rtol=0
+                torch.tensor(getattr(new, part)), torch.tensor(raw[name][ref]), atol=1e-5, rtol=0
             )
         for ours, theirs in zip(new.options, raw[name]["options"], strict=True):
             assert ours.index(max(ours)) == theirs.index(max(theirs))

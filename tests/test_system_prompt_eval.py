@@ -30,7 +30,7 @@ from latentqa.evals.system_prompt import (
     evaluate_system_prompt,
     yes_no_questions,
 )
-from latentqa.questions import NO, YES
+from latentqa.questions import NO, YES, yes_no_question
 
 PERSONA_QUESTION = "What persona is the assistant adopting?"
 HELDOUT = (
@@ -87,6 +87,7 @@ class FakeReader:
         self.spec = SimpleNamespace(
             read_layers=[1], write_layer=0, mode="replace", pool="none", max_read_tokens=96
         )
+        self.decoder = SimpleNamespace(inputs=lambda span, layers: span[0])
         self.read_dialogs: list = []
         self.yes_no_asked: list[str] = []
 
@@ -101,6 +102,13 @@ class FakeReader:
             else:
                 out.append(_unit(dialog[0]["content"], 24).reshape(3, 8))
         return out
+
+    def read_spans(self, dialogs, layers, batch_size=16, *, subject):
+        assert subject == [None] * len(dialogs)
+        return [v[None] for v in self.read_many(dialogs)]  # [1 layer, span, 8]
+
+    def reference_reads(self, layer=None):
+        return [_unit(f"reference {k}", 24).reshape(3, 8) for k in range(4)]
 
     def _gold(self, vectors: torch.Tensor) -> str | None:
         value = float(vectors[0, 0])
@@ -170,7 +178,7 @@ def test_shipped_set_loads_and_is_held_out():
         assert item.options[item.gold_index] == item.gold != item.distractor
         assert item.user_dialog == item.dialog[1:]
     size = sum(p.stat().st_size for p in sp.SHIPPED_DATA.rglob("*") if p.is_file())
-    assert size < 300_000
+    assert size < 350_000  # with set B's replies (38 kB)
     assert (sp.SHIPPED_DATA / "README.md").is_file()
 
 
@@ -236,22 +244,32 @@ def test_every_method_and_measure_with_a_fake_reader(fakes):
     methods = result["methods"]
     for values in methods.values():
         assert tuple(values) == (*MEASURES, "seconds") and values["seconds"] >= 0
-        assert all(v is None or 0.0 <= v <= 1.0 for k, v in values.items() if k in MEASURES)
+        shares = [k for k in MEASURES if k != "read_mark_threshold"]
+        assert all(values[k] is None or 0.0 <= values[k] <= 1.0 for k in shares)
     # The fake reads the behaviour perfectly from real vectors ...
+    scored = [k for k in MEASURES if not k.startswith("read_mark")]
     for name in ("lit", "base_patchscope"):
-        assert {k: methods[name][k] for k in MEASURES} == dict.fromkeys(MEASURES, 1.0)
+        assert {k: methods[name][k] for k in scored} == dict.fromkeys(scored, 1.0)
+    # ... so every pick is right and the read marks (lit only) are right when given.
+    assert methods["lit"]["read_mark_precision"] == 1.0
+    assert methods["lit"]["read_mark_coverage"] > 0.5
+    assert methods["base_patchscope"]["read_mark_precision"] is None
     # ... and nothing from zeroed vectors or a user turn without its system prompt: it
     # says "No." to everything, which is right for exactly half of the 2n questions.
     for name in ("lit_zeroed", "no_system_prompt"):
         assert methods[name]["yes_no_accuracy"] == 0.5
-        assert methods[name]["yes_no_paired"] == 0.5  # the same margin for gold and distractor
+        # the same margin for gold and distractor
+        assert methods[name]["paired_yes_no_accuracy"] == 0.5
     assert methods["lit_shuffled"]["mc_accuracy"] < 0.5
     # Zeroed vectors: every calibrated gain is 0, so the pick is a seeded random option.
     assert 0.0 < methods["lit_zeroed"]["mc_accuracy_calibrated"] < 0.6
     # lit, shuffled and no system prompt ask each of their 2n questions; lit_zeroed's
     # zeroed rows depend only on the question, so a question asked twice is scored once.
-    distinct = {q for _, q, _ in yes_no_questions(build_items(None, n=40)[0])}
-    assert len(reader.yes_no_asked) == 3 * 2 * 40 + len(distinct)
+    # Each also asks every option as a yes/no question (multiple choice by yes/no).
+    items = build_items(None, n=40)[0]
+    distinct = {q for _, q, _ in yes_no_questions(items)}
+    distinct |= {yes_no_question(i.question, o) for i in items for o in i.options}
+    assert len(reader.yes_no_asked) == 3 * (2 + N_OPTIONS) * 40 + len(distinct)
     without_system = [d for d in reader.read_dialogs if d[0]["role"] != "system"]
     assert len(without_system) == 40 and all(d[0]["role"] == "user" for d in without_system)
     assert methods["linear_probe"]["mc_accuracy_calibrated"] is None
@@ -263,7 +281,8 @@ def test_every_method_and_measure_with_a_fake_reader(fakes):
     assert any(line.startswith("| no_system_prompt | ") for line in table)
     lit_row = next(line for line in table if line.startswith("| lit | "))
     assert lit_row.endswith(f" | {methods['lit']['seconds']:.1f} |")
-    assert table[-1] == "| *chance* | 0.200 | 0.200 | 0.500 | 0.500 | 0.500 | – |"
+    chance = "| *chance* | 0.200 | 0.200 | 0.200 | 0.500 | 0.500 | 0.500 | – | – | – | – |"
+    assert table[-1] == chance
     assert result["seconds"] >= sum(v["seconds"] for v in methods.values()) - 0.1
     json.dumps(result)
 
@@ -338,7 +357,8 @@ def test_eval_all_reports_the_new_measures(fakes, monkeypatch, tmp_path):
     assert tuple(methods["methods"]) == ALL_METHODS
     report = (tmp_path / "report.md").read_text()
     assert "| no_system_prompt | " in report
-    assert "mc_accuracy_calibrated | yes_no_accuracy" in report and "| *chance* |" in report
+    assert "mc_yes_no_accuracy | yes_no_accuracy" in report and "| *chance* |" in report
+    assert "set B, user turn + the target's reply" in report  # both sets in the suite
 
 
 def test_quick_preset_and_options_that_win(fakes, monkeypatch, capsys):

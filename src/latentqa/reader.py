@@ -36,6 +36,7 @@ from latentqa.chat import (
     subject_span,
     validate_dialog,
 )
+from latentqa.data.references import reference_dialogs
 from latentqa.decoder.folder import DecoderSpec
 from latentqa.decoder.loaded import DecoderHolder, LoadedDecoder, decoder_method
 from latentqa.errors import LatentQAError
@@ -323,9 +324,30 @@ class Reader(DecoderHolder):
         )
         texts = answering.answer_texts(self.decoder, ids)
         if evidence:
-            weighed = scoring.evidence_rows(self.decoder, rows, row_questions, texts, batch_size)
+            # Subject reads (a name's tokens) have no like-for-like reference dialogs:
+            # their evidence stays real vs zeroed.
+            refs = None if subject is not None else self.reference_reads(options.get("layer"))
+            weighed = scoring.evidence_rows(
+                self.decoder, rows, row_questions, texts, batch_size, refs, self.read_threshold
+            )
             return _per_dialog(weighed, len(items))
         return _per_dialog(texts, len(items))
+
+    def reference_reads(self, layer: int | None = None) -> list[torch.Tensor]:
+        """The reads of :func:`reference_dialogs` (once per reader and layer): an answer's
+        evidence is its likelihood given the dialog's read minus its mean over these."""
+        cache = self.__dict__.setdefault("_reference_reads", {})
+        if layer not in cache:
+            cache[layer] = self.read_many(reference_dialogs(), layer)
+        return cache[layer]
+
+    @property
+    def read_threshold(self) -> float:
+        """Evidence above which an answer is marked read: the decoder's calibrated
+        ``read_threshold`` (in its ``latentqa.json``) or
+        :data:`~latentqa.scoring.EVIDENCE_THRESHOLD`."""
+        value = self.spec.extra.get("read_threshold")
+        return float(value) if isinstance(value, (int, float)) else scoring.EVIDENCE_THRESHOLD
 
     def score(
         self,

@@ -25,12 +25,14 @@ from latentqa.patch import patch_activations
 from latentqa.questions import check_questions
 
 EVIDENCE_THRESHOLD = 0.1
-"""Evidence, in nats per answer token, above which an answer counts as *read*.
+"""Evidence, in nats per answer token, above which an answer counts as *read*, for a
+decoder whose folder names no calibrated threshold (``read_threshold`` in its
+``latentqa.json``, chosen by ``latentqa eval system-prompt``'s read-mark calibration).
 
 An answer whose mean per-token log-likelihood rises by more than this when the real
-activations replace zeroed ones is labelled "read" (from the activations); otherwise
-"guessed" (the question alone, or the decoder's prior, explains it). The one place this
-cut-off is set: the CLI, the server and the web page all take it from here.
+activations replace the reference ones is labelled "read" (from the activations);
+otherwise "guessed" (the question alone, or the decoder's prior, explains it). The CLI,
+the server and the web page take the threshold from the answer itself.
 """
 
 
@@ -40,13 +42,19 @@ class Answer:
 
     Attributes:
         text: The decoded answer.
-        evidence: ``logprob_real - logprob_zeroed``, in nats per answer token. Above 0 the
-            real activations made this answer more likely than zeroed activations of the
-            same shape did; near or below 0 the decoder would have said it anyway.
+        evidence: ``logprob_real - logprob_reference`` (or ``- logprob_zeroed`` when no
+            reference reads were given), in nats per answer token. Above 0 the real
+            activations made this answer more likely than other dialogs' activations
+            did on average; near or below 0 the decoder would have said it of any dialog.
         logprob_real: Mean log-likelihood per answer token with the real activations.
-        logprob_zeroed: The same with the activations replaced by zeros.
+        logprob_zeroed: The same with the activations replaced by zeros (reported, not
+            the mark: zeroed vectors are out of distribution, so nearly any answer
+            gains against them).
+        logprob_reference: The same, averaged over the reference dialogs' reads; ``None``
+            without references.
+        threshold: Evidence above which the answer counts as read.
 
-    Both log-likelihoods score ``text`` as :func:`score_vectors` does with
+    The log-likelihoods score ``text`` as :func:`score_vectors` does with
     ``normalize=True`` (the answer's tokens include the end-of-turn token).
     """
 
@@ -54,11 +62,13 @@ class Answer:
     evidence: float
     logprob_real: float
     logprob_zeroed: float
+    logprob_reference: float | None = None
+    threshold: float = EVIDENCE_THRESHOLD
 
     @property
     def read(self) -> bool:
-        """Whether ``evidence`` exceeds :data:`EVIDENCE_THRESHOLD` (read, not guessed)."""
-        return self.evidence > EVIDENCE_THRESHOLD
+        """Whether ``evidence`` exceeds :attr:`threshold` (read, not guessed)."""
+        return self.evidence > self.threshold
 
     @property
     def label(self) -> str:
@@ -94,14 +104,17 @@ def evidence_rows(
     questions: Sequence[str],
     answers: Sequence[str],
     batch_size: int = 32,
+    references: Sequence[torch.Tensor] | None = None,
+    threshold: float = EVIDENCE_THRESHOLD,
 ) -> list[Answer]:
-    """Weigh given answers: real ``vectors`` against zeroed ones, per row.
+    """Weigh given answers: real ``vectors`` against other dialogs' reads, per row.
 
     Row ``i`` scores ``answers[i]`` to ``questions[i]`` given ``vectors[i]``
-    (``[n_i, d_model]``), once as is and once with zeros of the same shape, each
-    condition in batches of ``batch_size`` rows. ``evidence`` equals
-    ``score_vectors(decoder, v, q, [a], normalize=True)`` minus the same with
-    ``torch.zeros_like(v)``, up to batching round-off.
+    (``[n_i, d_model]``), with zeros of the same shape, and with each of
+    ``references`` (reads of other dialogs, as the decoder takes them). ``evidence`` is
+    the real score minus the mean reference score (or minus the zeroed score without
+    references); a reference row's score depends only on (reference, question,
+    answer), so each is computed once.
 
     Args:
         decoder: The decoder scoring.
@@ -110,6 +123,10 @@ def evidence_rows(
         answers: One answer per row (may be empty: it is scored by its end-of-turn
             token alone).
         batch_size: Rows per decoder pass.
+        references: Reads of other dialogs (see
+            :meth:`latentqa.reader.Reader.reference_reads`); ``None``: zeroed vectors
+            are the reference.
+        threshold: Evidence above which an answer counts as read.
 
     Returns:
         One :class:`Answer` per row.
@@ -129,10 +146,50 @@ def evidence_rows(
     zeroed = [torch.zeros_like(v) for v in real]
     logprob_real = score_rows(decoder, real, questions, answers, True, batch_size)
     logprob_zeroed = score_rows(decoder, zeroed, questions, answers, True, batch_size)
+    logprob_reference: list[float | None] = [None] * len(answers)
+    if references:
+        pairs = sorted(set(zip(questions, answers, strict=True)))
+        means = reference_scores(decoder, references, pairs)
+        logprob_reference = [means[qa] for qa in zip(questions, answers, strict=True)]
     return [
-        Answer(text=text, evidence=lr - lz, logprob_real=lr, logprob_zeroed=lz)
-        for text, lr, lz in zip(answers, logprob_real, logprob_zeroed, strict=True)
+        Answer(
+            text=text,
+            evidence=lr - (lz if lref is None else lref),
+            logprob_real=lr,
+            logprob_zeroed=lz,
+            logprob_reference=lref,
+            threshold=threshold,
+        )
+        for text, lr, lz, lref in zip(
+            answers, logprob_real, logprob_zeroed, logprob_reference, strict=True
+        )
     ]
+
+
+def reference_scores(
+    decoder: LoadedDecoder,
+    references: Sequence[torch.Tensor],
+    pairs: Sequence[tuple[str, str]],
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> dict[tuple[str, str], float]:
+    """Per ``(question, answer)``, its normalised score averaged over the reference
+    reads: the answer's likelihood for a dialog the decoder knows nothing particular
+    about. One token trie per reference read (its rows share the read)."""
+    refs = [decoder.check_vectors(r) for r in references]
+    rows = [(r, q, a) for r in refs for q, a in pairs]
+    flat = score_rows_shared(
+        decoder,
+        [r for r, _, _ in rows],
+        [q for _, q, _ in rows],
+        [a for _, _, a in rows],
+        True,
+        progress=progress,
+    )
+    n = len(pairs)
+    return {
+        pair: sum(flat[k * n + j] for k in range(len(refs))) / len(refs)
+        for j, pair in enumerate(pairs)
+    }
 
 
 @torch.no_grad()

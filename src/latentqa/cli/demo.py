@@ -6,9 +6,10 @@ held-out split, seed 0). The decoder sees only the activations of the user turn;
 the hidden prompt is printed after its answers, for comparison.
 
 Two readouts per dialog: open answers, each with its evidence (how much more
-likely the real activations make it than zeroed ones), and the decoder's pick
-among the demo's behaviours (the option whose likelihood the activations raise
-most over zeroed activations, chance 1 in 4).
+likely the dialog's activations make it than 16 reference dialogs' do) and its
+read mark, and the decoder's pick among the demo's behaviours (the option whose
+likelihood the dialog's activations raise most over the reference dialogs' mean,
+chance 1 in 4).
 
 Then, for the embedded target, the shipped relations decoder reads facts about
 countries it never saw in training from their names' tokens alone, checked against
@@ -107,6 +108,7 @@ def read_countries(target: str, device: str) -> list[dict]:
                     "question": question,
                     "answer": answer.text,
                     "evidence": answer.evidence,
+                    "read": answer.read,
                     "gold": fact.answer if fact else None,
                     "correct": (
                         exact_match(ALL_RELATIONS[relation].answer_in(answer.text), fact.aliases)
@@ -119,10 +121,7 @@ def read_countries(target: str, device: str) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from latentqa.reader import Reader
-    from latentqa.scoring import EVIDENCE_THRESHOLD
 
     reader = Reader.load(args.target, args.decoder, device=args.device)
     dialogs = [
@@ -131,22 +130,28 @@ def run(args: argparse.Namespace) -> int:
     ]
     answers = reader.ask_many(dialogs, QUESTIONS, evidence=True, max_new_tokens=args.max_new_tokens)
     options = [d["instructed"] for d in DEMO]
+    references = reader.reference_reads()
+    prior = [0.0] * len(options)
+    for vectors in references:  # each option's mean likelihood over other dialogs
+        scores = reader.score_vectors(vectors, QUESTIONS[0], options, normalize=True)
+        prior = [p + s / len(references) for p, s in zip(prior, scores, strict=True)]
     results = []
     for item, dialog, replies in zip(DEMO, dialogs, answers, strict=True):
         vectors = reader.read(dialog)
         real = reader.score_vectors(vectors, QUESTIONS[0], options, normalize=True)
-        zero = reader.score_vectors(torch.zeros_like(vectors), QUESTIONS[0], options, True)
-        gain = [r - z for r, z in zip(real, zero, strict=True)]
+        gain = [r - z for r, z in zip(real, prior, strict=True)]
         pick = max(range(len(options)), key=gain.__getitem__)
         results.append(
             {
                 **item,
                 "answers": {q: a.text for q, a in zip(QUESTIONS, replies, strict=True)},
                 "evidence": {q: a.evidence for q, a in zip(QUESTIONS, replies, strict=True)},
+                "read": {q: a.read for q, a in zip(QUESTIONS, replies, strict=True)},
                 "pick": options[pick],
                 "pick_correct": options[pick] == item["instructed"],
             }
         )
+    threshold = reader.read_threshold
     del reader  # one model at a time in memory
     relations = (
         read_countries(args.target, args.device)
@@ -162,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"user: {result['user']}")
         for question, answer in result["answers"].items():
             evidence = result["evidence"][question]
-            tag = "read" if evidence > EVIDENCE_THRESHOLD else "guessed"
+            tag = "read" if result["read"][question] else "guessed"
             print(f"  Q: {question}\n  A: {answer}  [{tag} {evidence:+.2f} nats/token]")
         mark = "right" if result["pick_correct"] else "wrong"
         print(f"  pick among the {len(options)} demo behaviours: {result['pick']} ({mark})")
@@ -170,8 +175,9 @@ def run(args: argparse.Namespace) -> int:
     right = sum(r["pick_correct"] for r in results)
     print(
         f"picked the hidden behaviour for {right} of {len(results)} dialogs (chance 1 in "
-        f"{len(options)}). Evidence: how much more likely an answer is with the real "
-        f"activations than with zeroed ones; above {EVIDENCE_THRESHOLD} counts as read."
+        f"{len(options)}). Evidence: how much more likely an answer is with the dialog's "
+        "activations than with 16 reference dialogs' on average; above "
+        f"{threshold:.2f} counts as read."
     )
     if relations:
         print(
@@ -180,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
             "the target itself completes):"
         )
         for row in relations:
-            tag = "read" if row["evidence"] > EVIDENCE_THRESHOLD else "guessed"
+            tag = "read" if row["read"] else "guessed"
             mark = "–" if row["correct"] is None else "right" if row["correct"] else "wrong"
             print(
                 f"  {row['country']}: {row['question']} {row['answer']}  "

@@ -27,8 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Run the target on a dialog (its system prompt masked, as in training), patch the "
             "activations of the rest into the decoder and print its answers to each question. "
             "The dialog is read once for all questions. Beside each answer, its evidence: how "
-            "much more likely (nats per answer token) the answer is with the real activations "
-            "than with zeroed ones; 'read' above the threshold, else 'guessed'."
+            "much more likely (nats per answer token) the answer is with this dialog's "
+            "activations than with 16 reference dialogs' on average; 'read' above the "
+            "decoder's threshold, else 'guessed' (it would say that of any dialog)."
         ),
     )
     parser.add_argument("--system", default=None, help="system prompt (hidden from the decoder)")
@@ -114,14 +115,13 @@ def evidence_tag(answer: Answer) -> str:
     return f"[{answer.label} {answer.evidence:+.2f} nats/token]"
 
 
-def evidence_legend() -> str:
+def evidence_legend(threshold: float) -> str:
     """The one-line legend printed under the text output."""
-    from latentqa.scoring import EVIDENCE_THRESHOLD
-
     return (
-        "evidence: how much more likely each answer is with the real activations than with "
-        "zeroed ones, in log-likelihood (nats) per answer token; "
-        f"'read' above {EVIDENCE_THRESHOLD:.2f}, else 'guessed' from the question alone"
+        "evidence: how much more likely each answer is with this dialog's activations than "
+        "with other dialogs' (16 reference dialogs, on average), in log-likelihood (nats) "
+        f"per answer token; 'read' above {threshold:.2f}, else 'guessed': the decoder would "
+        "say it of any dialog"
     )
 
 
@@ -133,6 +133,7 @@ def answer_record(question: str, answer: Answer) -> dict[str, Any]:
         "evidence": answer.evidence,
         "read": answer.read,
         "logprob_real": answer.logprob_real,
+        "logprob_reference": answer.logprob_reference,
         "logprob_zeroed": answer.logprob_zeroed,
     }
 
@@ -140,7 +141,6 @@ def answer_record(question: str, answer: Answer) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from latentqa.chat import check_subject
     from latentqa.reader import Reader
-    from latentqa.scoring import EVIDENCE_THRESHOLD
 
     dialogs = dialogs_from_args(args)
     preflight_read(
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
             "decoder": str(reader.decoder_path),
             "read_layers": reader.spec.read_layers if args.layer is None else [args.layer],
             "subject": args.subject,
-            "evidence_threshold": EVIDENCE_THRESHOLD,
+            "evidence_threshold": reader.read_threshold,
             "results": [
                 {
                     "dialog": dialog,
@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"A: {answer.text}  {evidence_tag(answer)}")
         if index < len(dialogs) - 1:
             print()
-    print(f"({evidence_legend()})")
+    print(f"({evidence_legend(reader.read_threshold)})")
     return 0
 
 

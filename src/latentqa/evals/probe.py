@@ -44,7 +44,10 @@ class RidgeProbe:
     lam: float
 
     @classmethod
-    def fit(cls, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> RidgeProbe:
+    def fit(
+        cls, x: torch.Tensor, y: torch.Tensor, seed: int = 0, lambdas: Sequence[float] = LAMBDAS
+    ) -> RidgeProbe:
+        """Standardize ``x``, pick the penalty among ``lambdas`` on a held-out fifth, refit."""
         x, y = x.double(), y.double()
         scale = Standardizer.fit(x)
         xs = scale(x)
@@ -57,7 +60,7 @@ class RidgeProbe:
             pred = torch.cat([xs[val], torch.ones(len(val), 1, dtype=xs.dtype)], 1) @ w
             return float(((pred - y[val]) ** 2).mean())
 
-        lam = min(LAMBDAS, key=error)
+        lam = min(lambdas, key=error)
         return cls(scale, _ridge_solve(xs, y, lam), lam)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,12 @@ def _cell(value: object, metric: str = "") -> str:
     return str(value)
 
 
+def _set_name(result: Mapping) -> str:
+    """`` set A: user turn`` style suffix for results that name their held-out set."""
+    names = {"user": "set A, the user turn", "replies": "set B, user turn + the target's reply"}
+    return f" ({names[result['set']]})" if result.get("set") in names else ""
+
+
 def markdown_table(result: Mapping, chance: Mapping[str, float] | None = None) -> str:
     """One row per method, one column per metric (``–`` where a method has none; a
     ``seconds`` column, a method's wall time, comes last).
@@ -31,7 +37,7 @@ def markdown_table(result: Mapping, chance: Mapping[str, float] | None = None) -
         metrics += [m for m in values if m not in metrics]
     metrics.sort(key=lambda m: m == SECONDS)  # stable: the measures keep their order
     lines = [
-        f"**{result['task']}** (n = {result.get('n', '?')})",
+        f"**{result['task']}**{_set_name(result)} (n = {result.get('n', '?')})",
         "",
         "| method | " + " | ".join(metrics) + " |",
         "|---|" + "---|" * len(metrics),

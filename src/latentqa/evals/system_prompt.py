@@ -17,10 +17,19 @@ system prompt's positions are masked). Measures, each on the same items:
   the item's distractor, another behaviour's answer (right answer
   :data:`~latentqa.questions.NO`); the method says yes when it gives ``YES`` a higher
   log-likelihood than ``NO``. The share of the 2n questions answered right; chance 50%;
-- ``yes_no_paired``: the same questions, counted per item as right when the margin
+- ``mc_yes_no_accuracy``: the same options, each asked as a yes/no question
+  (:func:`latentqa.questions.yes_no_question`); the pick is the option with the largest
+  margin ``log P(yes) - log P(no)`` (how a decoder trained on yes/no answers chooses;
+  the answer's likelihood is how one trained on open answers does); chance is 20%;
+- ``paired_yes_no_accuracy``: the same questions, counted per item as right when the margin
   ``log P(yes) - log P(no)`` is larger for the gold answer than for the distractor: a
   decoder that says yes (or no) to everything scores 0.5 on yes/no accuracy whatever it
   reads, while this measure shows whether its answers move with the truth; chance 50%;
+- ``read_mark_precision`` (``lit`` only): of the items whose pick the decoder marks
+  "read" (evidence against 16 reference dialogs' reads above a threshold tuned on the
+  other half of the labels), the share whose pick is gold; with ``read_mark_coverage``
+  (the share marked) and ``read_mark_threshold`` (see
+  :mod:`latentqa.evals.system_prompt_marks`);
 - ``open_win_rate``: a generated answer wins when its sentence embedding is closer to
   the gold answer than to the distractor; chance is 50%.
 
@@ -49,6 +58,7 @@ seeded half of its labels), or by default the held-out set shipped in the packag
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Sequence
@@ -57,24 +67,36 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from latentqa.conditions import activation_conditions
 from latentqa.errors import LatentQAError
 from latentqa.evals.blackbox import generate_replies, score_answer_sets
 from latentqa.evals.embed import embedder
-from latentqa.evals.probe import RidgeProbe
 from latentqa.evals.system_prompt_items import (
     N_OPTIONS,
     QUESTION,
+    SETS,
     SHIPPED_DATA,
+    SHIPPED_REPLIES,
     Item,
     Log,
     build_items,
+    reply_key,
+    with_replies,
     yes_no_questions,
 )
+from latentqa.evals.system_prompt_marks import pick_evidence, read_marks
+from latentqa.evals.system_prompt_probe import (
+    DEFAULT_MAX_EXTRA,
+    extra_folders,
+    extra_pairs,
+    run_probe,
+)
 from latentqa.evals.system_prompt_scoring import (
+    DECODER_CONDITIONS,
+    ConditionReads,
     ZeroedScores,
     decoder_answers,
     item_scores,
+    score_rows,
     yes_no_accuracy,
 )
 from latentqa.reader import Reader
@@ -106,15 +128,20 @@ METHODS = (
 MEASURES = (
     "mc_accuracy",
     "mc_accuracy_calibrated",
+    "mc_yes_no_accuracy",
     "yes_no_accuracy",
-    "yes_no_paired",
+    "paired_yes_no_accuracy",
     "open_win_rate",
+    "read_mark_precision",
+    "read_mark_coverage",
+    "read_mark_threshold",
 )
 CHANCE = {
     "mc_accuracy": 1 / N_OPTIONS,
     "mc_accuracy_calibrated": 1 / N_OPTIONS,
+    "mc_yes_no_accuracy": 1 / N_OPTIONS,
     "yes_no_accuracy": 0.5,
-    "yes_no_paired": 0.5,
+    "paired_yes_no_accuracy": 0.5,
     "open_win_rate": 0.5,
 }
 """Score of a method that knows nothing, per measure."""
@@ -161,68 +188,25 @@ def _decoder_method(
     picks = calibrated_picks(scored.options, scored.baseline, rng)
     calibrated = sum(p == item.gold_index for p, item in zip(picks, items, strict=True))
     yes_no, paired = yes_no_accuracy(scored.yes_no, items)
-    result: dict[str, float | None] = {
-        "mc_accuracy": _mc_accuracy(scored.options, items),
-        "mc_accuracy_calibrated": calibrated / len(items),
-        "yes_no_accuracy": yes_no,
-        "yes_no_paired": paired,
-        "open_win_rate": None,
-    }
+    result = _measures(
+        mc_accuracy=_mc_accuracy(scored.options, items),
+        mc_accuracy_calibrated=calibrated / len(items),
+        mc_yes_no_accuracy=_mc_accuracy(scored.option_margins, items),
+        yes_no_accuracy=yes_no,
+        paired_yes_no_accuracy=paired,
+    )
+    if name == "lit":
+        score = lambda rows, desc: score_rows(reader, rows, desc)  # noqa: E731
+        found = pick_evidence(score, reader.reference_reads(), scored.options, items)
+        result.update(read_marks(*found, items, seed))
     if open_answers:
         answers = decoder_answers(reader, vectors, items, max_new_tokens)
         result["open_win_rate"] = _open_win_rate(answers, items)
     return result
 
 
-def pooled(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean over read positions: ``[n_items, d_model]`` features for the probe."""
-    return torch.stack([v.float().mean(0).cpu() for v in vectors])
-
-
 def _measures(**values: float | None) -> dict[str, float | None]:
     return {measure: values.get(measure) for measure in MEASURES}
-
-
-class _Reads:
-    """Each condition's vectors, read (or derived) once, when a method first needs them."""
-
-    def __init__(
-        self,
-        reader: Reader,
-        base: Reader | None,
-        items: Sequence[Item],
-        layer: int | None,
-        seed: int,
-    ) -> None:
-        self.reader, self.base, self.items, self.layer, self.seed = reader, base, items, layer, seed
-        self.done: dict[str, list[torch.Tensor]] = {}
-
-    def __call__(self, condition: str) -> list[torch.Tensor]:
-        if condition not in self.done:
-            self.done[condition] = self._read(condition)
-        return self.done[condition]
-
-    def _read(self, condition: str) -> list[torch.Tensor]:
-        dialogs = [item.dialog for item in self.items]
-        if condition == "real":
-            return self.reader.read_many(dialogs, self.layer)
-        if condition in ("zeroed", "shuffled"):
-            labels = [item.label for item in self.items]
-            return activation_conditions(self("real"), labels, self.seed)[condition]
-        if condition == "user_only":
-            return self.reader.read_many([i.user_dialog for i in self.items], self.layer)
-        assert self.base is not None
-        return self.base.read_many(dialogs, self.layer)
-
-
-DECODER_CONDITIONS = {
-    "lit": "real",
-    "lit_zeroed": "zeroed",
-    "lit_shuffled": "shuffled",
-    "no_system_prompt": "user_only",
-    "base_patchscope": "base",
-}
-"""The decoder methods and the vectors each reads (see :class:`_Reads`)."""
 
 
 def evaluate_system_prompt(
@@ -239,6 +223,9 @@ def evaluate_system_prompt(
     black_box: bool = True,
     log: Log = lambda _: None,
     methods: Sequence[str] | None = None,
+    probe_data: Sequence[str] | None = None,
+    probe_max_extra: int = DEFAULT_MAX_EXTRA,
+    item_set: str = "user",
 ) -> dict:
     """Run every method on the same held-out items; returns the result object.
 
@@ -260,6 +247,13 @@ def evaluate_system_prompt(
         black_box: Include the ``black_box`` method.
         log: Progress messages.
         methods: Run only these of :data:`METHODS` (default: all).
+        probe_data: Extra ``system`` datasets (release layout) whose system prompts the
+            probe also trains on; default: the decoder's own extra training data where
+            it exists here (:func:`~latentqa.evals.system_prompt_probe.extra_folders`).
+        probe_max_extra: Read at most this many extra dialogs for the probe.
+        item_set: ``user`` (set A: the user turn is read) or ``replies`` (set B: the user
+            turn and the target's own greedy reply under the hidden prompt; shipped for
+            the default data, generated by the target for other data).
 
     Returns:
         ``{"task": "system-prompt", "n", "question", "seconds", "methods": {method:
@@ -277,9 +271,13 @@ def evaluate_system_prompt(
         raise LatentQAError(
             f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}"
         )
+    if item_set not in SETS:
+        raise LatentQAError(f"unknown set {item_set!r}; choose from {', '.join(SETS)}")
     items, train_pairs = build_items(data, question, n=n, seed=seed, log=log)
+    if item_set == "replies":
+        items = with_replies(items, _replies(reader, items, data, log))
     log(f"{len(items)} held-out items, {len(train_pairs)} training dialogs for the probe")
-    reads = _Reads(reader, base, items, layer, seed)
+    reads = ConditionReads(reader, base, items, layer, seed)
     zeroed: dict[int, ZeroedScores] = {}
     results: dict[str, dict[str, float | None]] = {}
     for name in METHODS:
@@ -296,12 +294,14 @@ def evaluate_system_prompt(
             args = (seed, open_answers, max_new_tokens)
             results[name] = _decoder_method(name, who, vectors, items, cache, *args)
         elif name == "linear_probe":
-            results[name] = _probe(reader, train_pairs, reads, items, layer, seed, log)
+            extra = (probe_data, probe_max_extra)
+            results[name] = _probe(reader, train_pairs, reads, items, seed, log, *extra)
         else:
             results[name] = _black_box(reader, items, open_answers, max_new_tokens)
         results[name]["seconds"] = round(time.perf_counter() - start, 2)
     return {
         "task": "system-prompt",
+        "set": item_set,
         "n": len(items),
         "question": question,
         "seconds": round(time.perf_counter() - started, 2),
@@ -309,39 +309,37 @@ def evaluate_system_prompt(
     }
 
 
-def _probe(reader, train_pairs, reads, items, layer, seed, log) -> dict[str, float | None]:
-    """Ridge from pooled activations to answer embeddings.
+def _probe(reader, train_pairs, reads, items, seed, log, probe_data, max_extra) -> dict:
+    """The strong ridge probe (:mod:`latentqa.evals.system_prompt_probe`)."""
+    reads("real")  # the items' raw spans
+    folders = extra_folders(reader, probe_data, log)
+    extra = extra_pairs(folders, [i.label for i in items], max_extra, seed) if folders else []
+    found = run_probe(reads.raw, reads.spans, items, train_pairs, extra, seed, log)
+    return _measures(**found)
 
-    Multiple choice: the option nearest (cosine) to the prediction. Yes/no: yes to a
-    candidate when its cosine with the prediction exceeds the mean cosine over the
-    item's options.
-    """
-    if len(train_pairs) < 2:
-        log("linear_probe: fewer than 2 training dialogs answer the question; not fitted")
-        return _measures()
-    train_vectors = reader.read_many([dialog for dialog, _ in train_pairs], layer)
-    model = embedder()
-    probe = RidgeProbe.fit(pooled(train_vectors), model.embed([a for _, a in train_pairs]), seed)
-    predicted = torch.nn.functional.normalize(probe.predict(pooled(reads("real"))), dim=-1)
-    scores, right = [], 0
-    for p, item in zip(predicted, items, strict=True):
-        option_cos = model.embed(item.options) @ p
-        scores.append(option_cos.tolist())
-        gold_cos = float(option_cos[item.gold_index])
-        distractor_cos = float(model.embed([item.distractor])[0] @ p)
-        mean = float(option_cos.mean())
-        right += (gold_cos > mean) + (distractor_cos <= mean)
-    return _measures(
-        mc_accuracy=_mc_accuracy(scores, items), yes_no_accuracy=right / (2 * len(items))
-    )
+
+def _replies(reader: Reader, items, data, log: Log) -> dict[str, str]:
+    """Set B's replies: shipped for the shipped data, else generated by the target now."""
+    if data is None:
+        return json.loads(SHIPPED_REPLIES.read_text())
+    log(f"set replies: generating the target's reply to {len(items)} held-out dialogs")
+    dialogs = [item.dialog for item in items]
+    texts = generate_replies(reader.model, reader.tokenizer, dialogs)
+    return {reply_key(d): t for d, t in zip(dialogs, texts, strict=True)}
 
 
 def _black_box(reader: Reader, items, open_answers: bool, max_new_tokens: int) -> dict:
-    """The target sees the user turn and its own reply (made under the hidden prompt)."""
-    replies = generate_replies(reader.model, reader.tokenizer, [item.dialog for item in items])
+    """The target sees the user turn and its own reply (made under the hidden prompt;
+    set B's items carry it, set A's are generated here the same way)."""
+    if all(item.reply is not None for item in items):
+        replies = [item.reply for item in items]
+        turns = [item.dialog[-2] for item in items]
+    else:
+        replies = generate_replies(reader.model, reader.tokenizer, [i.dialog for i in items])
+        turns = [item.dialog[-1] for item in items]
     visible = [
-        [item.dialog[-1], {"role": "assistant", "content": reply}]
-        for item, reply in zip(items, replies, strict=True)
+        [turn, {"role": "assistant", "content": reply}]
+        for turn, reply in zip(turns, replies, strict=True)
     ]
     questions = [item.question for item in items]
     options = [item.options for item in items]

@@ -9,6 +9,8 @@ seeded half of its labels), or by default the held-out set shipped in the packag
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +26,38 @@ N_OPTIONS = 5
 SHIPPED_DATA = package_file("latentqa", "resources/heldout/system-prompt")
 """The built-in builder's held-out ``system`` behaviours (release layout) and, in
 ``train/``, its training ``system`` behaviours for the probe; see its README.md."""
+SHIPPED_REPLIES = SHIPPED_DATA / "replies.json"
+"""Set B: the embedded target's greedy reply to each shipped held-out dialog, keyed by
+:func:`reply_key` (see the folder's README.md for how it was made)."""
+SETS = ("user", "replies")
+"""Held-out sets: ``user`` (set A: the user turn alone is read) and ``replies`` (set B:
+the user turn and the target's own reply under the hidden prompt)."""
+
+
+def reply_key(dialog: Dialog) -> str:
+    """The key of a dialog's reply in a replies file: a digest of its messages."""
+    text = "\n".join(f"{m['role']}: {m['content']}" for m in dialog)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def with_replies(items: list[Item], replies: dict[str, str]) -> list[Item]:
+    """Set B from set A: each item's dialog with the target's reply appended.
+
+    Raises:
+        LatentQAError: An item's dialog has no reply in ``replies``.
+    """
+    out = []
+    for item in items:
+        reply = replies.get(reply_key(item.dialog))
+        if reply is None:
+            raise LatentQAError(
+                "a held-out dialog has no reply in the replies file: regenerate it (see "
+                f"{SHIPPED_DATA / 'README.md'}) or pass a generate function"
+            )
+        dialog = [*item.dialog, {"role": "assistant", "content": reply}]
+        out.append(dataclasses.replace(item, dialog=dialog, reply=reply))
+    return out
+
 
 Log = Callable[[str], None]
 Dialog = list[dict[str, str]]
@@ -43,10 +77,14 @@ class Item:
     distractor: str
     """Another behaviour's answer: the reference for open-answer wins and the "No." yes/no
     question."""
+    reply: str | None = None
+    """Set B (``--set replies``): the target's own greedy reply under the hidden prompt,
+    the last message of :attr:`dialog` (read with the user turn)."""
 
     @property
     def user_dialog(self) -> Dialog:
-        """The dialog without its leading system message (the ``no_system_prompt`` input)."""
+        """The dialog without its leading system message (the ``no_system_prompt`` input:
+        the same user turn, and reply if any, with nothing hidden)."""
         if self.dialog and self.dialog[0]["role"] == "system":
             return self.dialog[1:]
         return list(self.dialog)

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from latentqa.evals.system_prompt_items import Item, yes_no_questions
-from latentqa.questions import NO, YES
+from latentqa.conditions import activation_conditions
+from latentqa.evals.system_prompt_items import Dialog, Item, yes_no_questions
+from latentqa.questions import NO, YES, yes_no_question
 from latentqa.reader import Reader
 
 Row = tuple[torch.Tensor, str, str]
@@ -93,6 +94,9 @@ class ItemScores:
     """Per item, the same options given zeroed vectors of the method's shape."""
     yes_no: list[float]
     """Per question of :func:`yes_no_questions`, the ``YES`` then the ``NO`` row's score."""
+    option_margins: list[list[float]]
+    """Per item, each option's yes/no margin ``score(YES) - score(NO)`` when asked as
+    ``yes_no_question(question, option)``: multiple choice by the decoder's yes/no."""
 
 
 def item_scores(
@@ -114,20 +118,27 @@ def item_scores(
     zero_options = [(zeroed.zeros(v), q, o) for v, q, o in options]
     asked = yes_no_questions(items) if yes_no else []
     yes_no_rows = [(vectors[i], q, answer) for i, q, _ in asked for answer in (YES, NO)]
-    live = [row for row in (*options, *yes_no_rows) if row[0].any()]
-    dead = zeroed.rows(row for row in (*options, *zero_options, *yes_no_rows) if not row[0].any())
+    option_rows = [
+        (v, yes_no_question(q, o), answer) for v, q, o in options for answer in (YES, NO)
+    ]
+    listed = (*options, *yes_no_rows, *option_rows)
+    live = [row for row in listed if row[0].any()]
+    dead = zeroed.rows(row for row in (*listed, *zero_options) if not row[0].any())
     scores = score_rows(reader, [*live, *dead], desc)
     zeroed.store(dead, scores[len(live) :])
     fresh = iter(scores[: len(live)])
     # Live rows in the order they were listed; every other row is a zeroed one.
-    flat = [next(fresh) if row[0].any() else zeroed(*row) for row in (*options, *yes_no_rows)]
+    flat = [next(fresh) if row[0].any() else zeroed(*row) for row in listed]
     width = [len(item.options) for item in items]
     starts = [sum(width[:i]) for i in range(len(items))]
     baseline = [zeroed(*row) for row in zero_options]
+    tail = flat[len(options) + len(yes_no_rows) :]  # YES, NO per option
+    margins = [tail[2 * k] - tail[2 * k + 1] for k in range(len(options))]
     return ItemScores(
         [flat[s : s + w] for s, w in zip(starts, width, strict=True)],
         [baseline[s : s + w] for s, w in zip(starts, width, strict=True)],
-        flat[len(options) :],
+        flat[len(options) : len(options) + len(yes_no_rows)],
+        [margins[s : s + w] for s, w in zip(starts, width, strict=True)],
     )
 
 
@@ -168,3 +179,59 @@ def decoder_answers(
     decoded = [reader.tokenizer.decode(r, skip_special_tokens=True).strip() for r in ids]
     texts = dict(zip(unique, decoded, strict=True))
     return [texts[key] for key in keys]
+
+
+class ConditionReads:
+    """Each condition's vectors, read (or derived) once, when a method first needs them.
+
+    The real reads keep their raw spans too (:attr:`spans`): the probe pools those.
+    """
+
+    def __init__(
+        self,
+        reader: Reader,
+        base: Reader | None,
+        items: Sequence[Item],
+        layer: int | None,
+        seed: int,
+    ) -> None:
+        self.reader, self.base, self.items, self.layer, self.seed = reader, base, items, layer, seed
+        self.done: dict[str, list[torch.Tensor]] = {}
+        self.spans: list[torch.Tensor] = []
+        """Raw reads ``[n_layers, span, d_model]`` of the items (after the real read)."""
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.reader.spec.read_layers) if self.layer is None else [self.layer]
+
+    def raw(self, dialogs: list[Dialog]) -> list[torch.Tensor]:
+        """Raw reads of ``dialogs`` at the read layers."""
+        return self.reader.read_spans(dialogs, self.layers, subject=[None] * len(dialogs))
+
+    def __call__(self, condition: str) -> list[torch.Tensor]:
+        if condition not in self.done:
+            self.done[condition] = self._read(condition)
+        return self.done[condition]
+
+    def _read(self, condition: str) -> list[torch.Tensor]:
+        dialogs = [item.dialog for item in self.items]
+        if condition == "real":
+            self.spans = self.raw(dialogs)
+            return [self.reader.decoder.inputs(span, self.layers) for span in self.spans]
+        if condition in ("zeroed", "shuffled"):
+            labels = [item.label for item in self.items]
+            return activation_conditions(self("real"), labels, self.seed)[condition]
+        if condition == "user_only":
+            return self.reader.read_many([i.user_dialog for i in self.items], self.layer)
+        assert self.base is not None
+        return self.base.read_many(dialogs, self.layer)
+
+
+DECODER_CONDITIONS = {
+    "lit": "real",
+    "lit_zeroed": "zeroed",
+    "lit_shuffled": "shuffled",
+    "no_system_prompt": "user_only",
+    "base_patchscope": "base",
+}
+"""The decoder methods and the vectors each reads (see :class:`ConditionReads`)."""

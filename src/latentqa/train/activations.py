@@ -71,7 +71,9 @@ class ActivationSource:
     ``target()`` is the one way to switch the decoder's adapters off.
 
     Set :attr:`scale` (see :func:`latentqa.decoder.standardizer`) to standardize the
-    vectors; :meth:`compute` applies it, so the cache holds standardized vectors.
+    vectors; :meth:`compute` and :meth:`get` apply it. The cache holds the raw vectors,
+    so its key does not depend on the statistics (fit on reads whose last bits can
+    differ between runs in bfloat16: a resumed run would otherwise recompute it).
     """
 
     def __init__(
@@ -95,7 +97,6 @@ class ActivationSource:
         self.blocks = blocks
         self.pool = pool
         self.scale: Callable[[torch.Tensor], torch.Tensor] | None = None
-        self._scale_key: list[float] = []
         self._cache: dict[int, torch.Tensor] | None = None
 
     @classmethod
@@ -120,9 +121,15 @@ class ActivationSource:
             pool=pool,
         )
 
-    @torch.no_grad()
     def compute(self, indices: Sequence[int]) -> list[torch.Tensor]:
-        """Run the target on the given dialogs (one padded batch)."""
+        """Run the target on the given dialogs (one padded batch), standardized if set."""
+        return [self._scaled(v) for v in self._raw(indices)]
+
+    def _scaled(self, vector: torch.Tensor) -> torch.Tensor:
+        return vector if self.scale is None else self.scale(vector)
+
+    @torch.no_grad()
+    def _raw(self, indices: Sequence[int]) -> list[torch.Tensor]:
         with self.target_context():
             spans = read_encoded(
                 self.target,
@@ -131,21 +138,17 @@ class ActivationSource:
                 self.read_layers,
                 blocks=self.blocks,
             )
-        vectors = [flatten_reads(span, self.max_read_tokens, self.pool) for span in spans]
-        if self.scale is not None:
-            vectors = [self.scale(v) for v in vectors]
-        return [v.clone() for v in vectors]
+        return [flatten_reads(span, self.max_read_tokens, self.pool).clone() for span in spans]
 
     def standardize(self, mean: list[float], std: list[float]) -> None:
         """From now on, return vectors standardized with these per-dimension statistics."""
         self.scale = standardizer(mean, std)
-        self._scale_key = [sum(mean), sum(std)]
 
     def get(self, indices: Sequence[int]) -> list[torch.Tensor]:
         """Vectors for ``indices``: from the cache when loaded, else computed now."""
         if self._cache is not None:
             device = next(self.target.parameters()).device
-            return [self._cache[i].to(device) for i in indices]
+            return [self._scaled(self._cache[i].to(device)) for i in indices]
         unique = sorted(set(indices))
         computed = dict(zip(unique, self.compute(unique), strict=True))
         return [computed[i] for i in indices]
@@ -163,7 +166,6 @@ class ActivationSource:
             self.max_read_tokens,
             None if self.blocks is None else self.blocks.path,
             self.pool,
-            self._scale_key,
         ]
         meta.append(str(next(self.target.parameters()).dtype))
         meta.append(weights_fingerprint(target_name))
@@ -190,7 +192,7 @@ class ActivationSource:
                 desc="caching target activations",
                 disable=not progress,
             ):
-                for i, v in zip(chunk, self.compute(chunk), strict=True):
+                for i, v in zip(chunk, self._raw(chunk), strict=True):
                     vectors[str(i)] = v.cpu().contiguous()
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")

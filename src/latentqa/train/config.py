@@ -122,8 +122,9 @@ class TrainConfig:
     device: str = "auto"
     """auto (CUDA if available, else CPU), cpu, cuda, cuda:N."""
     dtype: str = "auto"
-    """Frozen weights' dtype: auto (bfloat16 where the hardware runs it fast), float32,
-    bfloat16. LoRA weights stay float32."""
+    """Frozen weights' dtype: auto (bfloat16 where this machine runs it at least as fast as
+    float32: a CUDA device that supports it, or a CPU whose bfloat16 matmuls measure as
+    fast; see latentqa.devices.auto_dtype), float32, bfloat16. LoRA weights stay float32."""
     cache_activations: bool = False
     """Compute the frozen target's activations once and cache them on disk."""
     cache_dir: str | None = None

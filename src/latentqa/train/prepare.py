@@ -285,21 +285,6 @@ def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
     )
 
 
-def auto_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 where the hardware runs it faster than float32, else float32."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if device.type == "cpu":
-        # avx512_bf16 alone runs bf16 matmuls at about half the float32 speed (measured:
-        # 82 vs 160 GFLOP/s); only AMX tiles make bf16 the faster choice on a CPU.
-        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-        try:
-            return torch.bfloat16 if amx is not None and amx() else torch.float32
-        except RuntimeError:
-            return torch.float32
-    return torch.float32
-
-
 def add_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
     """Wrap ``model`` with trainable float32 LoRA adapters (base weights frozen).
 

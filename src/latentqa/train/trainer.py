@@ -41,7 +41,6 @@ from latentqa.train.preflight import preflight_train
 from latentqa.train.prepare import (
     PreparedData,
     add_lora,
-    auto_dtype,
     config_fingerprint,
     example_lengths,
     fit_vector_standardizer,
@@ -179,7 +178,7 @@ def _start(config: TrainConfig, *, resume: bool, force: bool, progress: bool) ->
     accelerator = Accelerator(cpu=device.type == "cpu")
     if accelerator.num_processes > 1:
         device = accelerator.device
-    dtype = auto_dtype(device) if config.dtype == "auto" else resolve_dtype(config.dtype)
+    dtype = resolve_dtype(config.dtype, device)
     model, tokenizer = load_model(
         config.target, device=device, dtype=dtype, trust_remote_code=config.trust_remote_code
     )

@@ -218,8 +218,8 @@
     return item;
   }
 
-  // The evidence badge: how much more likely the answer is with the real activations than
-  // with zeroed ones (nats per answer token); "read" above the server's threshold.
+  // The evidence badge: how much more likely the answer is with this dialog's activations
+  // than with other dialogs' (nats per answer token); "read" above the decoder's threshold.
   function evidenceBadge(result, index) {
     const value = result.evidence[index];
     const threshold = result.evidence_threshold;
@@ -229,12 +229,13 @@
     const sign = value >= 0 ? "+" : "\u2212";
     badge.textContent = `${read ? "read" : "guessed"} ${sign}${Math.abs(value).toFixed(2)} `
       + "nats/token";
-    badge.title = "Evidence: how much more likely this answer is with the real activations "
-      + "than with zeroed ones (mean log-likelihood per answer token: real "
-      + `${result.logprob_real[index].toFixed(2)}, zeroed `
+    const reference = result.logprob_reference[index];
+    badge.title = "Evidence: how much more likely this answer is with this dialog's "
+      + "activations than with other dialogs' (mean log-likelihood per answer token: this "
+      + `dialog ${result.logprob_real[index].toFixed(2)}, reference dialogs `
+      + `${reference === null ? "n/a" : reference.toFixed(2)}, zeroed `
       + `${result.logprob_zeroed[index].toFixed(2)}). Above ${threshold} nats/token the answer `
-      + "was read from the activations; otherwise the decoder would have guessed it from the "
-      + "question alone.";
+      + "was read from the activations; otherwise the decoder would say it of any dialog.";
     return badge;
   }
 

@@ -1,0 +1,127 @@
+"""The ``linear_probe`` method of ``latentqa eval system-prompt``: the bar a decoder must beat.
+
+A ridge map from the read activations to the sentence embedding of what was hidden,
+built to be as strong as a probe here can be (issue #23): one mean vector per read
+layer of the decoder (not one mean over everything), concatenated and standardized,
+fit on the evaluation's own training behaviours (their answers to the question) plus
+the system prompts of every extra ``system`` dataset the decoder was trained on
+(``train_config.extra_data`` in its ``latentqa.json``) or that the caller names. The
+probe answers multiple choice with the option nearest its prediction, and a yes/no
+question with yes when the candidate is nearer than the mean of the item's options.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from latentqa.data.format import load_latentqa
+from latentqa.evals.embed import embedder
+from latentqa.evals.probe import RidgeProbe
+from latentqa.evals.system_prompt_items import Dialog, Item
+from latentqa.train.prepare import drop_heldout_lookalikes
+
+Log = Callable[[str], None]
+
+DEFAULT_MAX_EXTRA = 3000
+"""Extra training dialogs read at most (a seeded sample): about a minute of reads on 2
+cores in bfloat16, and the probe's accuracy has flattened by then (docs/method.md)."""
+
+
+def span_features(spans: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per dialog, the mean over its read tokens of each read layer, layers concatenated:
+    ``[n_layers, span, d_model]`` each -> ``[n_dialogs, n_layers * d_model]``."""
+    return torch.stack([span.float().mean(1).flatten().cpu() for span in spans])
+
+
+def extra_folders(reader, named: Sequence[str] | None, log: Log) -> list[Path]:
+    """The extra datasets the probe trains on: ``named``, else the decoder's own extra
+    training data where those folders exist on this machine."""
+    if named is not None:
+        return [Path(folder) for folder in named]
+    spec = getattr(reader, "spec", None)
+    recorded = getattr(spec, "train_config", {}) or {}
+    folders = [Path(f) for f in recorded.get("extra_data") or []]
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        log(
+            f"linear_probe: the decoder's extra training data {missing} is not on this "
+            "machine; pass --probe-data to train the probe on it"
+        )
+    return [f for f in folders if f.is_dir()]
+
+
+def extra_pairs(
+    folders: Sequence[Path],
+    heldout_labels: Sequence[str],
+    max_dialogs: int,
+    seed: int,
+) -> list[tuple[Dialog, str]]:
+    """``(dialog, hidden system prompt)`` of each ``system`` behaviour in ``folders``,
+    leaving out labels that look like a held-out one; a seeded sample of ``max_dialogs``."""
+    pairs: list[tuple[Dialog, str]] = []
+    for folder in folders:
+        dataset = load_latentqa(folder, ["system"], require_qa=False)
+        kept, _ = drop_heldout_lookalikes(dataset, list(heldout_labels))
+        held = set(heldout_labels)
+        pairs += [(b.dialog(), b.system) for b in kept.behaviors if b.label not in held]
+    if len(pairs) > max_dialogs:
+        pairs = random.Random(f"probe-extra:{seed}").sample(pairs, max_dialogs)
+    return pairs
+
+
+WIDE_LAMBDAS = (1.0, 10.0, 100.0, 1000.0, 3000.0, 10000.0)
+"""Ridge penalties tried: a few thousand features want more than the default range."""
+
+
+def run_probe(
+    read_spans: Callable[[list[Dialog]], list[torch.Tensor]],
+    item_spans: Sequence[torch.Tensor],
+    items: Sequence[Item],
+    train_pairs: Sequence[tuple[Dialog, str]],
+    extra: Sequence[tuple[Dialog, str]],
+    seed: int,
+    log: Log,
+) -> dict[str, float]:
+    """Fit the probe on ``train_pairs`` + ``extra`` and score it on the items.
+
+    Args:
+        read_spans: Raw reads ``[n_layers, span, d_model]`` of dialogs (the decoder's
+            read layers).
+        item_spans: The items' raw reads (already read for the decoder methods).
+        items: The held-out items.
+        train_pairs: ``(dialog, answer)`` of the evaluation's training behaviours.
+        extra: ``(dialog, system prompt)`` of extra training behaviours.
+        seed: Seed of the ridge's validation split.
+        log: Progress messages.
+
+    Returns:
+        ``{"mc_accuracy", "yes_no_accuracy"}``, or ``{}`` with fewer than 2 dialogs.
+    """
+    pairs = [*train_pairs, *extra]
+    if len(pairs) < 2:
+        log("linear_probe: fewer than 2 training dialogs answer the question; not fitted")
+        return {}
+    log(
+        f"linear_probe: {len(train_pairs)} training dialogs + {len(extra)} extra, "
+        f"{len(item_spans[0])} read layer(s)"
+    )
+    features = span_features(read_spans([dialog for dialog, _ in pairs]))
+    model = embedder()
+    targets = model.embed([text for _, text in pairs])
+    probe = RidgeProbe.fit(features, targets, seed, lambdas=WIDE_LAMBDAS)
+    log(f"linear_probe: ridge penalty {probe.lam:g}")
+    predicted = torch.nn.functional.normalize(probe.predict(span_features(item_spans)), dim=-1)
+    scores, right = [], 0
+    for p, item in zip(predicted, items, strict=True):
+        option_cos = model.embed(item.options) @ p
+        scores.append(option_cos.tolist())
+        distractor_cos = float(model.embed([item.distractor])[0] @ p)
+        mean = float(option_cos.mean())
+        right += (float(option_cos[item.gold_index]) > mean) + (distractor_cos <= mean)
+    picks = [max(range(len(s)), key=s.__getitem__) for s in scores]
+    mc = sum(p == item.gold_index for p, item in zip(picks, items, strict=True)) / len(items)
+    return {"mc_accuracy": mc, "yes_no_accuracy": right / (2 * len(items))}

@@ -1,0 +1,134 @@
+"""Read marks (issue #23): thresholds tuned for precision, 2-fold by label, and the probe's
+features and extra data. No model: plain numbers and the shipped data files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from latentqa.errors import LatentQAError
+from latentqa.evals.system_prompt_items import (
+    SHIPPED_DATA,
+    SHIPPED_REPLIES,
+    build_items,
+    reply_key,
+    with_replies,
+)
+from latentqa.evals.system_prompt_marks import (
+    MIN_MARKED,
+    TARGET_PRECISION,
+    choose_threshold,
+    pick_evidence,
+    read_marks,
+)
+from latentqa.evals.system_prompt_probe import extra_pairs, span_features
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(-5, 5, allow_nan=False, width=32), st.booleans()),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_a_chosen_threshold_marks_enough_items_at_the_target_precision(rows):
+    evidence, right = [e for e, _ in rows], [r for _, r in rows]
+    cut = choose_threshold(evidence, right)
+    marked = [r for e, r in rows if e > cut]
+    if cut == float("inf"):
+        assert not marked
+        return
+    assert len(marked) >= MIN_MARKED
+    assert sum(marked) / len(marked) >= TARGET_PRECISION
+    # The smallest such threshold: every lower one marks a set that breaks a rule.
+    for lower in {e for e in evidence} | {min(evidence) - 1.0}:
+        if lower >= cut:
+            continue
+        more = [r for e, r in rows if e > lower]
+        assert len(more) < MIN_MARKED or sum(more) / len(more) < TARGET_PRECISION
+
+
+def test_separable_evidence_marks_exactly_the_right_items():
+    evidence = [3.0, 2.5, 2.0, 0.1, -0.2, -1.0]
+    right = [True, True, True, False, False, False]  # a 4th mark: precision 0.75 < 0.8
+    cut = choose_threshold(evidence, right)
+    assert [e > cut for e in evidence] == right
+
+
+class _Item:
+    def __init__(self, label: str, gold_index: int) -> None:
+        self.label, self.gold_index = label, gold_index
+        self.question, self.options = "Q?", [f"{label} a", f"{label} b", "c", "d", "e"]
+
+
+def test_read_marks_are_two_fold_by_label_and_precise_when_evidence_tracks_truth():
+    items = [_Item(f"label-{k % 10}", k % 2) for k in range(40)]
+    picks = [0] * len(items)  # right for even k
+    evidence = [1.0 + 0.01 * k if k % 2 == 0 else -1.0 for k in range(len(items))]
+    marks = read_marks(picks, evidence, items, seed=0)
+    assert marks["read_mark_precision"] == 1.0
+    assert marks["read_mark_coverage"] == pytest.approx(0.5)
+    assert marks["read_mark_threshold"] is not None and marks["read_mark_threshold"] >= -1.0
+    # Evidence that says nothing: nothing reaches the target precision, nothing is marked.
+    flat = read_marks([1] * len(items), [0.0] * len(items), items, seed=0)
+    assert flat["read_mark_precision"] is None and flat["read_mark_coverage"] == 0.0
+    assert flat["read_mark_threshold"] is None
+
+
+def test_pick_evidence_subtracts_each_picked_option_mean_reference_score():
+    items = [_Item("x", 0), _Item("y", 1)]
+    options = [[0.5, -1.0, -2.0, -2.0, -2.0], [-3.0, -0.5, -2.0, -2.0, -2.0]]
+    references = [torch.zeros(2, 4), torch.ones(2, 4)]
+    seen = []
+
+    def score(rows, desc):
+        seen.extend(rows)
+        # a reference's score: -1 for the zeros read, -2 for the ones read
+        return [-1.0 if float(v.sum()) == 0 else -2.0 for v, _, _ in rows]
+
+    picks, evidence = pick_evidence(score, references, options, items)
+    assert picks == [0, 1]
+    assert evidence == pytest.approx([0.5 + 1.5, -0.5 + 1.5])
+    assert len(seen) == 2 * len(references)  # one row per (reference, picked answer)
+
+
+def test_span_features_concatenate_each_layers_mean():
+    spans = [torch.arange(24.0).reshape(2, 3, 4), torch.ones(2, 5, 4)]
+    features = span_features(spans)
+    assert features.shape == (2, 8)
+    torch.testing.assert_close(features[0], spans[0].mean(1).flatten())
+
+
+def test_probe_extra_data_leaves_out_held_out_lookalikes_and_is_capped(tmp_path):
+    folder = tmp_path / "release"
+    folder.mkdir()
+    rows = [
+        {"label": "persona-tone-terrified", "system": "Be terrified.", "stimulus_user": "Hi"},
+        {"label": "persona-chef", "system": "You are a chef.", "stimulus_user": "Hi"},
+        {"label": "goal-sell-tea", "system": "Sell tea.", "stimulus_user": "Hello"},
+    ]
+    (folder / "system.json").write_text(json.dumps(rows))
+    pairs = extra_pairs([folder], ["tone-terrified"], max_dialogs=10, seed=0)
+    assert sorted(text for _, text in pairs) == ["Sell tea.", "You are a chef."]
+    assert all(dialog[0]["role"] == "system" for dialog, _ in pairs)
+    assert len(extra_pairs([folder], ["tone-terrified"], max_dialogs=1, seed=0)) == 1
+
+
+def test_set_b_appends_the_shipped_reply_to_every_held_out_dialog():
+    items, _ = build_items(None)
+    replies = json.loads(SHIPPED_REPLIES.read_text())
+    assert SHIPPED_REPLIES.parent == SHIPPED_DATA
+    b = with_replies(items, replies)
+    assert len(b) == len(items) == 177
+    for a_item, b_item in zip(items, b, strict=True):
+        assert b_item.dialog[:-1] == a_item.dialog and b_item.reply
+        assert b_item.dialog[-1] == {"role": "assistant", "content": b_item.reply}
+        assert [m["role"] for m in b_item.user_dialog] == ["user", "assistant"]
+        assert (b_item.gold, b_item.options) == (a_item.gold, a_item.options)
+    with pytest.raises(LatentQAError, match="no reply"):
+        with_replies(items, {reply_key(items[0].dialog): "ok"})
