@@ -17,8 +17,16 @@ from latentqa.data.format import load_latentqa
 from latentqa.decoder.folder import DecoderSpec
 from latentqa.decoder.inputs import flatten_reads
 from latentqa.errors import LatentQAError
+from latentqa.evals.system_prompt_items import QUESTION
 from latentqa.models import load_model
-from latentqa.questions import NO, RECONSTRUCT_QUESTION, YES, choice_question, yes_no_question
+from latentqa.questions import (
+    INSTRUCTION_QUESTION,
+    NO,
+    RECONSTRUCT_QUESTION,
+    YES,
+    choice_question,
+    yes_no_question,
+)
 from latentqa.train.config import TrainConfig
 from latentqa.train.prepare import prepare_data
 from latentqa.train.tasks import (
@@ -67,6 +75,14 @@ def test_derived_qa_from_release_labels():
     assert "A goal to pursue." in pairs.values()
     assert "Metacognition problem solving." in pairs.values()
     assert derived_qa("sqa-eval-o1-scenario-132") == []
+
+
+def test_a_release_prompt_answers_the_evaluation_question_in_its_own_words():
+    prompt = "  Always answer like a pirate.  "
+    pairs = derived_qa("persona-pirate", prompt)
+    assert (INSTRUCTION_QUESTION, "Always answer like a pirate.") in pairs
+    assert INSTRUCTION_QUESTION == QUESTION  # the question eval system-prompt asks
+    assert all(q != INSTRUCTION_QUESTION for q, _ in derived_qa("persona-pirate", " "))
 
 
 @settings(max_examples=20, deadline=None)

@@ -14,6 +14,9 @@ from latentqa.errors import LatentQAError
 YES = "Yes."
 NO = "No."
 
+INSTRUCTION_QUESTION = "What was the assistant instructed to do?"
+"""The question ``latentqa eval system-prompt`` asks of every held-out dialog."""
+
 RECONSTRUCT_QUESTION = "What exactly did the hidden instructions say?"
 """Hidden-prefix reconstruction: the answer is the masked system prompt, verbatim."""
 

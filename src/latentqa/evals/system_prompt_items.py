@@ -19,9 +19,9 @@ from pathlib import Path
 from latentqa.data.format import load_latentqa
 from latentqa.errors import LatentQAError
 from latentqa.package_data import package_file
-from latentqa.questions import yes_no_question
+from latentqa.questions import INSTRUCTION_QUESTION, yes_no_question
 
-QUESTION = "What was the assistant instructed to do?"
+QUESTION = INSTRUCTION_QUESTION
 N_OPTIONS = 5
 SHIPPED_DATA = package_file("latentqa", "resources/heldout/system-prompt")
 """The built-in builder's held-out ``system`` behaviours (release layout) and, in

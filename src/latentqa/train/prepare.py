@@ -163,7 +163,8 @@ def _encode_all(
             dialogs.append(encoded)
             if masked_text(behavior) and not behavior.read_text:
                 hidden.append((index_of[key], masked_text(behavior)))
-        pairs = list(dataset.qa.get(behavior.label) or derived_qa(behavior.label))
+        system = behavior.system if behavior.kind == "system" else ""
+        pairs = list(dataset.qa.get(behavior.label) or derived_qa(behavior.label, system))
         if masked_text(behavior) and not behavior.read_text:
             # The masked prompt itself answers the reconstruction question: as a fact it
             # also feeds yes/no ("is this the prompt?") against other labels' prompts.

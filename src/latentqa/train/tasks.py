@@ -32,6 +32,7 @@ from latentqa.errors import LatentQAError
 from latentqa.questions import (
     CONTEXT_NEXT_QUESTION,
     CONTEXT_PREVIOUS_QUESTION,
+    INSTRUCTION_QUESTION,
     NO,
     RECONSTRUCT_QUESTION,
     YES,
@@ -81,11 +82,14 @@ def parse_task_mix(spec: str | Mapping[str, float]) -> dict[str, float]:
     return {name: weights[name] / total for name in TASKS if weights.get(name, 0) > 0}
 
 
-def derived_qa(label: str) -> list[tuple[str, str]]:
+def derived_qa(label: str, system_prompt: str = "") -> list[tuple[str, str]]:
     """QA pairs for a release label that ships without answers (``goal-*``, ``persona-*``).
 
     The label names the behaviour's category and, in a few words, its content
     ("goal-metacognition-problem-solving"): the kind of instruction, and its keywords.
+    A system prompt also answers :data:`INSTRUCTION_QUESTION` (what the assistant was
+    instructed to do) in its own words: the question ``eval system-prompt`` asks, here
+    about thousands of distinct behaviours instead of the built-in split's few hundred.
     """
     category, _, rest = label.partition("-")
     pairs = []
@@ -94,6 +98,8 @@ def derived_qa(label: str) -> list[tuple[str, str]]:
     words = rest.replace("-", " ").strip() if category in _KIND_ANSWERS else ""
     if words:
         pairs.append((KEYWORDS_QUESTION, words[:1].upper() + words[1:] + "."))
+    if system_prompt.strip():
+        pairs.append((INSTRUCTION_QUESTION, system_prompt.strip()))
     return pairs
 
 
