@@ -400,3 +400,30 @@ def test_each_condition_is_read_once(fakes):
     assert sorted(systems) == sorted(expected)
     assert len(reader.read_dialogs) == len(expected) + len(items)  # + the user turns alone
     assert [d[0]["content"] for d in base.read_dialogs] == [i.dialog[0]["content"] for i in items]
+
+
+def test_black_box_on_shipped_set_a_uses_the_shipped_replies(fakes, monkeypatch):
+    """Set A's black box sees the target's reply under the hidden prompt; for the shipped
+    data that reply ships (set B's), so nothing is generated but the open answers."""
+    generated: list[list] = []
+
+    def replies(model, tok, dialogs, max_new_tokens=48):
+        generated.append(list(dialogs))
+        return ["ok"] * len(dialogs)
+
+    monkeypatch.setattr(sp, "generate_replies", replies)
+    shown: list = []
+
+    def scores(model, tok, dialogs, questions, answer_sets, progress=None):
+        shown.extend(dialogs)
+        return [[_prior(a) for a in answers] for answers in answer_sets]
+
+    monkeypatch.setattr(sp, "score_answer_sets", scores)
+    shipped = json.loads(sp.SHIPPED_REPLIES.read_text())
+    evaluate_system_prompt(_fake_reader(), None, None, n=6, methods=["black_box"])
+    items = build_items(None, n=6)[0]
+    assert [turns[1]["content"] for turns in shown] == [
+        shipped[sp.reply_key(i.dialog)] for i in items
+    ]
+    # one generation call: the open answers to the question after each reply
+    assert len(generated) == 1 and all(d[-1]["content"] == QUESTION for d in generated[0])

@@ -297,7 +297,10 @@ def evaluate_system_prompt(
             extra = (probe_data, probe_max_extra)
             results[name] = _probe(reader, train_pairs, reads, items, seed, log, *extra)
         else:
-            results[name] = _black_box(reader, items, open_answers, max_new_tokens)
+            # Set A's black box sees the target's reply under the hidden prompt: for the
+            # shipped data that is set B's shipped reply (same generator, same settings).
+            known = json.loads(SHIPPED_REPLIES.read_text()) if data is None else None
+            results[name] = _black_box(reader, items, open_answers, max_new_tokens, known)
         results[name]["seconds"] = round(time.perf_counter() - start, 2)
     return {
         "task": "system-prompt",
@@ -328,12 +331,18 @@ def _replies(reader: Reader, items, data, log: Log) -> dict[str, str]:
     return {reply_key(d): t for d, t in zip(dialogs, texts, strict=True)}
 
 
-def _black_box(reader: Reader, items, open_answers: bool, max_new_tokens: int) -> dict:
+def _black_box(
+    reader: Reader, items, open_answers: bool, max_new_tokens: int, known: dict | None = None
+) -> dict:
     """The target sees the user turn and its own reply (made under the hidden prompt;
-    set B's items carry it, set A's are generated here the same way)."""
+    set B's items carry it, set A's come from ``known`` (replies by
+    :func:`reply_key`) or are generated here the same way)."""
     if all(item.reply is not None for item in items):
         replies = [item.reply for item in items]
         turns = [item.dialog[-2] for item in items]
+    elif known is not None and all(reply_key(i.dialog) in known for i in items):
+        replies = [known[reply_key(item.dialog)] for item in items]
+        turns = [item.dialog[-1] for item in items]
     else:
         replies = generate_replies(reader.model, reader.tokenizer, [i.dialog for i in items])
         turns = [item.dialog[-1] for item in items]
