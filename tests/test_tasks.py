@@ -27,6 +27,7 @@ from latentqa.questions import (
     choice_question,
     yes_no_question,
 )
+from latentqa.schedule import epoch_permutation
 from latentqa.train.config import TrainConfig
 from latentqa.train.prepare import prepare_data
 from latentqa.train.tasks import (
@@ -98,6 +99,65 @@ def test_yes_no_is_balanced_and_its_no_answers_are_other_labels(seed):
         candidate = e.question.split('"')[1]
         assert e.question == yes_no_question(question, candidate)
         assert (candidate == truth[e.dialog, question]) == (e.answer == YES)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), negatives=st.sampled_from(["read", "both"]))
+def test_read_negatives_are_pairs_that_only_the_read_tells_apart(seed, negatives):
+    s = TaskSampler(facts(), [], [], make_tokenizer(), seed, negatives=negatives)
+    examples = s.sample({"yes_no": 1.0}, 200, context_offset=100)
+    truth = {(f.dialog, f.question): f.answer for f in facts()}
+    label = {f.dialog: f.label for f in facts()}
+    pairs: dict[int, list] = {}
+    for e in examples:
+        question = next(q for (_, q) in truth if e.question.startswith(q + "\n"))
+        candidate = e.question.split('"')[1]
+        # The answer is yes exactly when the read dialog is the candidate's own.
+        assert (candidate == truth[e.dialog, question]) == (e.answer == YES)
+        if e.pair >= 0:
+            pairs.setdefault(e.pair, []).append(e)
+    complete = [p for p in pairs.values() if len(p) == 2]
+    assert len(complete) >= len(pairs) - 1  # only the last draw may be cut off
+    for yes, no in complete:
+        assert (yes.answer, no.answer) == (YES, NO) and yes.question == no.question
+        assert label[yes.dialog] != label[no.dialog]
+    paired = sum(len(p) for p in pairs.values())
+    assert paired == 200 if negatives == "read" else 0 < paired < 200
+    # The example order keeps each pair next to each other.
+    groups = [e.dialog if e.pair < 0 else -1 - e.pair for e in examples]
+    order = epoch_permutation(len(examples), seed, 0, dialogs=groups, share=4)
+    where = {i: k for k, i in enumerate(order)}
+    for i, e in enumerate(examples[:-1]):
+        if e.pair >= 0 and examples[i + 1].pair == e.pair:
+            assert abs(where[i] - where[i + 1]) == 1
+
+
+@pytest.mark.parametrize("negatives", ["answer", "read"])
+def test_distractors_come_from_the_facts_own_folder(negatives):
+    # Two folders answering the same question in different styles: a "no" drawn across
+    # folders could be told apart by style alone.
+    two = [Fact(i, f"a{i}", "Who?", f"Style A {i}.", 0) for i in range(6)]
+    two += [Fact(10 + i, f"b{i}", "Who?", f"style b {i}", 1) for i in range(6)]
+    s = TaskSampler(two, [], [], make_tokenizer(), 0, negatives=negatives)
+    folder = {f.dialog: f.source for f in two} | {f.answer: f.source for f in two}
+    for e in s.sample({"yes_no": 1.0, "choice": 1.0}, 300, context_offset=100):
+        options = [line[2:] for line in e.question.splitlines() if line.startswith("- ")]
+        candidates = options or [e.question.split('"')[1]]
+        assert {folder[c] for c in candidates} == {folder[e.dialog]}
+
+
+def test_task_questions_restrict_open_yes_no_and_choice():
+    only = TaskSampler(facts(), [], [], make_tokenizer(), 0, questions=[RECONSTRUCT_QUESTION])
+    for e in only.sample({"open": 1.0, "yes_no": 1.0}, 100, context_offset=100):
+        assert e.question.startswith(RECONSTRUCT_QUESTION)
+    with pytest.raises(LatentQAError, match=r"no training QA pair asks 'Why\?'"):
+        TaskSampler(facts(), [], [], make_tokenizer(), 0, questions=["Why?"])
+    with pytest.raises(LatentQAError, match="negatives"):
+        TaskSampler(facts(), [], [], make_tokenizer(), 0, negatives="text")
+    with pytest.raises(LatentQAError, match="task-questions"):
+        TrainConfig(data="d", out="o", task_questions=[" "])
+    with pytest.raises(LatentQAError, match="share-reads"):
+        TrainConfig(data="d", out="o", yes_no_negatives="read", share_reads=1)
 
 
 def test_choice_lists_gold_among_distinct_options_of_the_same_question():
@@ -201,6 +261,36 @@ def test_prepare_data_mixes_tasks_over_release_prompts(workspace, tmp_path):
     assert any(a.startswith("Always talk about") for a in reconstructed)  # release prompts
     assert all(0 <= d < len(prepared.dialogs) for d, _, _ in prepared.train)
     assert {item.task for item in prepared.eval_items} > {"open"}
+
+
+def test_prepare_data_with_read_pairs_on_the_evaluation_question(workspace, tmp_path):
+    model, data, release = workspace
+    cfg = config_from_dict(
+        TrainConfig,
+        dict(
+            data=str(data),
+            out=str(tmp_path),
+            target=str(model),
+            extra_data=[str(release)],
+            task_mix="yes_no=1",
+            task_questions=[INSTRUCTION_QUESTION],
+            yes_no_negatives="read",
+            steps=10,
+            batch_size=4,
+            eval_examples=16,
+        ),
+    )
+    _, tokenizer = load_model(cfg.target, device="cpu", dtype="float32")
+    prepared = prepare_data(cfg, tokenizer)
+    assert len(prepared.train) == 40
+    assert all(q.startswith(INSTRUCTION_QUESTION + "\n") for _, q, _ in prepared.train)
+    assert Counter(a for _, _, a in prepared.train) == {YES: 20, NO: 20}
+    # Each pair has a group key of its own; the two examples read different dialogs.
+    by_group = Counter(prepared.groups)
+    assert all(key < 0 and count == 2 for key, count in by_group.items())
+    for key in by_group:
+        (yes, no) = [prepared.train[i] for i, g in enumerate(prepared.groups) if g == key]
+        assert yes[1] == no[1] and yes[0] != no[0]
 
 
 def test_training_with_a_mix_and_mean_pooling(workspace, tmp_path):

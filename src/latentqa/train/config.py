@@ -33,6 +33,15 @@ class TrainConfig:
     reproduce the masked system prompt / control turn; context: predict the 1-16 tokens
     before or after a window of plain text. 'open=1' alone is plain LIT (every QA pair once
     per epoch); any other mix draws steps x batch examples, each used once."""
+    task_questions: list[str] | None = None
+    """Only QA pairs asking one of these questions (exact text) feed open, yes_no and
+    choice, e.g. 'What was the assistant instructed to do?' (the question `eval
+    system-prompt` asks); all questions by default. reconstruct and context are unchanged."""
+    yes_no_negatives: Literal["answer", "read", "both"] = "answer"
+    """How a yes_no "no" is made: answer: the dialog's read with another label's answer;
+    read: each draw is a pair, the true answer asked of its own read (yes) and of another
+    label's read (no), kept next to each other so they share a batch (needs --share-reads
+    >= 2; a pair counts as two examples); both: a pair or an answer "no", 50/50."""
     task_examples: int = 20000
     """Examples drawn from a task mix when --steps is not set."""
     read_pool: Literal["none", "mean", "last", "mean+last"] = "none"
@@ -214,6 +223,16 @@ class TrainConfig:
                 raise LatentQAError(f"{what}: set --kinds to any of {', '.join(KINDS)}")
         if self.read_layers is not None and not self.read_layers:
             raise LatentQAError("read_layers must name at least one layer")
+        if self.task_questions is not None and not (
+            self.task_questions
+            and all(isinstance(q, str) and q.strip() for q in self.task_questions)
+        ):
+            raise LatentQAError("--task-questions needs at least one non-empty question")
+        if self.yes_no_negatives != "answer" and self.share_reads < 2:
+            raise LatentQAError(
+                f"--yes-no-negatives {self.yes_no_negatives} keeps each yes/no pair in one "
+                "batch through --share-reads: set --share-reads to 2 or more"
+            )
 
     def _check_projector(self) -> None:
         """Options that contradict each other around ``projector`` and ``mode embed``."""

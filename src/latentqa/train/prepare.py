@@ -114,6 +114,10 @@ class PreparedData:
     fit_texts: dict[int, str] = field(default_factory=dict)
     """Per training dialog, the text a fitted projector maps its read toward: its masked
     text (hidden system prompt, control turn), else its first training answer."""
+    groups: list[int] | None = None
+    """Per training example, the key the example order keeps together (up to
+    ``share_reads`` examples per key): its dialog, so that they compute its read once, or
+    for a contrastive yes/no pair a key of the pair's own (negative); None: the dialogs."""
 
 
 def example_lengths(
@@ -149,8 +153,12 @@ def _encode_all(
     tokenizer: PreTrainedTokenizerBase,
     dialogs: list[EncodedDialog],
     index_of: dict[tuple[str, str], int],
+    source: int = 0,
 ) -> tuple[list[Fact], list[tuple[int, str]]]:
-    """Encode each behaviour's dialog once; its QA pairs and masked text refer to it."""
+    """Encode each behaviour's dialog once; its QA pairs and masked text refer to it.
+
+    ``source`` numbers the data folder (facts draw their distractors from their own).
+    """
     facts, hidden = [], []
     for behavior in dataset.behaviors:
         key = (behavior.kind, json.dumps(behavior.dialog()), behavior.read_text)
@@ -169,7 +177,7 @@ def _encode_all(
             # The masked prompt itself answers the reconstruction question: as a fact it
             # also feeds yes/no ("is this the prompt?") against other labels' prompts.
             pairs.append((RECONSTRUCT_QUESTION, masked_text(behavior)))
-        facts += [Fact(index_of[key], behavior.label, q, a) for q, a in pairs]
+        facts += [Fact(index_of[key], behavior.label, q, a, source) for q, a in pairs]
     return facts, hidden
 
 
@@ -222,8 +230,8 @@ def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
     dialogs: list[EncodedDialog] = []
     index_of: dict[tuple[str, str], int] = {}
     facts, hidden = [], []
-    for dataset in train_sets:
-        more_facts, more_hidden = _encode_all(dataset, tokenizer, dialogs, index_of)
+    for source, dataset in enumerate(train_sets):
+        more_facts, more_hidden = _encode_all(dataset, tokenizer, dialogs, index_of, source)
         facts += more_facts
         hidden += more_hidden
     if not facts and not hidden:
@@ -241,7 +249,15 @@ def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
         per_step = config.batch_size * config.grad_accum
         n = config.steps * per_step if config.steps else config.task_examples
         n = min(n, config.max_examples or n)
-        sampler = TaskSampler(facts, hidden, _texts(train_sets), tokenizer, config.seed)
+        sampler = TaskSampler(
+            facts,
+            hidden,
+            _texts(train_sets),
+            tokenizer,
+            config.seed,
+            questions=config.task_questions,
+            negatives=config.yes_no_negatives,
+        )
         train = sampler.sample(mix, n, len(dialogs))
         dialogs += sampler.context_dialogs
     eval_items: list[EvalItem] = []
@@ -255,7 +271,18 @@ def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
                 f"(e.g. {sorted(overlap)[0]!r}): the evaluation would not be held out"
             )
         held_facts, held_hidden = _encode_all(eval_set, tokenizer, dialogs, index_of)
-        sampler = TaskSampler(held_facts, held_hidden, _texts([eval_set]), tokenizer, config.seed)
+        # The held-out loss follows the training questions where the held-out data asks them.
+        asked = {f.question for f in held_facts}
+        held_questions = [q for q in config.task_questions or [] if q in asked] or None
+        sampler = TaskSampler(
+            held_facts,
+            held_hidden,
+            _texts([eval_set]),
+            tokenizer,
+            config.seed,
+            questions=held_questions,
+            negatives=config.yes_no_negatives,
+        )
         usable = {t: w for t, w in mix.items() if sampler.available()[t]} or {"open": 1.0}
         held = sampler.sample(usable, config.eval_examples, len(dialogs))
         dialogs += sampler.context_dialogs
@@ -283,6 +310,7 @@ def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
         n_dropped_lookalikes=n_dropped,
         reads=reads_of(train_sets),
         fit_texts=fit_texts,
+        groups=[e.dialog if e.pair < 0 else -1 - e.pair for e in train],
     )
 
 

@@ -6,7 +6,10 @@ here leave no such shortcut:
 
 - ``open``: the dataset's own QA pairs (what LIT trains on by default);
 - ``yes_no``: "is this the right answer?" with the true answer or another label's
-  answer to the same question, 50/50, so the prior alone scores chance;
+  answer to the same question, 50/50, so the prior alone scores chance; with
+  ``negatives="read"`` each draw is a pair: the true answer asked of its own read
+  ("yes") and of another label's read ("no"), in one batch, so the question's text
+  cannot tell them apart and the pair's gradients cancel whatever the text alone says;
 - ``choice``: the question with the gold answer among 5 answers of other labels to
   the same question, answered by the gold option verbatim (prior: 1 in 5);
 - ``reconstruct``: hidden-prefix reconstruction, reproduce the masked system prompt
@@ -41,6 +44,9 @@ from latentqa.questions import (
 )
 
 TASKS: tuple[str, ...] = ("open", "yes_no", "choice", "reconstruct", "context")
+NEGATIVES: tuple[str, ...] = ("answer", "read", "both")
+"""How a yes/no task makes its "no": another label's answer, another label's read, or
+either (50/50)."""
 N_CHOICES = 5
 MAX_CHOICE_CHARS = 120
 """Longer answers make the listed options too long to be worth their decoder tokens."""
@@ -120,6 +126,9 @@ class Fact:
     label: str
     question: str
     answer: str
+    source: int = 0
+    """Which data folder the fact comes from: distractors come from the same one, so that a
+    folder's style of answer or of user turn cannot tell a right answer from a wrong one."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,9 @@ class TaskExample:
     question: str
     answer: str
     task: str
+    pair: int = -1
+    """Examples sharing a non-negative id form a contrastive pair (the same question, own
+    read -> yes, another label's read -> no) that training keeps in one batch."""
 
 
 class TaskSampler:
@@ -141,6 +153,13 @@ class TaskSampler:
         texts: Plain texts for context prediction (tokenized lazily).
         tokenizer: The target's tokenizer, to cut context windows at token boundaries.
         seed: Seed of every random choice.
+        questions: Only facts asking one of these questions feed open, yes/no and
+            choice (all facts when None).
+        negatives: One of :data:`NEGATIVES`: how a yes/no "no" is made.
+
+    Raises:
+        LatentQAError: ``questions`` names a question no fact asks, or ``negatives`` is
+            not one of :data:`NEGATIVES`.
     """
 
     def __init__(
@@ -150,16 +169,46 @@ class TaskSampler:
         texts: Sequence[str],
         tokenizer: PreTrainedTokenizerBase,
         seed: int,
+        questions: Sequence[str] | None = None,
+        negatives: str = "answer",
     ) -> None:
+        if negatives not in NEGATIVES:
+            raise LatentQAError(f"yes/no negatives {negatives!r}: choose from {NEGATIVES}")
+        self.negatives = negatives
+        self.n_pairs = 0
         self.facts = list(facts)
+        if questions is not None:
+            asked = {f.question for f in self.facts}
+            unknown = [q for q in questions if q not in asked]
+            if unknown:
+                raise LatentQAError(
+                    f"no training QA pair asks {unknown[0]!r}; questions the data asks: "
+                    + "; ".join(sorted(asked)[:8])
+                )
+            self.facts = [f for f in self.facts if f.question in set(questions)]
         self.hidden = [(d, text) for d, text in hidden if text.strip()]
         self.texts = [t for t in texts if t.strip()]
         self.tokenizer = tokenizer
         self.rng = random.Random(f"{seed}:tasks")
         # question -> label -> answer: other labels' answers are fair distractors.
         self.answers: dict[str, dict[str, str]] = defaultdict(dict)
+        # (question, folder) -> (dialog, label) pairs whose read a "no" may borrow.
+        self.readers: dict[tuple[str, int], list[tuple[int, str]]] = defaultdict(list)
+        self.labels: dict[tuple[str, int], set[str]] = defaultdict(set)
+        self.source: dict[str, int] = {}
         for fact in self.facts:
             self.answers[fact.question].setdefault(fact.label, fact.answer)
+            self.readers[fact.question, fact.source].append((fact.dialog, fact.label))
+            self.labels[fact.question, fact.source].add(fact.label)
+            self.source.setdefault(fact.label, fact.source)
+        self.sources = sorted(set(self.source.values()))
+        # (question, folder or -1 for all) -> its distinct answers, sorted.
+        self.distinct: dict[tuple[str, int], list[str]] = {}
+        for question, by_label in self.answers.items():
+            for source in [*self.sources, -1]:
+                self.distinct[question, source] = sorted(
+                    {a for label, a in by_label.items() if source in (-1, self.source[label])}
+                )
         self.contested = [f for f in self.facts if len(self.answers[f.question]) > 1]
         self.short = [
             f
@@ -178,39 +227,68 @@ class TaskSampler:
             "context": bool(self.texts),
         }
 
-    def _other_answers(self, fact: Fact, count: int) -> list[str]:
-        others = sorted(
-            {a for label, a in self.answers[fact.question].items() if label != fact.label}
-            - {fact.answer}
-        )
-        return self.rng.sample(others, min(count, len(others)))
+    def _other_answers(self, fact: Fact, count: int, need: int | None = None) -> list[str]:
+        """Up to ``count`` distinct answers to the question other than ``fact``'s, from
+        ``fact``'s folder where it has ``need`` (default ``count``) of them, else from
+        every folder."""
+        pool = self.distinct[fact.question, fact.source]
+        if len(pool) - 1 < (count if need is None else need):
+            pool = self.distinct[fact.question, -1]
+        picks = self.rng.sample(pool, min(len(pool), count + 1))
+        return [a for a in picks if a != fact.answer][:count]
 
-    def draw(self, task: str, context_offset: int) -> TaskExample | None:
-        """One example of ``task``; context windows get dialog ids from ``context_offset``."""
+    def _other_reader(self, fact: Fact) -> int | None:
+        """A dialog of another label (of ``fact``'s folder where it has one) whose own
+        answer to the question is not ``fact``'s."""
+        readers = self.readers[fact.question, fact.source]
+        if len(self.labels[fact.question, fact.source]) < 2:  # no other label in its folder
+            readers = [r for source in self.sources for r in self.readers[fact.question, source]]
+        for _ in range(8):  # almost always the first draw: few labels share an answer
+            dialog, label = self.rng.choice(readers)
+            if label != fact.label and self.answers[fact.question][label] != fact.answer:
+                return dialog
+        return None
+
+    def draw(self, task: str, context_offset: int) -> list[TaskExample]:
+        """One draw of ``task``: an example, a contrastive pair, or none (draw again).
+
+        Context windows get dialog ids from ``context_offset``.
+        """
         rng = self.rng
         if task == "open":
             f = rng.choice(self.facts)
-            return TaskExample(f.dialog, f.question, f.answer, task)
+            return [TaskExample(f.dialog, f.question, f.answer, task)]
         if task == "yes_no":
             f = rng.choice(self.contested)
+            asked = yes_no_question(f.question, f.answer)
+            if self.negatives == "read" or (self.negatives == "both" and rng.random() < 0.5):
+                dialog = self._other_reader(f)
+                if dialog is None:
+                    return []
+                self.n_pairs += 1
+                return [
+                    TaskExample(f.dialog, asked, YES, task, self.n_pairs - 1),
+                    TaskExample(dialog, asked, NO, task, self.n_pairs - 1),
+                ]
             if rng.random() < 0.5:
-                return TaskExample(f.dialog, yes_no_question(f.question, f.answer), YES, task)
+                return [TaskExample(f.dialog, asked, YES, task)]
             (other,) = self._other_answers(f, 1) or [None]
             if other is None:
-                return None
-            return TaskExample(f.dialog, yes_no_question(f.question, other), NO, task)
+                return []
+            return [TaskExample(f.dialog, yes_no_question(f.question, other), NO, task)]
         if task == "choice":
             f = rng.choice(self.short)
-            others = self._other_answers(f, 4 * N_CHOICES)
+            others = self._other_answers(f, 4 * N_CHOICES, need=N_CHOICES - 1)
             options = [a for a in others if len(a) <= MAX_CHOICE_CHARS][: N_CHOICES - 1]
             options.append(f.answer)
             rng.shuffle(options)
-            return TaskExample(f.dialog, choice_question(f.question, options), f.answer, task)
+            return [TaskExample(f.dialog, choice_question(f.question, options), f.answer, task)]
         if task == "reconstruct":
             dialog, text = rng.choice(self.hidden)
-            return TaskExample(dialog, RECONSTRUCT_QUESTION, text, task)
+            return [TaskExample(dialog, RECONSTRUCT_QUESTION, text, task)]
         if task == "context":
-            return self._context(context_offset)
+            example = self._context(context_offset)
+            return [] if example is None else [example]
         raise LatentQAError(f"unknown task {task!r}")
 
     def _context(self, offset: int) -> TaskExample | None:
@@ -253,7 +331,5 @@ class TaskSampler:
         examples: list[TaskExample] = []
         while len(examples) < n:
             task = self.rng.choices(names, weights)[0]
-            example = self.draw(task, context_offset)
-            if example is not None:
-                examples.append(example)
-        return examples
+            examples += self.draw(task, context_offset)
+        return examples[:n]

@@ -142,7 +142,7 @@ def train(
     lengths = example_lengths(
         run.data, config.max_read_tokens, len(run.read_layers), config.read_pool
     )
-    dialogs = [dialog for dialog, _, _ in run.data.train]
+    dialogs = run.data.groups or [dialog for dialog, _, _ in run.data.train]
     while run.step < run.total_steps:
         record = _step(run, lengths, dialogs)
         run.log(record)
