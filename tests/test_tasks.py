@@ -238,23 +238,32 @@ def test_release_folder_loads_without_qa(workspace):
     assert len(load_latentqa(release, require_qa=False).behaviors) == 6
 
 
-def test_prepare_data_mixes_tasks_over_release_prompts(workspace, tmp_path):
+def prepared_over_release(workspace, out: Path, **options):
+    """``prepare_data`` on the tiny built-in data plus the release folder, batch 4."""
     model, data, release = workspace
     cfg = config_from_dict(
         TrainConfig,
         dict(
             data=str(data),
-            out=str(tmp_path),
+            out=str(out),
             target=str(model),
             extra_data=[str(release)],
-            task_mix="open=1,yes_no=1,choice=1,reconstruct=1,context=1",
-            steps=20,
             batch_size=4,
-            eval_examples=32,
+            **options,
         ),
     )
     _, tokenizer = load_model(cfg.target, device="cpu", dtype="float32")
-    prepared = prepare_data(cfg, tokenizer)
+    return prepare_data(cfg, tokenizer)
+
+
+def test_prepare_data_mixes_tasks_over_release_prompts(workspace, tmp_path):
+    prepared = prepared_over_release(
+        workspace,
+        tmp_path,
+        task_mix="open=1,yes_no=1,choice=1,reconstruct=1,context=1",
+        steps=20,
+        eval_examples=32,
+    )
     assert len(prepared.train) == 80  # steps x batch, each example used once
     assert set(prepared.task_counts) == set(TASKS)
     reconstructed = {a for _, q, a in prepared.train if q == RECONSTRUCT_QUESTION}
@@ -264,24 +273,15 @@ def test_prepare_data_mixes_tasks_over_release_prompts(workspace, tmp_path):
 
 
 def test_prepare_data_with_read_pairs_on_the_evaluation_question(workspace, tmp_path):
-    model, data, release = workspace
-    cfg = config_from_dict(
-        TrainConfig,
-        dict(
-            data=str(data),
-            out=str(tmp_path),
-            target=str(model),
-            extra_data=[str(release)],
-            task_mix="yes_no=1",
-            task_questions=[INSTRUCTION_QUESTION],
-            yes_no_negatives="read",
-            steps=10,
-            batch_size=4,
-            eval_examples=16,
-        ),
+    prepared = prepared_over_release(
+        workspace,
+        tmp_path,
+        task_mix="yes_no=1",
+        task_questions=[INSTRUCTION_QUESTION],
+        yes_no_negatives="read",
+        steps=10,
+        eval_examples=16,
     )
-    _, tokenizer = load_model(cfg.target, device="cpu", dtype="float32")
-    prepared = prepare_data(cfg, tokenizer)
     assert len(prepared.train) == 40
     assert all(q.startswith(INSTRUCTION_QUESTION + "\n") for _, q, _ in prepared.train)
     assert Counter(a for _, _, a in prepared.train) == {YES: 20, NO: 20}
