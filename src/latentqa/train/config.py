@@ -74,6 +74,12 @@ class TrainConfig:
     projector_warmup_steps: int = 0
     """Optimizer steps that train the projector alone first (the LoRA stays frozen; the
     learning-rate schedule counts them)."""
+    verbalize_steps: int = 0
+    """Optimizer steps at the start on which the soft tokens are no read but the decoder's
+    own mean input embedding of each dialog's masked text (what a fitted projector maps a
+    read toward), so the LoRA learns to put a bag of words into words before it reads a
+    target; the later steps read the target through the projector. Needs --projector;
+    the learning-rate schedule counts them."""
     projector_init: Literal["fitted", "random"] = "fitted"
     """fitted: each slot's map starts as the ridge map (closed form, see --projector-alpha)
     from the training dialogs' vectors to the decoder's mean input embedding of each
@@ -182,7 +188,13 @@ class TrainConfig:
         )
         for name in positive:
             require_int(name, getattr(self, name), 1)
-        for name in ("warmup_steps", "eval_every", "save_every", "projector_warmup_steps"):
+        for name in (
+            "warmup_steps",
+            "eval_every",
+            "save_every",
+            "projector_warmup_steps",
+            "verbalize_steps",
+        ):
             require_int(name, getattr(self, name), 0)
         for name in ("steps", "max_examples"):
             require_int(name, getattr(self, name), 1, optional=True)
@@ -241,6 +253,11 @@ class TrainConfig:
                 f"--mode embed writes the input embeddings, so --write-layer "
                 f"{self.write_layer} has no effect: leave --write-layer at 0"
             )
+        if self.verbalize_steps and self.projector == "none":
+            raise LatentQAError(
+                "--verbalize-steps writes soft tokens in the decoder's input-embedding space, "
+                "where reads arrive through a projector: add --projector linear or mlp"
+            )
         if self.projector == "none":
             changed = [
                 f.name
@@ -265,4 +282,14 @@ class TrainConfig:
             raise LatentQAError(
                 f"projector_warmup_steps ({self.projector_warmup_steps}) leaves no step for the "
                 f"LoRA in {self.steps} steps: set --projector-warmup-steps below --steps"
+            )
+        if self.verbalize_steps and self.projector_warmup_steps:
+            raise LatentQAError(
+                "--verbalize-steps trains the LoRA alone and --projector-warmup-steps the "
+                "projector alone, both from step 0: use one of them"
+            )
+        if self.steps is not None and self.verbalize_steps >= self.steps:
+            raise LatentQAError(
+                f"verbalize_steps ({self.verbalize_steps}) leaves no step that reads the "
+                f"target in {self.steps} steps: set --verbalize-steps below --steps"
             )

@@ -57,15 +57,23 @@ class LITObjective(nn.Module):
         self.blocks = blocks
         self.projector = projector
 
-    def forward(self, batch: DecoderBatch | SharedBatch, vectors: torch.Tensor) -> torch.Tensor:
-        return answer_token_loss(
+    def forward(
+        self, batch: DecoderBatch | SharedBatch, vectors: torch.Tensor, projected: bool = False
+    ) -> torch.Tensor:
+        """The mean answer-token loss; ``projected``: ``vectors`` are already soft tokens
+        (the verbalizer phase, :mod:`latentqa.train.verbalizer`), the projector is skipped."""
+        loss = answer_token_loss(
             self.decoder,
             batch,
-            project_flat(self.projector, vectors),
+            vectors if projected else project_flat(self.projector, vectors),
             write_layer=self.write_layer,
             mode=self.mode,
             blocks=self.blocks,
         )
+        if projected and self.projector is not None:
+            # DDP expects every parameter in each forward: the projector joins with weight 0.
+            loss = loss + 0.0 * sum(p.sum() for p in self.projector.parameters())
+        return loss
 
 
 def lit_inputs(

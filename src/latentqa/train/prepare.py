@@ -58,6 +58,7 @@ _FINGERPRINT_KEYS = (
 _LATER_KEYS = (
     "projector",
     "projector_warmup_steps",
+    "verbalize_steps",
     "projector_init",
     "projector_alpha",
     "projector_fit_dialogs",

@@ -54,6 +54,7 @@ from latentqa.train.run_folder import (
     start_writing,
     write_decoder,
 )
+from latentqa.train.verbalizer import TextVectorSource, verbalizing
 
 
 @dataclass
@@ -97,6 +98,8 @@ class _Run:
     """Prepared by accelerate (DDP-aware) after the checkpoint is restored."""
     scheduler: torch.optim.lr_scheduler.LambdaLR
     objective: nn.Module
+    text_source: TextVectorSource | None
+    """The verbalizer phase's soft tokens (``--verbalize-steps``), else ``None``."""
     total_steps: int
     step: int
     """Optimizer steps completed (restored from the checkpoint on resume)."""
@@ -224,6 +227,10 @@ def _start(config: TrainConfig, *, resume: bool, force: bool, progress: bool) ->
     step = 0
     if checkpoint is not None:
         step = resume_from(checkpoint, decoder, optimizer, scheduler, projector)
+    text_source = None
+    if config.verbalize_steps:
+        embeddings = decoder.get_input_embeddings()
+        text_source = TextVectorSource(embeddings, tokenizer, data.fit_texts, n_slots)
     objective = LITObjective(decoder, config.write_layer, config.mode, blocks, projector)
     objective, optimizer = accelerator.prepare(objective, optimizer)
     if accelerator.is_main_process:
@@ -246,6 +253,7 @@ def _start(config: TrainConfig, *, resume: bool, force: bool, progress: bool) ->
         optimizer=optimizer,
         scheduler=scheduler,
         objective=objective,
+        text_source=text_source,
         total_steps=total_steps,
         step=step,
     )
@@ -257,6 +265,9 @@ def _step(run: _Run, lengths: Sequence[int], dialogs: Sequence[int]) -> dict:
     rank, world = accelerator.process_index, accelerator.num_processes
     global_batch = config.batch_size * world
     started, tokens, loss_sum = time.perf_counter(), 0, 0.0
+    # The verbalizer phase reads no target: soft tokens from each dialog's masked text.
+    verbal = verbalizing(run.step, config.verbalize_steps)
+    source = run.text_source if verbal else run.source
     for micro in range(config.grad_accum):
         first = (run.step * config.grad_accum + micro) * global_batch + rank * config.batch_size
         picks = example_order(
@@ -270,18 +281,21 @@ def _step(run: _Run, lengths: Sequence[int], dialogs: Sequence[int]) -> dict:
         )
         examples = [run.data.train[i] for i in picks]
         batch, flat, n_tokens = lit_inputs(
-            run.tokenizer, run.source, examples, config.share_reads, config.prompt_order
+            run.tokenizer, source, examples, config.share_reads, config.prompt_order
         )
         batch = batch.to(flat.device)
         sync = micro == config.grad_accum - 1
         # Gradients are all-reduced once per optimizer step, on its last micro-batch.
         no_sync = nullcontext() if sync else accelerator.no_sync(run.objective)
         with no_sync, cpu_attention(run.device):
-            loss = run.objective(batch, flat) / config.grad_accum
+            loss = run.objective(batch, flat, projected=verbal) / config.grad_accum
             accelerator.backward(loss)
         loss_sum += float(loss.detach())
         tokens += n_tokens * world
     freeze_lora_step(run.lora, run.step, config)  # the projector's warmup steps
+    if verbal and run.projector is not None:
+        for parameter in run.projector.parameters():  # unused: AdamW leaves it untouched
+            parameter.grad = None
     if config.max_grad_norm > 0:
         accelerator.clip_grad_norm_(run.trainable, config.max_grad_norm)
     run.optimizer.step()
@@ -289,6 +303,7 @@ def _step(run: _Run, lengths: Sequence[int], dialogs: Sequence[int]) -> dict:
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
     elapsed = time.perf_counter() - started
+    phase = {"phase": "verbalize"} if verbal else {}
     return {
         "step": run.step,
         "kind": "train",
@@ -296,6 +311,7 @@ def _step(run: _Run, lengths: Sequence[int], dialogs: Sequence[int]) -> dict:
         "lr": run.scheduler.get_last_lr()[0],
         "tokens_per_s": tokens / elapsed,
         "examples_per_s": global_batch * config.grad_accum / elapsed,
+        **phase,
     }
 
 
