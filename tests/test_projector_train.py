@@ -18,9 +18,17 @@ from latentqa.decoder.projector import (
     Projector,
     fit_ridge,
     mean_token_embeddings,
+    text_soft_tokens,
     token_norm,
 )
 from latentqa.errors import LatentQAError
+from latentqa.evals.system_prompt import (
+    METHODS,
+    OPT_IN_METHODS,
+    build_items,
+    evaluate_system_prompt,
+)
+from latentqa.evals.system_prompt_scoring import ConditionReads
 from latentqa.models import load_model
 from latentqa.reader import Reader
 from latentqa.train.activations import ActivationSource
@@ -264,3 +272,24 @@ def test_steering_trains_the_target_through_the_frozen_projector(
     steering = [p for n, p in steerable.model.named_parameters() if f".{STEER_ADAPTER}." in n]
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in steering)
     assert all(p.grad is None for p in steerable.decoder.projector.parameters())
+
+
+def test_text_oracle_gives_the_decoder_its_own_embedding_of_the_hidden_prompt(workspace, trained):
+    reader = Reader.load(str(workspace[0]), str(trained), device="cpu")
+    items, _ = build_items(None, n=6)
+    vectors = ConditionReads(reader, None, items, None, 0)("text")
+    hidden = [item.dialog[0]["content"] for item in items]
+    expected = text_soft_tokens(reader.model.get_input_embeddings(), reader.tokenizer, hidden)
+    assert len(vectors) == len(items)
+    for row, want in zip(vectors, expected, strict=True):  # one copy per (layer, pooling)
+        torch.testing.assert_close(row, want.expand(4, -1))
+    # Opt-in: named, it runs as a decoder method; by default it does not run.
+    result = evaluate_system_prompt(
+        reader, None, None, n=6, methods=["lit_text_oracle"], open_answers=False
+    )
+    assert list(result["methods"]) == ["lit_text_oracle"]
+    assert 0.0 <= result["methods"]["lit_text_oracle"]["mc_accuracy_calibrated"] <= 1.0
+    assert "lit_text_oracle" in OPT_IN_METHODS and "lit_text_oracle" in METHODS
+    base = Reader.base(str(workspace[0]), read_layers=[1], device="cpu")
+    with pytest.raises(LatentQAError, match="needs a decoder with a projector"):
+        evaluate_system_prompt(base, None, None, n=6, methods=["lit", "lit_text_oracle"])

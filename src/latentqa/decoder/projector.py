@@ -223,6 +223,20 @@ def mean_token_embeddings(
 
 
 @torch.no_grad()
+def text_soft_tokens(
+    embeddings: nn.Embedding | torch.Tensor,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+) -> torch.Tensor:
+    """Each text's mean input embedding, ``[len(texts), d_model]``, all scaled by one factor
+    so that their median norm is a token embedding's: the soft token a fitted projector
+    aims at for a dialog whose hidden text is that text (the verbalizer's input, and the
+    evaluation's text oracle)."""
+    means = mean_token_embeddings(embeddings, tokenizer, texts)
+    return means * token_norm(embeddings) / means.norm(dim=-1).median().clamp_min(1e-12)
+
+
+@torch.no_grad()
 def token_norm(embeddings: nn.Embedding | torch.Tensor) -> float:
     """The median norm of the decoder's token embeddings (what soft tokens are scaled to)."""
     weight = embeddings.weight if isinstance(embeddings, nn.Module) else embeddings

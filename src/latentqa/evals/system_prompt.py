@@ -42,7 +42,12 @@ embeddings (``linear_probe``: multiple choice by the nearest option; yes/no says
 to a candidate when its cosine with the prediction exceeds the mean cosine over the
 item's 5 options); and the target itself as a black box shown the user turn and its
 own reply (``black_box``: multiple choice and open answers). A measure a method does
-not have is ``None``.
+not have is ``None``. Asked for by name only (:data:`OPT_IN_METHODS`): ``lit_text_oracle``,
+the decoder given, in every soft-token slot, its own mean input embedding of the hidden
+system prompt (what a fitted projector aims at; :func:`~latentqa.decoder.projector.
+text_soft_tokens`) instead of a read: the ceiling of a decoder that reads through its
+projector, which tells a decoder that cannot put such a vector into words from a
+projector that does not reach it.
 
 Cost: each condition's vectors are read once; each item's rows (options, yes/no) are
 scored as one token trie and a row given zeroed vectors once per run
@@ -94,6 +99,7 @@ from latentqa.evals.system_prompt_scoring import (
     DECODER_CONDITIONS,
     ConditionReads,
     ZeroedScores,
+    check_text_oracle,
     decoder_answers,
     item_scores,
     score_rows,
@@ -106,6 +112,7 @@ __all__ = [
     "MEASURES",
     "METHODS",
     "N_OPTIONS",
+    "OPT_IN_METHODS",
     "QUESTION",
     "SHIPPED_DATA",
     "Item",
@@ -119,12 +126,15 @@ METHODS = (
     "lit",
     "lit_zeroed",
     "lit_shuffled",
+    "lit_text_oracle",
     "no_system_prompt",
     "base_patchscope",
     "linear_probe",
     "black_box",
 )
 """Every method the evaluation can run, in report order."""
+OPT_IN_METHODS = ("lit_text_oracle",)
+"""Methods run only when named: diagnostics, not part of the default run."""
 MEASURES = (
     "mc_accuracy",
     "mc_accuracy_calibrated",
@@ -246,7 +256,8 @@ def evaluate_system_prompt(
         layer: Read this target block instead of the decoder's read layers.
         black_box: Include the ``black_box`` method.
         log: Progress messages.
-        methods: Run only these of :data:`METHODS` (default: all).
+        methods: Run only these of :data:`METHODS` (default: all but
+            :data:`OPT_IN_METHODS`).
         probe_data: Extra ``system`` datasets (release layout) whose system prompts the
             probe also trains on; default: the decoder's own extra training data where
             it exists here (:func:`~latentqa.evals.system_prompt_probe.extra_folders`).
@@ -265,12 +276,15 @@ def evaluate_system_prompt(
         ``seconds`` is the whole run's.
     """
     started = time.perf_counter()
-    wanted = set(METHODS if methods is None else methods)
+    default = [m for m in METHODS if m not in OPT_IN_METHODS]
+    wanted = set(default if methods is None else methods)
     unknown = wanted - set(METHODS)
     if unknown:
         raise LatentQAError(
             f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}"
         )
+    if "lit_text_oracle" in wanted:
+        check_text_oracle(reader)
     if item_set not in SETS:
         raise LatentQAError(f"unknown set {item_set!r}; choose from {', '.join(SETS)}")
     items, train_pairs = build_items(data, question, n=n, seed=seed, log=log)

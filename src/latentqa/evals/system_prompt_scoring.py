@@ -18,6 +18,9 @@ import torch
 from tqdm.auto import tqdm
 
 from latentqa.conditions import activation_conditions
+from latentqa.decoder.folder import pool_width
+from latentqa.decoder.projector import text_soft_tokens
+from latentqa.errors import LatentQAError
 from latentqa.evals.system_prompt_items import Dialog, Item, yes_no_questions
 from latentqa.questions import NO, YES, yes_no_question
 from latentqa.reader import Reader
@@ -221,16 +224,46 @@ class ConditionReads:
         if condition in ("zeroed", "shuffled"):
             labels = [item.label for item in self.items]
             return activation_conditions(self("real"), labels, self.seed)[condition]
+        if condition == "text":
+            return self._text_oracle()
         if condition == "user_only":
             return self.reader.read_many([i.user_dialog for i in self.items], self.layer)
         assert self.base is not None
         return self.base.read_many(dialogs, self.layer)
+
+    def _text_oracle(self) -> list[torch.Tensor]:
+        """Per item, the hidden system prompt's scaled mean input embedding in every slot."""
+        check_text_oracle(self.reader)
+        decoder = self.reader.decoder
+        if any(item.dialog[0]["role"] != "system" for item in self.items):
+            raise LatentQAError("lit_text_oracle reads the hidden system prompt: none here")
+        hidden = [item.dialog[0]["content"] for item in self.items]
+        n_slots = len(decoder.spec.read_layers) * pool_width(decoder.spec.pool)
+        embeddings = self.reader.model.get_input_embeddings()
+        tokens = text_soft_tokens(embeddings, self.reader.tokenizer, hidden)  # [n, d_model]
+        dtype = embeddings.weight.dtype
+        device = embeddings.weight.device
+        return [row.to(device, dtype).expand(n_slots, -1).clone() for row in tokens]
+
+
+def check_text_oracle(reader: Reader) -> None:
+    """Refuse ``lit_text_oracle`` for a decoder without a projector, before any work.
+
+    Raises:
+        LatentQAError: The decoder has no projector.
+    """
+    if reader.decoder.projector is None:
+        raise LatentQAError(
+            "lit_text_oracle needs a decoder with a projector (trained with --projector "
+            "linear or mlp): its soft tokens live in the input-embedding space"
+        )
 
 
 DECODER_CONDITIONS = {
     "lit": "real",
     "lit_zeroed": "zeroed",
     "lit_shuffled": "shuffled",
+    "lit_text_oracle": "text",
     "no_system_prompt": "user_only",
     "base_patchscope": "base",
 }

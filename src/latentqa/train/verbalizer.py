@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from latentqa.decoder.projector import mean_token_embeddings, token_norm
+from latentqa.decoder.projector import text_soft_tokens
 from latentqa.errors import LatentQAError
 
 
@@ -48,10 +48,8 @@ class TextVectorSource:
         self.dialogs = sorted(d for d, text in texts.items() if text.strip())
         if not self.dialogs:
             raise LatentQAError("--verbalize-steps needs training dialogs with a masked text")
-        with torch.no_grad():
-            means = mean_token_embeddings(embeddings, tokenizer, [texts[d] for d in self.dialogs])
-            scale = token_norm(embeddings) / means.norm(dim=-1).median().clamp_min(1e-12)
-        self.vectors = means * scale  # [n_dialogs, d_model]
+        # [n_dialogs, d_model]
+        self.vectors = text_soft_tokens(embeddings, tokenizer, [texts[d] for d in self.dialogs])
         self.row = {dialog: row for row, dialog in enumerate(self.dialogs)}
         self.n_slots = n_slots
         self.device = embeddings.weight.device
