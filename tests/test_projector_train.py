@@ -7,11 +7,17 @@ import json
 
 import pytest
 import torch
-from lit_fixtures import DIALOG, QUESTIONS, tiny_train_config, write_tiny_data, write_tiny_model
+from lit_fixtures import (
+    DIALOG,
+    QUESTIONS,
+    tiny_run_reads,
+    tiny_train_config,
+    write_tiny_data,
+    write_tiny_model,
+)
 from safetensors.torch import load_file
 
 import latentqa.train.trainer as trainer
-from latentqa.capture import pad_token_id
 from latentqa.decoder.folder import SPEC_FILE, DecoderSpec
 from latentqa.decoder.projector import (
     PROJECTOR_FILE,
@@ -29,12 +35,10 @@ from latentqa.evals.system_prompt import (
     evaluate_system_prompt,
 )
 from latentqa.evals.system_prompt_scoring import ConditionReads
-from latentqa.models import load_model
 from latentqa.reader import Reader
-from latentqa.train.activations import ActivationSource
 from latentqa.train.checkpoint import PROJECTOR_KEY
 from latentqa.train.config import TrainConfig
-from latentqa.train.prepare import _FINGERPRINT_KEYS, add_lora, config_fingerprint, prepare_data
+from latentqa.train.prepare import _FINGERPRINT_KEYS, config_fingerprint
 from latentqa.train.projector_fit import build_projector, fit_examples
 from latentqa.typed_config import config_to_dict
 
@@ -163,18 +167,7 @@ def test_projector_warmup_steps_leave_the_lora_untouched(workspace, tmp_path):
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
 def test_the_fitted_start_is_the_ridge_map_of_the_training_reads(workspace, tmp_path, kind):
     cfg = config(workspace, tmp_path / "unused", projector=kind, read_pool="mean")
-    model, tokenizer = load_model(cfg.target, device="cpu", dtype="float32")
-    decoder = add_lora(model, cfg)
-    data = prepare_data(cfg, tokenizer)
-    source = ActivationSource(
-        decoder,
-        data.dialogs,
-        pad_token_id(tokenizer),
-        [1, 2],
-        cfg.max_read_tokens,
-        target_context=decoder.disable_adapter,
-        pool=cfg.read_pool,
-    )
+    decoder, tokenizer, data, source = tiny_run_reads(cfg)
     projector = build_projector(cfg, decoder, tokenizer, source, data, n_slots=2)
     features, texts = fit_examples(source, data, cfg)  # [n, 2, d_model]
     assert "You are a pirate captain." in texts  # the hidden system prompts

@@ -6,17 +6,15 @@ import json
 
 import pytest
 import torch
-from lit_fixtures import tiny_train_config, write_tiny_data, write_tiny_model
+from lit_fixtures import tiny_run_reads, tiny_train_config, write_tiny_data, write_tiny_model
 from safetensors.torch import load_file
 
 import latentqa.train.trainer as trainer
-from latentqa.capture import pad_token_id
 from latentqa.decoder.projector import mean_token_embeddings, token_norm
 from latentqa.errors import LatentQAError
 from latentqa.models import load_model
-from latentqa.train.activations import ActivationSource
 from latentqa.train.checkpoint import PROJECTOR_KEY
-from latentqa.train.prepare import add_lora, prepare_data
+from latentqa.train.prepare import prepare_data
 from latentqa.train.projector_fit import build_projector
 from latentqa.train.verbalizer import TextVectorSource, verbalizing
 
@@ -81,18 +79,7 @@ def test_verbalize_steps_train_the_lora_on_text_then_the_projector_on_reads(work
     trainer.train(cfg, progress=False)
     steps = [out / "checkpoints" / f"step-{s:07d}" for s in (1, 2, 3)]
     # The fitted start, computed as the run computes it (same reads, same ridge).
-    model, tokenizer = load_model(cfg.target, device="cpu", dtype="float32")
-    decoder = add_lora(model, cfg)
-    data = prepare_data(cfg, tokenizer)
-    source = ActivationSource(
-        decoder,
-        data.dialogs,
-        pad_token_id(tokenizer),
-        [1, 2],
-        cfg.max_read_tokens,
-        target_context=decoder.disable_adapter,
-        pool=cfg.read_pool,
-    )
+    decoder, tokenizer, data, source = tiny_run_reads(cfg)
     start = build_projector(cfg, decoder, tokenizer, source, data, n_slots=2).state_dict()
     for step in steps[:2]:  # the verbalizer phase: the projector is not used, nor changed
         saved = _projector(step)

@@ -18,7 +18,6 @@ import torch
 from tqdm.auto import tqdm
 
 from latentqa.conditions import activation_conditions
-from latentqa.decoder.folder import pool_width
 from latentqa.decoder.projector import text_soft_tokens
 from latentqa.errors import LatentQAError
 from latentqa.evals.system_prompt_items import Dialog, Item, yes_no_questions
@@ -234,11 +233,10 @@ class ConditionReads:
     def _text_oracle(self) -> list[torch.Tensor]:
         """Per item, the hidden system prompt's scaled mean input embedding in every slot."""
         check_text_oracle(self.reader)
-        decoder = self.reader.decoder
         if any(item.dialog[0]["role"] != "system" for item in self.items):
             raise LatentQAError("lit_text_oracle reads the hidden system prompt: none here")
         hidden = [item.dialog[0]["content"] for item in self.items]
-        n_slots = len(decoder.spec.read_layers) * pool_width(decoder.spec.pool)
+        n_slots = self.reader.decoder.spec.n_slots
         embeddings = self.reader.model.get_input_embeddings()
         tokens = text_soft_tokens(embeddings, self.reader.tokenizer, hidden)  # [n, d_model]
         dtype = embeddings.weight.dtype

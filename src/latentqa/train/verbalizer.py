@@ -49,10 +49,10 @@ class TextVectorSource:
         if not self.dialogs:
             raise LatentQAError("--verbalize-steps needs training dialogs with a masked text")
         # [n_dialogs, d_model]
-        self.vectors = text_soft_tokens(embeddings, tokenizer, [texts[d] for d in self.dialogs])
+        vectors = text_soft_tokens(embeddings, tokenizer, [texts[d] for d in self.dialogs])
+        self.vectors = vectors.to(embeddings.weight.device)  # moved once, not per batch
         self.row = {dialog: row for row, dialog in enumerate(self.dialogs)}
         self.n_slots = n_slots
-        self.device = embeddings.weight.device
 
     def get(self, indices: Sequence[int]) -> list[torch.Tensor]:
         """``[n_slots, d_model]`` per dialog index: its vector repeated for every slot.
@@ -63,7 +63,7 @@ class TextVectorSource:
         missing = [i for i in indices if i not in self.row]
         if missing:
             raise LatentQAError(f"dialog {missing[0]} has no text to verbalize")
-        return [self.vectors[self.row[i]].to(self.device).expand(self.n_slots, -1) for i in indices]
+        return [self.vectors[self.row[i]].expand(self.n_slots, -1) for i in indices]
 
 
 def verbalizing(step: int, verbalize_steps: int) -> bool:
