@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from latentqa.decoder.inputs import decoder_batch
 from latentqa.decoder.loss import answer_token_loss
-from latentqa.decoder.packing import cpu_attention, shared_decoder_batch
+from latentqa.decoder.packing import cpu_attention, question_shared_batch, shared_decoder_batch
+from latentqa.decoder.prompt import build_decoder_prompt
 from latentqa.patch import PATCH_MODES
 from latentqa.train.config import TrainConfig
 from latentqa.train.prepare import add_lora
@@ -36,6 +37,22 @@ def _grads(decoder) -> list[torch.Tensor]:
     return grads
 
 
+def _assert_same_loss_and_gradients(decoder, alone, shared, mode) -> None:
+    """Per-prompt answer losses and the LoRA gradients of a shared layout equal those of
+    the prompts run one per row (``alone``); each is ``(batch, vectors)``."""
+    results = []
+    for batch, vectors in (alone, shared):
+        sums = answer_token_loss(
+            decoder, batch, vectors, write_layer=1, mode=mode, reduction="none"
+        )
+        sums[:, 0].sum().backward()
+        results.append((sums.detach(), _grads(decoder)))
+    (expected, expected_grads), (got, grads) = results
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    for a, b in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
 @settings(max_examples=6, deadline=None)
 @given(
     sizes=st.lists(st.integers(1, 4), min_size=1, max_size=3),
@@ -55,16 +72,8 @@ def test_shared_loss_and_gradients_equal_unshared(arch, sizes, mode, seed):
     flat_reads = [read for read, group in zip(reads, groups, strict=True) for _ in group]
     pairs = [pair for group in groups for pair in group]
     batch, flat = decoder_batch(tokenizer, flat_reads, [q for q, _ in pairs], [a for _, a in pairs])
-    expected = answer_token_loss(decoder, batch, flat, write_layer=1, mode=mode, reduction="none")
-    expected[:, 0].sum().backward()
-    expected_grads = _grads(decoder)
-
     shared, vectors = shared_decoder_batch(tokenizer, reads, groups)
-    got = answer_token_loss(decoder, shared, vectors, write_layer=1, mode=mode, reduction="none")
-    got[:, 0].sum().backward()
-    torch.testing.assert_close(got, expected.detach(), rtol=1e-4, atol=1e-4)
-    for a, b in zip(_grads(decoder), expected_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    _assert_same_loss_and_gradients(decoder, (batch, flat), (shared, vectors), mode)
     # The shared layout computes each prefix once and counts every prompt's tokens.
     assert shared.n_example_tokens == int(batch.attention_mask.sum())
     assert shared.n_tokens <= shared.n_example_tokens
@@ -108,3 +117,49 @@ def test_packing_trees_into_rows_changes_nothing(tiny, row_tokens):
     expected = answer_token_loss(decoder, batch, flat, write_layer=1, mode="add", reduction="none")
     got = answer_token_loss(decoder, shared, vectors, write_layer=1, mode="add", reduction="none")
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    picks=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3)), min_size=1, max_size=7),
+    max_branches=st.integers(1, 4),
+    mode=st.sampled_from(PATCH_MODES),
+    seed=st.integers(0, 1000),
+)
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_question_shared_batch_equals_each_prompt_alone(arch, picks, max_branches, mode, seed):
+    # Question-first prompts that ask one question of different reads share the question.
+    from tiny import make_pair
+
+    model, tokenizer = make_pair(arch)
+    decoder = _lora(model)
+    reads = _reads(model, 3, seed)
+    examples = [(read, *QUESTIONS[q]) for read, q in picks]
+    batch, flat = decoder_batch(
+        tokenizer,
+        [reads[r] for r, _, _ in examples],
+        [q for _, q, _ in examples],
+        [a for _, _, a in examples],
+        order="question-first",
+    )
+    shared, vectors = question_shared_batch(tokenizer, reads, examples, max_branches)
+    _assert_same_loss_and_gradients(decoder, (batch, flat), (shared, vectors), mode)
+    assert shared.n_example_tokens == int(batch.attention_mask.sum())
+    # Each tree computes its question once: up to max_branches examples of one question.
+    prefixes, trees, seen = 0, {}, {}
+    for read, question, answer in examples:
+        p = build_decoder_prompt(
+            tokenizer, len(reads[read]), question, answer, order="question-first"
+        )
+        prefixes += p.placeholder_start
+        rank = seen[question] = seen.get(question, -1) + 1
+        trees[(question, rank // max_branches)] = p.placeholder_start
+    assert shared.n_tokens == shared.n_example_tokens - prefixes + sum(trees.values())
+
+
+def test_question_shared_batch_needs_examples(tiny):
+    from latentqa.errors import LatentQAError
+
+    model, tokenizer = tiny
+    with pytest.raises(LatentQAError, match="needs examples"):
+        question_shared_batch(tokenizer, _reads(model, 1, 0), [], 2)

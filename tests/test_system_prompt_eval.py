@@ -30,7 +30,7 @@ from latentqa.evals.system_prompt import (
     evaluate_system_prompt,
     yes_no_questions,
 )
-from latentqa.questions import NO, YES, yes_no_question
+from latentqa.questions import NO, RECONSTRUCT_QUESTION, YES, yes_no_question
 
 PERSONA_QUESTION = "What persona is the assistant adopting?"
 HELDOUT = (
@@ -180,6 +180,37 @@ def test_shipped_set_loads_and_is_held_out():
     size = sum(p.stat().st_size for p in sp.SHIPPED_DATA.rglob("*") if p.is_file())
     assert size < 350_000  # with set B's replies (38 kB)
     assert (sp.SHIPPED_DATA / "README.md").is_file()
+
+
+def test_prompt_answers_are_each_dialogs_own_prompt_among_other_labels():
+    items, train_pairs = build_items(None, RECONSTRUCT_QUESTION, answers="prompts")
+    default, _ = build_items(None)
+    assert len(items) == len(default) and {i.label for i in items} == {i.label for i in default}
+    prompts_of: dict[str, set[str]] = {}
+    for item in items:
+        prompts_of.setdefault(item.label, set()).add(item.dialog[0]["content"])
+    for item in items:
+        assert item.gold == item.dialog[0]["content"] == item.options[item.gold_index]
+        assert item.question == RECONSTRUCT_QUESTION and len(set(item.options)) == N_OPTIONS
+        # no other wording of the item's own behaviour is a wrong option or the distractor
+        others = [o for j, o in enumerate(item.options) if j != item.gold_index]
+        assert prompts_of[item.label].isdisjoint([*others, item.distractor])
+    assert all(answer == dialog[0]["content"] for dialog, answer in train_pairs)
+    with pytest.raises(LatentQAError, match="choose from"):
+        build_items(None, answers="paraphrases")
+
+
+def test_prompt_answers_need_no_qa_file(tmp_path):
+    built = write_tiny_data(tmp_path / "built", tuple(MORE_PERSONAS), MORE_PERSONAS)
+    release = tmp_path / "release"
+    release.mkdir()
+    shutil.copy(built / "heldout" / "system.json", release / "system.json")
+    items, train_pairs = build_items(release, RECONSTRUCT_QUESTION, answers="prompts")
+    assert items and train_pairs  # labels split 50/50 without a train/ folder
+    held = {i.dialog[0]["content"] for i in items}
+    assert held.isdisjoint(d[0]["content"] for d, _ in train_pairs)
+    with pytest.raises(LatentQAError, match=r"qa\.json"):
+        build_items(release, PERSONA_QUESTION)
 
 
 def test_release_layout_without_training_split_is_split_in_half(tmp_path):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -97,6 +97,21 @@ def pack_first_fit(lengths: list[int], width: int) -> list[list[int]]:
     return rows
 
 
+@dataclass
+class _Tree:
+    """A prefix and the branches that continue it, before packing into rows."""
+
+    prefix: list[int]
+    read: int | None
+    """The read whose placeholders end the prefix; ``None``: each branch opens with its own."""
+    branches: list[tuple[list[int], list[bool], int, int | None]] = field(default_factory=list)
+    """Each branch's ids, answer mask, number in the batch and read (``None``: none)."""
+
+    @property
+    def length(self) -> int:
+        return len(self.prefix) + sum(len(ids) for ids, _, _, _ in self.branches)
+
+
 def shared_decoder_batch(
     tokenizer: PreTrainedTokenizerBase,
     vectors: Sequence[torch.Tensor],
@@ -124,27 +139,78 @@ def shared_decoder_batch(
     """
     if len(vectors) != len(groups) or any(not group for group in groups):
         raise LatentQAError("every read needs at least one question")
-    # Each tree: its prefix, its branches' ids and label masks, and their numbers.
-    trees: list[tuple[list[int], list[list[int]], list[list[bool]], list[int]]] = []
-    reads: list[int] = []  # each tree's read
+    trees: list[_Tree] = []
     number = 0  # branches are numbered in group order, whichever tree they join
     for read_index, (read, group) in enumerate(zip(vectors, groups, strict=True)):
         # Prompts that agree up to their last placeholder share a tree (vectors-first:
         # all of them, their header is rendered without the question).
-        shared: dict[tuple[int, ...], int] = {}
+        shared: dict[tuple[int, ...], _Tree] = {}
         for question, answer in group:
             p = build_decoder_prompt(tokenizer, len(read), question, answer, order=order)
             prefix = tuple(p.input_ids[: p.placeholder_end])
             if prefix not in shared:
-                shared[prefix] = len(trees)
-                trees.append((list(prefix), [], [], []))
-                reads.append(read_index)
-            _, branches, labels, numbers = trees[shared[prefix]]
-            branches.append(p.input_ids[p.placeholder_end :])
-            labels.append(p.label_mask[p.placeholder_end :])
-            numbers.append(number)
+                shared[prefix] = _Tree(list(prefix), read_index)
+                trees.append(shared[prefix])
+            cut = p.placeholder_end
+            shared[prefix].branches.append((p.input_ids[cut:], p.label_mask[cut:], number, None))
             number += 1
-    lengths = [len(prefix) + sum(map(len, branches)) for prefix, branches, _, _ in trees]
+    return _pack(tokenizer, trees, vectors, number, row_tokens)
+
+
+def question_shared_batch(
+    tokenizer: PreTrainedTokenizerBase,
+    vectors: Sequence[torch.Tensor],
+    examples: Sequence[tuple[int, str, str | None]],
+    max_branches: int,
+    row_tokens: int = ROW_TOKENS,
+) -> tuple[SharedBatch, torch.Tensor]:
+    """Question-first prompts that ask the same question share it, whatever they read.
+
+    In the ``question-first`` order a prompt up to its first placeholder is the header and
+    the question: the same for a yes/no pair (one candidate asked of two reads) or for
+    examples of one question about different dialogs. Each tree is that question once,
+    then up to ``max_branches`` branches, each its own read's placeholders, the rest of
+    the prompt and the answer. Same losses and gradients as the prompts run alone.
+
+    Args:
+        tokenizer: The decoder's tokenizer.
+        vectors: ``[n_i, d_model]`` activations of each read.
+        examples: ``(read index, question, answer)`` per prompt; branches are numbered in
+            this order.
+        max_branches: Most branches per tree (a tree's attention grows with the square of
+            its length).
+        row_tokens: See :func:`shared_decoder_batch`.
+
+    Returns:
+        The batch and the vectors in placeholder order ``[total_placeholders, d_model]``.
+    """
+    if not examples or max_branches < 1:
+        raise LatentQAError("a question-shared batch needs examples and max_branches >= 1")
+    trees: list[_Tree] = []
+    open_tree: dict[tuple[int, ...], _Tree] = {}
+    for number, (read, question, answer) in enumerate(examples):
+        p = build_decoder_prompt(
+            tokenizer, len(vectors[read]), question, answer, order="question-first"
+        )
+        prefix = tuple(p.input_ids[: p.placeholder_start])
+        tree = open_tree.get(prefix)
+        if tree is None or len(tree.branches) >= max_branches:
+            tree = open_tree[prefix] = _Tree(list(prefix), None)
+            trees.append(tree)
+        cut = p.placeholder_start
+        tree.branches.append((p.input_ids[cut:], p.label_mask[cut:], number, read))
+    return _pack(tokenizer, trees, vectors, len(examples), row_tokens)
+
+
+def _pack(
+    tokenizer: PreTrainedTokenizerBase,
+    trees: list[_Tree],
+    vectors: Sequence[torch.Tensor],
+    n_branches: int,
+    row_tokens: int,
+) -> tuple[SharedBatch, torch.Tensor]:
+    """Pack trees into left-padded rows; the vectors in placeholder (row-major) order."""
+    lengths = [tree.length for tree in trees]
     rows = pack_first_fit(lengths, max(max(lengths), row_tokens))
     shape = (len(rows), max(sum(lengths[t] for t in row) for row in rows))
     input_ids = torch.full(shape, pad_token_id(tokenizer), dtype=torch.long)
@@ -154,31 +220,34 @@ def shared_decoder_batch(
     placeholder_mask = torch.zeros(shape, dtype=torch.bool)
     label_mask = torch.zeros(shape, dtype=torch.bool)
     branch_index = torch.full(shape, -1, dtype=torch.long)
-    placed: list[int] = []  # trees in placeholder (row-major) order, for the vectors
+    placed: list[torch.Tensor] = []  # vectors in placeholder (row-major) order
     for row, members in enumerate(rows):
         at = shape[1] - sum(lengths[t] for t in members)  # left padding
-        for slot, tree in enumerate(members):
-            prefix, branches, labels, numbers = trees[tree]
-            span = slice(at, at + len(prefix))
-            input_ids[row, span] = torch.tensor(prefix)
+        for slot, t in enumerate(members):
+            tree = trees[t]
+            n_prefix = len(tree.prefix)
+            span = slice(at, at + n_prefix)
+            input_ids[row, span] = torch.tensor(tree.prefix)
             tree_ids[row, span] = slot
-            position_ids[row, span] = torch.arange(len(prefix))
-            placeholder_mask[row, at + len(prefix) - len(vectors[reads[tree]]) : span.stop] = True
-            placed.append(tree)
-            at += len(prefix)
-            for k, (branch, label, branch_number) in enumerate(
-                zip(branches, labels, numbers, strict=True), start=1
-            ):
-                span = slice(at, at + len(branch))
-                input_ids[row, span] = torch.tensor(branch)
+            position_ids[row, span] = torch.arange(n_prefix)
+            if tree.read is not None:  # the read's placeholders end the prefix
+                placeholder_mask[row, span.stop - len(vectors[tree.read]) : span.stop] = True
+                placed.append(vectors[tree.read])
+            at += n_prefix
+            for k, (ids, labels, number, read) in enumerate(tree.branches, start=1):
+                span = slice(at, at + len(ids))
+                input_ids[row, span] = torch.tensor(ids)
                 tree_ids[row, span] = slot
                 segments[row, span] = k
-                position_ids[row, span] = torch.arange(len(prefix), len(prefix) + len(branch))
-                label_mask[row, span] = torch.tensor(label, dtype=torch.bool)
-                branch_index[row, span] = branch_number
-                at += len(branch)
+                position_ids[row, span] = torch.arange(n_prefix, n_prefix + len(ids))
+                label_mask[row, span] = torch.tensor(labels, dtype=torch.bool)
+                branch_index[row, span] = number
+                if read is not None:  # the read's placeholders open the branch
+                    placeholder_mask[row, at : at + len(vectors[read])] = True
+                    placed.append(vectors[read])
+                at += len(ids)
     n_example_tokens = sum(
-        len(prefix) * len(branches) + sum(map(len, branches)) for prefix, branches, _, _ in trees
+        len(tree.prefix) * len(tree.branches) + tree.length - len(tree.prefix) for tree in trees
     )
     batch = SharedBatch(
         input_ids,
@@ -188,10 +257,10 @@ def shared_decoder_batch(
         placeholder_mask,
         label_mask,
         branch_index,
-        number,
+        n_branches,
         n_example_tokens,
     )
-    return batch, torch.cat([vectors[reads[t]] for t in placed])
+    return batch, torch.cat(placed)
 
 
 def branch_attention_mask(trees: torch.Tensor, segments: torch.Tensor, dtype: torch.dtype):

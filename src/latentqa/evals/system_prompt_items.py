@@ -29,6 +29,9 @@ SHIPPED_DATA = package_file("latentqa", "resources/heldout/system-prompt")
 SHIPPED_REPLIES = SHIPPED_DATA / "replies.json"
 """Set B: the embedded target's greedy reply to each shipped held-out dialog, keyed by
 :func:`reply_key` (see the folder's README.md for how it was made)."""
+ANSWERS = ("instructions", "prompts")
+"""What an item's options are: the held-out behaviours' answers to the question
+(``instructions``, from ``qa.json``) or their hidden system prompts verbatim (``prompts``)."""
 SETS = ("user", "replies")
 """Held-out sets: ``user`` (set A: the user turn alone is read) and ``replies`` (set B:
 the user turn and the target's own reply under the hidden prompt)."""
@@ -90,14 +93,22 @@ class Item:
         return list(self.dialog)
 
 
-def _answers(folder: Path, question: str) -> tuple[list, dict[str, str]]:
+def _answers(folder: Path, question: str, answers: str) -> tuple[list, dict[str, str]]:
+    """A folder's behaviours that answer ``question``, and ``{key: answer}``: keyed by
+    label (answers from ``qa.json``), or by system prompt (``answers="prompts"``: each
+    dialog's own hidden prompt, no ``qa.json`` needed)."""
+    if answers == "prompts":
+        behaviors = load_latentqa(folder, ["system"], require_qa=False).behaviors
+        return behaviors, {b.system: b.system.strip() for b in behaviors if b.system.strip()}
     dataset = load_latentqa(folder, ["system"])
     answer_of = {label: dict(pairs).get(question) for label, pairs in dataset.qa.items()}
     answer_of = {k: v for k, v in answer_of.items() if v}
     return [b for b in dataset.behaviors if b.label in answer_of], answer_of
 
 
-def _is_release_folder(folder: Path) -> bool:
+def _is_release_folder(folder: Path, answers: str = "instructions") -> bool:
+    if answers == "prompts":
+        return (folder / "system.json").is_file()
     return (folder / "system.json").is_file() and (folder / "qa.json").is_file()
 
 
@@ -107,6 +118,7 @@ def build_items(
     n: int | None = None,
     seed: int = 0,
     log: Log = lambda _: None,
+    answers: str = "instructions",
 ) -> tuple[list[Item], list[tuple[Dialog, str]]]:
     """Held-out items and the probe's training pairs ``(dialog, answer)``.
 
@@ -125,23 +137,29 @@ def build_items(
         n: Keep at most this many items (after a seeded shuffle).
         seed: Seed of options, distractors, shuffles and the 50/50 split.
         log: Progress messages.
+        answers: ``instructions``: the answers to ``question`` in ``qa.json`` (one per
+            label); ``prompts``: each dialog's own hidden system prompt, verbatim (the
+            options are then other labels' prompts, and ``qa.json`` is not needed).
 
     Raises:
-        LatentQAError: An unknown folder layout, or fewer than ``N_OPTIONS`` distinct
-            held-out answers to ``question``.
+        LatentQAError: An unknown folder layout or ``answers``, or fewer than
+            ``N_OPTIONS`` distinct held-out answers to ``question``.
     """
+    if answers not in ANSWERS:
+        raise LatentQAError(f"unknown answers {answers!r}; choose from {', '.join(ANSWERS)}")
+    key = (lambda b: b.system) if answers == "prompts" else (lambda b: b.label)
     if data is None:
         root = SHIPPED_DATA
         log(f"data: the held-out set shipped in the package ({root})")
     else:
         root = Path(data)
     if (root / "heldout").is_dir() and (root / "train").is_dir():
-        held, held_answers = _answers(root / "heldout", question)
-        train, train_answers = _answers(root / "train", question)
-    elif _is_release_folder(root):
-        held, held_answers = _answers(root, question)
-        if _is_release_folder(root / "train"):
-            train, train_answers = _answers(root / "train", question)
+        held, held_answers = _answers(root / "heldout", question, answers)
+        train, train_answers = _answers(root / "train", question, answers)
+    elif _is_release_folder(root, answers):
+        held, held_answers = _answers(root, question, answers)
+        if _is_release_folder(root / "train", answers):
+            train, train_answers = _answers(root / "train", question, answers)
         else:
             labels = sorted({b.label for b in held})
             random.Random(f"probe-split:{seed}").shuffle(labels)
@@ -149,28 +167,45 @@ def build_items(
             train = [b for b in held if b.label in probe_labels]
             held = [b for b in held if b.label not in probe_labels]
             train_answers = held_answers
-            held_answers = {k: v for k, v in held_answers.items() if k not in probe_labels}
+            kept = {key(b) for b in held} if answers == "prompts" else None
+            held_answers = {
+                k: v
+                for k, v in held_answers.items()
+                if (k in kept if kept is not None else k not in probe_labels)
+            }
             log(
                 f"{root} has no training split: its labels are split 50/50 (seed {seed}) into "
-                f"{len(probe_labels)} for the probe and {len(held_answers)} to evaluate"
+                f"{len(probe_labels)} for the probe and {len(labels) - len(probe_labels)} to "
+                "evaluate"
             )
     else:
+        needs = "system.json" if answers == "prompts" else "system.json + qa.json"
         raise LatentQAError(
             f"{root} needs train/ and heldout/ splits (from `latentqa data build`) or "
-            "system.json + qa.json (the LatentQA release layout)"
+            f"{needs} (the LatentQA release layout)"
         )
-    overlap = {b.label for b in train} & set(held_answers)
+    held = [b for b in held if key(b) in held_answers]
+    train = [b for b in train if key(b) in train_answers]
+    held_labels = {b.label for b in held} if answers == "prompts" else set(held_answers)
+    overlap = {b.label for b in train} & held_labels
     if overlap:
         log(f"leaving {len(overlap)} label(s) that are also evaluated out of the probe's training")
         train = [b for b in train if b.label not in overlap]
+    answers_of_label: dict[str, set[str]] = {}
+    for b in held:
+        answers_of_label.setdefault(b.label, set()).add(held_answers[key(b)])
     distinct = sorted(set(held_answers.values()))
-    if len(distinct) < N_OPTIONS:
+    fewest_others = min((len(set(distinct) - own) for own in answers_of_label.values()), default=0)
+    if len(distinct) < N_OPTIONS or fewest_others < N_OPTIONS - 1:
         raise LatentQAError(f"need at least {N_OPTIONS} held-out behaviours answering {question!r}")
     rng = random.Random(seed)
     items = []
     for behavior in held:
-        gold = held_answers[behavior.label]
-        others = [a for a in distinct if a != gold]
+        gold = held_answers[key(behavior)]
+        # Options and distractors come from other labels only: a label's other prompts
+        # (answers="prompts") are other wordings of the same behaviour, not wrong answers.
+        own = answers_of_label[behavior.label]
+        others = [a for a in distinct if a not in own]
         options = rng.sample(others, N_OPTIONS - 1)
         index = rng.randrange(N_OPTIONS)
         options.insert(index, gold)
@@ -186,7 +221,7 @@ def build_items(
             )
         )
     rng.shuffle(items)
-    train_pairs = [(b.dialog(), train_answers[b.label]) for b in train]
+    train_pairs = [(b.dialog(), train_answers[key(b)]) for b in train]
     return items[:n] if n else items, train_pairs
 
 

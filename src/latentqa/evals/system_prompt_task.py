@@ -13,7 +13,7 @@ from latentqa.errors import LatentQAError
 from latentqa.evals.registry import Evaluation, Log
 from latentqa.evals.report import markdown_table, plot_per_layer
 from latentqa.evals.system_prompt import CHANCE, METHODS, evaluate_system_prompt
-from latentqa.evals.system_prompt_items import SETS
+from latentqa.evals.system_prompt_items import ANSWERS, SETS
 from latentqa.evals.system_prompt_probe import DEFAULT_MAX_EXTRA
 from latentqa.models import EMBEDDED_MODEL
 
@@ -61,6 +61,12 @@ class EvalSystemPromptConfig:
     hidden prompt; no_system_prompt reads the same user turn and reply without the system
     prompt, black_box is the target asked about its instructions after that reply). The
     replies of the shipped set ship with it; for --data they are generated first"""
+    answers: Literal["instructions", "prompts"] = "instructions"
+    """what the options are: instructions (each held-out behaviour's answer to "What was
+    the assistant instructed to do?", e.g. "It was instructed to convince the user to take
+    a holiday.") or prompts (each dialog's hidden system prompt verbatim among 4 other
+    labels' prompts, asked as "What exactly did the hidden instructions say?"; the
+    probe then trains on the training dialogs' prompts)"""
     probe_data: list[str] | None = dataclasses.field(default=None, metadata={"metavar": "FOLDER"})
     """extra `system` datasets (LatentQA release layout, e.g. the release's train/ folder)
     whose system prompts the linear_probe also trains on (ridge to their sentence
@@ -149,6 +155,8 @@ def run(config: EvalSystemPromptConfig, log: Log) -> dict[str, Any]:
             )
     if config.set not in SETS:
         raise LatentQAError(f"--set {config.set!r}: choose from {', '.join(SETS)}")
+    if config.answers not in ANSWERS:
+        raise LatentQAError(f"--answers {config.answers!r}: choose from {', '.join(ANSWERS)}")
     if config.probe_max_extra < 0:
         raise LatentQAError(f"--probe-max-extra must be >= 0, got {config.probe_max_extra}")
     if config.layers:
@@ -160,7 +168,9 @@ def run(config: EvalSystemPromptConfig, log: Log) -> dict[str, Any]:
     base = None
     if config.methods is None or "base_patchscope" in config.methods:
         base = Reader.base_like(spec, config.target, device=config.device, dtype=dtype)
-    options = dict(n=config.n, seed=config.seed, log=log, methods=config.methods)
+    options = dict(
+        n=config.n, seed=config.seed, log=log, methods=config.methods, answers=config.answers
+    )
     probe = dict(
         probe_data=config.probe_data, probe_max_extra=config.probe_max_extra, item_set=config.set
     )

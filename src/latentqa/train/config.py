@@ -121,7 +121,10 @@ class TrainConfig:
     share_reads: int = 4
     """Put up to this many examples of one dialog next to each other in a batch and
     compute their read once (the decoder prompt up to the last placeholder is shared;
-    loss and gradients are unchanged, see docs/performance.md); 1: every example alone."""
+    loss and gradients are unchanged, see docs/performance.md); with --prompt-order
+    question-first, up to this many examples of a batch that ask the same question (a
+    yes/no pair, one question about several dialogs) compute the question once instead;
+    1: every example alone."""
     steps: int | None = None
     """Optimizer steps; overrides epochs when set."""
     epochs: float = 1.0

@@ -15,7 +15,7 @@ from torch import nn
 
 from latentqa.decoder.inputs import decoder_batch
 from latentqa.decoder.loss import answer_token_loss
-from latentqa.decoder.packing import SharedBatch, shared_decoder_batch
+from latentqa.decoder.packing import SharedBatch, question_shared_batch, shared_decoder_batch
 from latentqa.decoder.projector import Projector
 from latentqa.decoder.prompt import DecoderBatch
 from latentqa.layers import DecoderLayers
@@ -85,11 +85,13 @@ def lit_inputs(
 ) -> tuple[DecoderBatch | SharedBatch, torch.Tensor, int]:
     """The decoder inputs of one micro-batch and its tokens (each example counted whole).
 
-    With ``share`` > 1, examples of one dialog (up to ``share`` of them) read its
-    activations once through a shared prefix; the loss and gradient are the same. In the
-    ``question-first`` order prompts share a prefix only when they ask the same question
-    (see :func:`shared_decoder_batch`); the vectors of a read go in once per tree, so a
-    projector still sees whole reads.
+    With ``share`` > 1, prompts that agree up to their vectors share that prefix (the
+    loss and gradient are the same): in the ``vectors-first`` order, the examples of one
+    dialog (up to ``share`` of them) read its activations once; in the ``question-first``
+    order, examples that ask the same question (a yes/no pair, or one question about
+    several dialogs; up to ``share`` of them) encode it once, each branch then reading its
+    own dialog (:func:`question_shared_batch`). A read's vectors always go in whole, so a
+    projector sees whole reads.
     """
     if share <= 1:
         vectors = source.get([dialog for dialog, _, _ in examples])
@@ -101,6 +103,13 @@ def lit_inputs(
             order=order,
         )
         return batch, flat, int(batch.attention_mask.sum())
+    if order == "question-first":
+        dialogs = list(dict.fromkeys(dialog for dialog, _, _ in examples))
+        index = {dialog: i for i, dialog in enumerate(dialogs)}
+        vectors = source.get(dialogs)
+        triples = [(index[dialog], q, a) for dialog, q, a in examples]
+        batch, flat = question_shared_batch(tokenizer, vectors, triples, max_branches=share)
+        return batch, flat, batch.n_example_tokens
     groups: dict[tuple[int, int], list[tuple[str, str]]] = {}
     seen: dict[int, int] = {}
     for dialog, question, answer in examples:
