@@ -421,6 +421,19 @@ def test_quick_preset_and_options_that_win(fakes, monkeypatch, capsys):
     assert all(values["open_win_rate"] is None for values in result["methods"].values())
 
 
+def test_prompt_answers_run_every_decoder_method(fakes):
+    # The fake knows each dialog's own hidden prompt as its gold answer: read from real
+    # vectors it picks it among the other labels' prompts; the controls cannot.
+    items, _ = build_items(None, RECONSTRUCT_QUESTION, answers="prompts")
+    reader = FakeReader({item.dialog[0]["content"]: item.gold for item in items})
+    methods = ["lit", "lit_shuffled", "no_system_prompt"]
+    result = evaluate_system_prompt(reader, None, None, n=30, methods=methods, answers="prompts")
+    assert result["answers"] == "prompts" and result["question"] == RECONSTRUCT_QUESTION
+    assert result["methods"]["lit"]["mc_accuracy"] == 1.0
+    assert result["methods"]["lit"]["paired_yes_no_accuracy"] == 1.0
+    assert result["methods"]["no_system_prompt"]["yes_no_accuracy"] == 0.5
+
+
 def test_each_condition_is_read_once(fakes):
     reader, base = _fake_reader(), _fake_reader()
     items, train_pairs = build_items(None, n=30)

@@ -274,8 +274,9 @@ def evaluate_system_prompt(
             other labels' prompts); see :func:`build_items`.
 
     Returns:
-        ``{"task": "system-prompt", "n", "question", "seconds", "methods": {method:
-        {measure: value or None, "seconds": wall time}}}`` with the measures of
+        ``{"task": "system-prompt", "set", "n", "question", "answers", "seconds",
+        "methods": {method: {measure: value or None, "seconds": wall time}}}`` with the
+        measures of
         :data:`MEASURES` for ``lit``, ``lit_zeroed``, ``lit_shuffled``,
         ``no_system_prompt``, ``base_patchscope``, ``linear_probe`` and ``black_box``.
         A method's ``seconds`` include the reads and zeroed rows it was the first to
