@@ -141,23 +141,14 @@ def tiny_train_config(workspace: tuple[Path, Path], out: Path, **values) -> Trai
 def tiny_run_reads(cfg: TrainConfig):
     """What a fresh run of ``cfg`` builds before its fitted projector, as the trainer does:
     ``(decoder, tokenizer, data, source)`` with reads of ``cfg.read_layers``, float32."""
-    from latentqa.capture import pad_token_id
     from latentqa.models import load_model
-    from latentqa.train.activations import ActivationSource
+    from latentqa.train.activations import run_reads
     from latentqa.train.prepare import add_lora, prepare_data
 
     model, tokenizer = load_model(cfg.target, device="cpu", dtype="float32")
     decoder = add_lora(model, cfg)
     data = prepare_data(cfg, tokenizer)
-    source = ActivationSource(
-        decoder,
-        data.dialogs,
-        pad_token_id(tokenizer),
-        list(cfg.read_layers),
-        cfg.max_read_tokens,
-        target_context=decoder.disable_adapter,
-        pool=cfg.read_pool,
-    )
+    source = run_reads(decoder, data.dialogs, tokenizer, cfg.read_layers, cfg)
     return decoder, tokenizer, data, source
 
 

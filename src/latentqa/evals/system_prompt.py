@@ -276,8 +276,7 @@ def evaluate_system_prompt(
     Returns:
         ``{"task": "system-prompt", "set", "n", "question", "answers", "seconds",
         "methods": {method: {measure: value or None, "seconds": wall time}}}`` with the
-        measures of
-        :data:`MEASURES` for ``lit``, ``lit_zeroed``, ``lit_shuffled``,
+        measures of :data:`MEASURES` for ``lit``, ``lit_zeroed``, ``lit_shuffled``,
         ``no_system_prompt``, ``base_patchscope``, ``linear_probe`` and ``black_box``.
         A method's ``seconds`` include the reads and zeroed rows it was the first to
         need (``lit`` pays for the real reads, which later methods reuse); the top-level

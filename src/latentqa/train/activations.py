@@ -202,6 +202,29 @@ class ActivationSource:
         self._cache = {int(k): v for k, v in loaded.items()}
 
 
+def run_reads(
+    decoder: nn.Module,
+    dialogs: Sequence[EncodedDialog],
+    tokenizer,
+    read_layers: Sequence[int],
+    config,
+    blocks: DecoderLayers | None = None,
+) -> ActivationSource:
+    """A LIT run's reads: the decoder with its adapter off (the frozen target) reading
+    ``dialogs`` at ``read_layers``, pooled and truncated as ``config`` (a
+    :class:`~latentqa.train.config.TrainConfig`) says."""
+    return ActivationSource(
+        decoder,
+        dialogs,
+        pad_token_id(tokenizer),
+        list(read_layers),
+        config.max_read_tokens,
+        target_context=decoder.disable_adapter,
+        blocks=blocks,
+        pool=config.read_pool,
+    )
+
+
 def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])

@@ -24,14 +24,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from latentqa.capture import pad_token_id
 from latentqa.decoder.folder import pool_width
 from latentqa.decoder.packing import cpu_attention
 from latentqa.decoder.projector import Projector
 from latentqa.layers import check_layer_index, find_decoder_layers, resolve_read_layers
 from latentqa.models import load_model, resolve_device, resolve_dtype
 from latentqa.schedule import example_order, lr_lambda
-from latentqa.train.activations import ActivationSource
+from latentqa.train.activations import ActivationSource, run_reads
 from latentqa.train.checkpoint import TrainerState, projector_state, resume_from, save_checkpoint
 from latentqa.train.config import TrainConfig
 from latentqa.train.evaluate import evaluate_losses
@@ -191,16 +190,7 @@ def _start(config: TrainConfig, *, resume: bool, force: bool, progress: bool) ->
     check_layer_index(config.write_layer, n_layers, "write layer")
     data = prepare_data(config, tokenizer)
     decoder = add_lora(model, config)
-    source = ActivationSource(
-        decoder,
-        data.dialogs,
-        pad_token_id(tokenizer),
-        read_layers,
-        config.max_read_tokens,
-        target_context=decoder.disable_adapter,
-        blocks=blocks,
-        pool=config.read_pool,
-    )
+    source = run_reads(decoder, data.dialogs, tokenizer, read_layers, config, blocks)
     stats = fit_vector_standardizer(source, data, config) if config.standardize else None
     if config.cache_activations:
         cache = Path(config.cache_dir or out / "activation-cache")
