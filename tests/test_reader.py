@@ -225,11 +225,11 @@ def test_evidence_costs_one_scoring_pass_per_condition(reader):
     # The target read (one row), the generation's prompt pass (a row per question) and
     # its one-token decode steps, then one scoring pass per condition, real, zeroed and
     # the reference reads (rows packed: questions that share a read share a row; the
-    # references' rows are one token trie per reference).
+    # references' tries may share their question tokens, so at most one row per reference).
     assert calls[0][0] == 1 and calls[1] == (len(QUESTIONS), calls[1][1])
     full = [shape for shape in calls[2:] if shape[1] > 1]
     assert [rows for rows, _ in full[:2]] == [1, 1]  # real, zeroed: one packed row each
-    assert sum(rows for rows, _ in full[2:]) == REFERENCE_DIALOGS  # a trie per reference
+    assert 1 <= sum(rows for rows, _ in full[2:]) <= REFERENCE_DIALOGS
 
 
 def test_evidence_rows_must_match(reader):

@@ -144,6 +144,31 @@ def test_tries_lay_out_ancestors_and_depths():
     assert capped.n_tokens > batch.n_tokens and capped.n_prompts == 4
 
 
+def test_tries_share_a_question_across_reads_but_never_a_placeholder():
+    # Two reads asked one question (question-first): [5 7 | P0 P1 | 9 (4|6)] per read.
+    def prompt(last: int) -> TriePrompt:
+        return TriePrompt([5, 7, 3, 3, 9, last], [False] * 5 + [True], [-1, -1, 0, 1, -1, -1])
+
+    groups = [[prompt(4), prompt(6)], [prompt(4)]]
+    apart = pack_tries(groups, pad_id=0)
+    shared = pack_tries(groups, pad_id=0, across_groups=True)
+    assert apart.n_prompt_tokens == shared.n_prompt_tokens == 18
+    assert apart.n_tokens == (2 + 2 + 1 + 2) + 6 and shared.n_tokens == 2 + (2 + 1 + 2) + 4
+    assert shared.input_ids.shape[0] == 1
+    start = shared.input_ids.shape[1] - shared.n_tokens
+    groups_at = shared.vector_group[0, start:].tolist()
+    assert sorted(g for g in groups_at if g >= 0) == [0, 0, 1, 1]  # one node per read's slot
+    # The text before the placeholders is one path; each read's branch sees only its own.
+    allowed = shared.allowed[0, start:, start:]
+    for node, group in enumerate(groups_at):
+        if group >= 0:
+            seen = allowed[node].nonzero().flatten().tolist()
+            assert {groups_at[j] for j in seen} <= {-1, group}
+    # Scored tokens keep their prompts' numbers (group order), whatever the trie order.
+    assert sorted(shared.owners.tolist()) == [0, 1, 2]
+    assert sorted(shared.targets.tolist()) == [4, 4, 6]
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_black_box_batched_scores_equal_per_item(arch):
     model, tokenizer = make_pair(arch)

@@ -434,6 +434,38 @@ def test_prompt_answers_run_every_decoder_method(fakes):
     assert result["methods"]["no_system_prompt"]["yes_no_accuracy"] == 0.5
 
 
+def test_no_likelihood_keeps_the_yes_no_measures_and_scores_no_answer_rows(fakes):
+    # --no-likelihood: the yes/no figures of a full run, without a row scoring an option
+    # as the answer (nor the zeroed baseline of one), and no likelihood measure.
+    items, _ = build_items(None, RECONSTRUCT_QUESTION, answers="prompts")
+    golds = {item.dialog[0]["content"]: item.gold for item in items}
+    methods = ["lit", "lit_zeroed", "lit_shuffled"]
+    results, answers = {}, {}
+    for likelihood in (True, False):
+        reader = FakeReader(golds)
+        scored: list[str] = []
+        score_rows = reader.score_rows
+
+        def spy(vectors, questions, rows, *args, score_rows=score_rows, scored=scored, **kw):
+            scored.extend(rows)
+            return score_rows(vectors, questions, rows, *args, **kw)
+
+        reader.score_rows = spy
+        results[likelihood] = evaluate_system_prompt(
+            reader, None, None, n=30, methods=methods, answers="prompts", likelihood=likelihood
+        )["methods"]
+        answers[likelihood] = set(scored)
+    assert answers[False] == {YES, NO} and answers[True] > {YES, NO}
+    for method in methods:
+        full, lean = results[True][method], results[False][method]
+        for measure in ("mc_yes_no_accuracy", "yes_no_accuracy", "paired_yes_no_accuracy"):
+            assert lean[measure] == full[measure]
+        assert lean["mc_accuracy"] is None and lean["mc_accuracy_calibrated"] is None
+    assert results[True]["lit"]["mc_accuracy"] == 1.0
+    assert results[True]["lit"]["read_mark_coverage"] is not None
+    assert results[False]["lit"]["read_mark_coverage"] is None
+
+
 def test_each_condition_is_read_once(fakes):
     reader, base = _fake_reader(), _fake_reader()
     items, train_pairs = build_items(None, n=30)

@@ -16,6 +16,7 @@ import torch
 
 from latentqa.decoder.inputs import decoder_batch
 from latentqa.decoder.loaded import LoadedDecoder
+from latentqa.decoder.lora_gate import lora_scope
 from latentqa.errors import LatentQAError
 from latentqa.generation import generate_batch
 from latentqa.models import unwrap_causal_lm
@@ -85,13 +86,18 @@ def generate_ids(
         batch = batch.to(decoder.device)  # ids and masks [rows, width]; flat [n, d_model]
         width = batch.input_ids.shape[1]
         decoder.check_length(width + max_new_tokens, "the decoder prompt plus max_new_tokens")
-        with patch_activations(
-            causal_lm,
-            decoder.spec.write_layer,
-            batch.placeholder_mask,
-            flat,
-            decoder.spec.mode,
-            blocks=decoder.blocks,
+        with (
+            patch_activations(
+                causal_lm,
+                decoder.spec.write_layer,
+                batch.placeholder_mask,
+                flat,
+                decoder.spec.mode,
+                blocks=decoder.blocks,
+            ),
+            lora_scope(
+                causal_lm, decoder.spec.lora_from, batch.placeholder_mask, batch.attention_mask
+            ),
         ):
             answers += generate_batch(
                 decoder.model,

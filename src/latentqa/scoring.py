@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from latentqa.decoder.loaded import LoadedDecoder
+from latentqa.decoder.lora_gate import lora_scope
 from latentqa.decoder.loss import answer_token_loss
 from latentqa.decoder.packing import shared_decoder_batch
 from latentqa.decoder.prompt import build_decoder_prompt
@@ -233,6 +234,7 @@ def score_rows(
             mode=decoder.spec.mode,
             reduction="none",
             blocks=decoder.blocks,  # write where the read was taken from
+            lora_from=decoder.spec.lora_from,
         )
         # sums: [branches, 2] = per row (summed nll, answer token count), group order
         scores = -sums[:, 0] / sums[:, 1].clamp_min(1) if normalize else -sums[:, 0]
@@ -255,10 +257,10 @@ def score_rows_shared(
 ) -> list[float]:
     """:func:`score_rows`, with every token prefix that rows share computed once.
 
-    Rows given the same vectors object are packed as one token trie
-    (:mod:`latentqa.decoder.trie`): beyond the read that :func:`score_rows` shares, the
-    question and template of an item's options, a yes/no question's ``Yes.`` and
-    ``No.`` rows, and identical rows run once. The scores equal :func:`score_rows`'s up
+    Rows are packed as token tries (:mod:`latentqa.decoder.trie`): beyond the read that
+    :func:`score_rows` shares, the question and template of an item's options, a yes/no
+    question's ``Yes.`` and ``No.`` rows, identical rows, and (for a question-first
+    decoder) a question asked of several reads run once. The scores equal :func:`score_rows`'s up
     to float round-off (tested); an evaluation scoring thousands of short answers
     computes about a third of the tokens.
 
@@ -287,7 +289,10 @@ def score_rows_shared(
     prompts = []
     for read, group in zip(reads, members, strict=True):
         prompts.append([_trie_prompt(decoder, len(read), questions[r], answers[r]) for r in group])
-    batch = pack_tries(prompts, decoder.pad_id, row_tokens, trie_tokens=row_tokens)
+    # Across reads too: a question-first decoder's question is computed once for all reads.
+    batch = pack_tries(
+        prompts, decoder.pad_id, row_tokens, trie_tokens=row_tokens, across_groups=True
+    )
     decoder.check_length(int(batch.position_ids.max()) + 1, "the decoder prompt with its answer")
     causal_lm = unwrap_causal_lm(decoder.model)
     dtype = causal_lm.get_input_embeddings().weight.dtype
@@ -295,13 +300,17 @@ def score_rows_shared(
     def body(rows: slice) -> torch.Tensor:
         mask, flat = batch.slot_vectors(rows, reads)  # [n_rows, seq], [n_slots, d_model]
         inputs = batch.body_inputs(rows, decoder.device, dtype)
-        with patch_activations(
-            causal_lm,
-            decoder.spec.write_layer,
-            mask.to(decoder.device),
-            flat,
-            decoder.spec.mode,
-            blocks=decoder.blocks,  # write where the read was taken from
+        mask = mask.to(decoder.device)
+        with (
+            patch_activations(
+                causal_lm,
+                decoder.spec.write_layer,
+                mask,
+                flat,
+                decoder.spec.mode,
+                blocks=decoder.blocks,  # write where the read was taken from
+            ),
+            lora_scope(causal_lm, decoder.spec.lora_from, mask, inputs["attention_mask"]),
         ):
             return causal_lm.base_model(**inputs, use_cache=False).last_hidden_state
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
+from latentqa.decoder.lora_gate import LORA_FROM
 from latentqa.decoder.projector import PROJECTOR_FILE, PROJECTOR_KINDS
 from latentqa.decoder.prompt import PROMPT_ORDERS
 from latentqa.errors import LatentQAError
@@ -84,6 +85,9 @@ class DecoderSpec:
     prompt_order: str = "vectors-first"
     """Where the placeholders go: before the question (``vectors-first``) or after it
     (``question-first``); see :func:`latentqa.decoder.prompt.build_decoder_prompt`."""
+    lora_from: str = "start"
+    """Where the LoRA acts: on every token (``start``) or only on tokens that see a read
+    (``reads``); see :mod:`latentqa.decoder.lora_gate`."""
     extra: dict = field(default_factory=dict)
     """Training config, data version and final metrics, for reproducibility."""
 
@@ -185,6 +189,7 @@ class DecoderSpec:
             "pool": tuple(POOLS),
             "projector": PROJECTOR_KINDS,
             "prompt_order": PROMPT_ORDERS,
+            "lora_from": LORA_FROM,
         }
         for name, allowed in choices.items():
             if name in data and data[name] not in allowed:
@@ -207,7 +212,7 @@ class DecoderSpec:
             )
 
 
-_LATER_FIELDS = {"projector": "none", "prompt_order": "vectors-first"}
+_LATER_FIELDS = {"projector": "none", "prompt_order": "vectors-first", "lora_from": "start"}
 """Spec fields added after the first decoders shipped, with the value they default to."""
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentqa.capture import position_ids_for
+from latentqa.decoder.lora_gate import lora_scope
 from latentqa.decoder.prompt import DecoderBatch
 from latentqa.layers import DecoderLayers
 from latentqa.models import unwrap_causal_lm
@@ -64,6 +65,7 @@ def answer_token_loss(
     mode: PatchMode,
     reduction: str = "mean",
     blocks: DecoderLayers | None = None,
+    lora_from: str = "start",
 ) -> torch.Tensor:
     """Cross-entropy of the answer tokens with ``vectors`` patched in.
 
@@ -82,6 +84,8 @@ def answer_token_loss(
             and token counts as a ``[n_prompts, 2]`` tensor).
         blocks: The model's decoder blocks, found once by the caller (searched when
             ``None``).
+        lora_from: Where the LoRA acts: ``start`` (every token) or ``reads`` (tokens
+            that see a placeholder; :mod:`latentqa.decoder.lora_gate`).
     """
     causal_lm = unwrap_causal_lm(decoder)
     if isinstance(batch, DecoderBatch):  # one prompt per row
@@ -93,8 +97,11 @@ def answer_token_loss(
         )
     else:
         layout = batch.layout(causal_lm.get_input_embeddings().weight.dtype)
-    with patch_activations(
-        causal_lm, write_layer, batch.placeholder_mask, vectors, mode, blocks=blocks
+    with (
+        patch_activations(
+            causal_lm, write_layer, batch.placeholder_mask, vectors, mode, blocks=blocks
+        ),
+        lora_scope(causal_lm, lora_from, batch.placeholder_mask, layout.attention_mask),
     ):
         hidden = causal_lm.base_model(
             input_ids=batch.input_ids,

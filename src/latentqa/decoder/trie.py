@@ -11,9 +11,11 @@ id is its depth, so its hidden state equals the one it has in each of its prompt
 alone (up to float round-off). The LM head runs only at the nodes that predict a scored
 token, and each such node once, however many prompts score a token after it.
 
-Nodes are keyed by token id *and* placeholder slot (a placeholder token is never merged
-with a text token of the same id), and a trie holds the prompts of one vectors object
-only, so the vector written at a placeholder is the same for every prompt through it.
+Nodes are keyed by token id, placeholder slot and, on a placeholder, the vectors object
+written there: a placeholder is never merged with a text token of the same id nor with
+another read's placeholder, so the vector written at a node is the same for every prompt
+through it. Prompts of different reads share the text before their placeholders (the
+question of a question-first decoder) when packed ``across_groups``.
 """
 
 from __future__ import annotations
@@ -52,37 +54,39 @@ class TriePrompt:
 
 @dataclass
 class _Trie:
-    group: int  # the vectors object (prompt group) the trie belongs to
     tokens: list[int]
     slots: list[int]
+    groups: list[int]  # the vectors object written at a placeholder node; -1 on text
     parents: list[int]  # -1 for a root
     depths: list[int]
-    children: dict[tuple[int, int, int], int]  # (parent, token, slot) -> node
+    children: dict[tuple[int, ...], int]  # (parent, *node key) -> node
 
     @classmethod
-    def empty(cls, group: int) -> _Trie:
-        return cls(group, [], [], [], [], {})
+    def empty(cls) -> _Trie:
+        return cls([], [], [], [], [], {})
 
-    def new_nodes(self, ids: Sequence[int], slots: Sequence[int]) -> int:
-        """How many nodes inserting this prompt would add."""
+    def new_nodes(self, keys: Sequence[tuple[int, int, int]]) -> int:
+        """How many nodes inserting a prompt of these node keys would add."""
         parent = -1
-        for at, key in enumerate(zip(ids, slots, strict=True)):
+        for at, key in enumerate(keys):
             node = self.children.get((parent, *key))
             if node is None:
-                return len(ids) - at
+                return len(keys) - at
             parent = node
         return 0
 
-    def insert(self, ids: Sequence[int], slots: Sequence[int]) -> list[int]:
+    def insert(self, keys: Sequence[tuple[int, int, int]]) -> list[int]:
         """The prompt's node per token, adding the missing ones."""
         path, parent = [], -1
-        for token, slot in zip(ids, slots, strict=True):
-            node = self.children.get((parent, token, slot))
+        for key in keys:
+            node = self.children.get((parent, *key))
             if node is None:
+                token, slot, group = key
                 node = len(self.tokens)
-                self.children[(parent, token, slot)] = node
+                self.children[(parent, *key)] = node
                 self.tokens.append(token)
                 self.slots.append(slot)
+                self.groups.append(group)
                 self.parents.append(parent)
                 self.depths.append(0 if parent < 0 else self.depths[parent] + 1)
             path.append(node)
@@ -97,6 +101,18 @@ class _Trie:
             if parent >= 0:
                 allowed[node] |= allowed[parent]
         return allowed
+
+
+def _node_keys(prompt: TriePrompt, group: int) -> list[tuple[int, int, int]]:
+    """Per token ``(token, slot, group)``: a placeholder is keyed by the vectors written
+    there (its group), a text token by its id alone (group -1)."""
+    ids = list(prompt.ids)
+    slots = [-1] * len(ids) if prompt.slots is None else list(prompt.slots)
+    if not (len(prompt.scored) == len(slots) == len(ids)) or not ids:
+        raise LatentQAError("a prompt needs one scored flag and one slot per token")
+    if prompt.scored[0]:
+        raise LatentQAError("a prompt's first token has nothing to predict it")
+    return [(t, slot, group if slot >= 0 else -1) for t, slot in zip(ids, slots, strict=True)]
 
 
 @dataclass
@@ -148,6 +164,8 @@ def pack_tries(
     pad_id: int,
     row_tokens: int = ROW_TOKENS,
     trie_tokens: int | None = ROW_TOKENS,
+    *,
+    across_groups: bool = False,
 ) -> TrieBatch:
     """Lay out each group's prompts as tries (prompts of one group share vectors).
 
@@ -155,9 +173,12 @@ def pack_tries(
         groups: Prompts per vectors object; prompts are numbered in group order.
         pad_id: Id put on padding.
         row_tokens: Row width to pack tries into (or the longest trie's size).
-        trie_tokens: A group whose trie would outgrow this many nodes starts another
-            trie (a prompt longer than that gets a trie of its own); ``None``: one trie
-            per group.
+        trie_tokens: A trie that would outgrow this many nodes is closed and another
+            started (a prompt longer than that gets a trie of its own); ``None``: no cap.
+        across_groups: Prompts of different groups share the text before their first
+            placeholder too (one trie holds several groups, prompts sorted so that
+            common prefixes meet): a question asked before the vectors is computed once
+            for every read. Otherwise each trie holds one group's prompts, in order.
 
     Returns:
         The batch; ``vector_group`` indexes ``groups``.
@@ -166,33 +187,31 @@ def pack_tries(
         LatentQAError: A prompt that scores its first token, or whose masks do not match
             its ids.
     """
+    numbered = [(group, prompt) for group, prompts in enumerate(groups) for prompt in prompts]
+    keys = [_node_keys(prompt, group) for group, prompt in numbered]
+    order = range(len(numbered))
+    if across_groups:
+        order = sorted(order, key=keys.__getitem__)
     tries: list[_Trie] = []
     scored: list[tuple[int, int, int, int]] = []  # (trie, predicting node, target, prompt)
-    number = 0
-    n_prompt_tokens = 0
-    for group, prompts in enumerate(groups):
-        trie = _Trie.empty(group)
-        for prompt in prompts:
-            ids = list(prompt.ids)
-            slots = [-1] * len(ids) if prompt.slots is None else list(prompt.slots)
-            if not (len(prompt.scored) == len(slots) == len(ids)) or not ids:
-                raise LatentQAError("a prompt needs one scored flag and one slot per token")
-            if prompt.scored[0]:
-                raise LatentQAError("a prompt's first token has nothing to predict it")
-            full = trie_tokens is not None and trie.tokens
-            if full and len(trie.tokens) + trie.new_nodes(ids, slots) > trie_tokens:
-                tries.append(trie)
-                trie = _Trie.empty(group)
-            path = trie.insert(ids, slots)
-            scored += [
-                (len(tries), path[at - 1], ids[at], number)
-                for at, flag in enumerate(prompt.scored)
-                if flag
-            ]
-            number += 1
-            n_prompt_tokens += len(ids)
-        if trie.tokens:
+    trie, last_group = _Trie.empty(), None
+    for number in order:
+        group, prompt = numbered[number]
+        opened = bool(trie.tokens)
+        new_group = opened and not across_groups and group != last_group
+        full = opened and trie_tokens is not None
+        if new_group or (full and len(trie.tokens) + trie.new_nodes(keys[number]) > trie_tokens):
             tries.append(trie)
+            trie = _Trie.empty()
+        path = trie.insert(keys[number])
+        scored += [
+            (len(tries), path[at - 1], token, number)
+            for at, (token, flag) in enumerate(zip(prompt.ids, prompt.scored, strict=True))
+            if flag
+        ]
+        last_group = group
+    if trie.tokens:
+        tries.append(trie)
     if not tries:
         raise LatentQAError("nothing to score: no prompts")
     lengths = [len(t.tokens) for t in tries]
@@ -211,9 +230,8 @@ def pack_tries(
             input_ids[row, span] = torch.tensor(trie.tokens)
             position_ids[row, span] = torch.tensor(trie.depths)
             allowed[row, span, span] = trie.ancestors()
-            slots = torch.tensor(trie.slots)
-            vector_slot[row, span] = slots
-            vector_group[row, span] = torch.where(slots >= 0, trie.group, -1)
+            vector_slot[row, span] = torch.tensor(trie.slots)
+            vector_group[row, span] = torch.tensor(trie.groups)
             where[index] = row * shape[1] + at
             at += lengths[index]
     return TrieBatch(
@@ -225,8 +243,8 @@ def pack_tries(
         torch.tensor([where[t] + node for t, node, _, _ in scored], dtype=torch.long),
         torch.tensor([target for _, _, target, _ in scored], dtype=torch.long),
         torch.tensor([prompt for _, _, _, prompt in scored], dtype=torch.long),
-        number,
-        n_prompt_tokens,
+        len(numbered),
+        sum(len(k) for k in keys),
         sum(lengths),
     )
 

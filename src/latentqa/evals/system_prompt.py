@@ -193,23 +193,31 @@ def _decoder_method(
     seed: int,
     open_answers: bool,
     max_new_tokens: int,
+    likelihood: bool = True,
 ) -> dict[str, float | None]:
-    scored = item_scores(reader, vectors, items, zeroed, name)
-    rng = random.Random(f"calibrated:{seed}:{name}")
-    picks = calibrated_picks(scored.options, scored.baseline, rng)
-    calibrated = sum(p == item.gold_index for p, item in zip(picks, items, strict=True))
+    scored = item_scores(reader, vectors, items, zeroed, name, likelihood=likelihood)
     yes_no, paired = yes_no_accuracy(scored.yes_no, items)
     result = _measures(
-        mc_accuracy=_mc_accuracy(scored.options, items),
-        mc_accuracy_calibrated=calibrated / len(items),
         mc_yes_no_accuracy=_mc_accuracy(scored.option_margins, items),
         yes_no_accuracy=yes_no,
         paired_yes_no_accuracy=paired,
     )
+    if scored.options is None or scored.baseline is None:  # --no-likelihood
+        return _with_open_answers(result, reader, vectors, items, open_answers, max_new_tokens)
+    rng = random.Random(f"calibrated:{seed}:{name}")
+    picks = calibrated_picks(scored.options, scored.baseline, rng)
+    calibrated = sum(p == item.gold_index for p, item in zip(picks, items, strict=True))
+    result["mc_accuracy"] = _mc_accuracy(scored.options, items)
+    result["mc_accuracy_calibrated"] = calibrated / len(items)
     if name == "lit":
         score = lambda rows, desc: score_rows(reader, rows, desc)  # noqa: E731
         found = pick_evidence(score, reader.reference_reads(), scored.options, items)
         result.update(read_marks(*found, items, seed))
+    return _with_open_answers(result, reader, vectors, items, open_answers, max_new_tokens)
+
+
+def _with_open_answers(result, reader, vectors, items, open_answers, max_new_tokens) -> dict:
+    """``result`` with the open answers' win rate, when they are asked for."""
     if open_answers:
         answers = decoder_answers(reader, vectors, items, max_new_tokens)
         result["open_win_rate"] = _open_win_rate(answers, items)
@@ -238,6 +246,7 @@ def evaluate_system_prompt(
     probe_max_extra: int = DEFAULT_MAX_EXTRA,
     item_set: str = "user",
     answers: str = "instructions",
+    likelihood: bool = True,
 ) -> dict:
     """Run every method on the same held-out items; returns the result object.
 
@@ -272,6 +281,10 @@ def evaluate_system_prompt(
         answers: The options: ``instructions`` (each held-out behaviour's answer to the
             question) or ``prompts`` (each dialog's hidden system prompt, verbatim, among
             other labels' prompts); see :func:`build_items`.
+        likelihood: Score each option's likelihood as the decoder's answer; ``False``
+            leaves those rows out of the decoder methods, with ``mc_accuracy``,
+            ``mc_accuracy_calibrated`` and the read marks (for decoders trained on yes/no
+            questions alone, whose answer likelihoods mean nothing).
 
     Returns:
         ``{"task": "system-prompt", "set", "n", "question", "answers", "seconds",
@@ -314,7 +327,7 @@ def evaluate_system_prompt(
             assert who is not None
             cache = zeroed.setdefault(id(who), ZeroedScores(who))
             vectors = reads(DECODER_CONDITIONS[name])
-            args = (seed, open_answers, max_new_tokens)
+            args = (seed, open_answers, max_new_tokens, likelihood)
             results[name] = _decoder_method(name, who, vectors, items, cache, *args)
         elif name == "linear_probe":
             extra = (probe_data, probe_max_extra)

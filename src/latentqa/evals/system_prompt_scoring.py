@@ -90,9 +90,9 @@ class ZeroedScores:
 class ItemScores:
     """A decoder method's scores on the items."""
 
-    options: list[list[float]]
-    """Per item, each option's normalised log-likelihood."""
-    baseline: list[list[float]]
+    options: list[list[float]] | None
+    """Per item, each option's normalised log-likelihood (``None``: not scored)."""
+    baseline: list[list[float]] | None
     """Per item, the same options given zeroed vectors of the method's shape."""
     yes_no: list[float]
     """Per question of :func:`yes_no_questions`, the ``YES`` then the ``NO`` row's score."""
@@ -108,21 +108,23 @@ def item_scores(
     zeroed: ZeroedScores,
     desc: str,
     yes_no: bool = True,
+    likelihood: bool = True,
 ) -> ItemScores:
     """Options, calibration baseline and yes/no rows of every item, in one batched call.
 
     Rows whose vectors are all zero (the baseline, and every row of ``lit_zeroed``)
-    come from, and fill, ``zeroed``; the others are scored here.
+    come from, and fill, ``zeroed``; the others are scored here. ``likelihood=False``
+    leaves out the options' likelihood and baseline rows (``options`` and ``baseline``
+    are then ``None``).
     """
-    options = [
+    pairs = [
         (v, item.question, o) for v, item in zip(vectors, items, strict=True) for o in item.options
     ]
+    options = pairs if likelihood else []
     zero_options = [(zeroed.zeros(v), q, o) for v, q, o in options]
     asked = yes_no_questions(items) if yes_no else []
     yes_no_rows = [(vectors[i], q, answer) for i, q, _ in asked for answer in (YES, NO)]
-    option_rows = [
-        (v, yes_no_question(q, o), answer) for v, q, o in options for answer in (YES, NO)
-    ]
+    option_rows = [(v, yes_no_question(q, o), answer) for v, q, o in pairs for answer in (YES, NO)]
     listed = (*options, *yes_no_rows, *option_rows)
     live = [row for row in listed if row[0].any()]
     dead = zeroed.rows(row for row in (*listed, *zero_options) if not row[0].any())
@@ -135,10 +137,10 @@ def item_scores(
     starts = [sum(width[:i]) for i in range(len(items))]
     baseline = [zeroed(*row) for row in zero_options]
     tail = flat[len(options) + len(yes_no_rows) :]  # YES, NO per option
-    margins = [tail[2 * k] - tail[2 * k + 1] for k in range(len(options))]
+    margins = [tail[2 * k] - tail[2 * k + 1] for k in range(len(pairs))]
     return ItemScores(
-        [flat[s : s + w] for s, w in zip(starts, width, strict=True)],
-        [baseline[s : s + w] for s, w in zip(starts, width, strict=True)],
+        [flat[s : s + w] for s, w in zip(starts, width, strict=True)] if likelihood else None,
+        [baseline[s : s + w] for s, w in zip(starts, width, strict=True)] if likelihood else None,
         flat[len(options) : len(options) + len(yes_no_rows)],
         [margins[s : s + w] for s, w in zip(starts, width, strict=True)],
     )

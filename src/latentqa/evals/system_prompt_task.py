@@ -67,6 +67,11 @@ class EvalSystemPromptConfig:
     a holiday.") or prompts (each dialog's hidden system prompt verbatim among 4 other
     labels' prompts, asked as "What exactly did the hidden instructions say?"; the
     probe then trains on the training dialogs' prompts)"""
+    likelihood: bool = True
+    """score each option's likelihood as the decoder's answer (--no-likelihood leaves those
+    rows out, and with them mc_accuracy, mc_accuracy_calibrated and the read marks: for a
+    decoder trained on yes/no questions alone, whose answer likelihoods mean nothing; the
+    yes/no measures are the same and cost a fraction of the time)"""
     probe_data: list[str] | None = dataclasses.field(default=None, metadata={"metavar": "FOLDER"})
     """extra `system` datasets (LatentQA release layout, e.g. the release's train/ folder)
     whose system prompts the linear_probe also trains on (ridge to their sentence
@@ -175,7 +180,13 @@ def run(config: EvalSystemPromptConfig, log: Log) -> dict[str, Any]:
         probe_data=config.probe_data, probe_max_extra=config.probe_max_extra, item_set=config.set
     )
     result = evaluate_system_prompt(
-        reader, base, config.data, open_answers=config.open, **options, **probe
+        reader,
+        base,
+        config.data,
+        open_answers=config.open,
+        likelihood=config.likelihood,
+        **options,
+        **probe,
     )
     if config.layers:
         result["per_layer"] = _sweep(reader, base, config.data, config.layers, **options)

@@ -79,6 +79,7 @@ def steering_loss(
             write_layer=spec.write_layer,
             mode=spec.mode,
             blocks=steerable.blocks,
+            lora_from=spec.lora_from,
         )
         losses.append(loss)
     stacked = torch.stack(losses)  # [n_groups]

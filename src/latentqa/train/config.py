@@ -95,6 +95,11 @@ class TrainConfig:
     question-first: the question comes first and the placeholders right before the answer
     (examples of one dialog then share their read's prefix only when they ask the same
     question, so --share-reads saves little)."""
+    lora_from: Literal["start", "reads"] = "start"
+    """start: the LoRA acts on every token of the decoder's prompt; reads: only on tokens
+    that see a read (the placeholders and what follows them), so with --prompt-order
+    question-first the question is encoded by the frozen model and the adapter learns to
+    compare the read with it."""
     max_read_tokens: int = 96
     """Keep only the last this-many read positions of each dialog."""
     lora_r: int = 16
@@ -216,6 +221,7 @@ class TrainConfig:
             "projector": ("none", "linear", "mlp"),
             "projector_init": ("fitted", "random"),
             "prompt_order": ("vectors-first", "question-first"),
+            "lora_from": ("start", "reads"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -68,13 +68,15 @@ def evaluate_losses(
     blocks: DecoderLayers | None = None,
     projector: nn.Module | None = None,
     order: str = "vectors-first",
+    lora_from: str = "start",
 ) -> dict[str, float]:
     """Mean answer loss (nats/token) per condition over ``items``, overall and per task.
 
     Keys: ``loss_<condition>`` and, when the items span several tasks,
     ``loss_<condition>_<task>``. With a ``projector`` the reads are projected first, so
     the zeroed condition is zero soft tokens, as a loaded decoder's (see
-    :meth:`latentqa.decoder.loaded.LoadedDecoder.inputs`); ``order`` is the prompt order.
+    :meth:`latentqa.decoder.loaded.LoadedDecoder.inputs`); ``order`` is the prompt order,
+    ``lora_from`` where the LoRA acts (:mod:`latentqa.decoder.lora_gate`).
     """
     was_training = decoder.training
     decoder.eval()
@@ -106,6 +108,7 @@ def evaluate_losses(
                 mode=mode,
                 reduction="none",
                 blocks=blocks,
+                lora_from=lora_from,
             )
             totals[condition, None][0] += float(sums[:, 0].sum())
             totals[condition, None][1] += float(sums[:, 1].sum())

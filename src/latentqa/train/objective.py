@@ -40,6 +40,8 @@ class LITObjective(nn.Module):
         mode: Injection mode.
         blocks: The block list the vectors were read from.
         projector: Maps each read's pooled vectors into the decoder's input embeddings.
+        lora_from: Where the LoRA acts (``start`` or ``reads``, see
+            :mod:`latentqa.decoder.lora_gate`).
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class LITObjective(nn.Module):
         mode: str,
         blocks: DecoderLayers | None = None,
         projector: Projector | None = None,
+        lora_from: str = "start",
     ) -> None:
         super().__init__()
         self.decoder = decoder
@@ -56,6 +59,7 @@ class LITObjective(nn.Module):
         self.mode = mode
         self.blocks = blocks
         self.projector = projector
+        self.lora_from = lora_from
 
     def forward(
         self, batch: DecoderBatch | SharedBatch, vectors: torch.Tensor, projected: bool = False
@@ -69,6 +73,7 @@ class LITObjective(nn.Module):
             write_layer=self.write_layer,
             mode=self.mode,
             blocks=self.blocks,
+            lora_from=self.lora_from,
         )
         if projected and self.projector is not None:
             # DDP expects every parameter in each forward: the projector joins with weight 0.

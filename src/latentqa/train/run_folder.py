@@ -223,6 +223,7 @@ def write_decoder(
         vector_std=stats[1] if stats else None,
         projector=config.projector,
         prompt_order=config.prompt_order,
+        lora_from=config.lora_from,
         hidden_size=hidden,
         n_layers=n_layers,
         extra={

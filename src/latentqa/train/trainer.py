@@ -221,7 +221,9 @@ def _start(config: TrainConfig, *, resume: bool, force: bool, progress: bool) ->
     if config.verbalize_steps:
         embeddings = decoder.get_input_embeddings()
         text_source = TextVectorSource(embeddings, tokenizer, data.fit_texts, n_slots)
-    objective = LITObjective(decoder, config.write_layer, config.mode, blocks, projector)
+    objective = LITObjective(
+        decoder, config.write_layer, config.mode, blocks, projector, config.lora_from
+    )
     objective, optimizer = accelerator.prepare(objective, optimizer)
     if accelerator.is_main_process:
         start_writing(out, resume_step=step if checkpoint is not None else None, force=force)
@@ -321,6 +323,7 @@ def _evaluate(run: _Run) -> dict[str, float]:
         blocks=run.source.blocks,
         projector=run.projector,
         order=run.config.prompt_order,
+        lora_from=run.config.lora_from,
     )
 
 
