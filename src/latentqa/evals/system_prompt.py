@@ -202,22 +202,16 @@ def _decoder_method(
         yes_no_accuracy=yes_no,
         paired_yes_no_accuracy=paired,
     )
-    if scored.options is None or scored.baseline is None:  # --no-likelihood
-        return _with_open_answers(result, reader, vectors, items, open_answers, max_new_tokens)
-    rng = random.Random(f"calibrated:{seed}:{name}")
-    picks = calibrated_picks(scored.options, scored.baseline, rng)
-    calibrated = sum(p == item.gold_index for p, item in zip(picks, items, strict=True))
-    result["mc_accuracy"] = _mc_accuracy(scored.options, items)
-    result["mc_accuracy_calibrated"] = calibrated / len(items)
-    if name == "lit":
-        score = lambda rows, desc: score_rows(reader, rows, desc)  # noqa: E731
-        found = pick_evidence(score, reader.reference_reads(), scored.options, items)
-        result.update(read_marks(*found, items, seed))
-    return _with_open_answers(result, reader, vectors, items, open_answers, max_new_tokens)
-
-
-def _with_open_answers(result, reader, vectors, items, open_answers, max_new_tokens) -> dict:
-    """``result`` with the open answers' win rate, when they are asked for."""
+    if scored.options is not None and scored.baseline is not None:  # not --no-likelihood
+        rng = random.Random(f"calibrated:{seed}:{name}")
+        picks = calibrated_picks(scored.options, scored.baseline, rng)
+        calibrated = sum(p == item.gold_index for p, item in zip(picks, items, strict=True))
+        result["mc_accuracy"] = _mc_accuracy(scored.options, items)
+        result["mc_accuracy_calibrated"] = calibrated / len(items)
+        if name == "lit":
+            score = lambda rows, desc: score_rows(reader, rows, desc)  # noqa: E731
+            found = pick_evidence(score, reader.reference_reads(), scored.options, items)
+            result.update(read_marks(*found, items, seed))
     if open_answers:
         answers = decoder_answers(reader, vectors, items, max_new_tokens)
         result["open_win_rate"] = _open_win_rate(answers, items)

@@ -135,14 +135,17 @@ def item_scores(
     flat = [next(fresh) if row[0].any() else zeroed(*row) for row in listed]
     width = [len(item.options) for item in items]
     starts = [sum(width[:i]) for i in range(len(items))]
-    baseline = [zeroed(*row) for row in zero_options]
+
+    def per_item(scores: list[float]) -> list[list[float]]:  # one list per item's options
+        return [scores[s : s + w] for s, w in zip(starts, width, strict=True)]
+
     tail = flat[len(options) + len(yes_no_rows) :]  # YES, NO per option
     margins = [tail[2 * k] - tail[2 * k + 1] for k in range(len(pairs))]
     return ItemScores(
-        [flat[s : s + w] for s, w in zip(starts, width, strict=True)] if likelihood else None,
-        [baseline[s : s + w] for s, w in zip(starts, width, strict=True)] if likelihood else None,
+        per_item(flat) if likelihood else None,
+        per_item([zeroed(*row) for row in zero_options]) if likelihood else None,
         flat[len(options) : len(options) + len(yes_no_rows)],
-        [margins[s : s + w] for s, w in zip(starts, width, strict=True)],
+        per_item(margins),
     )
 
 
