@@ -78,12 +78,15 @@ def test_derived_qa_from_release_labels():
     assert derived_qa("sqa-eval-o1-scenario-132") == []
 
 
-def test_a_release_prompt_answers_the_evaluation_question_in_its_own_words():
-    prompt = "  Always answer like a pirate.  "
+def test_a_release_prompt_answers_the_evaluation_question_in_the_built_in_form():
+    prompt = "  Please always answer like a pirate. Never break character.  "
     pairs = derived_qa("persona-pirate", prompt)
-    assert (INSTRUCTION_QUESTION, "Always answer like a pirate.") in pairs
+    assert (INSTRUCTION_QUESTION, "It was instructed to always answer like a pirate.") in pairs
     assert INSTRUCTION_QUESTION == QUESTION  # the question eval system-prompt asks
     assert all(q != INSTRUCTION_QUESTION for q, _ in derived_qa("persona-pirate", " "))
+    # A prompt the rules cannot rewrite does not answer it in another style.
+    declared = derived_qa("persona-pirate", "You are a pirate.")
+    assert all(q != INSTRUCTION_QUESTION for q, _ in declared)
 
 
 @settings(max_examples=20, deadline=None)

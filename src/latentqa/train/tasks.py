@@ -31,6 +31,7 @@ from transformers import PreTrainedTokenizerBase
 
 from latentqa.chat import EncodedDialog
 from latentqa.data.format import Behavior
+from latentqa.data.instructed import instructed_answer
 from latentqa.errors import LatentQAError
 from latentqa.questions import (
     CONTEXT_NEXT_QUESTION,
@@ -94,8 +95,11 @@ def derived_qa(label: str, system_prompt: str = "") -> list[tuple[str, str]]:
     The label names the behaviour's category and, in a few words, its content
     ("goal-metacognition-problem-solving"): the kind of instruction, and its keywords.
     A system prompt also answers :data:`INSTRUCTION_QUESTION` (what the assistant was
-    instructed to do) in its own words: the question ``eval system-prompt`` asks, here
-    about thousands of distinct behaviours instead of the built-in split's few hundred.
+    instructed to do), the question ``eval system-prompt`` asks, in the built-in data's
+    form ("It was instructed to act as a pirate."; :func:`instructed_answer`): that
+    question then has thousands of distinct behaviours, not the built-in split's few
+    hundred. A prompt the rules cannot rewrite leaves the question out; its own words
+    answer :data:`RECONSTRUCT_QUESTION` (added by the caller).
     """
     category, _, rest = label.partition("-")
     pairs = []
@@ -104,8 +108,9 @@ def derived_qa(label: str, system_prompt: str = "") -> list[tuple[str, str]]:
     words = rest.replace("-", " ").strip() if category in _KIND_ANSWERS else ""
     if words:
         pairs.append((KEYWORDS_QUESTION, words[:1].upper() + words[1:] + "."))
-    if system_prompt.strip():
-        pairs.append((INSTRUCTION_QUESTION, system_prompt.strip()))
+    instructed = instructed_answer(system_prompt) if system_prompt.strip() else None
+    if instructed:
+        pairs.append((INSTRUCTION_QUESTION, instructed))
     return pairs
 
 
