@@ -35,6 +35,7 @@ from latentqa.data.instructed import MAX_WORDS, instructed_answer
             "Please make sure to self-assess any biases in your advice.",
             "It was instructed to self-assess any biases in its advice.",
         ),
+        ("Always answer like a pirate", "It was instructed to always answer like a pirate."),
     ],
 )
 def test_release_style_prompts_become_instructed_answers(prompt, answer):

@@ -140,7 +140,11 @@ def test_evaluate_returns_every_method(setup, reader):
     result = evaluate_relations(reader, data, max_new_tokens=3)
     assert result["task"] == "relations" and set(result["methods"]) == set(METHODS)
     for values in result["methods"].values():
-        assert set(values) == SUMMARY_KEYS
+        assert set(values) == SUMMARY_KEYS | {"seconds"}
+    # Each method's wall time, and the reads', add up to no more than the whole run's.
+    laps = [values["seconds"] for values in result["methods"].values()]
+    assert min(laps) >= 0 and result["read_seconds"] >= 0
+    assert sum(laps) + result["read_seconds"] <= result["seconds"] + 0.05
     assert 0.0 <= result["methods"]["linear_probe"]["accuracy"] <= 1.0
     assert result["decoder"]["trained_on"] == "relations only"
     assert set(result["per_relation"]) == {"capital", "region", "language", "currency"}

@@ -166,14 +166,16 @@ def make_lora_decoder(arch: str, mode: str, lora_seed: int, **spec_fields):
     return LoadedDecoder.from_model(peft_model, tokenizer, spec)
 
 
-def assert_same_loss_and_gradients(decoder, alone, shared, mode, lora_from="start") -> None:
+def assert_same_loss_and_gradients(
+    decoder, alone, shared, mode, lora_from="start", frozen_once=(None, None)
+) -> None:
     """Per-prompt answer losses and the LoRA gradients of a shared layout equal those of
     the prompts run one per row (``alone``); each is ``(batch, vectors)``; the decoder
-    writes at layer 1."""
+    writes at layer 1. ``frozen_once`` is ``answer_token_loss``'s, for each run."""
     from latentqa.decoder.loss import answer_token_loss
 
     results = []
-    for batch, vectors in (alone, shared):
+    for (batch, vectors), once in zip((alone, shared), frozen_once, strict=True):
         sums = answer_token_loss(
             decoder,
             batch,
@@ -182,6 +184,7 @@ def assert_same_loss_and_gradients(decoder, alone, shared, mode, lora_from="star
             mode=mode,
             reduction="none",
             lora_from=lora_from,
+            frozen_once=once,
         )
         sums[:, 0].sum().backward()
         grads = [p.grad.clone() for p in decoder.parameters() if p.requires_grad]

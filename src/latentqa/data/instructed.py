@@ -83,7 +83,7 @@ def _persona(who: str) -> str:
 
 
 def instructed_answer(system_prompt: str) -> str | None:
-    """ "It was instructed to <verb phrase>." for a second-person system prompt.
+    """The answer "It was instructed to <verb phrase>." for a second-person system prompt.
 
     Args:
         system_prompt: The hidden prompt, e.g. "Please take on the persona of a restless
@@ -95,10 +95,9 @@ def instructed_answer(system_prompt: str) -> str | None:
         (a persona declared with "You are ...", a question, over :data:`MAX_WORDS`
         words).
     """
-    match = _FIRST_SENTENCE.match(system_prompt.strip() + " ")
-    if match is None:
-        return None
-    sentence = match.group(1).strip()
+    text = system_prompt.strip()
+    match = _FIRST_SENTENCE.match(text + " ")
+    sentence = match.group(1).strip() if match else text  # no full stop: one sentence
     if sentence.endswith("?") and not re.match(r"^(?:could|can|would|will) you", sentence, re.I):
         return None
     phrase = sentence.rstrip(".!? ").strip()

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentqa.capture import position_ids_for
+from latentqa.decoder.frozen_prefix import live_body
 from latentqa.decoder.lora_gate import lora_scope
 from latentqa.decoder.prompt import DecoderBatch
 from latentqa.layers import DecoderLayers
@@ -66,6 +67,7 @@ def answer_token_loss(
     reduction: str = "mean",
     blocks: DecoderLayers | None = None,
     lora_from: str = "start",
+    frozen_once: bool | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of the answer tokens with ``vectors`` patched in.
 
@@ -86,6 +88,10 @@ def answer_token_loss(
             ``None``).
         lora_from: Where the LoRA acts: ``start`` (every token) or ``reads`` (tokens
             that see a placeholder; :mod:`latentqa.decoder.lora_gate`).
+        frozen_once: With ``lora_from="reads"``, run the tokens that see no placeholder
+            once without autograd, then the others alone
+            (:mod:`latentqa.decoder.frozen_prefix`); the same loss and gradients.
+            ``None``: whenever gradients are on.
     """
     causal_lm = unwrap_causal_lm(decoder)
     if isinstance(batch, DecoderBatch):  # one prompt per row
@@ -97,6 +103,25 @@ def answer_token_loss(
         )
     else:
         layout = batch.layout(causal_lm.get_input_embeddings().weight.dtype)
+    if frozen_once is None:
+        frozen_once = torch.is_grad_enabled()
+    if lora_from == "reads" and frozen_once and bool(batch.placeholder_mask.any()):
+        hidden, index, valid = live_body(
+            causal_lm,
+            batch.input_ids,
+            layout.attention_mask,
+            layout.position_ids,
+            batch.placeholder_mask,
+            vectors,
+            write_layer=write_layer,
+            mode=mode,
+            blocks=blocks,
+        )  # [rows, width, d_model]: the live tokens only
+        ids = batch.input_ids.gather(1, index)
+        labels = batch.label_mask.gather(1, index) & valid  # every answer token is live
+        return answer_losses(
+            causal_lm, hidden, ids, labels, layout.owners, layout.n_owners, reduction
+        )
     with (
         patch_activations(
             causal_lm, write_layer, batch.placeholder_mask, vectors, mode, blocks=blocks

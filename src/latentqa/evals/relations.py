@@ -25,6 +25,7 @@ or the gold answer inside the prediction).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -233,15 +234,26 @@ def evaluate_relations(
     items = rel.items
     lit_layers = list(reader.spec.read_layers) if layer is None else [layer]
     log(f"relations: {len(items)} items, read layers {lit_layers}")
+    started = clock = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def lap(name: str) -> None:  # a method's seconds: since the previous lap
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name], clock = round(now - clock, 2), now
+
     spans = read_subjects(reader, items, lit_layers, batch_size)  # [n_layers, span, d] each
     vectors = [reader.decoder.inputs(s, lit_layers) for s in spans]
     # Shuffled: another subject's vectors (seeded draw, see latentqa.conditions).
     conditions = activation_conditions(vectors, [i.fact.subject for i in items], seed)
-    answers: dict[str, list[str | None]] = {
-        method: list(lit_answers(reader, conditions[name], items, max_new_tokens, batch_size))
-        for name, method in _LIT_METHODS.items()
-        if method in methods
-    }
+    lap("reads")
+    answers: dict[str, list[str | None]] = {}
+    for name, method in _LIT_METHODS.items():
+        if method in methods:
+            answers[method] = lit_answers(
+                reader, conditions[name], items, max_new_tokens, batch_size
+            )
+            lap(method)
     # The baselines read the first of the decoder's layers: [n_items, span, d] each.
     first = [s[0] for s in spans]
     if "patchscope" in methods:
@@ -249,6 +261,7 @@ def evaluate_relations(
         answers["patchscope"] = list(
             patchscope_answers(reader, last, items, demos, lit_layers[0], 8, batch_size)
         )
+        lap("patchscope")
     if "linear_probe" in methods:
         answers["linear_probe"] = [None] * len(items)
         if rel.train:
@@ -256,6 +269,7 @@ def evaluate_relations(
             pooled = torch.stack([s[0].mean(0) for s in train])
             features = torch.stack([s.mean(0) for s in first])
             answers["linear_probe"] = probe_answers(pooled, rel.train, features, items)
+        lap("linear_probe")
     scores = {name: score(preds, items) for name, preds in answers.items()}
     per_relation: dict[str, dict[str, Any]] = {}
     for name, (_, by_relation) in scores.items():
@@ -274,7 +288,11 @@ def evaluate_relations(
         "heldout_relation": rel.heldout_relation,
         "filter": rel.filter,
         "decoder": _decoder_info(reader),
-        "methods": {name: summary for name, (summary, _) in scores.items()},
+        "seconds": round(time.perf_counter() - started, 2),
+        "read_seconds": seconds["reads"],
+        "methods": {
+            name: {**summary, "seconds": seconds[name]} for name, (summary, _) in scores.items()
+        },
         "per_relation": per_relation,
         "examples": examples,
     }
