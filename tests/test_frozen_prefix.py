@@ -11,7 +11,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny import add_random_lora, assert_same_loss_and_gradients, make_pair
+from tiny import (
+    add_random_lora,
+    assert_same_loss_and_gradients,
+    make_pair,
+    n_forward_hooks,
+    random_reads,
+)
 
 from latentqa.capture import position_ids_for
 from latentqa.decoder.frozen_prefix import allowed_keys, live_body
@@ -28,15 +34,6 @@ QUESTIONS = [
 ]
 
 
-def _reads(hidden_size: int, n: int, seed: int) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(1 + (2 * i) % 3, hidden_size, generator=generator) for i in range(n)]
-
-
-def _n_hooks(model: torch.nn.Module) -> int:
-    return sum(len(m._forward_hooks) for m in model.modules())
-
-
 @settings(max_examples=5, deadline=None)
 @given(
     picks=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), min_size=1, max_size=6),
@@ -51,7 +48,7 @@ def test_frozen_tokens_once_give_the_same_loss_and_gradients(
 ):
     model, tokenizer = make_pair(arch)
     decoder = add_random_lora(model, seed=5)
-    reads = _reads(model.config.hidden_size, 3, seed)
+    reads = random_reads(model.config.hidden_size, 3, seed)
     examples = [(read, *QUESTIONS[q]) for read, q in picks]
     alone = decoder_batch(
         tokenizer,
@@ -60,19 +57,19 @@ def test_frozen_tokens_once_give_the_same_loss_and_gradients(
         [a for _, _, a in examples],
         order=order,
     )
-    hooks = _n_hooks(decoder)
+    hooks = n_forward_hooks(decoder)
     # One ordinary pass against the split one, in rows and (question-first) in trees.
     assert_same_loss_and_gradients(decoder, alone, alone, mode, "reads", (False, True))
     if order == "question-first":
         shared = question_shared_batch(tokenizer, reads, examples, max_branches)
         assert_same_loss_and_gradients(decoder, alone, shared, mode, "reads", (False, True))
-    assert _n_hooks(decoder) == hooks
+    assert n_forward_hooks(decoder) == hooks
 
 
 def test_the_second_pass_computes_only_the_live_tokens():
     model, tokenizer = make_pair("llama")
     decoder = add_random_lora(model, seed=5)
-    reads = _reads(model.config.hidden_size, 2, seed=0)
+    reads = random_reads(model.config.hidden_size, 2, seed=0)
     batch, vectors = decoder_batch(
         tokenizer,
         reads,

@@ -11,7 +11,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny import add_random_lora, assert_same_loss_and_gradients, make_lora_decoder, make_pair
+from tiny import (
+    add_random_lora,
+    assert_same_loss_and_gradients,
+    make_lora_decoder,
+    make_pair,
+    n_forward_hooks,
+    random_reads,
+)
 
 from latentqa import scoring
 from latentqa.answering import generate_ids
@@ -31,15 +38,6 @@ QUESTIONS = [
     ("Is the assistant sarcastic?", "Yes"),
     ("Describe the tone of the assistant.", "Cheerful and casual, with a rhyme."),
 ]
-
-
-def _reads(hidden_size: int, n: int, seed: int) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(1 + (2 * i) % 3, hidden_size, generator=generator) for i in range(n)]
-
-
-def _n_hooks(model: torch.nn.Module) -> int:
-    return sum(len(m._forward_hooks) for m in model.modules())
 
 
 def test_reads_seen_in_rows_and_trees():
@@ -78,7 +76,7 @@ def test_tokens_before_the_read_are_the_frozen_models(arch, mode, seed):
     model, tokenizer = make_pair(arch)
     decoder = add_random_lora(model, seed=5)
     causal_lm = unwrap_causal_lm(decoder)
-    reads = _reads(model.config.hidden_size, 3, seed)
+    reads = random_reads(model.config.hidden_size, 3, seed)
     questions = [q for q, _ in QUESTIONS]
     batch, flat = decoder_batch(tokenizer, reads, questions, order="question-first")
     inputs = dict(
@@ -95,9 +93,9 @@ def test_tokens_before_the_read_are_the_frozen_models(arch, mode, seed):
         ):
             return causal_lm.base_model(**inputs).last_hidden_state
 
-    hooks = _n_hooks(decoder)
+    hooks = n_forward_hooks(decoder)
     gated = hidden(lora_scope(causal_lm, "reads", batch.placeholder_mask, batch.attention_mask))
-    assert _n_hooks(decoder) == hooks
+    assert n_forward_hooks(decoder) == hooks
     full = hidden(lora_scope(causal_lm, "start", batch.placeholder_mask, batch.attention_mask))
     frozen = hidden(decoder.disable_adapter())
     seen = reads_seen(batch.placeholder_mask, batch.attention_mask)
@@ -122,7 +120,7 @@ def test_gated_question_shared_batch_equals_each_prompt_alone(
 ):
     model, tokenizer = make_pair(arch)
     decoder = add_random_lora(model, seed=5)
-    reads = _reads(model.config.hidden_size, 3, seed)
+    reads = random_reads(model.config.hidden_size, 3, seed)
     examples = [(read, *QUESTIONS[q]) for read, q in picks]
     alone = decoder_batch(
         tokenizer,
@@ -147,7 +145,7 @@ def _loaded(arch: str, mode: str, lora_from: str = "reads") -> LoadedDecoder:
 def test_question_first_trie_scores_equal_score_rows(arch, mode, lora_from):
     # Tries share each question across the reads it is asked of (and gate the LoRA).
     decoder = _loaded(arch, mode, lora_from)
-    reads = _reads(decoder.hidden_size, 4, 0)
+    reads = random_reads(decoder.hidden_size, 4, 0)
     rows = []
     for read in reads:
         rows += [(read, QUESTIONS[0][0], answer) for answer in ("A pirate.", "A pirate captain.")]
@@ -162,7 +160,7 @@ def test_question_first_trie_scores_equal_score_rows(arch, mode, lora_from):
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_gated_generation_equals_a_full_forward_per_token(arch):
     decoder = _loaded(arch, "embed")
-    reads = _reads(decoder.hidden_size, 2, 1)
+    reads = random_reads(decoder.hidden_size, 2, 1)
     questions = [QUESTIONS[0][0], QUESTIONS[2][0]]
     generated = generate_ids(decoder, reads, questions, max_new_tokens=4)
     causal_lm = unwrap_causal_lm(decoder.model)
@@ -192,14 +190,14 @@ def test_the_gate_always_removes_its_hooks_and_needs_an_adapter(tiny):
         pass
     decoder = add_random_lora(model, seed=5)
     assert lora_b_modules(decoder)
-    hooks = _n_hooks(decoder)
+    hooks = n_forward_hooks(decoder)
     with (
         pytest.raises(RuntimeError, match="inside"),
         gate_lora(decoder, torch.ones(1, 3, dtype=torch.bool)),
     ):
-        assert _n_hooks(decoder) > hooks
+        assert n_forward_hooks(decoder) > hooks
         raise RuntimeError("inside")
-    assert _n_hooks(decoder) == hooks
+    assert n_forward_hooks(decoder) == hooks
     with pytest.raises(LatentQAError, match="unknown lora_from"):
         lora_scope(decoder, "middle", torch.ones(1, 3), torch.ones(1, 3))
 

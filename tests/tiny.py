@@ -194,3 +194,14 @@ def assert_same_loss_and_gradients(
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     for a, b in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def random_reads(hidden_size: int, n: int, seed: int) -> list[torch.Tensor]:
+    """``n`` seeded random reads of 1 to 3 vectors each, ``[n_i, hidden_size]``."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(1 + (2 * i) % 3, hidden_size, generator=generator) for i in range(n)]
+
+
+def n_forward_hooks(model: torch.nn.Module) -> int:
+    """Forward hooks registered anywhere in ``model`` (a context must leave none)."""
+    return sum(len(m._forward_hooks) for m in model.modules())
