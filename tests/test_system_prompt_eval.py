@@ -85,7 +85,12 @@ class FakeReader:
         self.tokenizer = FakeTokenizer([*self.golds, "no idea"])
         self.model = object()
         self.spec = SimpleNamespace(
-            read_layers=[1], write_layer=0, mode="replace", pool="none", max_read_tokens=96
+            read_layers=[1],
+            write_layer=0,
+            mode="replace",
+            pool="none",
+            max_read_tokens=96,
+            picks_by_yes_no=False,
         )
         self.decoder = SimpleNamespace(inputs=lambda span, layers: span[0])
         self.read_dialogs: list = []
@@ -464,6 +469,24 @@ def test_no_likelihood_keeps_the_yes_no_measures_and_scores_no_answer_rows(fakes
     assert results[True]["lit"]["mc_accuracy"] == 1.0
     assert results[True]["lit"]["read_mark_coverage"] is not None
     assert results[False]["lit"]["read_mark_coverage"] is None
+
+
+def test_a_yes_no_decoder_gets_read_marks_on_its_yes_no_picks(fakes):
+    # A decoder trained on yes/no picks by yes/no margin, with or without likelihood rows:
+    # its marks weigh that margin against the reference reads' (the fake says yes only
+    # to the gold option of a real read, so every pick is right and clears the refs).
+    for likelihood in (True, False):
+        reader = _fake_reader()
+        reader.spec.picks_by_yes_no = True
+        lit = evaluate_system_prompt(
+            reader, None, None, n=30, methods=["lit"], likelihood=likelihood
+        )
+        lit = lit["methods"]["lit"]
+        assert lit["mc_yes_no_accuracy"] == 1.0
+        assert lit["read_mark_precision"] == 1.0 and lit["read_mark_coverage"] == 1.0
+    # Likelihood picks need likelihood rows: without them a likelihood decoder has no marks.
+    plain = evaluate_system_prompt(_fake_reader(), None, None, n=30, methods=["lit"])
+    assert plain["methods"]["lit"]["read_mark_coverage"] is not None
 
 
 def test_each_condition_is_read_once(fakes):

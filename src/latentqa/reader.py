@@ -380,4 +380,5 @@ class Reader(DecoderHolder):
     score_rows = decoder_method(scoring.score_rows)
     score_rows_shared = decoder_method(scoring.score_rows_shared)
     score_vectors = decoder_method(scoring.score_vectors)
+    yes_no_margins = decoder_method(scoring.yes_no_margins)
     evidence_vectors = decoder_method(scoring.evidence_rows)

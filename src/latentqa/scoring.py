@@ -23,7 +23,7 @@ from latentqa.decoder.trie import BATCH_TOKENS, ROW_TOKENS, TriePrompt, pack_tri
 from latentqa.errors import LatentQAError
 from latentqa.models import unwrap_causal_lm
 from latentqa.patch import patch_activations
-from latentqa.questions import check_questions
+from latentqa.questions import NO, YES, check_questions, yes_no_question
 
 EVIDENCE_THRESHOLD = 0.1
 """Evidence, in nats per answer token, above which an answer counts as *read*, for a
@@ -351,3 +351,23 @@ def score_vectors(
     answers = check_answers(answers)
     n = len(answers)  # all candidates in one decoder pass
     return score_rows(decoder, [vectors] * n, [question] * n, answers, normalize, batch_size=n)
+
+
+def yes_no_margins(
+    decoder: LoadedDecoder, vectors: torch.Tensor, question: str, candidates: Sequence[str]
+) -> list[float]:
+    """Per candidate, ``log P(Yes.) - log P(No.)`` when the decoder is asked whether it
+    answers ``question`` about ``vectors`` (:func:`~latentqa.questions.yes_no_question`).
+
+    A decoder trained on yes/no pairs (50/50) has its margins calibrated across
+    candidates, so the largest margin is its pick; all rows run in one shared pass.
+
+    Raises:
+        LatentQAError: An empty question, no candidates, or bad vectors.
+    """
+    (question,) = check_questions([question])
+    candidates = check_answers(candidates)
+    asked = [yes_no_question(question, c) for c in candidates for _ in (YES, NO)]
+    answers = [YES, NO] * len(candidates)
+    flat = score_rows_shared(decoder, [vectors] * len(asked), asked, answers, True)
+    return [flat[2 * k] - flat[2 * k + 1] for k in range(len(candidates))]

@@ -98,6 +98,16 @@ class DecoderSpec:
         return config if isinstance(config, dict) else {}
 
     @property
+    def picks_by_yes_no(self) -> bool:
+        """Whether the decoder was trained on yes/no questions (``yes_no`` in its
+        ``--task-mix``): it then picks among options by each option's yes/no margin, which
+        the 50/50 training calibrates, instead of by the options' likelihood."""
+        mix = self.train_config.get("task_mix")
+        if not isinstance(mix, str):
+            return False
+        return any(part.split("=")[0].strip() == "yes_no" for part in mix.split(","))
+
+    @property
     def layers_path(self) -> str | None:
         """The block-list override the decoder was trained with (``None``: found by search)."""
         return self.train_config.get("layers_path")

@@ -100,6 +100,11 @@ class TrainConfig:
     that see a read (the placeholders and what follows them), so with --prompt-order
     question-first the question is encoded by the frozen model and the adapter learns to
     compare the read with it."""
+    init_from: str | None = None
+    """A decoder folder written by `latentqa train` whose adapter and projector start this
+    run (a second phase, e.g. new questions or candidates for a decoder that reads); its
+    read options must equal this run's, and its standardization statistics are kept. The
+    optimizer and schedule start afresh (--resume continues the same run instead)."""
     max_read_tokens: int = 96
     """Keep only the last this-many read positions of each dialog."""
     lora_r: int = 16
@@ -244,6 +249,8 @@ class TrainConfig:
                 raise LatentQAError(f"{what}: set --kinds to any of {', '.join(KINDS)}")
         if self.read_layers is not None and not self.read_layers:
             raise LatentQAError("read_layers must name at least one layer")
+        if self.init_from is not None and not str(self.init_from).strip():
+            raise LatentQAError("init_from must name a decoder folder (or leave it unset)")
         if self.task_questions is not None and not (
             self.task_questions
             and all(isinstance(q, str) and q.strip() for q in self.task_questions)

@@ -41,6 +41,10 @@ def preflight_train(config: TrainConfig, *, resume: bool = False) -> None:
         raise LatentQAError(
             f"--resume: no checkpoint in {checkpoints}; run without --resume to start afresh"
         )
+    if config.init_from is not None and not resume:
+        from latentqa.decoder.folder import open_decoder_folder
+
+        open_decoder_folder(config.target, config.init_from)  # a decoder, or a clear error
     train_folder, eval_folder = data_folders(config)
     load_latentqa(train_folder, config.kinds)
     for folder in config.extra_data or []:

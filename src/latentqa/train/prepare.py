@@ -64,6 +64,7 @@ _LATER_KEYS = (
     "projector_fit_dialogs",
     "prompt_order",
     "lora_from",
+    "init_from",
 )
 """Options added later that also make a checkpoint meaningless: keyed only when set, so
 runs from before them keep their fingerprint."""

@@ -34,6 +34,7 @@ from latentqa.train.activations import ActivationSource, run_reads
 from latentqa.train.checkpoint import TrainerState, projector_state, resume_from, save_checkpoint
 from latentqa.train.config import TrainConfig
 from latentqa.train.evaluate import evaluate_losses
+from latentqa.train.init_from import init_from_decoder
 from latentqa.train.objective import LITObjective, lit_inputs
 from latentqa.train.plots import plot_losses
 from latentqa.train.preflight import preflight_train
@@ -203,9 +204,12 @@ def _start(config: TrainConfig, *, resume: bool, force: bool, progress: bool) ->
     lora = [p for p in decoder.parameters() if p.requires_grad]
     n_slots = len(read_layers) * pool_width(config.read_pool)
     # A resumed run takes the projector's weights from its checkpoint: no fit needed.
+    fresh = checkpoint is None and config.init_from is None
     projector = build_projector(
-        config, decoder, tokenizer, source, data, n_slots=n_slots, fit=checkpoint is None
+        config, decoder, tokenizer, source, data, n_slots=n_slots, fit=fresh
     )
+    if checkpoint is None and config.init_from is not None:
+        stats = init_from_decoder(config.init_from, config, decoder, projector, source, read_layers)
     if projector is None:  # one group, as runs before the projector had it
         optimizer = torch.optim.AdamW(lora, lr=config.lr, weight_decay=config.weight_decay)
     else:

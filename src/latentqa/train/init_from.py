@@ -1,0 +1,109 @@
+"""Start a run from a trained decoder (``--init-from``): a second phase on other data.
+
+A decoder that already reads (its adapter and projector) is a better start for new
+questions or candidates than fresh LoRA weights and a fitted projector: the second
+phase only has to learn what is new. The run keeps the first decoder's read spec, so
+everything that decides what a read vector *is* must match: target, read layers,
+pooling, projector kind, injection and the LoRA's shape. Its standardization statistics
+are taken over as well, since the projector was trained on vectors standardized by them.
+
+Only the weights are taken: the optimizer, schedule and step count start afresh (that
+is ``--resume``'s job, for the same run).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from latentqa.decoder.folder import DecoderSpec, first_line, open_decoder_folder
+from latentqa.decoder.projector import Projector
+from latentqa.errors import LatentQAError
+from latentqa.train.activations import ActivationSource
+from latentqa.train.config import TrainConfig
+
+
+def check_fits(spec: DecoderSpec, config: TrainConfig, read_layers: list[int]) -> None:
+    """Every option that shapes a read or the adapter equals the first decoder's.
+
+    Raises:
+        LatentQAError: Names each option that differs, with both values.
+    """
+    first = spec.train_config
+    pairs = {
+        "read_layers": (spec.read_layers, read_layers),
+        "read_pool": (spec.pool, config.read_pool),
+        "projector": (spec.projector, config.projector),
+        "mode": (spec.mode, config.mode),
+        "write_layer": (spec.write_layer, config.write_layer),
+        "prompt_order": (spec.prompt_order, config.prompt_order),
+        "lora_from": (spec.lora_from, config.lora_from),
+        "standardize": (spec.vector_mean is not None, config.standardize),
+    }
+    for name in ("lora_r", "lora_alpha", "lora_targets", "lora_layers", "max_read_tokens"):
+        if name in first:
+            pairs[name] = (first[name], getattr(config, name))
+    differ = [f"{k} {a!r} vs {b!r}" for k, (a, b) in pairs.items() if a != b]
+    if differ:
+        raise LatentQAError(
+            "--init-from: the decoder was trained with other options than this run ("
+            + "; ".join(differ)
+            + "): pass the same ones"
+        )
+
+
+def init_from_decoder(
+    folder: str | Path,
+    config: TrainConfig,
+    decoder: nn.Module,
+    projector: Projector | None,
+    source: ActivationSource,
+    read_layers: list[int],
+) -> tuple[list[float], list[float]] | None:
+    """Load a trained decoder's adapter (and projector) into this run's fresh ones.
+
+    Args:
+        folder: A folder written by ``latentqa train`` (or ``shipped:NAME``).
+        config: This run's options (checked against the decoder's, see :func:`check_fits`).
+        decoder: This run's peft model; its adapter's weights are replaced.
+        projector: This run's projector (``None`` without one); its weights are replaced.
+        source: The run's reads; they are standardized with the decoder's statistics.
+        read_layers: The run's resolved read layers.
+
+    Returns:
+        The standardization mean and std now in force (``None`` without ``--standardize``).
+
+    Raises:
+        LatentQAError: The folder is not a decoder, was trained on another target or
+            with other read options, or its weights do not fit.
+    """
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path, spec = open_decoder_folder(config.target, str(folder))
+    if spec.target != config.target:
+        raise LatentQAError(
+            f"--init-from: {path} reads {spec.target!r}, this run trains on "
+            f"{config.target!r}: pass a decoder of the same target"
+        )
+    check_fits(spec, config, read_layers)
+    try:
+        adapter = load_file(str(path / "adapter_model.safetensors"))
+        weight = next(p for p in decoder.parameters() if p.requires_grad)
+        adapter = {k: v.to(weight.dtype) for k, v in adapter.items()}
+        result = set_peft_model_state_dict(decoder, adapter)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(f"{len(unexpected)} tensors fit no LoRA layer: {unexpected[0]}")
+        if projector is not None:
+            loaded = Projector.load(path)
+            projector.load_state_dict(loaded.state_dict())  # strict: every tensor and shape
+    except (RuntimeError, ValueError, KeyError, OSError) as error:
+        raise LatentQAError(
+            f"--init-from: the weights in {path} do not fit this run ({first_line(error)})"
+        ) from None
+    if spec.vector_mean is None or spec.vector_std is None:
+        return None
+    source.standardize(spec.vector_mean, spec.vector_std)
+    return list(spec.vector_mean), list(spec.vector_std)
