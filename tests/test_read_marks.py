@@ -22,6 +22,7 @@ from latentqa.evals.system_prompt_marks import (
     MIN_MARKED,
     TARGET_PRECISION,
     choose_threshold,
+    margin_gaps,
     pick_evidence,
     read_marks,
 )
@@ -132,3 +133,18 @@ def test_set_b_appends_the_shipped_reply_to_every_held_out_dialog():
         assert (b_item.gold, b_item.options) == (a_item.gold, a_item.options)
     with pytest.raises(LatentQAError, match="no reply"):
         with_replies(items, {reply_key(items[0].dialog): "ok"})
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.floats(-9, 9, allow_nan=False, width=32), min_size=2, max_size=6),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_a_margin_gap_is_the_picks_lead_over_the_runner_up(rows):
+    picks, gaps = margin_gaps(rows)
+    for row, pick, gap in zip(rows, picks, gaps, strict=True):
+        assert row[pick] == max(row)
+        assert gap == row[pick] - sorted(row)[-2] and gap >= 0

@@ -473,8 +473,8 @@ def test_no_likelihood_keeps_the_yes_no_measures_and_scores_no_answer_rows(fakes
 
 def test_a_yes_no_decoder_gets_read_marks_on_its_yes_no_picks(fakes):
     # A decoder trained on yes/no picks by yes/no margin, with or without likelihood rows:
-    # its marks weigh that margin against the reference reads' (the fake says yes only
-    # to the gold option of a real read, so every pick is right and clears the refs).
+    # its evidence is the pick's margin over the runner-up's (the fake says yes only to
+    # the gold option of a real read, so every pick is right and clearly preferred).
     for likelihood in (True, False):
         reader = _fake_reader()
         reader.spec.picks_by_yes_no = True

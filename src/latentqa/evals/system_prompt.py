@@ -88,7 +88,7 @@ from latentqa.evals.system_prompt_items import (
     with_replies,
     yes_no_questions,
 )
-from latentqa.evals.system_prompt_marks import pick_evidence, read_marks
+from latentqa.evals.system_prompt_marks import margin_gaps, pick_evidence, read_marks
 from latentqa.evals.system_prompt_probe import (
     DEFAULT_MAX_EXTRA,
     extra_folders,
@@ -104,7 +104,6 @@ from latentqa.evals.system_prompt_scoring import (
     item_scores,
     score_rows,
     yes_no_accuracy,
-    yes_no_margin_scorer,
 )
 from latentqa.questions import RECONSTRUCT_QUESTION
 from latentqa.reader import Reader
@@ -209,14 +208,11 @@ def _decoder_method(
         calibrated = sum(p == item.gold_index for p, item in zip(picks, items, strict=True))
         result["mc_accuracy"] = _mc_accuracy(scored.options, items)
         result["mc_accuracy_calibrated"] = calibrated / len(items)
-    if name == "lit" and (reader.spec.picks_by_yes_no or scored.options is not None):
-        # Marks on the pick the decoder makes: by yes/no margin if trained on yes/no.
-        if reader.spec.picks_by_yes_no:
-            score, picked_by = yes_no_margin_scorer(reader), scored.option_margins
-        else:
-            score = lambda rows, desc: score_rows(reader, rows, desc)  # noqa: E731
-            picked_by = scored.options
-        found = pick_evidence(score, reader.reference_reads(), picked_by, items)
+    if name == "lit" and reader.spec.picks_by_yes_no:  # marks on the pick it makes
+        result.update(read_marks(*margin_gaps(scored.option_margins), items, seed))
+    elif name == "lit" and scored.options is not None:
+        score = lambda rows, desc: score_rows(reader, rows, desc)  # noqa: E731
+        found = pick_evidence(score, reader.reference_reads(), scored.options, items)
         result.update(read_marks(*found, items, seed))
     if open_answers:
         answers = decoder_answers(reader, vectors, items, max_new_tokens)

@@ -57,6 +57,21 @@ def pick_evidence(
     return picks, evidence
 
 
+def margin_gaps(margins: Sequence[Sequence[float]]) -> tuple[list[int], list[float]]:
+    """Each item's pick (largest yes/no margin) and its evidence: the pick's margin minus
+    the largest margin among the other options.
+
+    Args:
+        margins: Per item, each option's yes/no margin (at least two options).
+    """
+    picks = [max(range(len(row)), key=row.__getitem__) for row in margins]
+    gaps = [
+        row[p] - max(m for j, m in enumerate(row) if j != p)
+        for row, p in zip(margins, picks, strict=True)
+    ]
+    return picks, gaps
+
+
 def choose_threshold(evidence: Sequence[float], right: Sequence[bool]) -> float:
     """The smallest threshold whose marks (evidence above it) are right at least
     :data:`TARGET_PRECISION` of the time, marking at least :data:`MIN_MARKED` items;

@@ -11,7 +11,7 @@ each such row once per run and gives rows of one shape one zeros object (one tri
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,19 +41,6 @@ def score_rows(reader: Reader, rows: Sequence[Row], desc: str) -> list[float]:
     return reader.score_rows_shared(
         list(vectors), list(questions), list(answers), True, progress=_progress(desc)
     )
-
-
-def yes_no_margin_scorer(reader: Reader) -> Callable[[Sequence[Row], str], list[float]]:
-    """A scorer of (vectors, question, answer) rows that gives each row the decoder's
-    yes/no margin for ``answer`` (as :attr:`ItemScores.option_margins` does), for read
-    marks on a yes/no decoder's picks."""
-
-    def score(rows: Sequence[Row], desc: str) -> list[float]:
-        asked = [(v, yes_no_question(q, a), said) for v, q, a in rows for said in (YES, NO)]
-        flat = score_rows(reader, asked, desc)
-        return [flat[2 * k] - flat[2 * k + 1] for k in range(len(rows))]
-
-    return score
 
 
 class ZeroedScores:
