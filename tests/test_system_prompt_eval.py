@@ -19,6 +19,7 @@ from lit_fixtures import MORE_PERSONAS, write_tiny_data, write_tiny_model
 
 import latentqa.evals.system_prompt as sp
 from latentqa.errors import LatentQAError
+from latentqa.evals.all import headline_table
 from latentqa.evals.report import markdown_table
 from latentqa.evals.system_prompt import (
     CHANCE,
@@ -478,15 +479,21 @@ def test_a_yes_no_decoder_gets_read_marks_on_its_yes_no_picks(fakes):
     for likelihood in (True, False):
         reader = _fake_reader()
         reader.spec.picks_by_yes_no = True
-        lit = evaluate_system_prompt(
+        found = evaluate_system_prompt(
             reader, None, None, n=30, methods=["lit"], likelihood=likelihood
         )
-        lit = lit["methods"]["lit"]
+        assert found["headline"] == "mc_yes_no_accuracy"  # its pick, in report and eval all
+        assert "the decoder's pick: mc_yes_no_accuracy" in markdown_table(found)
+        assert headline_table({"tasks": {"system-prompt": found}})[-1].startswith(
+            "| system-prompt (n = 30) | mc_yes_no_accuracy | **1.000**"
+        )
+        lit = found["methods"]["lit"]
         assert lit["mc_yes_no_accuracy"] == 1.0
         assert lit["read_mark_precision"] == 1.0 and lit["read_mark_coverage"] == 1.0
-    # Likelihood picks need likelihood rows: without them a likelihood decoder has no marks.
+    # Any other decoder picks by likelihood, and its marks weigh that against the refs.
     plain = evaluate_system_prompt(_fake_reader(), None, None, n=30, methods=["lit"])
     assert plain["methods"]["lit"]["read_mark_coverage"] is not None
+    assert plain["headline"] == "mc_accuracy"
 
 
 def test_each_condition_is_read_once(fakes):

@@ -133,7 +133,8 @@ def headline_table(suite: Mapping[str, Any]) -> list[str]:
     rows = []
     for task, result in suite["tasks"].items():
         evaluation = find_evaluation(task)
-        measure = evaluation.headline if evaluation else None
+        # A result may name its own headline (e.g. a yes/no decoder's MC by yes/no).
+        measure = result.get("headline") or (evaluation.headline if evaluation else None)
         methods = result.get("methods", {})
         if measure is None or measure not in methods.get("lit", {}):
             continue

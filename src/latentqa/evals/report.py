@@ -37,7 +37,8 @@ def markdown_table(result: Mapping, chance: Mapping[str, float] | None = None) -
         metrics += [m for m in values if m not in metrics]
     metrics.sort(key=lambda m: m == SECONDS)  # stable: the measures keep their order
     lines = [
-        f"**{result['task']}**{_set_name(result)} (n = {result.get('n', '?')})",
+        f"**{result['task']}**{_set_name(result)} (n = {result.get('n', '?')})"
+        + (f"; the decoder's pick: {result['headline']}" if result.get("headline") else ""),
         "",
         "| method | " + " | ".join(metrics) + " |",
         "|---|" + "---|" * len(metrics),

@@ -340,6 +340,8 @@ def evaluate_system_prompt(
         "n": len(items),
         "question": question,
         "answers": answers,
+        # The decoder's own multiple-choice pick: by yes/no margin if trained on yes/no.
+        "headline": "mc_yes_no_accuracy" if reader.spec.picks_by_yes_no else "mc_accuracy",
         "seconds": round(time.perf_counter() - started, 2),
         "methods": results,
     }
