@@ -1,0 +1,51 @@
+"""The shipped default decoder: a small, complete folder that reads as it was trained to,
+and (slow) picks hidden behaviours from the target's activations, not from the question."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from slow_marks import needs_embedded
+
+from latentqa.decoder.folder import open_decoder_folder
+from latentqa.decoder.projector import PROJECTOR_FILE, Projector
+from latentqa.models import EMBEDDED_MODEL
+
+
+def test_folder_is_small_complete_and_reads_pooled_layers():
+    folder, spec = open_decoder_folder(EMBEDDED_MODEL, None)
+    weights = folder / "adapter_model.safetensors", folder / PROJECTOR_FILE
+    assert sum(path.stat().st_size for path in weights) <= 25 * 10**6  # issue #23's bound
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == (
+        EMBEDDED_MODEL
+    )
+    assert (folder / "TRAINING.md").read_text().startswith("# The shipped decoder")
+    assert (spec.read_layers, spec.pool, spec.projector) == ([8, 15, 22], "mean", "linear")
+    assert spec.prompt_order == "question-first" and spec.picks_by_yes_no
+    assert spec.vector_mean is not None and len(spec.vector_mean) == spec.hidden_size
+    projector = Projector.load(folder)
+    assert projector.n_slots == spec.n_slots == 3
+    assert torch.isfinite(projector.weight).all()
+
+
+@pytest.mark.slow
+@needs_embedded
+def test_its_picks_follow_the_read_and_not_the_question():
+    from latentqa.cli.demo import DEMO, QUESTIONS, pick_scores
+    from latentqa.reader import Reader
+
+    reader = Reader.load(EMBEDDED_MODEL, device="cpu")
+    dialogs = [[{"role": "system", "content": d["system"]}, {"role": "user", "content": d["user"]}]
+               for d in DEMO]  # fmt: skip
+    options = [d["instructed"] for d in DEMO]
+    scores = pick_scores(reader, dialogs, options)
+    picks = [max(range(len(options)), key=row.__getitem__) for row in scores]
+    # Measured: 2 of the demo's 4 held-out behaviours (chance 1; docs/decoder-experiments.md).
+    assert sum(p == i for i, p in enumerate(picks)) >= 2, picks
+    # Without its system prompt the same user turn gives other margins: the read decides.
+    bare = [[d[1]] for d in dialogs]
+    assert pick_scores(reader, bare, options) != scores
+    question = QUESTIONS[0]
+    assert reader.yes_no_margins(torch.zeros(3, 576), question, options) != scores[0]
