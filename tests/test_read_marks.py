@@ -26,7 +26,12 @@ from latentqa.evals.system_prompt_marks import (
     pick_evidence,
     read_marks,
 )
-from latentqa.evals.system_prompt_probe import extra_pairs, span_features
+from latentqa.evals.system_prompt_probe import (
+    cached_features,
+    extra_pairs,
+    probe_features,
+    span_features,
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -148,3 +153,28 @@ def test_a_margin_gap_is_the_picks_lead_over_the_runner_up(rows):
     for row, pick, gap in zip(rows, picks, gaps, strict=True):
         assert row[pick] == max(row)
         assert gap == row[pick] - sorted(row)[-2] and gap >= 0
+
+
+def test_probe_features_are_read_once_and_found_again(tmp_path):
+    calls: list[int] = []
+
+    def read_spans(dialogs):
+        calls.append(len(dialogs))
+        return [torch.full((2, 3, 4), float(len(d[0]["content"]))) for d in dialogs]
+
+    dialogs = [[{"role": "user", "content": "hi" * k}] for k in range(1, 4)]
+    first = cached_features(read_spans, dialogs, "tag", tmp_path)
+    assert calls == [3] and first.shape == (3, 8)
+    again = cached_features(read_spans, dialogs, "tag", tmp_path)
+    assert calls == [3] and torch.equal(again, first)  # from disk, bit for bit
+    assert [p.suffix for p in tmp_path.iterdir()] == [".safetensors"]  # no partial file
+    cached_features(read_spans, dialogs, "other weights", tmp_path)
+    cached_features(read_spans, dialogs[:2], "tag", tmp_path)
+    assert calls == [3, 3, 2]  # another key or other dialogs: read afresh
+    assert torch.equal(cached_features(read_spans, dialogs, "tag", None), first)
+    assert calls == [3, 3, 2, 3]  # no folder: never cached
+    # Without a target name the probe never caches; the items' features key it otherwise.
+    spans = read_spans(dialogs)
+    unnamed = probe_features("", [1, 2], read_spans, spans)
+    unnamed(dialogs)
+    assert calls[-1] == 3 and len(calls) == 6

@@ -359,6 +359,7 @@ def test_every_method_on_a_tiny_model(tmp_path, monkeypatch):
         return real_picks(scores, baseline, rng)
 
     monkeypatch.setattr(sp, "calibrated_picks", spy)
+    monkeypatch.setattr("latentqa.gguf_cache.cache_root", lambda: tmp_path / "cache")
     model = write_tiny_model(tmp_path / "model")
     data = write_tiny_data(tmp_path / "data", HELDOUT, MORE_PERSONAS)
     reader = Reader.base(str(model), read_layers=[1], device="cpu")
@@ -378,6 +379,14 @@ def test_every_method_on_a_tiny_model(tmp_path, monkeypatch):
     lit, zeroed = calls[0], calls[1]
     assert zeroed[0] == zeroed[1] == lit[1] and lit[0] != lit[1]
     json.dumps(result)
+    # The probe's training reads are kept for the next run, and the next run agrees.
+    (kept,) = (tmp_path / "cache" / "probe-features").iterdir()
+    again = evaluate_system_prompt(
+        reader, None, data, question=PERSONA_QUESTION, n=6, methods=["linear_probe"]
+    )
+    probe = {k: v for k, v in result["methods"]["linear_probe"].items() if k != "seconds"}
+    assert {k: v for k, v in again["methods"]["linear_probe"].items() if k != "seconds"} == probe
+    assert list((tmp_path / "cache" / "probe-features").iterdir()) == [kept]
 
 
 def test_eval_all_reports_the_new_measures(fakes, monkeypatch, tmp_path):

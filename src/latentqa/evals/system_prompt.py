@@ -93,6 +93,7 @@ from latentqa.evals.system_prompt_probe import (
     DEFAULT_MAX_EXTRA,
     extra_folders,
     extra_pairs,
+    probe_features,
     run_probe,
 )
 from latentqa.evals.system_prompt_scoring import (
@@ -352,7 +353,9 @@ def _probe(reader, train_pairs, reads, items, seed, log, probe_data, max_extra) 
     reads("real")  # the items' raw spans
     folders = extra_folders(reader, probe_data, log)
     extra = extra_pairs(folders, [i.label for i in items], max_extra, seed) if folders else []
-    found = run_probe(reads.raw, reads.spans, items, train_pairs, extra, seed, log)
+    target = getattr(reader, "target_name", "")
+    features_of = probe_features(target, reads.layers, reads.raw, reads.spans)
+    found = run_probe(features_of, reads.spans, items, train_pairs, extra, seed, log)
     return _measures(**found)
 
 

@@ -77,8 +77,66 @@ WIDE_LAMBDAS = (1.0, 10.0, 100.0, 1000.0, 3000.0, 10000.0)
 """Ridge penalties tried: a few thousand features want more than the default range."""
 
 
-def run_probe(
+def cached_features(
     read_spans: Callable[[list[Dialog]], list[torch.Tensor]],
+    dialogs: list[Dialog],
+    tag: str,
+    folder: Path | None,
+) -> torch.Tensor:
+    """:func:`span_features` of ``dialogs``, kept in ``folder`` between runs.
+
+    The probe's training dialogs are thousands of frozen-target reads that no decoder
+    changes, so an evaluation that is run again (another decoder, another option) finds
+    them on disk. The file's name hashes ``tag`` and the dialogs; the caller puts in
+    ``tag`` whatever else decides the reads (the target, its layers, and the items' own
+    features, which change with the weights or the dtype). Written atomically.
+    """
+    import hashlib
+    import json
+    import os
+
+    from safetensors.torch import load_file, save_file
+
+    if folder is None:
+        return span_features(read_spans(dialogs))
+    digest = hashlib.sha256(json.dumps([tag, dialogs], sort_keys=True).encode()).hexdigest()
+    path = folder / f"{digest[:32]}.safetensors"
+    if path.is_file():
+        return load_file(str(path))["features"]
+    features = span_features(read_spans(dialogs))
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    save_file({"features": features.contiguous()}, str(partial))
+    os.replace(partial, path)
+    return features
+
+
+def probe_features(
+    target: str,
+    layers: Sequence[int],
+    read_spans: Callable[[list[Dialog]], list[torch.Tensor]],
+    item_spans: Sequence[torch.Tensor],
+) -> Callable[[list[Dialog]], torch.Tensor]:
+    """The probe's features of dialogs, cached under ``$LATENTQA_CACHE/probe-features``
+    for a named target (:func:`cached_features`), computed afresh otherwise.
+
+    The key holds the target, the read layers and a hash of the items' own features
+    (read this run), so other weights or another dtype never reuse a stale file.
+    """
+    import hashlib
+
+    from latentqa.gguf_cache import cache_root
+
+    if not target:
+        return lambda dialogs: span_features(read_spans(dialogs))
+    mine = span_features(item_spans).numpy().tobytes()
+    tag = f"{target}|{list(layers)}|{hashlib.sha256(mine).hexdigest()}"
+    folder = cache_root() / "probe-features"
+    return lambda dialogs: cached_features(read_spans, dialogs, tag, folder)
+
+
+def run_probe(
+    features_of: Callable[[list[Dialog]], torch.Tensor],
     item_spans: Sequence[torch.Tensor],
     items: Sequence[Item],
     train_pairs: Sequence[tuple[Dialog, str]],
@@ -89,8 +147,8 @@ def run_probe(
     """Fit the probe on ``train_pairs`` + ``extra`` and score it on the items.
 
     Args:
-        read_spans: Raw reads ``[n_layers, span, d_model]`` of dialogs (the decoder's
-            read layers).
+        features_of: :func:`span_features` of dialogs at the decoder's read layers
+            (e.g. through :func:`cached_features`).
         item_spans: The items' raw reads (already read for the decoder methods).
         items: The held-out items.
         train_pairs: ``(dialog, answer)`` of the evaluation's training behaviours.
@@ -109,7 +167,7 @@ def run_probe(
         f"linear_probe: {len(train_pairs)} training dialogs + {len(extra)} extra, "
         f"{len(item_spans[0])} read layer(s)"
     )
-    features = span_features(read_spans([dialog for dialog, _ in pairs]))
+    features = features_of([dialog for dialog, _ in pairs])
     model = embedder()
     targets = model.embed([text for _, text in pairs])
     probe = RidgeProbe.fit(features, targets, seed, lambdas=WIDE_LAMBDAS)
