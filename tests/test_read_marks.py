@@ -168,13 +168,21 @@ def test_probe_features_are_read_once_and_found_again(tmp_path):
     again = cached_features(read_spans, dialogs, "tag", tmp_path)
     assert calls == [3] and torch.equal(again, first)  # from disk, bit for bit
     assert [p.suffix for p in tmp_path.iterdir()] == [".safetensors"]  # no partial file
+    (kept,) = tmp_path.iterdir()
+    first_size = kept.stat().st_size
     cached_features(read_spans, dialogs, "other weights", tmp_path)
     cached_features(read_spans, dialogs[:2], "tag", tmp_path)
     assert calls == [3, 3, 2]  # another key or other dialogs: read afresh
     assert torch.equal(cached_features(read_spans, dialogs, "tag", None), first)
     assert calls == [3, 3, 2, 3]  # no folder: never cached
+    # A damaged file is read afresh and replaced.
+    kept.write_bytes(b"not safetensors")
+    assert torch.equal(cached_features(read_spans, dialogs, "tag", tmp_path), first)
+    assert calls[-1] == 3 and len(calls) == 5 and kept.stat().st_size == first_size
+    assert torch.equal(cached_features(read_spans, dialogs, "tag", tmp_path), first)
+    assert len(calls) == 5
     # Without a target name the probe never caches; the items' features key it otherwise.
     spans = read_spans(dialogs)
     unnamed = probe_features("", [1, 2], read_spans, spans)
     unnamed(dialogs)
-    assert calls[-1] == 3 and len(calls) == 6
+    assert calls[-1] == 3 and len(calls) == 7

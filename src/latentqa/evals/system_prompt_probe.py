@@ -95,6 +95,7 @@ def cached_features(
     import json
     import os
 
+    from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
     if folder is None:
@@ -102,7 +103,12 @@ def cached_features(
     digest = hashlib.sha256(json.dumps([tag, dialogs], sort_keys=True).encode()).hexdigest()
     path = folder / f"{digest[:32]}.safetensors"
     if path.is_file():
-        return load_file(str(path))["features"]
+        try:  # a damaged or foreign file is read afresh and replaced, never trusted
+            kept = load_file(str(path))["features"]
+            if kept.shape[0] == len(dialogs):
+                return kept
+        except (SafetensorError, KeyError, OSError):
+            pass
     features = span_features(read_spans(dialogs))
     folder.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")
