@@ -60,6 +60,8 @@ def init_from_decoder(
     projector: Projector | None,
     source: ActivationSource,
     read_layers: list[int],
+    *,
+    fresh: bool = True,
 ) -> tuple[list[float], list[float]] | None:
     """Load a trained decoder's adapter (and projector) into this run's fresh ones.
 
@@ -70,6 +72,8 @@ def init_from_decoder(
         projector: This run's projector (``None`` without one); its weights are replaced.
         source: The run's reads; they are standardized with the decoder's statistics.
         read_layers: The run's resolved read layers.
+        fresh: Load the weights; ``False`` for a resumed run, whose checkpoint holds them
+            (the options are still checked and the statistics still taken).
 
     Returns:
         The standardization mean and std now in force (``None`` without ``--standardize``).
@@ -78,9 +82,6 @@ def init_from_decoder(
         LatentQAError: The folder is not a decoder, was trained on another target or
             with other read options, or its weights do not fit.
     """
-    from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
     path, spec = open_decoder_folder(config.target, str(folder))
     if spec.target != config.target:
         raise LatentQAError(
@@ -88,6 +89,19 @@ def init_from_decoder(
             f"{config.target!r}: pass a decoder of the same target"
         )
     check_fits(spec, config, read_layers)
+    if fresh:
+        _load_weights(path, decoder, projector)
+    if spec.vector_mean is None or spec.vector_std is None:
+        return None
+    source.standardize(spec.vector_mean, spec.vector_std)
+    return list(spec.vector_mean), list(spec.vector_std)
+
+
+def _load_weights(path: Path, decoder: nn.Module, projector: Projector | None) -> None:
+    """The decoder folder's adapter and projector into the run's (strict shapes)."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
     try:
         adapter = load_file(str(path / "adapter_model.safetensors"))
         weight = next(p for p in decoder.parameters() if p.requires_grad)
@@ -103,7 +117,3 @@ def init_from_decoder(
         raise LatentQAError(
             f"--init-from: the weights in {path} do not fit this run ({first_line(error)})"
         ) from None
-    if spec.vector_mean is None or spec.vector_std is None:
-        return None
-    source.standardize(spec.vector_mean, spec.vector_std)
-    return list(spec.vector_mean), list(spec.vector_std)

@@ -192,7 +192,9 @@ def _start(config: TrainConfig, *, resume: bool, force: bool, progress: bool) ->
     data = prepare_data(config, tokenizer)
     decoder = add_lora(model, config)
     source = run_reads(decoder, data.dialogs, tokenizer, read_layers, config, blocks)
-    stats = fit_vector_standardizer(source, data, config) if config.standardize else None
+    # A run from a trained decoder standardizes with that decoder's statistics (below).
+    fit_stats = config.standardize and config.init_from is None
+    stats = fit_vector_standardizer(source, data, config) if fit_stats else None
     if config.cache_activations:
         cache = Path(config.cache_dir or out / "activation-cache")
         path = cache / f"{source.fingerprint(config.target)}.safetensors"
@@ -208,8 +210,16 @@ def _start(config: TrainConfig, *, resume: bool, force: bool, progress: bool) ->
     projector = build_projector(
         config, decoder, tokenizer, source, data, n_slots=n_slots, fit=fresh
     )
-    if checkpoint is None and config.init_from is not None:
-        stats = init_from_decoder(config.init_from, config, decoder, projector, source, read_layers)
+    if config.init_from is not None:  # resumed too: its statistics, not refitted ones
+        stats = init_from_decoder(
+            config.init_from,
+            config,
+            decoder,
+            projector,
+            source,
+            read_layers,
+            fresh=checkpoint is None,
+        )
     if projector is None:  # one group, as runs before the projector had it
         optimizer = torch.optim.AdamW(lora, lr=config.lr, weight_decay=config.weight_decay)
     else:
