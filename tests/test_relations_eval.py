@@ -24,6 +24,7 @@ from latentqa.evals.registry import Evaluation, discover
 from latentqa.evals.relations import (
     METHODS,
     evaluate_relations,
+    lit_answers,
     load_relation_data,
     patchscope_answers,
     probe_answers,
@@ -384,3 +385,25 @@ def test_eval_relations_cli_runs_without_data(setup, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result["methods"]) == set(METHODS)
     assert all("accuracy" in v for r in result["per_relation"].values() for v in r.values())
+
+
+def test_zeroed_answers_are_generated_once_per_shape_and_equal_each_row_alone(
+    setup, reader, monkeypatch
+):
+    _, data, _ = setup
+    rel = load_relation_data(data)
+    spans = read_subjects(reader, rel.items, [1])
+    zeros = [torch.zeros_like(reader.decoder.inputs(s, [1])) for s in spans]
+    asked: list[int] = []
+    real = Reader.generate_ids
+
+    def spy(self, vectors, *args, **kwargs):
+        asked.append(len(vectors))
+        return real(self, vectors, *args, **kwargs)
+
+    monkeypatch.setattr(Reader, "generate_ids", spy)
+    got = lit_answers(reader, zeros, rel.items, max_new_tokens=3)
+    distinct = {(tuple(z.shape), item.question) for z, item in zip(zeros, rel.items, strict=True)}
+    assert asked == [len(distinct)] and len(distinct) < len(rel.items)
+    for z, item, answer in zip(zeros, rel.items, got, strict=True):
+        assert lit_answers(reader, [z], [item], max_new_tokens=3) == [answer]

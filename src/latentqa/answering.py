@@ -3,14 +3,16 @@
 :func:`generate_ids` patches each row's read vectors into the decoder's prompt pass and
 decodes its answer from the KV cache through the one generation engine
 (:func:`latentqa.generation.generate_batch`); :func:`answer_texts` decodes answers and
-:func:`ask_vectors` answers questions about vectors already read. :class:`AskOptions`
+:func:`ask_vectors` answers questions about vectors already read;
+:func:`generate_ids_once` generates rows that cannot differ (all-zero reads of one shape
+asked the same question) once. :class:`AskOptions`
 are the keyword options of :meth:`latentqa.reader.Reader.ask` and ``ask_many``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import torch
 
@@ -109,6 +111,33 @@ def generate_ids(
                 temperature=temperature,
             )
     return answers
+
+
+def generate_ids_once(
+    generate: Callable[..., list[list[int]]],
+    vectors: Sequence[torch.Tensor],
+    questions: Sequence[str],
+    *args: Any,
+    **kwargs: Any,
+) -> list[list[int]]:
+    """``generate(vectors, questions, *args, **kwargs)`` (greedy :func:`generate_ids`, or
+    :meth:`~latentqa.reader.Reader.generate_ids`), with rows that cannot differ generated once.
+
+    A row given all-zero vectors holds nothing of its dialog: its prompt is fixed by the
+    vectors' shape and dtype and its question, so such rows (``lit_zeroed`` in the
+    evaluations) are generated once per (shape, dtype, question) and the answer shared.
+    Other rows are generated as they come, in their order.
+    """
+    keys: list[tuple] = []
+    first: dict[tuple, int] = {}
+    for index, (v, question) in enumerate(zip(vectors, questions, strict=True)):
+        key = ("zeros", tuple(v.shape), v.dtype, question) if not v.any() else (index,)
+        first.setdefault(key, index)
+        keys.append(key)
+    rows = list(first.values())
+    ids = generate([vectors[i] for i in rows], [questions[i] for i in rows], *args, **kwargs)
+    found = dict(zip(first, ids, strict=True))
+    return [found[key] for key in keys]
 
 
 def answer_texts(decoder: LoadedDecoder, rows: Sequence[list[int]]) -> list[str]:

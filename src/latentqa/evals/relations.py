@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from latentqa.answering import generate_ids_once
 from latentqa.capture import left_pad, pad_token_id
 from latentqa.conditions import activation_conditions
 from latentqa.data.relations_facts import (
@@ -87,8 +88,10 @@ def lit_answers(
     """The decoder's greedy answers to each item's question about ``vectors[i]``: the
     answer inside each reply (a decoder trained on statements says "The capital of this
     country is Tokyo.", one trained on bare answers "Tokyo"; both score as "Tokyo")."""
-    ids = reader.generate_ids(
-        list(vectors), [i.question for i in items], max_new_tokens, batch_size=batch_size
+    questions = [i.question for i in items]
+    # lit_zeroed's rows of one shape and question are one prompt: generated once.
+    ids = generate_ids_once(
+        reader.generate_ids, list(vectors), questions, max_new_tokens, batch_size=batch_size
     )
     replies = [reader.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
     return [

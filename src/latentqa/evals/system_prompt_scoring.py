@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from latentqa.answering import generate_ids_once
 from latentqa.conditions import activation_conditions
 from latentqa.decoder.projector import text_soft_tokens
 from latentqa.errors import LatentQAError
@@ -173,19 +174,9 @@ def decoder_answers(
     Rows given all-zero vectors of one shape and the same question are one prompt, so
     they are generated once (``lit_zeroed``: one answer per read length, not per item).
     """
-    keys: list[tuple] = []
-    unique: dict[tuple, int] = {}
-    for index, (v, item) in enumerate(zip(vectors, items, strict=True)):
-        key = ("zeros", tuple(v.shape), v.dtype, item.question) if not v.any() else (index,)
-        unique.setdefault(key, index)
-        keys.append(key)
-    rows = list(unique.values())
-    ids = reader.generate_ids(
-        [vectors[i] for i in rows], [items[i].question for i in rows], max_new_tokens
-    )
-    decoded = [reader.tokenizer.decode(r, skip_special_tokens=True).strip() for r in ids]
-    texts = dict(zip(unique, decoded, strict=True))
-    return [texts[key] for key in keys]
+    questions = [item.question for item in items]
+    ids = generate_ids_once(reader.generate_ids, list(vectors), questions, max_new_tokens)
+    return [reader.tokenizer.decode(r, skip_special_tokens=True).strip() for r in ids]
 
 
 class ConditionReads:
