@@ -8,7 +8,12 @@ from tiny import assert_same_loss_and_gradients
 
 from latentqa.decoder.inputs import decoder_batch
 from latentqa.decoder.loss import answer_token_loss
-from latentqa.decoder.packing import cpu_attention, question_shared_batch, shared_decoder_batch
+from latentqa.decoder.packing import (
+    HEADER,
+    cpu_attention,
+    question_shared_batch,
+    shared_decoder_batch,
+)
 from latentqa.decoder.prompt import build_decoder_prompt
 from latentqa.patch import PATCH_MODES
 from latentqa.train.config import TrainConfig
@@ -26,6 +31,14 @@ def _reads(model, n_reads: int, seed: int) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     d = model.config.hidden_size
     return [torch.randn(2 + (3 * i) % 5, d, generator=generator) for i in range(n_reads)]
+
+
+def _common_prefix(rows: list[list[int]]) -> list[int]:
+    """The longest list every row starts with."""
+    n = 0
+    while all(len(r) > n and r[n] == rows[0][n] for r in rows):
+        n += 1
+    return rows[0][:n]
 
 
 def _lora(model):
@@ -96,6 +109,25 @@ def test_packing_trees_into_rows_changes_nothing(tiny, row_tokens):
     expected = answer_token_loss(decoder, batch, flat, write_layer=1, mode="add", reduction="none")
     got = answer_token_loss(decoder, shared, vectors, write_layer=1, mode="add", reduction="none")
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    # Each row computes the tokens every prompt opens with (the chat header) once.
+    opened = []
+    for read, group in zip(reads, groups, strict=True):
+        p = build_decoder_prompt(tokenizer, len(read), *group[0])
+        opened.append(p.input_ids[: p.placeholder_start])
+    header = _common_prefix(opened)
+    assert len(header) > 0
+    for row in range(shared.input_ids.shape[0]):
+        at = shared.trees[row] == HEADER
+        assert shared.input_ids[row][at].tolist() == header
+        assert shared.position_ids[row][at].tolist() == list(range(len(header)))
+    # Each tree alone: its prefix (to the last placeholder) once, then its branches.
+    alone = 0
+    for read, group in zip(reads, groups, strict=True):
+        prompts = [build_decoder_prompt(tokenizer, len(read), *pair) for pair in group]
+        alone += prompts[0].placeholder_end
+        alone += sum(len(p.input_ids) - p.placeholder_end for p in prompts)
+    rows = shared.input_ids.shape[0]
+    assert shared.n_tokens == alone - len(header) * (len(groups) - rows)
 
 
 @settings(max_examples=6, deadline=None)
@@ -125,15 +157,22 @@ def test_question_shared_batch_equals_each_prompt_alone(arch, picks, max_branche
     assert_same_loss_and_gradients(decoder, (batch, flat), (shared, vectors), mode)
     assert shared.n_example_tokens == int(batch.attention_mask.sum())
     # Each tree computes its question once: up to max_branches examples of one question.
-    prefixes, trees, seen = 0, {}, {}
+    prefixes, trees, seen, opened = 0, {}, {}, []
     for read, question, answer in examples:
         p = build_decoder_prompt(
             tokenizer, len(reads[read]), question, answer, order="question-first"
         )
         prefixes += p.placeholder_start
+        opened.append(p.input_ids[: p.placeholder_start])
         rank = seen[question] = seen.get(question, -1) + 1
         trees[(question, rank // max_branches)] = p.placeholder_start
-    assert shared.n_tokens == shared.n_example_tokens - prefixes + sum(trees.values())
+    # Each row computes the header all prompts open with once; each tree the rest of
+    # its question.
+    header = len(_common_prefix(opened))
+    rows = shared.trees.shape[0]
+    assert int((shared.trees == HEADER).sum()) == header * rows
+    saved = header * (len(trees) - rows)
+    assert shared.n_tokens == shared.n_example_tokens - prefixes + sum(trees.values()) - saved
 
 
 def test_question_shared_batch_needs_examples(tiny):

@@ -21,6 +21,14 @@ A tree's prefix is what its prompts really share: up to the last placeholder. In
 ``question-first`` prompt order the question comes before the placeholders, so only
 prompts of one read that ask the same question (the options scored for it) share a
 tree; each other question gets a tree of its own, its read's vectors repeated.
+
+The trees of a batch also share their first tokens, before any placeholder (the chat
+template's header, e.g. a default system prompt): each row computes that *header* once,
+at its start, and every tree of the row continues it (positions after the header, seeing
+it and itself only)::
+
+    <header> | <user> P P P \n Q1 ... A1 | <user> P P \n Q2 ... A2 | ...
+    tree -2  | tree 0 .................... | tree 1 ................. |
 """
 
 from __future__ import annotations
@@ -40,6 +48,10 @@ from latentqa.errors import LatentQAError
 # Measured on the embedded model (docs/performance.md): rows of ~256 tokens ran a
 # training step faster than one row per tree (~180) and than ~512.
 ROW_TOKENS = 256
+PADDING = -1
+"""``SharedBatch.trees`` on padding."""
+HEADER = -2
+"""``SharedBatch.trees`` on a row's header: the tokens every tree of the batch opens with."""
 
 
 @dataclass
@@ -51,7 +63,7 @@ class SharedBatch:
     """
 
     input_ids: torch.Tensor  # [rows, seq]
-    trees: torch.Tensor  # [rows, seq] long: which tree of the row, -1 on padding
+    trees: torch.Tensor  # [rows, seq] long: which tree of the row, HEADER, -1 on padding
     segments: torch.Tensor  # [rows, seq] long: 0 the tree's prefix, k its branch k
     position_ids: torch.Tensor  # [rows, seq], each tree from 0, each branch after its prefix
     placeholder_mask: torch.Tensor  # [rows, seq] bool
@@ -78,8 +90,9 @@ class SharedBatch:
 
     @property
     def n_tokens(self) -> int:
-        """Tokens the decoder computes: each prefix once, plus every branch."""
-        return int((self.trees >= 0).sum())
+        """Tokens the decoder computes: each row's header and each prefix once, plus
+        every branch."""
+        return int((self.trees != PADDING).sum())
 
 
 def pack_first_fit(lengths: list[int], width: int) -> list[list[int]]:
@@ -209,12 +222,18 @@ def _pack(
     n_branches: int,
     row_tokens: int,
 ) -> tuple[SharedBatch, torch.Tensor]:
-    """Pack trees into left-padded rows; the vectors in placeholder (row-major) order."""
-    lengths = [tree.length for tree in trees]
-    rows = pack_first_fit(lengths, max(max(lengths), row_tokens))
-    shape = (len(rows), max(sum(lengths[t] for t in row) for row in rows))
+    """Pack trees into left-padded rows, each opening with the header the trees share;
+    the vectors in placeholder (row-major) order."""
+    n_example_tokens = sum(
+        len(tree.prefix) * len(tree.branches) + tree.length - len(tree.prefix) for tree in trees
+    )
+    header = _common_header(trees, vectors)
+    h = len(header)
+    lengths = [tree.length - h for tree in trees]
+    rows = pack_first_fit(lengths, max(max(lengths), row_tokens - h))
+    shape = (len(rows), h + max(sum(lengths[t] for t in row) for row in rows))
     input_ids = torch.full(shape, pad_token_id(tokenizer), dtype=torch.long)
-    tree_ids = torch.full(shape, -1, dtype=torch.long)
+    tree_ids = torch.full(shape, PADDING, dtype=torch.long)
     segments = torch.zeros(shape, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
     placeholder_mask = torch.zeros(shape, dtype=torch.bool)
@@ -222,18 +241,23 @@ def _pack(
     branch_index = torch.full(shape, -1, dtype=torch.long)
     placed: list[torch.Tensor] = []  # vectors in placeholder (row-major) order
     for row, members in enumerate(rows):
-        at = shape[1] - sum(lengths[t] for t in members)  # left padding
+        at = shape[1] - h - sum(lengths[t] for t in members)  # left padding
+        if h:
+            input_ids[row, at : at + h] = torch.tensor(header)
+            tree_ids[row, at : at + h] = HEADER
+            position_ids[row, at : at + h] = torch.arange(h)
+            at += h
         for slot, t in enumerate(members):
             tree = trees[t]
             n_prefix = len(tree.prefix)
-            span = slice(at, at + n_prefix)
-            input_ids[row, span] = torch.tensor(tree.prefix)
+            span = slice(at, at + n_prefix - h)
+            input_ids[row, span] = torch.tensor(tree.prefix[h:])
             tree_ids[row, span] = slot
-            position_ids[row, span] = torch.arange(n_prefix)
+            position_ids[row, span] = torch.arange(h, n_prefix)
             if tree.read is not None:  # the read's placeholders end the prefix
                 placeholder_mask[row, span.stop - len(vectors[tree.read]) : span.stop] = True
                 placed.append(vectors[tree.read])
-            at += n_prefix
+            at += n_prefix - h
             for k, (ids, labels, number, read) in enumerate(tree.branches, start=1):
                 span = slice(at, at + len(ids))
                 input_ids[row, span] = torch.tensor(ids)
@@ -246,9 +270,6 @@ def _pack(
                     placeholder_mask[row, at : at + len(vectors[read])] = True
                     placed.append(vectors[read])
                 at += len(ids)
-    n_example_tokens = sum(
-        len(tree.prefix) * len(tree.branches) + tree.length - len(tree.prefix) for tree in trees
-    )
     batch = SharedBatch(
         input_ids,
         tree_ids,
@@ -263,14 +284,28 @@ def _pack(
     return batch, torch.cat(placed)
 
 
+def _common_header(trees: Sequence[_Tree], vectors: Sequence[torch.Tensor]) -> list[int]:
+    """The longest run of ids every tree's prefix opens with, before any placeholder."""
+    ends = [
+        len(t.prefix) - (len(vectors[t.read]) if t.read is not None else 0) for t in trees
+    ]  # each prefix's placeholders, if any, end it
+    first = trees[0].prefix
+    h = min(ends)
+    for tree in trees[1:]:
+        h = next((k for k in range(h) if tree.prefix[k] != first[k]), h)
+    return first[:h]
+
+
 def branch_attention_mask(trees: torch.Tensor, segments: torch.Tensor, dtype: torch.dtype):
     """Additive mask ``[rows, 1, seq, seq]``: causal within a tree, where a branch sees
-    its prefix and itself only. Padding sees itself, so no softmax row is empty."""
+    its prefix and itself only, and every token of a row sees the row's header. Padding
+    sees itself, so no softmax row is empty."""
     width = trees.shape[1]
     causal = torch.ones(width, width, dtype=torch.bool, device=trees.device).tril()
-    same_tree = (trees[:, :, None] == trees[:, None, :]) & (trees[:, None, :] >= 0)
+    same_tree = (trees[:, :, None] == trees[:, None, :]) & (trees[:, None, :] != PADDING)
     key, query = segments[:, None, :], segments[:, :, None]  # [rows, 1, seq], [rows, seq, 1]
-    allowed = causal & same_tree & ((key == 0) | (key == query))  # [rows, seq, seq]
+    header = (trees[:, None, :] == HEADER) & (trees[:, :, None] != PADDING)  # [rows, seq, seq]
+    allowed = causal & ((same_tree & ((key == 0) | (key == query))) | header)  # [rows, seq, seq]
     allowed |= torch.eye(width, dtype=torch.bool, device=trees.device)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=trees.device)
     return mask.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
