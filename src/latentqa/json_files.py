@@ -1,8 +1,10 @@
-"""Reading the files users hand to latentqa (JSON and plain text), with one-line errors."""
+"""Reading the files users hand to latentqa (JSON and plain text), with one-line errors;
+writing JSON atomically."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +73,12 @@ def type_name(value: Any) -> str:
     if isinstance(value, int | float):
         return "a number"
     return type(value).__name__
+
+
+def write_json_atomic(path: str | Path, value: Any) -> None:
+    """Write ``value`` as indented JSON to ``path`` through a temporary file and a rename,
+    so a reader (or an interrupted run) never sees half a file."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, target)

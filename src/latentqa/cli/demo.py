@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from latentqa.models import EMBEDDED_MODEL
+
+if TYPE_CHECKING:  # the CLI imports torch only when a command runs
+    from latentqa.reader import Reader
 
 # Labels are from the held-out split of `latentqa data build --seed 0`
 # (tests/test_demo.py checks that they stay held out).
@@ -120,7 +124,7 @@ def read_countries(target: str, device: str) -> list[dict]:
     return rows
 
 
-def pick_scores(reader, dialogs: list[list[dict]], options: list[str]) -> list[list[float]]:
+def pick_scores(reader: Reader, dialogs: list[list[dict]], options: list[str]) -> list[list[float]]:
     """Per dialog, each option's score; the largest is the decoder's pick.
 
     A decoder trained on yes/no questions scores an option by its yes/no margin (the

@@ -98,7 +98,8 @@ class Behavior:
         """The chat messages the target model reads for this behaviour.
 
         Returns:
-            ``system``: ``[system, user=stimulus_user]``; ``control``:
+            ``system``: ``[system, user=stimulus_user]``, then ``assistant=stimulus_model``
+            when the item has one (``latentqa data replies``); ``control``:
             ``[user=control_user]``; ``stimulus``: ``[user=control_user,
             assistant=control_model, user=stimulus_user]``; ``stimulus_completion``: the
             stimulus messages plus ``assistant=stimulus_model``. Each message is a
@@ -106,7 +107,10 @@ class Behavior:
             dialog ends with a user turn.
         """
         if self.kind == "system":
-            return [_message("system", self.system), _message("user", self.stimulus_user)]
+            messages = [_message("system", self.system), _message("user", self.stimulus_user)]
+            if self.stimulus_model:  # the target's own reply (set B's form; data replies)
+                messages.append(_message("assistant", self.stimulus_model))
+            return messages
         if self.kind == "control":
             return [_message("user", self.control_user)]
         messages = [
