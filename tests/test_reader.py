@@ -71,9 +71,11 @@ def test_many_questions_cost_one_target_read_and_decode_from_the_cache(reader):
     handle = block.register_forward_hook(record)
     try:
         reader.ask(DIALOG, QUESTIONS, max_new_tokens=3)
+        # One target read, and one pass of the header the decoder prompts share
+        # (latentqa.decoder.header_cache); then the questions' rest and the decode steps.
         reads = [shape for shape in calls if shape[0] == 1]
         decodes = [shape for shape in calls if shape[0] == len(QUESTIONS)]
-        assert len(reads) == 1 and len(reads) + len(decodes) == len(calls)
+        assert len(reads) == 2 and len(reads) + len(decodes) == len(calls)
         assert 1 <= len(decodes) <= 3 and all(seq == 1 for _, seq in decodes[1:])  # KV cache
         calls.clear()
         reader.score(DIALOG, QUESTIONS[0], ANSWERS)
@@ -222,12 +224,13 @@ def test_evidence_costs_one_scoring_pass_per_condition(reader):
         reader.ask(DIALOG, QUESTIONS, max_new_tokens=3, evidence=True)
     finally:
         handle.remove()
-    # The target read (one row), the generation's prompt pass (a row per question) and
-    # its one-token decode steps, then one scoring pass per condition, real, zeroed and
-    # the reference reads (rows packed: questions that share a read share a row; the
-    # references' tries may share their question tokens, so at most one row per reference).
-    assert calls[0][0] == 1 and calls[1] == (len(QUESTIONS), calls[1][1])
-    full = [shape for shape in calls[2:] if shape[1] > 1]
+    # The target read (one row), the pass of the header the decoder prompts share (one
+    # row), the generation's prompt pass (a row per question) and its one-token decode
+    # steps, then one scoring pass per condition, real, zeroed and the reference reads
+    # (rows packed: questions that share a read share a row; the references' tries may
+    # share their question tokens, so at most one row per reference).
+    assert calls[0][0] == calls[1][0] == 1 and calls[2] == (len(QUESTIONS), calls[2][1])
+    full = [shape for shape in calls[3:] if shape[1] > 1]
     assert [rows for rows, _ in full[:2]] == [1, 1]  # real, zeroed: one packed row each
     assert 1 <= sum(rows for rows, _ in full[2:]) <= REFERENCE_DIALOGS
 

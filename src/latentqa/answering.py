@@ -16,6 +16,7 @@ from typing import Any, TypedDict
 
 import torch
 
+from latentqa.decoder.header_cache import share_header
 from latentqa.decoder.inputs import decoder_batch
 from latentqa.decoder.loaded import LoadedDecoder
 from latentqa.decoder.lora_gate import lora_scope
@@ -88,27 +89,37 @@ def generate_ids(
         batch = batch.to(decoder.device)  # ids and masks [rows, width]; flat [n, d_model]
         width = batch.input_ids.shape[1]
         decoder.check_length(width + max_new_tokens, "the decoder prompt plus max_new_tokens")
+        # The opening every row shares (the chat header) runs once, its KV cache copied.
+        split = share_header(
+            causal_lm,
+            batch.input_ids,
+            batch.attention_mask,
+            batch.placeholder_mask,
+            decoder.spec.lora_from,
+            decoder.pad_id,
+        )
         with (
             patch_activations(
                 causal_lm,
                 decoder.spec.write_layer,
-                batch.placeholder_mask,
+                split.placeholder_mask,
                 flat,
                 decoder.spec.mode,
                 blocks=decoder.blocks,
             ),
             lora_scope(
-                causal_lm, decoder.spec.lora_from, batch.placeholder_mask, batch.attention_mask
+                causal_lm, decoder.spec.lora_from, split.placeholder_mask, split.rest_attention
             ),
         ):
             answers += generate_batch(
                 decoder.model,
-                batch.input_ids,
-                batch.attention_mask,
+                split.input_ids,
+                split.attention_mask,
                 max_new_tokens=max_new_tokens,
                 pad_id=decoder.pad_id,
                 stop_ids=decoder.stop_ids,
                 temperature=temperature,
+                past_key_values=split.cache,
             )
     return answers
 

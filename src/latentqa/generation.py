@@ -45,6 +45,7 @@ def generate_batch(
     pad_id: int,
     stop_ids: Sequence[int] | None = None,
     temperature: float = 0.0,
+    past_key_values: Any = None,
 ) -> list[list[int]]:
     """Generate from a left-padded batch with the KV cache; each row's new token ids.
 
@@ -59,6 +60,9 @@ def generate_batch(
             rows end and rows come back uncut (finished rows end in pad ids).
         temperature: 0 for greedy decoding; above 0 plain temperature sampling (no
             top-k / top-p from the model's generation config).
+        past_key_values: The KV cache of the first tokens of ``input_ids`` (one copy per
+            row), e.g. a shared header's (:mod:`latentqa.decoder.header_cache`); only the
+            tokens after them run in the prompt pass.
 
     Returns:
         One list of new token ids per row.
@@ -76,6 +80,7 @@ def generate_batch(
         max_new_tokens=max_new_tokens,
         pad_token_id=pad_id,
         use_cache=True,
+        **({} if past_key_values is None else {"cache": past_key_values}),
         **sampling,
     )  # [rows, width + n_new]
     rows = output[:, input_ids.shape[1] :].tolist()

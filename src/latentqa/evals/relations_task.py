@@ -9,13 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from latentqa.errors import LatentQAError
 from latentqa.evals.registry import Evaluation, Log
-from latentqa.evals.relations import (
-    evaluate_relations,
-    plot_per_relation,
-    relations_markdown,
-    sweep_layers,
-)
+from latentqa.evals.relations import evaluate_relations, sweep_layers
 from latentqa.evals.relations_data import find_relation_data
+from latentqa.evals.relations_report import plot_per_relation, relations_markdown
 from latentqa.models import EMBEDDED_MODEL
 
 if TYPE_CHECKING:

@@ -1,0 +1,89 @@
+"""Generation computes the opening every prompt of a batch shares once (its KV cache
+copied to each row); answers equal those of each prompt generated alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiny import make_lora_decoder, n_forward_hooks, random_reads
+
+from latentqa.answering import generate_ids
+from latentqa.decoder import header_cache
+from latentqa.decoder.header_cache import common_header, split_header
+from latentqa.models import unwrap_causal_lm
+from latentqa.patch import PATCH_MODES
+
+QUESTIONS = [
+    "What persona is the assistant adopting?",
+    "Is the assistant sarcastic?",
+    "Describe the tone of the assistant.",
+]
+
+
+def test_common_header_stops_at_a_difference_a_placeholder_or_the_shortest_row():
+    ids = torch.tensor([[0, 0, 5, 6, 7, 9, 3], [5, 6, 7, 8, 9, 4, 2], [0, 5, 6, 7, 8, 1, 1]])
+    attention = (torch.arange(7) >= torch.tensor([[2], [0], [1]])).long()
+    none = torch.zeros_like(ids, dtype=torch.bool)
+    assert common_header(ids, attention, none) == 3  # 5 6 7, then 9 / 8 / 8
+    placeholders = none.clone()
+    placeholders[1, 1] = True  # row 1's second token is a placeholder
+    assert common_header(ids, attention, placeholders) == 1
+    same = torch.tensor([[4, 4, 4], [4, 4, 4]])
+    assert common_header(same, torch.ones_like(same), torch.zeros_like(same).bool()) == 2
+
+
+def test_split_layout_keeps_each_rows_tokens_after_the_header(monkeypatch):
+    decoder = make_lora_decoder("llama", "replace", lora_seed=1)
+    ids = torch.tensor([[0, 0, 5, 6, 7, 9, 3], [5, 6, 7, 8, 9, 4, 2]])
+    attention = (torch.arange(7) >= torch.tensor([[2], [0]])).long()
+    placeholders = torch.zeros_like(ids, dtype=torch.bool)
+    placeholders[:, -2] = True
+    model = unwrap_causal_lm(decoder.model)
+    split = split_header(model, ids, attention, placeholders, 3, "start", pad_id=0)
+    assert split.input_ids.tolist() == [[5, 6, 7, 0, 0, 9, 3], [5, 6, 7, 8, 9, 4, 2]]
+    assert split.attention_mask.tolist() == [[1, 1, 1, 0, 0, 1, 1], [1] * 7]
+    assert split.placeholder_mask.tolist() == [[False, False, True, False]] * 2
+    assert split.cache.get_seq_length() == 3
+    # Every token keeps its position: the ones before it, as in the left-padded batch.
+    assert ((split.attention_mask.cumsum(1) - 1) * split.attention_mask)[:, -2:].tolist() == [
+        [3, 4],
+        [5, 6],
+    ]
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    arch=st.sampled_from(["llama", "qwen2"]),
+    mode=st.sampled_from(PATCH_MODES),
+    lora_from=st.sampled_from(["start", "reads"]),
+    order=st.sampled_from(["vectors-first", "question-first"]),
+    n_rows=st.integers(2, 4),
+    seed=st.integers(0, 1000),
+)
+def test_answers_with_the_shared_header_equal_each_prompt_alone(
+    arch, mode, lora_from, order, n_rows, seed
+):
+    decoder = make_lora_decoder(arch, mode, lora_seed=seed, prompt_order=order, lora_from=lora_from)
+    decoder.model.double()
+    reads = [r.double() for r in random_reads(decoder.hidden_size, n_rows, seed)]
+    questions = [QUESTIONS[(seed + i) % len(QUESTIONS)] for i in range(n_rows)]
+    splits: list[int] = []
+    real_split = header_cache.split_header
+
+    def spy(*args, **kwargs):
+        splits.append(args[4])
+        return real_split(*args, **kwargs)
+
+    hooks = n_forward_hooks(decoder.model)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(header_cache, "split_header", spy)
+        batched = generate_ids(decoder, reads, questions, max_new_tokens=4)
+        alone = [
+            generate_ids(decoder, [r], [q], max_new_tokens=4)[0]
+            for r, q in zip(reads, questions, strict=True)
+        ]
+    assert batched == alone
+    assert len(splits) == 1 and splits[0] >= 4  # the batch shared its chat header
+    assert n_forward_hooks(decoder.model) == hooks
