@@ -12,6 +12,7 @@ from tiny import make_lora_decoder, n_forward_hooks, random_reads
 from latentqa.answering import generate_ids
 from latentqa.decoder import header_cache
 from latentqa.decoder.header_cache import common_header, split_header
+from latentqa.generation import generate_rows
 from latentqa.models import unwrap_causal_lm
 from latentqa.patch import PATCH_MODES
 
@@ -87,3 +88,25 @@ def test_answers_with_the_shared_header_equal_each_prompt_alone(
     assert batched == alone
     assert len(splits) == 1 and splits[0] >= 4  # the batch shared its chat header
     assert n_forward_hooks(decoder.model) == hooks
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    arch=st.sampled_from(["llama", "qwen2"]),
+    opening=st.integers(0, 8),
+    tails=st.lists(st.integers(1, 6), min_size=2, max_size=4),
+    seed=st.integers(0, 1000),
+)
+def test_generated_rows_with_a_shared_opening_equal_each_row_alone(arch, opening, tails, seed):
+    from tiny import make_pair
+
+    model, tokenizer = make_pair(arch)
+    model.double()
+    generator = torch.Generator().manual_seed(seed)
+    vocab = len(tokenizer)
+    head = torch.randint(3, vocab, (opening,), generator=generator).tolist()
+    rows = [head + torch.randint(3, vocab, (n,), generator=generator).tolist() for n in tails]
+    pad = tokenizer.pad_token_id or 0
+    batched = generate_rows(model, rows, max_new_tokens=3, pad_id=pad)
+    alone = [generate_rows(model, [row], max_new_tokens=3, pad_id=pad)[0] for row in rows]
+    assert batched == alone

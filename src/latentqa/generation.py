@@ -95,10 +95,24 @@ def generate_rows(
     pad_id: int,
     stop_ids: Sequence[int] | None = None,
 ) -> list[list[int]]:
-    """:func:`generate_batch` over token-id rows, left-padded into one batch (greedy)."""
+    """:func:`generate_batch` over token-id rows, left-padded into one batch (greedy).
+
+    The tokens every row opens with (a chat template's header) run once and their KV
+    cache is copied to each row (:func:`latentqa.decoder.header_cache.share_header`).
+    """
+    from latentqa.decoder.header_cache import share_header
+
     input_ids, attention = left_pad(rows, pad_id, next(model.parameters()).device)
+    no_slots = torch.zeros_like(input_ids, dtype=torch.bool)
+    split = share_header(model, input_ids, attention, no_slots, "start", pad_id)
     return generate_batch(
-        model, input_ids, attention, max_new_tokens=max_new_tokens, pad_id=pad_id, stop_ids=stop_ids
+        model,
+        split.input_ids,
+        split.attention_mask,
+        max_new_tokens=max_new_tokens,
+        pad_id=pad_id,
+        stop_ids=stop_ids,
+        past_key_values=split.cache,
     )
 
 
