@@ -42,10 +42,33 @@ def test_its_picks_follow_the_read_and_not_the_question():
     options = [d["instructed"] for d in DEMO]
     scores = pick_scores(reader, dialogs, options)
     picks = [max(range(len(options)), key=row.__getitem__) for row in scores]
-    # Measured: 2 of the demo's 4 held-out behaviours (chance 1; docs/decoder-experiments.md).
-    assert sum(p == i for i, p in enumerate(picks)) >= 2, picks
+    # The picks move with the dialog (how many are right, 4 dialogs cannot tell: see the
+    # held-out test below).
+    assert len(set(picks)) > 1, picks
     # Without its system prompt the same user turn gives other margins: the read decides.
     bare = [[d[1]] for d in dialogs]
     assert pick_scores(reader, bare, options) != scores
     question = QUESTIONS[0]
     assert reader.yes_no_margins(torch.zeros(3, 576), question, options) != scores[0]
+
+
+@pytest.mark.slow
+@needs_embedded
+def test_it_reads_held_out_prompts_far_better_than_shuffled_reads():
+    from latentqa.evals.system_prompt import evaluate_system_prompt
+    from latentqa.reader import Reader
+
+    reader = Reader.load(EMBEDDED_MODEL, device="cpu")
+    result = evaluate_system_prompt(
+        reader,
+        None,
+        n=40,  # the --quick subset
+        methods=["lit", "lit_shuffled"],
+        open_answers=False,
+        likelihood=False,
+        black_box=False,
+    )
+    lit, shuffled = (result["methods"][m]["mc_yes_no_accuracy"] for m in ("lit", "lit_shuffled"))
+    # Measured on these 40 items: 0.425 against 0.25 (all 177: 0.441 against 0.141); the
+    # bounds leave room for a few items to flip on another machine's float round-off.
+    assert lit >= shuffled + 0.10 and lit >= 0.3, (lit, shuffled)
