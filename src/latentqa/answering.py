@@ -2,7 +2,8 @@
 
 :func:`generate_ids` patches each row's read vectors into the decoder's prompt pass and
 decodes its answer from the KV cache through the one generation engine
-(:func:`latentqa.generation.generate_batch`); :func:`answer_texts` decodes answers and
+(:func:`latentqa.generation.generate_batch`), the opening every row of a batch shares
+run once (:mod:`latentqa.decoder.header_cache`); :func:`answer_texts` decodes answers and
 :func:`ask_vectors` answers questions about vectors already read;
 :func:`generate_ids_once` generates rows that cannot differ (all-zero reads of one shape
 asked the same question) once. :class:`AskOptions`
