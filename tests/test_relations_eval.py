@@ -13,6 +13,7 @@ import pytest
 import torch
 from lit_fixtures import write_tiny_model
 from relations_fixtures import write_relations_data
+from tiny import count_rows
 
 from latentqa.cli import main
 from latentqa.cli.eval import add_evaluation
@@ -394,14 +395,7 @@ def test_zeroed_answers_are_generated_once_per_shape_and_equal_each_row_alone(
     rel = load_relation_data(data)
     spans = read_subjects(reader, rel.items, [1])
     zeros = [torch.zeros_like(reader.decoder.inputs(s, [1])) for s in spans]
-    asked: list[int] = []
-    real = Reader.generate_ids
-
-    def spy(self, vectors, *args, **kwargs):
-        asked.append(len(vectors))
-        return real(self, vectors, *args, **kwargs)
-
-    monkeypatch.setattr(Reader, "generate_ids", spy)
+    asked = count_rows(monkeypatch, Reader, "generate_ids")
     got = lit_answers(reader, zeros, rel.items, max_new_tokens=3)
     distinct = {(tuple(z.shape), item.question) for z, item in zip(zeros, rel.items, strict=True)}
     assert asked == [len(distinct)] and len(distinct) < len(rel.items)

@@ -21,7 +21,7 @@ import torch
 from lit_fixtures import MORE_PERSONAS, write_tiny_data
 from system_prompt_reference import decoder_answers as reference_answers
 from system_prompt_reference import reference_evaluation
-from tiny import make_lora_decoder, make_pair
+from tiny import count_rows, make_lora_decoder, make_pair
 
 import latentqa.evals.system_prompt as sp
 from latentqa import scoring
@@ -193,14 +193,7 @@ def test_zeroed_rows_are_scored_once_per_shape_and_answer(monkeypatch):
     generator = torch.Generator().manual_seed(1)
     vectors = [torch.randn(2 + i % 2, decoder.hidden_size, generator=generator) for i in range(6)]
     zeros = [torch.zeros_like(v) for v in vectors]
-    scored: list[int] = []
-    real = Reader.score_rows_shared
-
-    def spy(self, vectors, *args, **kwargs):
-        scored.append(len(vectors))
-        return real(self, vectors, *args, **kwargs)
-
-    monkeypatch.setattr(Reader, "score_rows_shared", spy)
+    scored = count_rows(monkeypatch, Reader, "score_rows_shared")
     cache = ZeroedScores(reader)
     first = item_scores(reader, vectors, items, cache, "lit")
     zero_rows = {(len(v), o) for v, i in zip(vectors, items, strict=True) for o in i.options}
@@ -221,14 +214,7 @@ def test_zeroed_open_answers_are_generated_once_per_shape(monkeypatch):
     reader = Reader(decoder)
     items, _ = sp.build_items(None, n=7)
     zeros = [torch.zeros(2 + i % 3, decoder.hidden_size) for i in range(7)]
-    asked: list[int] = []
-    real = Reader.generate_ids
-
-    def spy(self, vectors, *args, **kwargs):
-        asked.append(len(vectors))
-        return real(self, vectors, *args, **kwargs)
-
-    monkeypatch.setattr(Reader, "generate_ids", spy)
+    asked = count_rows(monkeypatch, Reader, "generate_ids")
     got = decoder_answers(reader, zeros, items, max_new_tokens=4)
     assert asked == [3]
     assert got == reference_answers(reader, zeros, items, max_new_tokens=4)

@@ -205,3 +205,17 @@ def random_reads(hidden_size: int, n: int, seed: int) -> list[torch.Tensor]:
 def n_forward_hooks(model: torch.nn.Module) -> int:
     """Forward hooks registered anywhere in ``model`` (a context must leave none)."""
     return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def count_rows(monkeypatch, owner: type, name: str) -> list[int]:
+    """Replace method ``owner.name`` (whose first argument is a list of rows) by a spy
+    that calls it and records how many rows each call got; returns that record."""
+    calls: list[int] = []
+    real = getattr(owner, name)
+
+    def spy(self, rows, *args, **kwargs):
+        calls.append(len(rows))
+        return real(self, rows, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls

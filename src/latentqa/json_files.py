@@ -75,10 +75,15 @@ def type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def write_json_atomic(path: str | Path, value: Any) -> None:
-    """Write ``value`` as indented JSON to ``path`` through a temporary file and a rename,
-    so a reader (or an interrupted run) never sees half a file."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through ``.NAME.tmpPID`` beside it and a rename, so a
+    reader (or an interrupted run) never sees half a file."""
     target = Path(path)
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, target)
+
+
+def write_json_atomic(path: str | Path, value: Any) -> None:
+    """Write ``value`` as indented JSON to ``path`` (:func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")

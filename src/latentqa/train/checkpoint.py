@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from latentqa.errors import LatentQAError
+from latentqa.json_files import write_text_atomic
 
 ADAPTER_FILE = "adapter.safetensors"
 STATE_FILE = "optimizer.pt"
@@ -48,12 +49,6 @@ class TrainerState:
     """Optimizer steps completed (the data position follows from it and the seed)."""
     config_fingerprint: str
     """Hash of the options that must not change across a resume."""
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:
@@ -121,7 +116,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _atomic_write_text(folder / LATEST, final.name + "\n")
+    write_text_atomic(folder / LATEST, final.name + "\n")
     # The one just written always stays: ``latest`` names it.
     older = [p for p in checkpoint_dirs(folder) if p != final]
     for old in older[: max(0, len(older) - (keep - 1))]:
