@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -153,13 +154,10 @@ class ActivationSource:
         computed = dict(zip(unique, self.compute(unique), strict=True))
         return [computed[i] for i in indices]
 
-    def fingerprint(self, target_name: str) -> str:
-        """A key that changes whenever the cached reads would.
-
-        Covers the target's weights (:func:`weights_fingerprint`, and the hub revision
-        its config was loaded from), the read options, the dtype and every dialog.
-        """
-        digest = hashlib.sha256()
+    def read_key(self, target_name: str) -> str:
+        """What identifies a read apart from its dialog: the target's weights
+        (:func:`weights_fingerprint`, and the hub revision its config was loaded from), the
+        read options and the dtype."""
         meta = [
             target_name,
             self.read_layers,
@@ -170,33 +168,51 @@ class ActivationSource:
         meta.append(str(next(self.target.parameters()).dtype))
         meta.append(weights_fingerprint(target_name))
         meta.append(getattr(getattr(self.target, "config", None), "_commit_hash", None))
-        digest.update(json.dumps(meta).encode())
+        return json.dumps(meta)
+
+    def fingerprint(self, target_name: str) -> str:
+        """A key that changes whenever the cached reads would: :meth:`read_key` and every
+        dialog."""
+        digest = hashlib.sha256()
+        digest.update(self.read_key(target_name).encode())
         for dialog in self.dialogs:
             digest.update(json.dumps([dialog.input_ids, dialog.read_start]).encode())
         return digest.hexdigest()[:16]
 
     def load_or_build_cache(
-        self, path: Path, batch_size: int = 16, progress: bool = True, build: bool = True
+        self,
+        path: Path,
+        batch_size: int = 16,
+        progress: bool = True,
+        build: bool = True,
+        read_key: str | None = None,
     ) -> None:
         """Fill the in-memory cache from ``path``, computing and writing it if absent.
 
-        With ``build=False`` (non-zero ranks of a multi-process run) only waits for
-        nothing and loads: the caller synchronises after rank 0 built the file.
+        With ``read_key`` (:meth:`read_key`) the file records it and each dialog's key,
+        and a new file takes the reads of dialogs it shares with the other caches of
+        its folder that have the same ``read_key``: a dataset with more data added reads
+        only the new dialogs. With ``build=False`` (non-zero ranks of a multi-process
+        run) only loads: the caller synchronises after rank 0 built the file.
         """
         if not path.exists() and build:
-            vectors: dict[str, torch.Tensor] = {}
+            keys = [dialog_key(dialog) for dialog in self.dialogs]
+            vectors = _reuse(path.parent, read_key, keys) if read_key is not None else {}
             # Similar lengths together: less padding, faster reads.
-            order = sorted(range(len(self.dialogs)), key=lambda i: len(self.dialogs[i].input_ids))
-            for chunk in tqdm(
-                list(_chunks(order, batch_size)),
-                desc="caching target activations",
-                disable=not progress,
-            ):
+            todo = [i for i in range(len(self.dialogs)) if str(i) not in vectors]
+            order = sorted(todo, key=lambda i: len(self.dialogs[i].input_ids))
+            desc = "caching target activations"
+            if vectors:
+                desc += f" ({len(vectors)} of {len(keys)} from earlier caches)"
+            for chunk in tqdm(list(_chunks(order, batch_size)), desc=desc, disable=not progress):
                 for i, v in zip(chunk, self._raw(chunk), strict=True):
                     vectors[str(i)] = v.cpu().contiguous()
+            metadata = None
+            if read_key is not None:
+                metadata = {READ_KEY: read_key, DIALOG_KEYS: json.dumps(keys)}
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
-            save_file(vectors, str(tmp))
+            save_file(vectors, str(tmp), metadata=metadata)
             os.replace(tmp, path)  # atomic: a killed run never leaves half a cache
         loaded = load_file(str(path))
         self._cache = {int(k): v for k, v in loaded.items()}
@@ -223,6 +239,39 @@ def run_reads(
         blocks=blocks,
         pool=config.read_pool,
     )
+
+
+READ_KEY = "latentqa_read_key"
+DIALOG_KEYS = "latentqa_dialog_keys"
+"""Metadata of a cache file: its :meth:`ActivationSource.read_key` and, in index order,
+each dialog's :func:`dialog_key` (files written before these keys have neither)."""
+
+
+def dialog_key(dialog: EncodedDialog) -> str:
+    """What identifies a dialog's read: its token ids and where the read span starts."""
+    text = json.dumps([dialog.input_ids, dialog.read_start])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _reuse(folder: Path, read_key: str, keys: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Reads of ``keys`` found in the cache files of ``folder`` written with ``read_key``,
+    by index into ``keys``."""
+    wanted: dict[str, list[int]] = {}
+    for index, key in enumerate(keys):
+        wanted.setdefault(key, []).append(index)
+    found: dict[str, torch.Tensor] = {}
+    for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        try:
+            with safe_open(str(file), framework="pt") as cache:
+                metadata = cache.metadata() or {}
+                if metadata.get(READ_KEY) != read_key:
+                    continue
+                for stored, key in enumerate(json.loads(metadata[DIALOG_KEYS])):
+                    for index in wanted.pop(key, []):
+                        found[str(index)] = cache.get_tensor(str(stored)).contiguous()
+        except (OSError, ValueError, KeyError, SafetensorError):
+            continue  # not a cache of ours, or an unreadable one: read those dialogs afresh
+    return found
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:

@@ -154,7 +154,9 @@ class TrainConfig:
     float32: a CUDA device that supports it, or a CPU whose bfloat16 matmuls measure as
     fast; see latentqa.devices.auto_dtype), float32, bfloat16. LoRA weights stay float32."""
     cache_activations: bool = False
-    """Compute the frozen target's activations once and cache them on disk."""
+    """Compute the frozen target's activations once and cache them on disk; a new cache
+    takes the reads it shares with earlier caches in the same --cache-dir (more data
+    added: only the new dialogs are read)."""
     cache_dir: str | None = None
     """Where the activation cache goes; default <out>/activation-cache."""
     eval_every: int = 50

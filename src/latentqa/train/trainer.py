@@ -199,7 +199,11 @@ def _start(config: TrainConfig, *, resume: bool, force: bool, progress: bool) ->
         cache = Path(config.cache_dir or out / "activation-cache")
         path = cache / f"{source.fingerprint(config.target)}.safetensors"
         with accelerator.main_process_first():
-            source.load_or_build_cache(path, progress=progress and accelerator.is_main_process)
+            source.load_or_build_cache(
+                path,
+                progress=progress and accelerator.is_main_process,
+                read_key=source.read_key(config.target),
+            )
 
     per_step = config.batch_size * accelerator.num_processes * config.grad_accum
     total_steps = config.steps or max(1, math.ceil(config.epochs * len(data.train) / per_step))
