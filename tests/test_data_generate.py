@@ -45,6 +45,29 @@ def test_make_generate_batches_like_single_dialogs(pair) -> None:
     assert "max_new_tokens=6" in generate.generator_id
 
 
+def test_complete_dialogs_shows_one_progress_bar_over_all_chunks(pair, monkeypatch) -> None:
+    import tqdm.auto
+
+    import latentqa.data.replies as replies
+
+    bars: list = []
+    real = tqdm.auto.tqdm
+
+    def counting(*args, **kwargs):
+        bars.append(real(*args, **kwargs))
+        return bars[-1]
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", counting)
+    monkeypatch.setattr(replies, "CHUNK_SIZE", 3)  # two chunks of the four dialogs
+    model, tokenizer = pair
+    generate = make_generate(model, tokenizer, max_new_tokens=3, batch_size=2)
+    got, generated = complete_dialogs(DIALOGS, generate, generate.generator_id)
+    assert generated == 4 and len(got) == 4
+    assert [(bar.total, bar.n) for bar in bars] == [(4, 4)]
+    generate(DIALOGS[:1])  # called alone, it draws its own bar
+    assert [(bar.total, bar.n) for bar in bars] == [(4, 4), (1, 1)]
+
+
 def test_make_generate_rejects_bad_settings(pair) -> None:
     model, tokenizer = pair
     with pytest.raises(LatentQAError):

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,15 +107,19 @@ def complete_dialogs(
         if cache.get(key) is None and key not in todo:
             todo[key] = list(dialog)
     pending = list(todo.items())
-    for start in range(0, len(pending), CHUNK_SIZE):
-        chunk = pending[start : start + CHUNK_SIZE]
-        replies = generate([dialog for _, dialog in chunk])
-        if not isinstance(replies, list | tuple) or len(replies) != len(chunk):
-            got = len(replies) if isinstance(replies, list | tuple) else type(replies).__name__
-            raise LatentQAError(f"generate returned {got} replies for {len(chunk)} dialogs")
-        if not all(isinstance(reply, str) for reply in replies):
-            raise LatentQAError("generate must return a list of strings")
-        cache.put_many([(key, reply) for (key, _), reply in zip(chunk, replies, strict=True)])
+    # A generator with a ``run(total)`` context (make_generate's) shows one progress bar
+    # for all chunks instead of one per chunk.
+    run = getattr(generate, "run", None)
+    with run(len(pending)) if run is not None and pending else nullcontext():
+        for start in range(0, len(pending), CHUNK_SIZE):
+            chunk = pending[start : start + CHUNK_SIZE]
+            replies = generate([dialog for _, dialog in chunk])
+            if not isinstance(replies, list | tuple) or len(replies) != len(chunk):
+                got = len(replies) if isinstance(replies, list | tuple) else type(replies).__name__
+                raise LatentQAError(f"generate returned {got} replies for {len(chunk)} dialogs")
+            if not all(isinstance(reply, str) for reply in replies):
+                raise LatentQAError("generate must return a list of strings")
+            cache.put_many([(key, reply) for (key, _), reply in zip(chunk, replies, strict=True)])
     return [cache.get(key) or "" for key in keys], len(pending)
 
 
@@ -143,7 +148,9 @@ def make_generate(
 
     Returns:
         The function. Its ``generator_id`` attribute names the model and settings, for
-        :func:`complete_dialogs`.
+        :func:`complete_dialogs`; its ``run(total)`` context manager makes every call
+        inside it advance one progress bar of ``total`` replies (what
+        :func:`complete_dialogs` opens around its chunks).
 
     Raises:
         LatentQAError: ``max_new_tokens`` or ``batch_size`` is not positive, or the
@@ -165,14 +172,26 @@ def make_generate(
         text = tokenizer.apply_chat_template(dialog, tokenize=False, add_generation_prompt=True)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    shared: list[Any] = []  # the bar of a run() context, while one is open
+
+    def bar_for(total: int) -> Any:
+        return tqdm(total=total, desc="generating replies", unit="reply", disable=not progress)
+
+    @contextmanager
+    def run(total: int) -> Iterator[None]:
+        """One progress bar over every call made inside (``total`` replies)."""
+        with bar_for(total) as bar:
+            shared.append(bar)
+            try:
+                yield
+            finally:
+                shared.pop()
+
     def generate(dialogs: list[list[dict[str, str]]]) -> list[str]:
         encoded = [encode(dialog) for dialog in dialogs]
         order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
         replies: list[str] = [""] * len(encoded)
-        bar: Any = tqdm(
-            total=len(encoded), desc="generating replies", unit="reply", disable=not progress
-        )
-        with bar:
+        with nullcontext(shared[-1]) if shared else bar_for(len(encoded)) as bar:
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
                 rows = [encoded[index] for index in batch]
@@ -185,4 +204,5 @@ def make_generate(
 
     name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
     generate.generator_id = f"{name}|max_new_tokens={max_new_tokens}"  # type: ignore[attr-defined]
+    generate.run = run  # type: ignore[attr-defined]
     return generate
