@@ -39,7 +39,7 @@ STAGES: list[tuple[str, list[str]]] = [
     ("decoder", ["decoder"]),
     ("generation", ["generation"]),
     ("data", ["data"]),
-    ("reader", ["reader", "scoring", "answering"]),
+    ("reader", ["reader", "scoring", "answering", "picks"]),
     ("train", ["train"]),
     ("steer", ["steer"]),
     ("evaluate", ["evals"]),

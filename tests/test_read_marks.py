@@ -125,6 +125,23 @@ def test_probe_extra_data_leaves_out_held_out_lookalikes_and_is_capped(tmp_path)
     assert len(extra_pairs([folder], ["tone-terrified"], max_dialogs=1, seed=0)) == 1
 
 
+def test_probe_extra_data_keeps_the_items_form_user_turn_or_with_reply(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    rows = [
+        {"label": "persona-chef", "system": "You are a chef.", "stimulus_user": "Hi"},
+        {"label": "goal-sell-tea", "system": "Sell tea.", "stimulus_user": "Hello",
+         "stimulus_model": "Have some tea."},
+    ]  # fmt: skip
+    (folder / "system.json").write_text(json.dumps(rows))
+    user = extra_pairs([folder], [], max_dialogs=10, seed=0, ends_with="user")
+    reply = extra_pairs([folder], [], max_dialogs=10, seed=0, ends_with="assistant")
+    assert [text for _, text in user] == ["You are a chef."]
+    assert [text for _, text in reply] == ["Sell tea."]
+    assert reply[0][0][-1] == {"role": "assistant", "content": "Have some tea."}
+    assert len(extra_pairs([folder], [], max_dialogs=10, seed=0)) == 2
+
+
 def test_set_b_appends_the_shipped_reply_to_every_held_out_dialog():
     items, _ = build_items(None)
     replies = json.loads(SHIPPED_REPLIES.read_text())

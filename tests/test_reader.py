@@ -341,3 +341,29 @@ def test_cli_json_and_text_output(paths, reader, monkeypatch, capsys, tmp_path):
     assert capsys.readouterr().out.count("Q: Who?") == 2
     assert _main(monkeypatch, ["read", "-q", "Who?", *common]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_cli_options_pick_per_dialog_and_pooled(paths, reader, monkeypatch, capsys, tmp_path):
+    from latentqa.picks import choose
+
+    common = ["--target", str(paths["model"]), "--decoder", str(paths["decoder"])]
+    common += ["--device", "cpu", "--max-new-tokens", "2"]
+    options = ["A pirate.", "A chef.", "A poet."]
+    picks = [arg for option in options for arg in ("--option", option)]
+    dialogs = tmp_path / "dialogs.json"
+    dialogs.write_text(json.dumps([DIALOG, DIALOG[1:]]))
+    argv = ["read", "--dialogs", str(dialogs), "-q", QUESTIONS[0], *picks, "--json", *common]
+    assert _main(monkeypatch, argv) == 0
+    found = json.loads(capsys.readouterr().out)["choice"]
+    want = choose(reader, [DIALOG, DIALOG[1:]], QUESTIONS[0], options)
+    assert found["options"] == options
+    assert found["pooled_scores"] == pytest.approx(want.pooled, abs=1e-4)
+    assert found["pooled_pick"] == options[want.pooled_pick]
+    assert found["picks"] == [options[i] for i in want.picks]
+    assert _main(monkeypatch, [*argv[: -len(common) - 1], *common]) == 0  # text output
+    text = capsys.readouterr().out
+    assert text.count("pick among the 3 options:") == 2
+    assert f"pooled over the 2 dialogs (one hidden prompt): {options[want.pooled_pick]}" in text
+    argv = ["read", "--dialogs", str(dialogs), "-q", "Who?", "--option", "A pirate.", *common]
+    assert _main(monkeypatch, argv) == 2
+    assert "at least two options" in capsys.readouterr().err

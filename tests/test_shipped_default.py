@@ -33,22 +33,22 @@ def test_folder_is_small_complete_and_reads_pooled_layers():
 @pytest.mark.slow
 @needs_embedded
 def test_its_picks_follow_the_read_and_not_the_question():
-    from latentqa.cli.demo import DEMO, QUESTIONS, pick_scores
+    from latentqa.cli.demo import DEMO, QUESTIONS, conversations
+    from latentqa.picks import option_scores
     from latentqa.reader import Reader
 
     reader = Reader.load(EMBEDDED_MODEL, device="cpu")
-    dialogs = [[{"role": "system", "content": d["system"]}, {"role": "user", "content": d["user"]}]
-               for d in DEMO]  # fmt: skip
+    dialogs = [conversations(d)[0] for d in DEMO]
     options = [d["instructed"] for d in DEMO]
-    scores = pick_scores(reader, dialogs, options)
+    question = QUESTIONS[0]
+    scores = option_scores(reader, dialogs, question, options)
     picks = [max(range(len(options)), key=row.__getitem__) for row in scores]
     # The picks move with the dialog (how many are right, 4 dialogs cannot tell: see the
     # held-out test below).
     assert len(set(picks)) > 1, picks
     # Without its system prompt the same user turn gives other margins: the read decides.
     bare = [[d[1]] for d in dialogs]
-    assert pick_scores(reader, bare, options) != scores
-    question = QUESTIONS[0]
+    assert option_scores(reader, bare, question, options) != scores
     assert reader.yes_no_margins(torch.zeros(3, 576), question, options) != scores[0]
 
 

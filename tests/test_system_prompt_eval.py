@@ -542,3 +542,32 @@ def test_black_box_on_shipped_set_a_uses_the_shipped_replies(fakes, monkeypatch)
     ]
     # one generation call: the open answers to the question after each reply
     assert len(generated) == 1 and all(d[-1]["content"] == QUESTION for d in generated[0])
+
+
+def test_pooled_picks_sum_a_labels_margins_over_its_dialogs(fakes):
+    from latentqa.evals.system_prompt_pooled import pooled_accuracy, shared_options
+
+    items, _ = build_items(None, n=30)
+    shared = shared_options(items)
+    for item, one in zip(items, shared, strict=True):
+        assert one.options[one.gold_index] == item.gold  # each keeps its own behaviour
+        first = next(s for s in shared if s.label == item.label)
+        assert (one.options, one.gold_index) == (first.options, first.gold_index)
+    # The first dialog alone picks wrong, the two together right: the sum decides.
+    two = [s for s in shared if s.label == shared[0].label][:2]
+    gold, other = two[0].gold_index, (two[0].gold_index + 1) % N_OPTIONS
+    rows = [[0.0] * N_OPTIONS, [0.0] * N_OPTIONS]
+    rows[0][other], rows[0][gold] = 1.0, 0.9
+    rows[1][other], rows[1][gold] = -1.0, 0.2
+    assert pooled_accuracy(two, rows) == 1.0
+    assert pooled_accuracy(two[:1], rows[:1]) == 0.0
+    reader = _fake_reader()
+    reader.spec.picks_by_yes_no = True
+    methods = ["lit", "lit_shuffled"]
+    found = evaluate_system_prompt(reader, None, None, n=30, methods=methods, pooled=True)
+    lit = found["methods"]["lit"]
+    assert lit["mc_yes_no_pooled"] == 1.0  # the fake says yes to the gold of a real read
+    assert lit["pooled_labels"] == len({item.label for item in items})
+    assert "mc_yes_no_pooled" in markdown_table(found, CHANCE)
+    plain = evaluate_system_prompt(_fake_reader(), None, None, n=30, methods=["lit"])
+    assert "mc_yes_no_pooled" not in plain["methods"]["lit"]

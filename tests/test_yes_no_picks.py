@@ -1,6 +1,6 @@
 """A decoder trained on yes/no questions picks among options by its yes/no margin: the
-margin equals the two answers' scores, the spec knows the training mix, and the demo's
-pick follows it."""
+margin equals the two answers' scores, the spec knows the training mix, and the picks
+(latentqa.picks, the demo's) follow it, per dialog and pooled over dialogs."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from lit_fixtures import DIALOG, tiny_train_config, write_tiny_data, write_tiny_model
 
 import latentqa.train.trainer as trainer
-from latentqa.cli.demo import pick_scores
 from latentqa.decoder.folder import DecoderSpec
 from latentqa.errors import LatentQAError
+from latentqa.picks import choose, option_scores
 from latentqa.questions import NO, YES, yes_no_question
 from latentqa.reader import Reader
 
@@ -55,15 +55,15 @@ def test_a_margin_is_the_yes_score_minus_the_no_score(decoders):
         reader.yes_no_margins(vectors, QUESTION, [])
 
 
-def test_the_demo_picks_by_yes_no_for_a_yes_no_decoder_only(decoders):
+def test_options_are_scored_by_yes_no_for_a_yes_no_decoder_only(decoders):
     dialogs = [DIALOG, [{"role": "user", "content": "Tell me a story."}]]
     reader = decoders["yes_no"]
-    scores = pick_scores(reader, dialogs, OPTIONS)
+    scores = option_scores(reader, dialogs, QUESTION, OPTIONS)
     expected = [reader.yes_no_margins(v, QUESTION, OPTIONS) for v in reader.read_many(dialogs)]
     for got, want in zip(scores, expected, strict=True):
         assert got == pytest.approx(want, abs=1e-5)
     plain = decoders["open"]
-    gains = pick_scores(plain, dialogs, OPTIONS)
+    gains = option_scores(plain, dialogs, QUESTION, OPTIONS)
     refs = plain.reference_reads()
     prior = [
         sum(s) / len(refs)
@@ -74,3 +74,30 @@ def test_the_demo_picks_by_yes_no_for_a_yes_no_decoder_only(decoders):
     ]
     real = plain.score_vectors(plain.read(DIALOG), QUESTION, OPTIONS, normalize=True)
     assert gains[0] == pytest.approx([r - p for r, p in zip(real, prior, strict=True)], abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["yes_no", "open"])
+def test_the_pooled_pick_sums_each_dialogs_scores(decoders, name):
+    reader = decoders[name]
+    dialogs = [DIALOG, [{"role": "user", "content": "Tell me a story."}], DIALOG[-1:]]
+    choice = choose(reader, dialogs, QUESTION, OPTIONS)
+    each = [option_scores(reader, [d], QUESTION, OPTIONS)[0] for d in dialogs]
+    for got, want in zip(choice.scores, each, strict=True):
+        assert got == pytest.approx(want, abs=1e-5)  # a dialog's scores do not depend on the others
+    assert choice.pooled == pytest.approx([sum(c) for c in zip(*each, strict=True)], abs=1e-4)
+    assert choice.picks == [max(range(3), key=row.__getitem__) for row in choice.scores]
+    assert choice.pooled[choice.pooled_pick] == max(choice.pooled)
+    # One dialog: the pooled pick is that dialog's pick.
+    alone = choose(reader, dialogs[:1], QUESTION, OPTIONS)
+    assert alone.pooled_pick == alone.picks[0] == choice.picks[0]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [(["only one"], "at least two"), (["a", " "], "empty"), (["a", "a"], "repeat")],
+)
+def test_bad_options_get_a_clear_error_before_any_read(decoders, options, message):
+    with pytest.raises(LatentQAError, match=message):
+        choose(decoders["open"], [DIALOG], QUESTION, options)
+    with pytest.raises(LatentQAError, match="at least one dialog"):
+        choose(decoders["open"], [], QUESTION, OPTIONS)

@@ -9,7 +9,8 @@ Two readouts per dialog: open answers, each with its evidence (how much more
 likely the dialog's activations make it than 16 reference dialogs' do) and its
 read mark, and the decoder's pick among the demo's behaviours (chance 1 in 4): for a
 decoder trained on yes/no questions the option it most says yes to, else the option
-whose likelihood the dialog's activations raise most over the reference dialogs' mean.
+whose likelihood the dialog's activations raise most over the reference dialogs' mean
+(:func:`latentqa.picks.option_scores`).
 
 Then, for the embedded target, the shipped relations decoder reads facts about
 countries it never saw in training from their names' tokens alone, checked against
@@ -20,12 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING
 
 from latentqa.models import EMBEDDED_MODEL
-
-if TYPE_CHECKING:  # the CLI imports torch only when a command runs
-    from latentqa.reader import Reader
 
 # Labels are from the held-out split of `latentqa data build --seed 0`
 # (tests/test_demo.py checks that they stay held out).
@@ -124,29 +121,8 @@ def read_countries(target: str, device: str) -> list[dict]:
     return rows
 
 
-def pick_scores(reader: Reader, dialogs: list[list[dict]], options: list[str]) -> list[list[float]]:
-    """Per dialog, each option's score; the largest is the decoder's pick.
-
-    A decoder trained on yes/no questions scores an option by its yes/no margin (the
-    50/50 training calibrates it); any other by how much the dialog's activations raise
-    the option's likelihood over its mean with the reference dialogs' activations.
-    """
-    question = QUESTIONS[0]
-    if reader.spec.picks_by_yes_no:
-        return [reader.yes_no_margins(v, question, options) for v in reader.read_many(dialogs)]
-    references = reader.reference_reads()
-    prior = [0.0] * len(options)
-    for vectors in references:  # each option's mean likelihood over other dialogs
-        scores = reader.score_vectors(vectors, question, options, normalize=True)
-        prior = [p + s / len(references) for p, s in zip(prior, scores, strict=True)]
-    gains = []
-    for vectors in reader.read_many(dialogs):
-        real = reader.score_vectors(vectors, question, options, normalize=True)
-        gains.append([r - z for r, z in zip(real, prior, strict=True)])
-    return gains
-
-
 def run(args: argparse.Namespace) -> int:
+    from latentqa.picks import option_scores
     from latentqa.reader import Reader
 
     reader = Reader.load(args.target, args.decoder, device=args.device)
@@ -157,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     answers = reader.ask_many(dialogs, QUESTIONS, evidence=True, max_new_tokens=args.max_new_tokens)
     options = [d["instructed"] for d in DEMO]
     results = []
-    gains = pick_scores(reader, dialogs, options)
+    gains = option_scores(reader, dialogs, QUESTIONS[0], options)
     for item, replies, gain in zip(DEMO, answers, gains, strict=True):
         pick = max(range(len(options)), key=gain.__getitem__)
         results.append(

@@ -16,6 +16,7 @@ from latentqa.models import EMBEDDED_MODEL
 from latentqa.questions import check_questions
 
 if TYPE_CHECKING:
+    from latentqa.picks import Choice
     from latentqa.scoring import Answer
 
 
@@ -56,6 +57,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="read only the tokens of TEXT (its last occurrence in the last user turn), not "
         "the whole dialog: for decoders trained on subject tokens, such as "
         '`--decoder shipped:relations` with --user "Tell me about France." --subject France',
+    )
+    parser.add_argument(
+        "--option",
+        dest="options",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="a candidate answer to the first question (repeat, at least two): prints each "
+        "dialog's pick among them and, with several dialogs (conversations under one hidden "
+        "prompt), the pick pooled over all of them; by yes/no margin for a decoder trained "
+        "on yes/no questions",
     )
     parser.add_argument("--layer", type=int, default=None, help="read this target layer instead")
     parser.add_argument(
@@ -138,6 +150,17 @@ def answer_record(question: str, answer: Answer) -> dict[str, Any]:
     }
 
 
+def choice_record(choice: Choice) -> dict[str, Any]:
+    """The ``--option`` picks in ``--json`` output: scores per dialog, picks, pooled pick."""
+    return {
+        "options": choice.options,
+        "scores": choice.scores,
+        "picks": [choice.options[i] for i in choice.picks],
+        "pooled_scores": choice.pooled,
+        "pooled_pick": choice.options[choice.pooled_pick],
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     from latentqa.chat import check_subject
     from latentqa.reader import Reader
@@ -154,6 +177,12 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
     )
+    if args.options is not None:
+        from latentqa.picks import check_options
+
+        check_options(args.options)
+        if args.layer is not None or args.subject is not None:
+            raise LatentQAError("--option reads the decoder's own layers: drop --layer/--subject")
     if args.save_control and Path(args.save_control).is_dir():
         raise LatentQAError(f"--save-control {args.save_control} is a folder: name a JSON file")
     if args.subject is not None:
@@ -173,6 +202,11 @@ def run(args: argparse.Namespace) -> int:
         layer=args.layer,
         subject=args.subject,
     )
+    choice = None
+    if args.options is not None:
+        from latentqa.picks import choose
+
+        choice = choose(reader, dialogs, args.questions[0], args.options)
     if args.save_control:
         from latentqa.steer.qa_pairs import save_control
 
@@ -195,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
                 for dialog, row in zip(dialogs, answers, strict=True)
             ],
         }
+        if choice is not None:
+            report["choice"] = choice_record(choice)
         print(json.dumps(report))
         return 0
     for index, (dialog, row) in enumerate(zip(dialogs, answers, strict=True)):
@@ -205,8 +241,14 @@ def run(args: argparse.Namespace) -> int:
         for question, answer in zip(args.questions, row, strict=True):
             print(f"Q: {question}")
             print(f"A: {answer.text}  {evidence_tag(answer)}")
+        if choice is not None:
+            picked = choice.options[choice.picks[index]]
+            print(f"pick among the {len(choice.options)} options: {picked}")
         if index < len(dialogs) - 1:
             print()
+    if choice is not None and len(dialogs) > 1:
+        best = choice.options[choice.pooled_pick]
+        print(f"\npooled over the {len(dialogs)} dialogs (one hidden prompt): {best}")
     print(f"({evidence_legend(reader.read_threshold)})")
     return 0
 

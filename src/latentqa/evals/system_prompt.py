@@ -89,6 +89,7 @@ from latentqa.evals.system_prompt_items import (
     yes_no_questions,
 )
 from latentqa.evals.system_prompt_marks import margin_gaps, pick_evidence, read_marks
+from latentqa.evals.system_prompt_pooled import POOLED, pooled_measures
 from latentqa.evals.system_prompt_probe import (
     DEFAULT_MAX_EXTRA,
     extra_folders,
@@ -155,6 +156,7 @@ CHANCE = {
     "yes_no_accuracy": 0.5,
     "paired_yes_no_accuracy": 0.5,
     "open_win_rate": 0.5,
+    POOLED: 1 / N_OPTIONS,
 }
 """Score of a method that knows nothing, per measure."""
 
@@ -244,6 +246,7 @@ def evaluate_system_prompt(
     item_set: str = "user",
     answers: str = "instructions",
     likelihood: bool = True,
+    pooled: bool = False,
 ) -> dict:
     """Run every method on the same held-out items; returns the result object.
 
@@ -282,6 +285,8 @@ def evaluate_system_prompt(
             leaves those rows out of the decoder methods, with ``mc_accuracy``,
             ``mc_accuracy_calibrated`` and the read marks (for decoders trained on yes/no
             questions alone, whose answer likelihoods mean nothing).
+        pooled: Also pick per hidden prompt, pooling its dialogs' yes/no margins
+            (:mod:`~latentqa.evals.system_prompt_pooled`) for each decoder method.
 
     Returns:
         ``{"task": "system-prompt", "set", "n", "question", "answers", "seconds",
@@ -326,6 +331,8 @@ def evaluate_system_prompt(
             vectors = reads(DECODER_CONDITIONS[name])
             args = (seed, open_answers, max_new_tokens, likelihood)
             results[name] = _decoder_method(name, who, vectors, items, cache, *args)
+            if pooled:
+                results[name].update(pooled_measures(who, vectors, items, cache, name))
         elif name == "linear_probe":
             extra = (probe_data, probe_max_extra)
             results[name] = _probe(reader, train_pairs, reads, items, seed, log, *extra)
@@ -352,7 +359,8 @@ def _probe(reader, train_pairs, reads, items, seed, log, probe_data, max_extra) 
     """The strong ridge probe (:mod:`latentqa.evals.system_prompt_probe`)."""
     reads("real")  # the items' raw spans
     folders = extra_folders(reader, probe_data, log)
-    extra = extra_pairs(folders, [i.label for i in items], max_extra, seed) if folders else []
+    labels, form = [i.label for i in items], items[0].dialog[-1]["role"]
+    extra = extra_pairs(folders, labels, max_extra, seed, ends_with=form) if folders else []
     target = getattr(reader, "target_name", "")
     features_of = probe_features(target, reads.layers, reads.raw, reads.spans)
     found = run_probe(features_of, reads.spans, items, train_pairs, extra, seed, log)

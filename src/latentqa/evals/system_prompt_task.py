@@ -80,6 +80,11 @@ class EvalSystemPromptConfig:
     decoder saw"""
     probe_max_extra: int = DEFAULT_MAX_EXTRA
     """read at most this many extra dialogs for the probe (a seeded sample)"""
+    pooled: bool = False
+    """also pick once per hidden prompt, summing the yes/no margins of all its held-out
+    dialogs (other user turns under the same prompt, as an auditor sees several
+    conversations of one deployment): mc_yes_no_pooled over the labels (59 on the shipped
+    set), for each decoder method; one more scoring pass each"""
     quick: bool = False
     """a preset for iterating, about a minute on 2 CPU cores: the first 40 items (--n 40),
     the decoder with real, zeroed and shuffled activations and without the system prompt
@@ -185,6 +190,7 @@ def run(config: EvalSystemPromptConfig, log: Log) -> dict[str, Any]:
         config.data,
         open_answers=config.open,
         likelihood=config.likelihood,
+        pooled=config.pooled,
         **options,
         **probe,
     )
