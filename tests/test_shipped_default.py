@@ -69,6 +69,6 @@ def test_it_reads_held_out_prompts_far_better_than_shuffled_reads():
         black_box=False,
     )
     lit, shuffled = (result["methods"][m]["mc_yes_no_accuracy"] for m in ("lit", "lit_shuffled"))
-    # Measured on these 40 items: 0.425 against 0.25 (all 177: 0.441 against 0.141); the
+    # Measured on these 40 items: 0.450 against 0.125 (all 177: 0.429 against 0.153); the
     # bounds leave room for a few items to flip on another machine's float round-off.
     assert lit >= shuffled + 0.10 and lit >= 0.3, (lit, shuffled)
