@@ -33,12 +33,13 @@ def test_folder_is_small_complete_and_reads_pooled_layers():
 @pytest.mark.slow
 @needs_embedded
 def test_its_picks_follow_the_read_and_not_the_question():
-    from latentqa.cli.demo import DEMO, QUESTIONS, conversations
+    from latentqa.cli.demo import DEMO, QUESTIONS
     from latentqa.picks import option_scores
     from latentqa.reader import Reader
 
     reader = Reader.load(EMBEDDED_MODEL, device="cpu")
-    dialogs = [conversations(d)[0] for d in DEMO]
+    dialogs = [[{"role": "system", "content": d["system"]}, {"role": "user", "content": d["user"]}]
+               for d in DEMO]  # fmt: skip
     options = [d["instructed"] for d in DEMO]
     question = QUESTIONS[0]
     scores = option_scores(reader, dialogs, question, options)
