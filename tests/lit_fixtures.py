@@ -91,10 +91,11 @@ DIALOG = [
 QUESTIONS = ["What persona is the assistant adopting?", "Who is the assistant?"]
 
 
-def build_tiny_decoder(root: Path, write_model=None) -> tuple[Path, Path]:
+def build_tiny_decoder(root: Path, write_model=None, **options) -> tuple[Path, Path]:
     """A tiny model folder and a decoder trained on it for a few steps (CPU, seconds).
 
-    ``write_model(folder)`` writes the model (default :func:`write_tiny_model`).
+    ``write_model(folder)`` writes the model (default :func:`write_tiny_model`);
+    ``options`` override the training options (e.g. ``projector="linear"``).
     """
     model = (write_model or write_tiny_model)(root / "model")
     values = dict(
@@ -111,7 +112,7 @@ def build_tiny_decoder(root: Path, write_model=None) -> tuple[Path, Path]:
         dtype="float32",
         device="cpu",
     )
-    train(config_from_dict(TrainConfig, values), progress=False)
+    train(config_from_dict(TrainConfig, {**values, **options}), progress=False)
     return model, root / "decoder"
 
 

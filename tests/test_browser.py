@@ -168,6 +168,34 @@ def test_screenshot_helper_asks_charts_and_writes_a_png(reader, browser, tmp_pat
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 
+def test_a_projector_decoder_offers_and_charts_its_own_read_layers(tmp_path, page, browser):
+    options = dict(read_layers=[1, 2], read_pool="mean", projector="linear")
+    model, folder = build_tiny_decoder(tmp_path / "projected", **options)
+    projected = Reader.load(str(model), folder, device="cpu")
+    other = Reader.base(str(model), read_layers=[1], device="cpu")
+    decoders = {RELATIONS_DECODER: lambda: other}
+    with BackgroundServer(create_app(reader=projected, decoders=decoders)) as server:
+        page.goto(server.url + "/")
+        page.wait_for_selector("#status.ready")
+        layers = page.locator("#layer option")
+        assert [layers.nth(i).get_attribute("value") for i in range(layers.count())] == [
+            "",
+            "1",
+            "2",
+        ]
+        assert "reads layers 1, 2 only" in page.inner_text("#chart-scope")
+        page.click("#chart-run")
+        page.wait_for_selector("#chart .legend:has-text('2 layers scored')")
+        answers = len(page.input_value("#chart-answers").strip().splitlines())
+        assert page.locator("#chart svg rect[fill]").count() == 2 * answers
+        # The other decoder (no projector) is offered every layer again.
+        page.select_option("#decoder", RELATIONS_DECODER)
+        assert layers.count() == 1 + projected.n_layers and page.is_hidden("#chart-scope")
+        # The screenshot script charts the shipped decoder the same way.
+        shot = capture(server.url, tmp_path / "shot.png", browser=browser, max_new_tokens=3)
+        assert shot.stat().st_size > 20_000
+
+
 def test_country_fact_example_asks_the_relations_decoder_about_the_subject(reader, page):
     other = Reader.base(reader.target_name, read_layers=[1], device="cpu")
     decoders = {RELATIONS_DECODER: lambda: other}

@@ -363,6 +363,14 @@ class DecoderHolder:
         return self.decoder.has_adapter
 
     @property
+    def readable_layers(self) -> list[int]:
+        """The target layers the decoder reads one at a time (``layer=``): any, or with a
+        projector only its own read layers (it has maps for no others)."""
+        if self.decoder.projector is None:
+            return list(range(self.n_layers))
+        return sorted(check_layer_index(x, self.n_layers, "layer") for x in self.spec.read_layers)
+
+    @property
     def decoder_path(self) -> Path | None:
         """The decoder folder; ``None`` without an adapter."""
         return self.decoder.folder

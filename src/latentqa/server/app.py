@@ -37,7 +37,6 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
-from latentqa.errors import LatentQAError
 from latentqa.package_data import package_file
 from latentqa.server.examples import EXAMPLES
 from latentqa.server.host import (
@@ -54,10 +53,10 @@ from latentqa.server.http_errors import (
     LoopbackHostGuard,
     install_error_handlers,
 )
+from latentqa.server.layer_choice import check_layer, distinct_layers, every_layer
 from latentqa.server.schemas import (
     LIMITS,
     MAX_BODY_BYTES,
-    MAX_LAYERS,
     AskRequest,
     AskResponse,
     ErrorBody,
@@ -93,28 +92,6 @@ ERRORS = {
 
 def _static(name: str) -> bytes:
     return package_file("latentqa.server", f"static/{name}").read_bytes()
-
-
-def _check_layer(layer: int, n_layers: int | None) -> int:
-    if n_layers is None:
-        return layer
-    if not -n_layers <= layer < n_layers:
-        raise LatentQAError(
-            f"layer {layer} is out of range: the target has {n_layers} layers "
-            f"(valid: 0..{n_layers - 1}, or negative from the end)"
-        )
-    return layer % n_layers
-
-
-def _distinct_layers(layers: Sequence[int], n_layers: int | None) -> list[int]:
-    """Checked layers, each once, in the order given, at most :data:`MAX_LAYERS`."""
-    distinct = list(dict.fromkeys(_check_layer(layer, n_layers) for layer in layers))
-    if len(distinct) > MAX_LAYERS:
-        raise LatentQAError(
-            f"`layers` names {len(distinct)} distinct layers; one request scores at most "
-            f"{MAX_LAYERS}: split them over several requests"
-        )
-    return distinct
 
 
 async def _score(
@@ -276,7 +253,7 @@ def create_app(
         info = describe_reader(reader)
         if layer is None:
             return None, list(info["read_layers"] or [])
-        checked = _check_layer(layer, info["n_layers"])
+        checked = check_layer(layer, info["n_layers"])
         return checked, [checked]
 
     def _choice(request: Any) -> tuple[str, dict[str, Any]]:
@@ -347,32 +324,23 @@ def create_app(
     async def layer_scores(request: LayerScoresRequest, http: Request) -> LayerScoresResponse:
         """Score the candidate answers with each target layer read in turn.
 
-        Each distinct layer is one model call (at most 64 per request; duplicates are
-        scored once); other requests may take their turn in between.
+        Without ``layers``: every layer the decoder reads alone (a decoder with a
+        projector reads only its own read layers). Each distinct layer is one model call
+        (at most 64 per request; duplicates are scored once); other requests may take
+        their turn in between.
         """
         _name, subject = _choice(request)
-        info = host.info()
-        n_layers = info["n_layers"]
-        if request.layers is not None:
-            layers = _distinct_layers(request.layers, n_layers)
-        elif n_layers is None:
-            raise LatentQAError("the reader does not report its number of layers; pass `layers`")
-        elif n_layers > MAX_LAYERS:
-            raise LatentQAError(
-                f"the target has {n_layers} layers and one request scores at most "
-                f"{MAX_LAYERS}: pass `layers`, split over several requests"
-            )
-        else:
-            layers = list(range(n_layers))
-        if not layers:
-            raise LatentQAError("pass at least one layer")
+        asked = request.layers
+        chosen = None if asked is None else distinct_layers(asked, host.info()["n_layers"])
         dialog = [message.model_dump() for message in request.dialog]
-
+        layers: list[int] = []
         read_layers: list[int] = []
 
         async def work(session: Session) -> tuple[list[list[float]], float]:
             reader = await host.reader_for(session, request.decoder)
-            read_layers[:] = describe_reader(reader)["read_layers"] or []
+            described = describe_reader(reader)
+            read_layers[:] = described["read_layers"] or []
+            layers[:] = every_layer(described) if chosen is None else chosen
             rows: list[list[float]] = []
             total = 0.0
             for layer in layers:  # a deadline or a disconnect stops it between calls

@@ -176,7 +176,8 @@ class ModelHost:
         )
 
     def info(self) -> dict[str, Any]:
-        """Health fields: status, message, target, decoder, device, n_layers, read layers."""
+        """Health fields: status, message, target, decoder, device, n_layers, read layers,
+        the decoders and the layers each loaded one reads."""
         info: dict[str, Any] = {
             "target": None,
             "decoder": None,
@@ -197,7 +198,15 @@ class ModelHost:
         layers = info["read_layers"]
         info.update(status=self._status, message=message, read_layer=layers[0] if layers else None)
         info["decoders"] = self.decoders.names
+        info["readable_layers"] = self._readable_layers()
         return info
+
+    def _readable_layers(self) -> dict[str, list[int]]:
+        """The layers each loaded decoder reads one at a time, by name (own one first)."""
+        readers = [(self.decoders.own, self._reader)] if self._status == "ready" else []
+        readers += list(self.decoders.loaded.items())  # a copy: loads run in another thread
+        layers = {name: describe_reader(reader)["readable_layers"] for name, reader in readers}
+        return {name: value for name, value in layers.items() if value is not None}
 
     # Decoders.
 

@@ -89,20 +89,22 @@ class _Abandoned(Exception):
 def describe_reader(reader: Any) -> dict[str, Any]:
     """What is running, from a reader's public attributes (missing ones are ``None``).
 
-    Reads ``target_name``, ``decoder_path``, ``device``, ``n_layers`` and
-    ``spec.read_layers`` of a :class:`latentqa.reader.Reader`.
+    Reads ``target_name``, ``decoder_path``, ``device``, ``n_layers``,
+    ``spec.read_layers`` and ``readable_layers`` of a :class:`latentqa.reader.Reader`.
     """
     spec = getattr(reader, "spec", None)
     read_layers = getattr(spec, "read_layers", None)
     decoder = getattr(reader, "decoder_path", None)
     device = getattr(reader, "device", None)
     n_layers = getattr(reader, "n_layers", None)
+    readable = getattr(reader, "readable_layers", None)
     return {
         "target": _label(getattr(reader, "target_name", None)),
         "decoder": _label(decoder) if decoder is not None else "none (untrained base model)",
         "device": _label(device),
         "n_layers": int(n_layers) if n_layers is not None else None,
         "read_layers": [int(layer) for layer in read_layers] if read_layers else None,
+        "readable_layers": [int(layer) for layer in readable] if readable is not None else None,
     }
 
 

@@ -215,6 +215,12 @@ class Health(BaseModel):
     decoders: list[str] = Field(
         description="decoders a request may choose (`decoder`): the server's own first"
     )
+    readable_layers: dict[str, list[int]] = Field(
+        default_factory=dict,
+        description="per decoder loaded so far: the target layers it reads one at a time "
+        "(`layer`, the chart); a decoder with a projector reads only its own read layers. "
+        "A decoder not listed is not loaded yet",
+    )
 
 
 class Example(BaseModel):

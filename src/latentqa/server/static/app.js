@@ -64,14 +64,28 @@
     }
   }
 
-  function fillLayers(health) {
+  // The layers the chosen decoder reads one at a time: every target layer, or (with a
+  // projector) only its own read layers. A decoder not loaded yet is offered every layer.
+  function readableLayers() {
+    const health = state.health || {};
+    const name = $("decoder").value || (health.decoders || [])[0];
+    const every = Array.from({ length: health.n_layers || 0 }, (_, layer) => layer);
+    return (health.readable_layers || {})[name] || every;
+  }
+
+  function fillLayers() {
     const select = $("layer");
+    const kept = select.value;
     select.textContent = "";
-    const reads = (health.read_layers || []).join(", ");
+    const reads = ((state.health || {}).read_layers || []).join(", ");
     select.append(new Option(`decoder default (${reads || "trained"})`, ""));
-    for (let layer = 0; layer < (health.n_layers || 0); layer += 1) {
-      select.append(new Option(`layer ${layer}`, String(layer)));
-    }
+    const layers = readableLayers();
+    for (const layer of layers) select.append(new Option(`layer ${layer}`, String(layer)));
+    select.value = layers.includes(Number(kept)) && kept !== "" ? kept : "";
+    const few = layers.length < ((state.health || {}).n_layers || 0);
+    $("chart-scope").hidden = !few;
+    $("chart-scope").textContent = few ? `This decoder reads layers ${layers.join(", ")} `
+      + "only (its projector maps no others): the chart scores each of them alone." : "";
   }
 
   // The decoders the server offers; its own first (the default choice).
@@ -111,8 +125,8 @@
     showRunning(health);
     if (health.status === "ready") {
       state.ready = true;
-      fillLayers(health);
       fillDecoders(health);
+      fillLayers();
       const loaded = health.message.replace(/^ready\s*/, "");
       setStatus("ready", `Model ready${loaded ? " " + loaded : ""}. Write a dialog, then ask `
         + "questions about what the target model's activations reveal.");
@@ -180,6 +194,7 @@
     $("chart-answers").value = example.answer || "";
     $("subject").value = example.subject || "";
     chooseDecoder(example.decoder);
+    fillLayers();
     $("answers").textContent = "";
     $("chart").textContent = "";
     showError("ask-error", null);
@@ -369,11 +384,10 @@
     const answers = lines("chart-answers").slice(0, 4);
     const base = { dialog: readDialog(), question: $("chart-question").value,
       answers, normalize: true, ...readOptions() };
-    const health = state.health || {};
-    const n = health.n_layers || 0;
-    const all = Array.from({ length: n }, (_, layer) => layer);
+    const all = readableLayers();
+    const n = all.length;
     const result = { layers: all, scores: all.map(() => null),
-      read_layers: health.read_layers || [], seconds: 0 };
+      read_layers: (state.health || {}).read_layers || [], seconds: 0 };
     const step = Math.max(1, Math.ceil(n / 6));
     $("chart").textContent = "";
     await busy($("chart-run"), "Scoring…", async () => {
@@ -381,7 +395,7 @@
         for (let start = 0; start < n; start += step) {
           const layers = all.slice(start, start + step);
           const part = await api("/api/layer-scores", { ...base, layers });
-          part.scores.forEach((row, k) => { result.scores[part.layers[k]] = row; });
+          part.scores.forEach((row, k) => { result.scores[all.indexOf(part.layers[k])] = row; });
           result.seconds += part.seconds;
           result.read_layers = part.read_layers;
           drawChart(result, answers);
@@ -404,6 +418,7 @@
     const example = state.examples[Number(event.target.value)];
     if (example) loadExample(example);
   });
+  $("decoder").addEventListener("change", fillLayers);
   $("ask").addEventListener("click", ask);
   $("chart-run").addEventListener("click", chart);
   $("questions").addEventListener("keydown", (event) => {
