@@ -21,6 +21,7 @@ import latentqa.evals.system_prompt as sp
 from latentqa.conditions import activation_conditions
 from latentqa.evals.blackbox import generate_replies, score_answers
 from latentqa.evals.system_prompt_items import build_items, yes_no_questions
+from latentqa.evals.system_prompt_open import open_win_rate
 from latentqa.questions import NO, YES, yes_no_question
 
 
@@ -118,7 +119,7 @@ def decoder_method(name, reader, vectors, items, zeroed, seed, open_answers, max
     }
     if open_answers:
         answers = decoder_answers(reader, vectors, items, max_new_tokens)
-        figures["open_win_rate"] = sp._open_win_rate(answers, items)
+        figures["open_win_rate"] = open_win_rate(answers, items)
     raw = {"options": scores, "baseline": baseline, "yes_no": yes_no, "margins": margins}
     return figures, raw
 

@@ -155,7 +155,7 @@ class FakeReader:
 @pytest.fixture
 def fakes(monkeypatch):
     """No sentence embedder and no target model: fakes for both."""
-    monkeypatch.setattr(sp, "embedder", FakeEmbedder)
+    monkeypatch.setattr("latentqa.evals.system_prompt_open.embedder", FakeEmbedder)
     replies = lambda model, tok, dialogs, max_new_tokens=48: ["ok"] * len(dialogs)  # noqa: E731
     monkeypatch.setattr(sp, "generate_replies", replies)
 

@@ -10,6 +10,7 @@ A trained decoder is a folder (``latentqa.json`` and the peft adapter files);
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from latentqa.decoder.lora_gate import LORA_FROM
 from latentqa.decoder.projector import PROJECTOR_FILE, PROJECTOR_KINDS
 from latentqa.decoder.prompt import PROMPT_ORDERS
 from latentqa.errors import LatentQAError
-from latentqa.json_files import read_json
+from latentqa.json_files import read_json, write_json_atomic
 from latentqa.layers import check_layers
 from latentqa.models import EMBEDDED_MODEL, check_device_dtype, model_shape
 from latentqa.package_data import package_file
@@ -299,6 +300,28 @@ def open_decoder_folder(target: str, decoder: str | Path | None) -> tuple[Path, 
             "(adapters are read from safetensors only)"
         )
     return folder, spec
+
+
+def set_read_threshold(folder: str | Path, threshold: float) -> Path:
+    """Record ``threshold`` as the decoder's calibrated ``read_threshold`` (the evidence
+    above which its open answers are marked read) in ``folder``'s ``latentqa.json``,
+    written atomically; every other field stays as it was.
+
+    Returns:
+        The file written.
+
+    Raises:
+        LatentQAError: No decoder file in ``folder``, or a threshold that is not finite.
+    """
+    path = Path(folder, SPEC_FILE)
+    if not path.is_file():
+        raise LatentQAError(f"{folder} has no {SPEC_FILE}: pass a decoder folder")
+    if not math.isfinite(threshold):
+        raise LatentQAError(f"read_threshold must be a finite number, got {threshold}")
+    data = read_json(path, "decoder spec")
+    data.setdefault("extra", {})["read_threshold"] = float(threshold)
+    write_json_atomic(path, data)
+    return path
 
 
 def first_line(error: BaseException) -> str:

@@ -74,7 +74,6 @@ from tqdm.auto import tqdm
 
 from latentqa.errors import LatentQAError
 from latentqa.evals.blackbox import generate_replies, score_answer_sets
-from latentqa.evals.embed import embedder
 from latentqa.evals.system_prompt_items import (
     N_OPTIONS,
     QUESTION,
@@ -89,6 +88,7 @@ from latentqa.evals.system_prompt_items import (
     yes_no_questions,
 )
 from latentqa.evals.system_prompt_marks import margin_gaps, pick_evidence, read_marks
+from latentqa.evals.system_prompt_open import open_marks, open_win_rate
 from latentqa.evals.system_prompt_pooled import POOLED, pooled_measures
 from latentqa.evals.system_prompt_probe import (
     DEFAULT_MAX_EXTRA,
@@ -178,15 +178,6 @@ def calibrated_picks(
     return picks
 
 
-def _open_win_rate(answers: Sequence[str], items: Sequence[Item]) -> float:
-    model = embedder()
-    a = model.embed(list(answers))
-    gold = model.embed([item.gold for item in items])
-    other = model.embed([item.distractor for item in items])
-    wins = ((a * gold).sum(-1) > (a * other).sum(-1)).float()
-    return float(wins.mean())
-
-
 def _decoder_method(
     name: str,
     reader: Reader,
@@ -197,6 +188,7 @@ def _decoder_method(
     open_answers: bool,
     max_new_tokens: int,
     likelihood: bool = True,
+    marks: bool = False,
 ) -> dict[str, float | None]:
     scored = item_scores(reader, vectors, items, zeroed, name, likelihood=likelihood)
     yes_no, paired = yes_no_accuracy(scored.yes_no, items)
@@ -219,7 +211,9 @@ def _decoder_method(
         result.update(read_marks(*found, items, seed))
     if open_answers:
         answers = decoder_answers(reader, vectors, items, max_new_tokens)
-        result["open_win_rate"] = _open_win_rate(answers, items)
+        result["open_win_rate"] = open_win_rate(answers, items)
+        if marks and name == "lit":
+            result.update(open_marks(reader, vectors, items, answers, seed))
     return result
 
 
@@ -247,6 +241,7 @@ def evaluate_system_prompt(
     answers: str = "instructions",
     likelihood: bool = True,
     pooled: bool = False,
+    open_marks: bool = False,
 ) -> dict:
     """Run every method on the same held-out items; returns the result object.
 
@@ -287,6 +282,8 @@ def evaluate_system_prompt(
             questions alone, whose answer likelihoods mean nothing).
         pooled: Also pick per hidden prompt, pooling its dialogs' yes/no margins
             (:mod:`~latentqa.evals.system_prompt_pooled`) for each decoder method.
+        open_marks: Also calibrate the read mark of ``lit``'s open answers
+            (:mod:`~latentqa.evals.system_prompt_open`; needs ``open_answers``).
 
     Returns:
         ``{"task": "system-prompt", "set", "n", "question", "answers", "seconds",
@@ -329,7 +326,7 @@ def evaluate_system_prompt(
             assert who is not None
             cache = zeroed.setdefault(id(who), ZeroedScores(who))
             vectors = reads(DECODER_CONDITIONS[name])
-            args = (seed, open_answers, max_new_tokens, likelihood)
+            args = (seed, open_answers, max_new_tokens, likelihood, open_marks)
             results[name] = _decoder_method(name, who, vectors, items, cache, *args)
             if pooled:
                 results[name].update(pooled_measures(who, vectors, items, cache, name))
@@ -395,5 +392,5 @@ def _black_box(reader: Reader, items, open_answers: bool, max_new_tokens: int) -
             for v, item in zip(visible, items, strict=True)
         ]
         answers = generate_replies(reader.model, reader.tokenizer, asked, max_new_tokens)
-        result["open_win_rate"] = _open_win_rate(answers, items)
+        result["open_win_rate"] = open_win_rate(answers, items)
     return result

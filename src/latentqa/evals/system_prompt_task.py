@@ -85,6 +85,18 @@ class EvalSystemPromptConfig:
     dialogs (other user turns under the same prompt, as an auditor sees several
     conversations of one deployment): mc_yes_no_pooled over the labels (59 on the shipped
     set), for each decoder method; one more scoring pass each"""
+    open_marks: bool = False
+    """also calibrate the "read" mark of the decoder's open answers (what `latentqa read`
+    and the web page show): each lit answer's evidence against the 16 reference dialogs,
+    right when its sentence embedding is nearest the gold among the item's options;
+    open_mark_precision and open_mark_coverage (threshold tuned on half the labels,
+    measured on the other half) and open_mark_threshold (all items: the value to store as
+    the decoder's read_threshold, e.g. with --save-threshold). Needs open answers"""
+    save_threshold: bool = False
+    """with --open-marks, write open_mark_threshold into the decoder folder's
+    latentqa.json as its read_threshold (atomically; the folder must be writable); where no
+    threshold reaches a precision of 0.80, open_evidence_max (the largest evidence of any
+    held-out answer: no answer like those is marked read). The command says which"""
     quick: bool = False
     """a preset for iterating, about a minute on 2 CPU cores: the first 40 items (--n 40),
     the decoder with real, zeroed and shuffled activations and without the system prompt
@@ -115,6 +127,19 @@ def resolve_preset(config: EvalSystemPromptConfig) -> EvalSystemPromptConfig:
     given = {name: getattr(config, name) for name in QUICK}
     chosen = {name: QUICK[name] if value is None else value for name, value in given.items()}
     return dataclasses.replace(config, open=bool(config.open), **chosen)
+
+
+def save_read_threshold(reader: Reader, lit: dict[str, Any], log: Log) -> None:
+    """Write the threshold lit's open marks call for into the decoder folder
+    (``--save-threshold``; :func:`~latentqa.evals.system_prompt_open.threshold_to_save`)."""
+    from latentqa.decoder.folder import set_read_threshold
+    from latentqa.evals.system_prompt_open import threshold_to_save
+
+    if reader.decoder_path is None:
+        raise LatentQAError("--save-threshold: the base model has no decoder folder to write")
+    threshold, why = threshold_to_save(lit)
+    path = set_read_threshold(reader.decoder_path, threshold)
+    log(f"read_threshold {threshold:.4f} written to {path}: {why}")
 
 
 def _sweep(
@@ -171,6 +196,12 @@ def run(config: EvalSystemPromptConfig, log: Log) -> dict[str, Any]:
         raise LatentQAError(f"--probe-max-extra must be >= 0, got {config.probe_max_extra}")
     if config.layers:
         check_output_folder(config.out, "--out")
+    if config.open_marks and not config.open:
+        raise LatentQAError("--open-marks calibrates the open answers: drop --no-open")
+    if config.open_marks and config.methods is not None and "lit" not in config.methods:
+        raise LatentQAError("--open-marks calibrates lit's open answers: add lit to --methods")
+    if config.save_threshold and not config.open_marks:
+        raise LatentQAError("--save-threshold saves what --open-marks finds: add --open-marks")
     dtype = resolve_dtype(config.dtype, resolve_device(config.device))
     log(f"weights in {str(dtype).removeprefix('torch.')} (--dtype {config.dtype})")
     reader = Reader.load(config.target, config.decoder, device=config.device, dtype=dtype)
@@ -191,11 +222,14 @@ def run(config: EvalSystemPromptConfig, log: Log) -> dict[str, Any]:
         open_answers=config.open,
         likelihood=config.likelihood,
         pooled=config.pooled,
+        open_marks=config.open_marks,
         **options,
         **probe,
     )
     if config.layers:
         result["per_layer"] = _sweep(reader, base, config.data, config.layers, **options)
+    if config.save_threshold:
+        save_read_threshold(reader, result["methods"].get("lit", {}), log)
     return result
 
 
