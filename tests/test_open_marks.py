@@ -127,3 +127,27 @@ def test_a_saved_threshold_is_the_one_the_reader_uses(workspace, tmp_path):
 )
 def test_open_mark_options_that_cannot_work_are_refused_before_loading(capsys, argv, pattern):
     one_line_error(capsys, cli.main(["eval", "system-prompt", *argv]), pattern)
+
+
+def test_answers_to_vectors_already_answered_are_not_generated_again(reader, workspace):
+    import latentqa.evals.system_prompt_scoring as scoring_module
+
+    items, _ = build_items(workspace[2], QUESTION, n=6, seed=0)
+    vectors = reader.read_many([item.dialog for item in items])
+    calls = []
+    real = scoring_module.generate_ids_once
+
+    def counted(generate, rows, questions, max_new_tokens):
+        calls.append(len(rows))
+        return real(generate, rows, questions, max_new_tokens)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scoring_module, "generate_ids_once", counted)
+        known: dict = {}
+        first = decoder_answers(reader, vectors, items, 3, known)
+        order = [(k + 2) % len(items) for k in range(len(items))]
+        shuffled = decoder_answers(reader, [vectors[j] for j in order], items, 3, known)
+    assert calls == [len(items)]  # the shuffled condition generated nothing
+    assert shuffled == [first[j] for j in order]
+    # ... and says what generating them afresh says.
+    assert decoder_answers(reader, [vectors[j] for j in order], items, 3) == shuffled

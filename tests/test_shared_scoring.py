@@ -26,7 +26,8 @@ from tiny import count_rows, make_lora_decoder, make_pair
 import latentqa.evals.system_prompt as sp
 from latentqa import scoring
 from latentqa.decoder.loaded import LoadedDecoder
-from latentqa.decoder.trie import TriePrompt, pack_tries
+from latentqa.decoder.packing import pack_first_fit
+from latentqa.decoder.trie import ATTENTION_WIDTH, TriePrompt, pack_tries, packed_rows
 from latentqa.errors import LatentQAError
 from latentqa.evals.blackbox import _answer_ids, score_answer_sets, score_answers
 from latentqa.evals.system_prompt_scoring import ZeroedScores, decoder_answers, item_scores
@@ -264,3 +265,24 @@ def test_evaluation_figures_equal_the_reference(paths, tmp_path):
         for ours, theirs in zip(new.options, raw[name]["options"], strict=True):
             assert ours.index(max(ours)) == theirs.index(max(theirs))
     assert result["n"] == len(items) == 12
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tries_are_packed_each_once_at_a_width_no_costlier_than_the_default(seed):
+    rng = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(20, 200, (60,), generator=rng).tolist()
+    rows = packed_rows(lengths, 256)
+    assert sorted(t for row in rows for t in row) == list(range(len(lengths)))
+
+    def cost(rows):
+        used = max(sum(lengths[t] for t in row) for row in rows)
+        return len(rows) * used * (1 + used / ATTENTION_WIDTH)
+
+    assert max(sum(lengths[t] for t in row) for row in rows) <= 2 * 256
+    assert cost(rows) <= cost(pack_first_fit(list(lengths), 256))  # the width used before
+
+
+def test_a_long_and_a_short_trie_share_a_wider_row():
+    # At width 256 each trie gets a row padded to 190 (1,900 slots); 320 holds a pair.
+    rows = packed_rows([190, 130] * 5, 256)
+    assert len(rows) == 5 and all(len(row) == 2 for row in rows)

@@ -167,16 +167,36 @@ def yes_no_accuracy(scores: Sequence[float], items: Sequence[Item]) -> tuple[flo
 
 
 def decoder_answers(
-    reader: Reader, vectors: Sequence[torch.Tensor], items: Sequence[Item], max_new_tokens: int
+    reader: Reader,
+    vectors: Sequence[torch.Tensor],
+    items: Sequence[Item],
+    max_new_tokens: int,
+    known: dict[tuple, tuple[torch.Tensor, str]] | None = None,
 ) -> list[str]:
     """Greedy open answers, one per item.
 
     Rows given all-zero vectors of one shape and the same question are one prompt, so
     they are generated once (``lit_zeroed``: one answer per read length, not per item).
+    ``known`` (one dict per run) keeps each answer by reader, vectors object and
+    question: ``lit_shuffled`` passes ``lit``'s vectors in another order, so its answers
+    are ``lit``'s, not generated again.
     """
-    questions = [item.question for item in items]
-    ids = generate_ids_once(reader.generate_ids, list(vectors), questions, max_new_tokens)
-    return [reader.tokenizer.decode(r, skip_special_tokens=True).strip() for r in ids]
+    known = {} if known is None else known
+
+    def key(v: torch.Tensor, item: Item) -> tuple:
+        return (id(reader), id(v), item.question, max_new_tokens)
+
+    todo = list(
+        {key(v, i): k for k, (v, i) in enumerate(zip(vectors, items, strict=True))}.values()
+    )
+    todo = [k for k in todo if key(vectors[k], items[k]) not in known]
+    if todo:
+        rows, questions = [vectors[k] for k in todo], [items[k].question for k in todo]
+        ids = generate_ids_once(reader.generate_ids, rows, questions, max_new_tokens)
+        for k, row in zip(todo, ids, strict=True):
+            text = reader.tokenizer.decode(row, skip_special_tokens=True).strip()
+            known[key(vectors[k], items[k])] = (vectors[k], text)  # the tensor keeps its id
+    return [known[key(v, item)][1] for v, item in zip(vectors, items, strict=True)]
 
 
 class ConditionReads:
