@@ -360,10 +360,29 @@ def test_cli_options_pick_per_dialog_and_pooled(paths, reader, monkeypatch, caps
     assert found["pooled_scores"] == pytest.approx(want.pooled, abs=1e-4)
     assert found["pooled_pick"] == options[want.pooled_pick]
     assert found["picks"] == [options[i] for i in want.picks]
+    # The answers and the picks share one read of the dialogs (16 reference dialogs aside).
+    sizes = []
+    read_spans = Reader.read_spans
+
+    def counted(self, dialogs, *args, **kwargs):
+        sizes.append(len(dialogs))
+        return read_spans(self, dialogs, *args, **kwargs)
+
+    monkeypatch.setattr(Reader, "read_spans", counted)
     assert _main(monkeypatch, [*argv[: -len(common) - 1], *common]) == 0  # text output
+    assert sizes.count(2) == 1
     text = capsys.readouterr().out
     assert text.count("pick among the 3 options:") == 2
     assert f"pooled over the 2 dialogs (one hidden prompt): {options[want.pooled_pick]}" in text
     argv = ["read", "--dialogs", str(dialogs), "-q", "Who?", "--option", "A pirate.", *common]
     assert _main(monkeypatch, argv) == 2
     assert "at least two options" in capsys.readouterr().err
+
+
+def test_ask_many_takes_the_reads_it_would_make(reader):
+    dialogs = [DIALOG, DIALOG[1:]]
+    reads = reader.read_many(dialogs)
+    given = reader.ask_many(dialogs, QUESTIONS, reads=reads, max_new_tokens=3)
+    assert given == reader.ask_many(dialogs, QUESTIONS, max_new_tokens=3)
+    with pytest.raises(LatentQAError, match="1 reads for 2 dialogs"):
+        reader.ask_many(dialogs, QUESTIONS, reads=reads[:1], max_new_tokens=3)

@@ -96,6 +96,7 @@ class FakeReader:
         self.decoder = SimpleNamespace(inputs=lambda span, layers: span[0])
         self.read_dialogs: list = []
         self.yes_no_asked: list[str] = []
+        self.yes_no_reads: list[int] = []  # id of the vectors each question was asked of
 
     def read_many(self, dialogs, layer=None):
         out = []
@@ -125,6 +126,7 @@ class FakeReader:
         gold = self._gold(vectors)
         if answers == [YES, NO]:
             self.yes_no_asked.append(question)
+            self.yes_no_reads.append(id(vectors))
             said_yes = gold is not None and f'"{gold}"' in question
             return [0.0, -1.0] if said_yes else [-1.0, 0.0]
         return [_prior(a) + (3.0 if a == gold else 0.0) for a in answers]
@@ -137,6 +139,7 @@ class FakeReader:
                 out.append(self.score_vectors(v, q, [YES, NO], normalize)[a == NO])
                 if a == NO:
                     del self.yes_no_asked[asked:]
+                    del self.yes_no_reads[asked:]
             else:
                 out.append(self.score_vectors(v, q, [a], normalize)[0])
         return out
@@ -300,13 +303,20 @@ def test_every_method_and_measure_with_a_fake_reader(fakes):
     assert methods["lit_shuffled"]["mc_accuracy"] < 0.5
     # Zeroed vectors: every calibrated gain is 0, so the pick is a seeded random option.
     assert 0.0 < methods["lit_zeroed"]["mc_accuracy_calibrated"] < 0.6
-    # lit, shuffled and no system prompt ask each of their 2n questions; lit_zeroed's
-    # zeroed rows depend only on the question, so a question asked twice is scored once.
-    # Each also asks every option as a yes/no question (multiple choice by yes/no).
+    # Every question is asked once of each read it is asked about in the whole run: the
+    # yes/no pair's questions are mostly among the options' (multiple choice by yes/no),
+    # lit_shuffled's reads are lit's in another order (their common rows scored once), and
+    # lit_zeroed's zeroed rows depend only on the question.
     items = build_items(None, n=40)[0]
+    asked = list(zip(reader.yes_no_reads, reader.yes_no_asked, strict=True))
+    assert len(asked) == len(set(asked))
     distinct = {q for _, q, _ in yes_no_questions(items)}
     distinct |= {yes_no_question(i.question, o) for i in items for o in i.options}
-    assert len(reader.yes_no_asked) == 3 * (2 + N_OPTIONS) * 40 + len(distinct)
+    per_item = [
+        {yes_no_question(i.question, o) for o in (*i.options, i.gold, i.distractor)} for i in items
+    ]
+    own = sum(len(questions) for questions in per_item)  # lit's, and no_system_prompt's
+    assert 2 * own + len(distinct) < len(asked) <= 3 * own + len(distinct)
     without_system = [d for d in reader.read_dialogs if d[0]["role"] != "system"]
     assert len(without_system) == 40 and all(d[0]["role"] == "user" for d in without_system)
     assert methods["linear_probe"]["mc_accuracy_calibrated"] is None
@@ -568,6 +578,9 @@ def test_pooled_picks_sum_a_labels_margins_over_its_dialogs(fakes):
     lit = found["methods"]["lit"]
     assert lit["mc_yes_no_pooled"] == 1.0  # the fake says yes to the gold of a real read
     assert lit["pooled_labels"] == len({item.label for item in items})
+    # The pooled pass asks nothing twice of a read (a label's first item kept its options).
+    asked = list(zip(reader.yes_no_reads, reader.yes_no_asked, strict=True))
+    assert len(asked) == len(set(asked))
     assert "mc_yes_no_pooled" in markdown_table(found, CHANCE)
     plain = evaluate_system_prompt(_fake_reader(), None, None, n=30, methods=["lit"])
     assert "mc_yes_no_pooled" not in plain["methods"]["lit"]

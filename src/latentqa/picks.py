@@ -19,6 +19,8 @@ from latentqa.errors import LatentQAError
 from latentqa.questions import check_questions
 
 if TYPE_CHECKING:
+    import torch
+
     from latentqa.chat import Message
     from latentqa.reader import Reader
 
@@ -44,6 +46,8 @@ def option_scores(
     dialogs: Sequence[Sequence[Message]],
     question: str,
     options: Sequence[str],
+    *,
+    reads: Sequence[torch.Tensor] | None = None,
 ) -> list[list[float]]:
     """Per dialog, each option's score as an answer to ``question``.
 
@@ -58,6 +62,8 @@ def option_scores(
         dialogs: Chat dialogs (a system prompt is masked, as in training).
         question: The question the options answer.
         options: At least two candidate answers.
+        reads: The dialogs' reads (``reader.read_many(dialogs)``), when the caller has
+            them; ``None``: read here.
 
     Returns:
         ``[len(dialogs)][len(options)]`` scores.
@@ -69,7 +75,10 @@ def option_scores(
     options = check_options(options)
     if not dialogs:
         raise LatentQAError("pick among options: give at least one dialog")
-    reads = reader.read_many([list(d) for d in dialogs])
+    if reads is None:
+        reads = reader.read_many([list(d) for d in dialogs])
+    elif len(reads) != len(dialogs):
+        raise LatentQAError(f"{len(reads)} reads for {len(dialogs)} dialogs: one each")
     if reader.spec.picks_by_yes_no:
         return [reader.yes_no_margins(vectors, question, options) for vectors in reads]
     references = reader.reference_reads()
@@ -89,6 +98,8 @@ def choose(
     dialogs: Sequence[Sequence[Message]],
     question: str,
     options: Sequence[str],
+    *,
+    reads: Sequence[torch.Tensor] | None = None,
 ) -> Choice:
     """Each dialog's pick among ``options`` and the pick pooled over all ``dialogs``.
 
@@ -98,11 +109,12 @@ def choose(
         question: The question the options answer, e.g. "What was the assistant
             instructed to do?".
         options: At least two candidate answers.
+        reads: The dialogs' reads, when the caller has them (see :func:`option_scores`).
 
     Returns:
         A :class:`Choice`.
     """
-    scores = option_scores(reader, dialogs, question, options)
+    scores = option_scores(reader, dialogs, question, options, reads=reads)
     return choice_from_scores(list(options), scores)
 
 

@@ -293,13 +293,15 @@ class Reader(DecoderHolder):
         *,
         subject: Subjects = None,
         evidence: bool = False,
+        reads: Sequence[torch.Tensor] | None = None,
         **options: Unpack[AskOptions],
     ) -> list[list[str]] | list[list[Answer]]:
         """Ask every question about every dialog (see :meth:`ask`): ``[dialog][question]``.
 
         Each dialog is read once; the answers run in batches of ``batch_size`` rows,
         dialog-major. ``subject`` is one text for every dialog or one per dialog (see
-        :meth:`read_many`).
+        :meth:`read_many`). ``reads``: the dialogs' vectors from :meth:`read_many` with
+        the same ``layer`` and ``subject``, when the caller has them (not read again).
 
         Raises:
             LatentQAError: Bad dialogs, questions, subject, layer or settings.
@@ -311,7 +313,11 @@ class Reader(DecoderHolder):
             raise TypeError(f"unknown option(s) {', '.join(unknown)}; the options are {known}")
         items = check_questions(questions)
         batch_size = options.get("batch_size", 32)
-        vectors = self.read_many(dialogs, options.get("layer"), batch_size, subject=subject)
+        if reads is None:
+            reads = self.read_many(dialogs, options.get("layer"), batch_size, subject=subject)
+        elif len(reads) != len(dialogs):
+            raise LatentQAError(f"{len(reads)} reads for {len(dialogs)} dialogs: one each")
+        vectors = list(reads)
         transform = options.get("vectors_transform")
         if transform is not None:
             vectors = [transform(v) for v in vectors]

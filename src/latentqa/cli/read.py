@@ -193,10 +193,13 @@ def run(args: argparse.Namespace) -> int:
                 where = f"dialog {index + 1}: " if len(dialogs) > 1 else ""
                 raise LatentQAError(f"{where}{error} (--subject)") from None
     reader = Reader.load(args.target, args.decoder, device=args.device, dtype=args.dtype)
+    # --option reads the decoder's own layers, as the answers do: one read serves both.
+    reads = reader.read_many(dialogs) if args.options is not None else None
     answers = reader.ask_many(
         dialogs,
         args.questions,
         evidence=True,
+        reads=reads,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         layer=args.layer,
@@ -206,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     if args.options is not None:
         from latentqa.picks import choose
 
-        choice = choose(reader, dialogs, args.questions[0], args.options)
+        choice = choose(reader, dialogs, args.questions[0], args.options, reads=reads)
     if args.save_control:
         from latentqa.steer.qa_pairs import save_control
 

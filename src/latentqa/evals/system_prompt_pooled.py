@@ -6,7 +6,8 @@ pooled measure gives every dialog of a label the options of the label's first it
 picks, per label, the option whose yes/no margins summed over the label's dialogs are
 largest (:func:`latentqa.picks.choice_from_scores`). It is a measure per hidden prompt,
 not per dialog (fewer and coarser units: 59 labels on the shipped set), and it costs one
-more scoring pass per decoder method, so it is opt-in.
+more scoring pass per decoder method (less the rows of the first items, scored by the
+method already), so it is opt-in.
 """
 
 from __future__ import annotations

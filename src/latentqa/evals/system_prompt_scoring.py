@@ -45,7 +45,8 @@ def score_rows(reader: Reader, rows: Sequence[Row], desc: str) -> list[float]:
 
 
 class ZeroedScores:
-    """Normalised scores of rows given all-zero vectors, each computed once per run.
+    """Normalised scores of rows given all-zero vectors, each computed once per run (and
+    of rows given a read: :attr:`live`).
 
     Such a row's score depends only on the vectors' shape and dtype, the question and
     the answer (the decoder's prompt holds nothing of the dialog), so that is the key:
@@ -58,6 +59,15 @@ class ZeroedScores:
         self.reader = reader
         self.cache: dict[tuple, float] = {}
         self._zeros: dict[tuple, torch.Tensor] = {}
+        self.live: dict[tuple, tuple[torch.Tensor, float]] = {}
+        """Scores of rows given a read, by (vectors object, question, answer), with the
+        vectors (kept alive, so the id stays theirs): a later pass over the same reads
+        (the pooled picks, a permuted condition) reuses them."""
+
+    @staticmethod
+    def live_key(row: Row) -> tuple:
+        vectors, question, answer = row
+        return (id(vectors), question, answer)
 
     @staticmethod
     def key(vectors: torch.Tensor, question: str, answer: str) -> tuple:
@@ -127,13 +137,17 @@ def item_scores(
     yes_no_rows = [(vectors[i], q, answer) for i, q, _ in asked for answer in (YES, NO)]
     option_rows = [(v, yes_no_question(q, o), answer) for v, q, o in pairs for answer in (YES, NO)]
     listed = (*options, *yes_no_rows, *option_rows)
+    key = zeroed.live_key
     live = [row for row in listed if row[0].any()]
+    new = list({key(row): row for row in live if key(row) not in zeroed.live}.values())
     dead = zeroed.rows(row for row in (*listed, *zero_options) if not row[0].any())
-    scores = score_rows(reader, [*live, *dead], desc)
-    zeroed.store(dead, scores[len(live) :])
-    fresh = iter(scores[: len(live)])
-    # Live rows in the order they were listed; every other row is a zeroed one.
-    flat = [next(fresh) if row[0].any() else zeroed(*row) for row in listed]
+    scores = score_rows(reader, [*new, *dead], desc)
+    zeroed.store(dead, scores[len(new) :])
+    zeroed.live.update(
+        (key(row), (row[0], score)) for row, score in zip(new, scores[: len(new)], strict=True)
+    )
+    # Rows given a read come from the live cache; every other row is a zeroed one.
+    flat = [zeroed.live[key(row)][1] if row[0].any() else zeroed(*row) for row in listed]
     width = [len(item.options) for item in items]
     starts = [sum(width[:i]) for i in range(len(items))]
 
