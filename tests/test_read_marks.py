@@ -4,6 +4,7 @@ features and extra data. No model: plain numbers and the shipped data files."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +29,7 @@ from latentqa.evals.system_prompt_marks import (
 )
 from latentqa.evals.system_prompt_probe import (
     cached_features,
+    extra_folders,
     extra_pairs,
     probe_features,
     span_features,
@@ -203,3 +205,24 @@ def test_probe_features_are_read_once_and_found_again(tmp_path):
     unnamed = probe_features("", [1, 2], read_spans, spans)
     unnamed(dialogs)
     assert calls[-1] == 3 and len(calls) == 7
+
+
+def test_the_probe_finds_the_decoders_extra_data_from_any_folder(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    release = tmp_path / "runs" / "release"
+    release.mkdir(parents=True)
+    given = ["release", "gone"]  # relative to the folder the decoder was trained in
+    absolute = [str(release), str(tmp_path / "gone")]
+    spec = SimpleNamespace(train_config={"extra_data": given}, extra={"extra_data_paths": absolute})
+    reader = SimpleNamespace(spec=spec)
+    logged: list[str] = []
+    monkeypatch.chdir(tmp_path)  # not the training folder: found by its absolute path
+    assert extra_folders(reader, None, logged.append) == [release]
+    assert "gone" in logged[0] and "--probe-data" in logged[0]
+    monkeypatch.chdir(tmp_path / "runs")  # the training folder: found as given
+    assert extra_folders(reader, None, logged.append) == [Path("release")]
+    older = SimpleNamespace(spec=SimpleNamespace(train_config={"extra_data": given}, extra={}))
+    monkeypatch.chdir(tmp_path)  # a decoder saved before the absolute paths: as given
+    assert extra_folders(older, None, logged.append) == []
+    assert extra_folders(reader, ["named"], logged.append) == [Path("named")]

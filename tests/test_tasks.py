@@ -320,6 +320,8 @@ def test_training_with_a_mix_and_mean_pooling(workspace, tmp_path):
     spec = DecoderSpec.load(result.out)
     assert spec.pool == "mean"
     assert sum(spec.extra["task_counts"].values()) == 16
+    # The extra data as given and resolved (the probe finds it from any folder).
+    assert spec.extra["extra_data_paths"] == [str(Path(release).resolve())]
     assert {"loss_real", "loss_zeroed", "loss_shuffled"} <= set(result.final_metrics)
     assert any(key.startswith("loss_real_") for key in result.final_metrics)
     assert Path(result.out, "adapter_model.safetensors").is_file()

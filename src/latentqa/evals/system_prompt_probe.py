@@ -44,7 +44,13 @@ def extra_folders(reader, named: Sequence[str] | None, log: Log) -> list[Path]:
         return [Path(folder) for folder in named]
     spec = getattr(reader, "spec", None)
     recorded = getattr(spec, "train_config", {}) or {}
-    folders = [Path(f) for f in recorded.get("extra_data") or []]
+    given = [Path(f) for f in recorded.get("extra_data") or []]
+    # Relative paths name folders beside the training run: its absolute ones find them
+    # from any folder of the machine that trained it.
+    absolute = (getattr(spec, "extra", {}) or {}).get("extra_data_paths") or []
+    if len(absolute) == len(given):
+        given = [g if g.is_dir() else Path(a) for g, a in zip(given, absolute, strict=True)]
+    folders = given
     missing = [str(f) for f in folders if not f.is_dir()]
     if missing:
         log(

@@ -228,6 +228,8 @@ def write_decoder(
         n_layers=n_layers,
         extra={
             "train_config": config_to_dict(config),
+            # as given they are relative to the training's folder; these are absolute
+            "extra_data_paths": [str(Path(f).resolve()) for f in config.extra_data or []],
             "n_train_examples": len(data.train),
             "n_train_labels": data.n_train_labels,
             "task_counts": data.task_counts,
