@@ -264,6 +264,10 @@ def test_eval_all_writes_report_and_json(setup, tmp_path, monkeypatch):
     assert "![relations: relations_per_relation](relations_per_relation.png)" in report
     figures = json.loads((tmp_path / "report" / "results.json").read_text())
     assert figures["tasks"]["relations"]["methods"]["patchscope"]["n"] > 0
+    # Each task's wall time, whether it ran, was skipped or failed; the report sums them.
+    assert list(figures["seconds"]) == ["system-prompt", "relations", "ghost", "audit"]
+    assert all(seconds >= 0 for seconds in figures["seconds"].values())
+    assert "Wall time: system-prompt " in report and "min in all)." in report
 
 
 def test_eval_all_skips_tasks_without_data(tmp_path):

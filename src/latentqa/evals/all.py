@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -92,8 +93,8 @@ def run_suite(
         runners: Replacement runners by task name (tests use stubs).
 
     Returns:
-        ``{"tasks": {task: result}, "skipped": {task: reason}, "failed": {task: error}}``,
-        also written to ``ctx.out/results.json``.
+        ``{"tasks": {task: result}, "skipped": {task: reason}, "failed": {task: error},
+        "seconds": {task: wall time}}``, also written to ``ctx.out/results.json``.
 
     Raises:
         LatentQAError: A name in ``tasks`` is no evaluation's.
@@ -104,8 +105,9 @@ def run_suite(
     if unknown:
         raise LatentQAError(f"unknown evaluation(s) {unknown}; known: {', '.join(found)}")
     ctx.out.mkdir(parents=True, exist_ok=True)
-    suite: dict[str, Any] = {"tasks": {}, "skipped": {}, "failed": {}}
+    suite: dict[str, Any] = {"tasks": {}, "skipped": {}, "failed": {}, "seconds": {}}
     for task in chosen:
+        started = time.perf_counter()
         try:
             runner = (runners or {}).get(task) or _runner(found[task])
             ctx.log(f"== {task}")
@@ -116,6 +118,7 @@ def run_suite(
         except Exception as error:  # one failing evaluation must not lose the others
             suite["failed"][task] = f"{type(error).__name__}: {error}"
             ctx.log(f"{task}: failed:\n{traceback.format_exc()}")
+        suite["seconds"][task] = round(time.perf_counter() - started, 1)
     (ctx.out / "results.json").write_text(json.dumps(suite, indent=2, default=str) + "\n")
     (ctx.out / "report.md").write_text(report_markdown(suite, ctx))
     return suite
@@ -178,6 +181,10 @@ def report_markdown(suite: Mapping[str, Any], ctx: SuiteContext) -> str:
             lines += ["", f"Checks: `{json.dumps(result['checks'])}`"]
         for plot in result.get("plots", []):
             lines += ["", f"![{task}: {Path(plot).stem}]({plot})"]
+    if suite.get("seconds"):
+        total = sum(suite["seconds"].values())
+        times = " · ".join(f"{task} {s:.0f} s" for task, s in suite["seconds"].items())
+        lines += ["", f"Wall time: {times} ({total / 60:.1f} min in all)."]
     for title, key in (("Skipped", "skipped"), ("Failed", "failed")):
         if suite[key]:
             lines += ["", f"## {title}", ""]
