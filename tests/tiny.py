@@ -193,7 +193,10 @@ def assert_same_loss_and_gradients(
     (expected, expected_grads), (got, grads) = results
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     for a, b in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+        # Float32 round-off in an element of a gradient scales with the terms summed into
+        # it, i.e. with the tensor's magnitude (up to ~20 here), not the element's own.
+        scale = max(1.0, float(b.abs().max()))
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5 * scale)
 
 
 def random_reads(hidden_size: int, n: int, seed: int) -> list[torch.Tensor]:
