@@ -189,7 +189,6 @@ def _decoder_method(
     max_new_tokens: int,
     likelihood: bool = True,
     marks: bool = False,
-    answered: dict | None = None,
 ) -> dict[str, float | None]:
     scored = item_scores(reader, vectors, items, zeroed, name, likelihood=likelihood)
     yes_no, paired = yes_no_accuracy(scored.yes_no, items)
@@ -211,7 +210,7 @@ def _decoder_method(
         found = pick_evidence(score, reader.reference_reads(), scored.options, items)
         result.update(read_marks(*found, items, seed))
     if open_answers:
-        answers = decoder_answers(reader, vectors, items, max_new_tokens, answered)
+        answers = decoder_answers(reader, vectors, items, max_new_tokens, zeroed.answers)
         result["open_win_rate"] = open_win_rate(answers, items)
         if marks and name == "lit":
             result.update(open_marks(reader, vectors, items, answers, seed))
@@ -315,7 +314,6 @@ def evaluate_system_prompt(
     log(f"{len(items)} held-out items, {len(train_pairs)} training dialogs for the probe")
     reads = ConditionReads(reader, base, items, layer, seed)
     zeroed: dict[int, ZeroedScores] = {}
-    answered: dict = {}  # open answers by reader, vectors object and question
     results: dict[str, dict[str, float | None]] = {}
     for name in METHODS:
         if name not in wanted or (name == "base_patchscope" and base is None):
@@ -328,7 +326,7 @@ def evaluate_system_prompt(
             assert who is not None
             cache = zeroed.setdefault(id(who), ZeroedScores(who))
             vectors = reads(DECODER_CONDITIONS[name])
-            args = (seed, open_answers, max_new_tokens, likelihood, open_marks, answered)
+            args = (seed, open_answers, max_new_tokens, likelihood, open_marks)
             results[name] = _decoder_method(name, who, vectors, items, cache, *args)
             if pooled:
                 results[name].update(pooled_measures(who, vectors, items, cache, name))

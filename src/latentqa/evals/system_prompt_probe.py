@@ -44,13 +44,12 @@ def extra_folders(reader, named: Sequence[str] | None, log: Log) -> list[Path]:
         return [Path(folder) for folder in named]
     spec = getattr(reader, "spec", None)
     recorded = getattr(spec, "train_config", {}) or {}
-    given = [Path(f) for f in recorded.get("extra_data") or []]
+    folders = [Path(f) for f in recorded.get("extra_data") or []]
     # Relative paths name folders beside the training run: its absolute ones find them
     # from any folder of the machine that trained it.
     absolute = (getattr(spec, "extra", {}) or {}).get("extra_data_paths") or []
-    if len(absolute) == len(given):
-        given = [g if g.is_dir() else Path(a) for g, a in zip(given, absolute, strict=True)]
-    folders = given
+    if len(absolute) == len(folders):
+        folders = [f if f.is_dir() else Path(a) for f, a in zip(folders, absolute, strict=True)]
     missing = [str(f) for f in folders if not f.is_dir()]
     if missing:
         log(

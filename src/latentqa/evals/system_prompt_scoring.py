@@ -63,6 +63,8 @@ class ZeroedScores:
         """Scores of rows given a read, by (vectors object, question, answer), with the
         vectors (kept alive, so the id stays theirs): a later pass over the same reads
         (the pooled picks, a permuted condition) reuses them."""
+        self.answers: dict[tuple, tuple[torch.Tensor, str]] = {}
+        """Greedy open answers the same way, by (vectors object, question, length)."""
 
     @staticmethod
     def live_key(row: Row) -> tuple:
@@ -191,26 +193,20 @@ def decoder_answers(
 
     Rows given all-zero vectors of one shape and the same question are one prompt, so
     they are generated once (``lit_zeroed``: one answer per read length, not per item).
-    ``known`` (one dict per run) keeps each answer by reader, vectors object and
-    question: ``lit_shuffled`` passes ``lit``'s vectors in another order, so its answers
-    are ``lit``'s, not generated again.
+    ``known`` (:attr:`ZeroedScores.answers`, one per reader and run) keeps each answer
+    by vectors object and question: ``lit_shuffled`` passes ``lit``'s vectors in another
+    order, so its answers are ``lit``'s, not generated again.
     """
     known = {} if known is None else known
-
-    def key(v: torch.Tensor, item: Item) -> tuple:
-        return (id(reader), id(v), item.question, max_new_tokens)
-
-    todo = list(
-        {key(v, i): k for k, (v, i) in enumerate(zip(vectors, items, strict=True))}.values()
-    )
-    todo = [k for k in todo if key(vectors[k], items[k]) not in known]
+    keys = [(id(v), item.question, max_new_tokens) for v, item in zip(vectors, items, strict=True)]
+    todo = [k for k, key in enumerate(keys) if key not in known and keys.index(key) == k]
     if todo:
         rows, questions = [vectors[k] for k in todo], [items[k].question for k in todo]
         ids = generate_ids_once(reader.generate_ids, rows, questions, max_new_tokens)
         for k, row in zip(todo, ids, strict=True):
             text = reader.tokenizer.decode(row, skip_special_tokens=True).strip()
-            known[key(vectors[k], items[k])] = (vectors[k], text)  # the tensor keeps its id
-    return [known[key(v, item)][1] for v, item in zip(vectors, items, strict=True)]
+            known[keys[k]] = (vectors[k], text)  # the tensor keeps its id
+    return [known[key][1] for key in keys]
 
 
 class ConditionReads:

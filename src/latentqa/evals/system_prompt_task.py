@@ -131,12 +131,11 @@ def resolve_preset(config: EvalSystemPromptConfig) -> EvalSystemPromptConfig:
 
 def save_read_threshold(reader: Reader, lit: dict[str, Any], log: Log) -> None:
     """Write the threshold lit's open marks call for into the decoder folder
-    (``--save-threshold``; :func:`~latentqa.evals.system_prompt_open.threshold_to_save`)."""
+    (``--save-threshold``; :func:`~latentqa.evals.system_prompt_open.threshold_to_save`;
+    the reader has a folder, checked before the evaluation)."""
     from latentqa.decoder.folder import set_read_threshold
     from latentqa.evals.system_prompt_open import threshold_to_save
 
-    if reader.decoder_path is None:
-        raise LatentQAError("--save-threshold: the base model has no decoder folder to write")
     threshold, why = threshold_to_save(lit)
     path = set_read_threshold(reader.decoder_path, threshold)
     log(f"read_threshold {threshold:.4f} written to {path}: {why}")
@@ -205,6 +204,8 @@ def run(config: EvalSystemPromptConfig, log: Log) -> dict[str, Any]:
     dtype = resolve_dtype(config.dtype, resolve_device(config.device))
     log(f"weights in {str(dtype).removeprefix('torch.')} (--dtype {config.dtype})")
     reader = Reader.load(config.target, config.decoder, device=config.device, dtype=dtype)
+    if config.save_threshold and reader.decoder_path is None:  # before the evaluation
+        raise LatentQAError("--save-threshold: the base model has no decoder folder to write")
     spec = reader.spec
     base = None
     if config.methods is None or "base_patchscope" in config.methods:
