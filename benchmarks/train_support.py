@@ -162,6 +162,13 @@ def parse_args(argv: list[str] | None, description: str, share_reads: int) -> ar
         "qa.json (0: all; the cache covers every dialog)",
     )
     parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        help="after timing, run this many more steps of path (a) under torch.profiler and "
+        "print its ops by self CPU time (the timed figures do not include them)",
+    )
+    parser.add_argument(
         "--check-trainer",
         action="store_true",
         help="also time latentqa.train.trainer.train itself on the same data and cache",

@@ -2,7 +2,7 @@
 
 Usage: ``python benchmarks/train_throughput.py [--warmup 2] [--steps 4] [--rounds 3]
 [--batch-size 8] [--share-reads N] [--data FOLDER] [--dtype auto] [--threads N]
-[--check-trainer]``
+[--profile N] [--check-trainer]``
 
 Both paths train the embedded SmolLM2-135M decoder on the same shuffled examples (the
 library groups examples of similar length into a batch, as the trainer does; the
@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         decoder.train()
         computed: list[int] = []  # tokens (a) actually ran (shared reads once)
+        slots: list[int] = []  # token slots of (a)'s input tensor, padding included
 
         def step_a(examples) -> tuple[float, int, int]:
             """One optimizer step as trainer.train takes it (grad_accum=1)."""
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             optimizer_a.zero_grad(set_to_none=True)
             shared = isinstance(batch, SharedBatch)
             computed.append(batch.n_tokens if shared else n_tokens)
+            slots.append(batch.input_ids.numel())
             return float(loss.detach()), n_tokens, int(batch.label_mask.sum())
 
         losses: dict[str, list[float]] = {"a": [], "b": []}
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         # ---- warm-up, then rounds of alternating timed steps ----------------------------
         for step in range(args.warmup):
             losses["b"].append(reference.step(batches["b"][step])[0])
-        del computed[:]  # warm-up steps are not timed
+        del computed[:], slots[:]  # warm-up steps are not timed
         steppers = {"a": step_a, "b": reference.step}
         times: dict[str, list[float]] = {"a": [], "b": []}
         tokens: dict[str, list[int]] = {"a": [], "b": []}
@@ -261,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"    losses: {', '.join(f'{x:.3f}' for x in losses[name])}")
         print(
-            f"tokens per step: (a) {tokens['a']} of which computed {computed}, "
+            f"tokens per step: (a) {tokens['a']} of which computed {computed} in {slots} "
+            "slots, "
             f"(b) {tokens['b']}; answer tokens (a) {answers}"
         )
         print(
@@ -301,6 +304,16 @@ def main(argv: list[str] | None = None) -> int:
             f"(b) MFU: {mfu_b:.1%} of the float32 peak; (b) does {work_ratio:.2f}x the "
             f"FLOPs of (a) ({timed_dialog_tokens / len(times['b']):.0f} target tokens per step)"
         )
+
+        n_timed = len(times["a"])
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as profiler:
+                for k in range(args.profile):
+                    step_a(batches["a"][args.warmup + k % (n_steps - args.warmup)])
+            print(f"(a) profile of {args.profile} steps (self CPU time):")
+            print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
 
         trainer_rate = None
         if args.check_trainer:
@@ -347,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         "reference_examples_per_s": round(examples_rate["b"], 3),
         "trainer_tokens_per_s": None if trainer_rate is None else round(trainer_rate, 1),
         "mean_tokens_per_step": round(statistics.mean(tokens["a"]), 1),
-        "mean_computed_tokens_per_step": round(statistics.mean(computed), 1),
+        # (profiled steps, if any, come after the timed ones: not counted)
+        "mean_computed_tokens_per_step": round(statistics.mean(computed[:n_timed]), 1),
+        "mean_slots_per_step": round(statistics.mean(slots[:n_timed]), 1),
         "step_s": [round(t, 4) for t in times["a"]],
         "reference_step_s": [round(t, 4) for t in times["b"]],
         "cache_build_s": round(cache_build_s, 3),

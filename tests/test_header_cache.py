@@ -110,3 +110,60 @@ def test_generated_rows_with_a_shared_opening_equal_each_row_alone(arch, opening
     batched = generate_rows(model, rows, max_new_tokens=3, pad_id=pad)
     alone = [generate_rows(model, [row], max_new_tokens=3, pad_id=pad)[0] for row in rows]
     assert batched == alone
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    arch=st.sampled_from(["llama", "qwen2"]),
+    opening=st.integers(0, 9),
+    heads=st.lists(st.integers(1, 4), min_size=2, max_size=4),
+    tails=st.lists(st.integers(0, 5), min_size=4, max_size=4),
+    shared_tail=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_scores_with_a_shared_opening_equal_each_row_alone(
+    arch, opening, heads, tails, shared_tail, seed
+):
+    """Rows that open alike (a chat header, one prompt) run that opening once; each
+    tail's log-probability is the one it gets alone, even where the tails open alike too
+    (the head's last token, which predicts the tail, stays in the rows' own pass)."""
+    from tiny import make_pair
+
+    from latentqa.generation import continuation_logprobs
+
+    model, tokenizer = make_pair(arch)
+    model.double()
+    generator = torch.Generator().manual_seed(seed)
+    vocab = len(tokenizer)
+
+    def draw(n: int) -> list[int]:
+        return torch.randint(3, vocab, (n,), generator=generator).tolist()
+
+    opening_ids = draw(opening)
+    head_ids = [opening_ids + draw(n) for n in heads]
+    common = draw(2) if shared_tail else []  # every tail opens with the same tokens
+    tail_ids = [common + draw(n) if n else [] for n in tails[: len(heads)]]
+    calls = count_base_model_rows(model)
+    batched = continuation_logprobs(model, tokenizer, head_ids, tail_ids, batch_size=8)
+    computed = calls[0]
+    alone = [
+        continuation_logprobs(model, tokenizer, [h], [t], batch_size=1)[0]
+        for h, t in zip(head_ids, tail_ids, strict=True)
+    ]
+    assert [n for _, n in batched] == [n for _, n in alone]
+    assert [s for s, _ in batched] == pytest.approx([s for s, _ in alone], abs=1e-9)
+    if opening >= header_cache.MIN_HEADER + 1:  # the opening ran once, not once per row
+        assert computed < len(heads) * (opening + max(heads) + max(map(len, tail_ids)))
+
+
+def count_base_model_rows(model) -> list[int]:
+    """A running count of the token slots the model's body computes (rows x width)."""
+    seen = [0]
+
+    def hook(_module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            seen[0] += ids.numel()
+
+    model.model.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen

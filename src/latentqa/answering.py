@@ -53,7 +53,7 @@ def generate_ids(
     questions: Sequence[str],
     max_new_tokens: int = 64,
     temperature: float = 0.0,
-    batch_size: int = 32,
+    batch_size: int = 128,
 ) -> list[list[int]]:
     """Answer token ids, up to the first stop token, per (vectors, question) row.
 
@@ -66,7 +66,10 @@ def generate_ids(
         questions: One question per row.
         max_new_tokens: Answer length limit.
         temperature: 0 for greedy decoding, else plain temperature sampling.
-        batch_size: Rows per generation batch.
+        batch_size: Rows per generation batch. On a CPU a decoding step costs little
+            more for 128 rows than for 32 (it reads every weight either way): the 177
+            open answers of ``eval system-prompt``'s ``lit`` took 17-20 s in batches of
+            128 and 24-26 s in batches of 32, the same answers.
 
     Raises:
         LatentQAError: Rows of unequal lengths, empty questions, bad vectors or settings,

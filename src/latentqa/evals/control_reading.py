@@ -129,7 +129,9 @@ def _derangement(n: int, seed: int) -> list[int]:
 
 def _accuracy(reader: Reader, items: Sequence[ReadingItem], vectors: list[torch.Tensor]) -> float:
     rows = [(v, i.question, o) for v, i in zip(vectors, items, strict=True) for o in i.options]
-    scores = reader.score_rows([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+    # As token tries: an item's read, question and template run once for all its options
+    # (and for every item given the same vectors object).
+    scores = reader.score_rows_shared(*map(list, zip(*rows, strict=True)))
     hits, cursor = 0, 0
     for item in items:
         option_scores = scores[cursor : cursor + len(item.options)]
@@ -184,7 +186,8 @@ def evaluate_control_reading(
         vectors = [reader.decoder.inputs(span) for span in spans]
         shuffled = [vectors[j] for j in _derangement(len(vectors), seed)]
         methods["lit"][name] = _accuracy(reader, items, vectors)
-        zeroed = [torch.zeros_like(v) for v in vectors]
+        zeros: dict[tuple, torch.Tensor] = {}  # one object per shape: one trie for all
+        zeroed = [zeros.setdefault((*v.shape, v.dtype), torch.zeros_like(v)) for v in vectors]
         methods["lit_zeroed"][name] = _accuracy(reader, items, zeroed)
         methods["lit_shuffled"][name] = _accuracy(reader, items, shuffled)
         fit_spans = _spans(reader, train[name])

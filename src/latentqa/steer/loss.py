@@ -15,8 +15,8 @@ import torch
 
 from latentqa.capture import pad_token_id, read_encoded
 from latentqa.chat import EncodedDialog
-from latentqa.decoder.inputs import decoder_batch
 from latentqa.decoder.loss import answer_token_loss
+from latentqa.decoder.packing import SharedBatch, question_shared_batch, shared_decoder_batch
 from latentqa.steer.model import DECODER_ADAPTER, STEER_ADAPTER, SteerableModel
 from latentqa.steer.qa_pairs import QAPair
 
@@ -59,8 +59,6 @@ def steering_loss(
         if per_layer_loss
         else [list(range(len(read_layers)))]
     )
-    questions = [q for _ in encoded for q, _ in pairs]
-    answers = [a for _ in encoded for _, a in pairs]
     spec = steerable.spec
     losses = []
     for group in groups:
@@ -68,10 +66,7 @@ def steering_loss(
         # (frozen) maps each layer with its own map, and the gradient passes through it
         layers = [read_layers[i] for i in group]
         vectors = [steerable.decoder.inputs(span[group], layers) for span in spans]
-        rows = [v for v in vectors for _ in pairs]
-        batch, flat = decoder_batch(
-            steerable.tokenizer, rows, questions, answers, order=spec.prompt_order
-        )
+        batch, flat = shared_pairs_batch(steerable.tokenizer, vectors, pairs, spec.prompt_order)
         loss = answer_token_loss(
             steerable.model,
             batch.to(steerable.device),
@@ -84,3 +79,18 @@ def steering_loss(
         losses.append(loss)
     stacked = torch.stack(losses)  # [n_groups]
     return stacked.mean(), [float(value) for value in stacked.detach()]
+
+
+def shared_pairs_batch(
+    tokenizer, vectors: Sequence[torch.Tensor], pairs: Sequence[QAPair], order: str
+) -> tuple[SharedBatch, torch.Tensor]:
+    """Every control pair asked of every read, each read's or question's common prefix
+    computed once: in the ``vectors-first`` order a read is the prefix of all its pairs;
+    in the ``question-first`` order a question is the prefix of all the reads it is asked
+    of. The loss and its gradient are those of one prompt per row (see
+    :mod:`latentqa.decoder.packing`)."""
+    if order == "question-first":
+        asked = [(read, q, a) for q, a in pairs for read in range(len(vectors))]
+        return question_shared_batch(tokenizer, vectors, asked, max_branches=len(vectors))
+    groups = [list(pairs) for _ in vectors]
+    return shared_decoder_batch(tokenizer, vectors, groups, order=order)

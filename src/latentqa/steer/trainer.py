@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from latentqa.chat import EncodedDialog
 from latentqa.decoder.folder import ADAPTER_FILES, preflight_decoder
+from latentqa.decoder.packing import cpu_attention
 from latentqa.errors import LatentQAError
 from latentqa.layers import check_layers, resolve_read_layers
 from latentqa.plots import line_chart
@@ -96,13 +97,17 @@ def train_steering(
         return record
 
     kwargs = dict(per_layer_loss=config.per_layer_loss)
-    with torch.no_grad():
+    # The math attention kernel: faster than the CPU flash kernel's backward on these
+    # short rows (docs/performance.md); torch's own choice on other devices.
+    device = torch.device(steerable.device)
+    with torch.no_grad(), cpu_attention(device):
         loss, groups = steering_loss(steerable, batch_at(0), pairs, read_layers, **kwargs)
     records = [record_of(0, "initial", float(loss), groups)]
     bar = tqdm(total=config.steps, desc="steer", disable=not progress)
     for step in range(config.steps):
-        loss, groups = steering_loss(steerable, batch_at(step), pairs, read_layers, **kwargs)
-        loss.backward()
+        with cpu_attention(device):
+            loss, groups = steering_loss(steerable, batch_at(step), pairs, read_layers, **kwargs)
+            loss.backward()
         if config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
         optimizer.step()
