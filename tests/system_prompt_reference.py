@@ -44,7 +44,7 @@ def option_scores(reader, vectors, items):
     return [flat[s : s + len(item.options)] for s, item in zip(starts, items, strict=True)]
 
 
-class ZeroedScores:
+class RunScores:
     def __init__(self, reader, items):
         self.reader, self.items, self.cache = reader, items, {}
 
@@ -149,10 +149,10 @@ def reference_evaluation(reader, base, data, *, question, n, seed=0, max_new_tok
         "no_system_prompt": (reader, reader.read_many([i.user_dialog for i in items])),
         "base_patchscope": (base, base.read_many(dialogs)),
     }
-    zeroed: dict[int, ZeroedScores] = {}
+    zeroed: dict[int, RunScores] = {}
     figures, raw = {}, {}
     for name, (who, vecs) in runs.items():
-        cache = zeroed.setdefault(id(who), ZeroedScores(who, items))
+        cache = zeroed.setdefault(id(who), RunScores(who, items))
         figures[name], raw[name] = decoder_method(
             name, who, vecs, items, cache, seed, True, max_new_tokens
         )

@@ -91,18 +91,17 @@ def test_read_marks_are_two_fold_by_label_and_precise_when_evidence_tracks_truth
 def test_pick_evidence_subtracts_each_picked_option_mean_reference_score():
     items = [_Item("x", 0), _Item("y", 1)]
     options = [[0.5, -1.0, -2.0, -2.0, -2.0], [-3.0, -0.5, -2.0, -2.0, -2.0]]
-    references = [torch.zeros(2, 4), torch.ones(2, 4)]
-    seen = []
+    asked = []
 
-    def score(rows, desc):
-        seen.extend(rows)
-        # a reference's score: -1 for the zeros read, -2 for the ones read
-        return [-1.0 if float(v.sum()) == 0 else -2.0 for v, _, _ in rows]
+    def reference_means(pairs):
+        asked.append(list(pairs))
+        return {pair: -1.5 for pair in pairs}  # e.g. -1 on one reference read, -2 on another
 
-    picks, evidence = pick_evidence(score, references, options, items)
+    picks, evidence = pick_evidence(reference_means, options, items)
     assert picks == [0, 1]
     assert evidence == pytest.approx([0.5 + 1.5, -0.5 + 1.5])
-    assert len(seen) == 2 * len(references)  # one row per (reference, picked answer)
+    # one call, for the picked answers only
+    assert asked == [[("Q?", "x a"), ("Q?", "y b")]]
 
 
 def test_span_features_concatenate_each_layers_mean():

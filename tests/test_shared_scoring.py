@@ -30,7 +30,7 @@ from latentqa.decoder.packing import pack_first_fit
 from latentqa.decoder.trie import ATTENTION_WIDTH, TriePrompt, pack_tries, packed_rows
 from latentqa.errors import LatentQAError
 from latentqa.evals.blackbox import _answer_ids, score_answer_sets, score_answers
-from latentqa.evals.system_prompt_scoring import ZeroedScores, decoder_answers, item_scores
+from latentqa.evals.system_prompt_scoring import RunScores, decoder_answers, item_scores
 from latentqa.patch import PATCH_MODES
 from latentqa.questions import NO, YES, yes_no_question
 from latentqa.reader import Reader
@@ -195,7 +195,7 @@ def test_zeroed_rows_are_scored_once_per_shape_and_answer(monkeypatch):
     vectors = [torch.randn(2 + i % 2, decoder.hidden_size, generator=generator) for i in range(6)]
     zeros = [torch.zeros_like(v) for v in vectors]
     scored = count_rows(monkeypatch, Reader, "score_rows_shared")
-    cache = ZeroedScores(reader)
+    cache = RunScores(reader)
     first = item_scores(reader, vectors, items, cache, "lit")
     zero_rows = {(len(v), o) for v, i in zip(vectors, items, strict=True) for o in i.options}
     # live: 6 x 5 options, 6 x 4 yes/no rows, 6 x 5 x 2 option yes/no rows, each distinct
@@ -250,7 +250,7 @@ def test_evaluation_figures_equal_the_reference(paths, tmp_path):
         assert got == expected, name
     # The raw scores agree to float round-off, and so does every choice made from them.
     reads = sp.ConditionReads(reader, base, items, None, 0)
-    zeroed = {id(reader): ZeroedScores(reader), id(base): ZeroedScores(base)}
+    zeroed = {id(reader): RunScores(reader), id(base): RunScores(base)}
     # Every default decoder method; the reference predates the opt-in text oracle.
     compared = [name for name in sp.DECODER_CONDITIONS if name not in sp.OPT_IN_METHODS]
     assert set(compared) <= set(raw)

@@ -147,6 +147,15 @@ class FakeReader:
     def score_rows_shared(self, vectors, questions, answers, normalize=False, progress=None):
         return self.score_rows(vectors, questions, answers, normalize)
 
+    def reference_scores(self, references, pairs, progress=None):
+        rows = [(r, q, a) for r in references for q, a in pairs]
+        flat = self.score_rows_shared(*map(list, zip(*rows, strict=True)), True)
+        n = len(pairs)
+        return {
+            pair: sum(flat[k * n + j] for k in range(len(references))) / len(references)
+            for j, pair in enumerate(pairs)
+        }
+
     def generate_ids(self, vectors, questions, max_new_tokens=64):
         rows = []
         for v in vectors:
@@ -159,7 +168,7 @@ class FakeReader:
 def fakes(monkeypatch):
     """No sentence embedder and no target model: fakes for both."""
     monkeypatch.setattr("latentqa.evals.system_prompt_open.embedder", FakeEmbedder)
-    replies = lambda model, tok, dialogs, max_new_tokens=48: ["ok"] * len(dialogs)  # noqa: E731
+    replies = lambda model, tok, dialogs, max_new_tokens=48, **_: ["ok"] * len(dialogs)  # noqa: E731
     monkeypatch.setattr(sp, "generate_replies", replies)
 
     def scores(model, tok, dialogs, questions, answer_sets, progress=None):
@@ -532,7 +541,7 @@ def test_black_box_on_shipped_set_a_uses_the_shipped_replies(fakes, monkeypatch)
     data that reply ships (set B's), so nothing is generated but the open answers."""
     generated: list[list] = []
 
-    def replies(model, tok, dialogs, max_new_tokens=48):
+    def replies(model, tok, dialogs, max_new_tokens=48, batch_size=16):
         generated.append(list(dialogs))
         return ["ok"] * len(dialogs)
 

@@ -81,16 +81,16 @@ def option_scores(
         raise LatentQAError(f"{len(reads)} reads for {len(dialogs)} dialogs: one each")
     if reader.spec.picks_by_yes_no:
         return [reader.yes_no_margins(vectors, question, options) for vectors in reads]
-    references = reader.reference_reads()
-    prior = [0.0] * len(options)
-    for vectors in references:  # each option's mean likelihood over other dialogs
-        scores = reader.score_vectors(vectors, question, options, normalize=True)
-        prior = [p + s / len(references) for p, s in zip(prior, scores, strict=True)]
-    gains = []
-    for vectors in reads:
-        real = reader.score_vectors(vectors, question, options, normalize=True)
-        gains.append([r - p for r, p in zip(real, prior, strict=True)])
-    return gains
+    # Each option's mean likelihood over the reference dialogs, then given each read: all
+    # as token tries (a read's question and template once for all its options).
+    pairs = [(question, option) for option in options]
+    prior = reader.reference_scores(reader.reference_reads(), pairs)
+    rows = [vectors for vectors in reads for _ in options]
+    real = reader.score_rows_shared(rows, [question] * len(rows), list(options) * len(reads), True)
+    n = len(options)
+    return [
+        [real[k * n + j] - prior[pair] for j, pair in enumerate(pairs)] for k in range(len(reads))
+    ]
 
 
 def choose(

@@ -385,6 +385,7 @@ class Reader(DecoderHolder):
     ask_vectors = decoder_method(answering.ask_vectors)
     score_rows = decoder_method(scoring.score_rows)
     score_rows_shared = decoder_method(scoring.score_rows_shared)
+    reference_scores = decoder_method(scoring.reference_scores)
     score_vectors = decoder_method(scoring.score_vectors)
     yes_no_margins = decoder_method(scoring.yes_no_margins)
     evidence_vectors = decoder_method(scoring.evidence_rows)

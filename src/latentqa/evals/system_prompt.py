@@ -100,11 +100,11 @@ from latentqa.evals.system_prompt_probe import (
 from latentqa.evals.system_prompt_scoring import (
     DECODER_CONDITIONS,
     ConditionReads,
-    ZeroedScores,
+    RunScores,
     check_text_oracle,
     decoder_answers,
     item_scores,
-    score_rows,
+    reference_means,
     yes_no_accuracy,
 )
 from latentqa.questions import RECONSTRUCT_QUESTION
@@ -183,7 +183,7 @@ def _decoder_method(
     reader: Reader,
     vectors: Sequence[torch.Tensor],
     items: Sequence[Item],
-    zeroed: ZeroedScores,
+    zeroed: RunScores,
     seed: int,
     open_answers: bool,
     max_new_tokens: int,
@@ -206,8 +206,7 @@ def _decoder_method(
     if name == "lit" and reader.spec.picks_by_yes_no:  # marks on the pick it makes
         result.update(read_marks(*margin_gaps(scored.option_margins), items, seed))
     elif name == "lit" and scored.options is not None:
-        score = lambda rows, desc: score_rows(reader, rows, desc)  # noqa: E731
-        found = pick_evidence(score, reader.reference_reads(), scored.options, items)
+        found = pick_evidence(reference_means(reader, "read marks"), scored.options, items)
         result.update(read_marks(*found, items, seed))
     if open_answers:
         answers = decoder_answers(reader, vectors, items, max_new_tokens, zeroed.answers)
@@ -313,7 +312,7 @@ def evaluate_system_prompt(
         items = items_with_replies(reader, items, data, log)
     log(f"{len(items)} held-out items, {len(train_pairs)} training dialogs for the probe")
     reads = ConditionReads(reader, base, items, layer, seed)
-    zeroed: dict[int, ZeroedScores] = {}
+    zeroed: dict[int, RunScores] = {}
     results: dict[str, dict[str, float | None]] = {}
     for name in METHODS:
         if name not in wanted or (name == "base_patchscope" and base is None):
@@ -324,7 +323,7 @@ def evaluate_system_prompt(
         if name in DECODER_CONDITIONS:
             who = base if name == "base_patchscope" else reader
             assert who is not None
-            cache = zeroed.setdefault(id(who), ZeroedScores(who))
+            cache = zeroed.setdefault(id(who), RunScores(who))
             vectors = reads(DECODER_CONDITIONS[name])
             args = (seed, open_answers, max_new_tokens, likelihood, open_marks)
             results[name] = _decoder_method(name, who, vectors, items, cache, *args)
@@ -391,6 +390,10 @@ def _black_box(reader: Reader, items, open_answers: bool, max_new_tokens: int) -
             [*v, {"role": "user", "content": item.question}]
             for v, item in zip(visible, items, strict=True)
         ]
-        answers = generate_replies(reader.model, reader.tokenizer, asked, max_new_tokens)
+        # 64 rows a batch (the default 16 is what made the shipped replies): the same
+        # greedy answers in fewer decoding steps (docs/performance.md).
+        answers = generate_replies(
+            reader.model, reader.tokenizer, asked, max_new_tokens, batch_size=64
+        )
         result["open_win_rate"] = open_win_rate(answers, items)
     return result

@@ -16,40 +16,32 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
-import torch
-
 from latentqa.evals.system_prompt_items import Item
 
 TARGET_PRECISION = 0.8
 MIN_MARKED = 3
 """A threshold must mark at least this many calibration items to count."""
 
-Scorer = Callable[[list[tuple[torch.Tensor, str, str]], str], list[float]]
+ReferenceMeans = Callable[[list[tuple[str, str]]], dict[tuple[str, str], float]]
+"""Per ``(question, answer)``, its mean normalised score over the reference reads."""
 
 
 def pick_evidence(
-    score: Scorer,
-    references: Sequence[torch.Tensor],
+    reference_means: ReferenceMeans,
     options: Sequence[Sequence[float]],
     items: Sequence[Item],
 ) -> tuple[list[int], list[float]]:
     """Each item's pick (likeliest option) and its evidence against the references.
 
     Args:
-        score: Normalised scores of ``(vectors, question, answer)`` rows.
-        references: The reference reads.
+        reference_means: The picked answers' mean scores over the reference reads
+            (:func:`~latentqa.evals.system_prompt_scoring.reference_means`).
         options: Per item, each option's normalised score given the item's read.
         items: The items.
     """
     picks = [max(range(len(row)), key=row.__getitem__) for row in options]
     pairs = sorted({(item.question, item.options[p]) for item, p in zip(items, picks, strict=True)})
-    rows = [(ref, q, a) for ref in references for q, a in pairs]
-    flat = score(rows, "read marks")
-    n = len(pairs)
-    mean = {
-        pair: sum(flat[k * n + j] for k in range(len(references))) / len(references)
-        for j, pair in enumerate(pairs)
-    }
+    mean = reference_means(pairs)
     evidence = [
         row[p] - mean[(item.question, item.options[p])]
         for row, p, item in zip(options, picks, items, strict=True)

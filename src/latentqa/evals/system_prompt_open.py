@@ -15,14 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from latentqa.evals.embed import embedder
 from latentqa.evals.system_prompt_items import Item
 from latentqa.evals.system_prompt_marks import read_marks
-from latentqa.evals.system_prompt_scoring import score_rows
+from latentqa.evals.system_prompt_scoring import reference_means, score_rows
 from latentqa.reader import Reader
-from latentqa.scoring import reference_scores
 
 OPEN_MARKS = (
     "open_mark_precision",
@@ -68,8 +66,7 @@ def open_evidence(
         "open marks",
     )
     pairs = sorted({(item.question, a) for item, a in zip(items, answers, strict=True)})
-    bar = lambda chunks: tqdm(list(chunks), desc="open marks: references", leave=False)  # noqa: E731
-    means = reference_scores(reader.decoder, reader.reference_reads(), pairs, progress=bar)
+    means = reference_means(reader, "open marks: references")(pairs)
     return [
         score - means[(item.question, a)]
         for score, item, a in zip(real, items, answers, strict=True)

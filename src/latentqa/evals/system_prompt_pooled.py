@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from latentqa.evals.system_prompt_items import Item
-from latentqa.evals.system_prompt_scoring import ZeroedScores, item_scores
+from latentqa.evals.system_prompt_scoring import RunScores, item_scores
 from latentqa.picks import choice_from_scores
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def pooled_measures(
     reader: Reader,
     vectors: Sequence[torch.Tensor],
     items: Sequence[Item],
-    zeroed: ZeroedScores,
+    zeroed: RunScores,
     desc: str,
 ) -> dict[str, float]:
     """``{POOLED: accuracy, POOLED_LABELS: n}`` of one decoder method's reads."""

@@ -5,13 +5,13 @@ questions) are scored in one call of :func:`latentqa.scoring.score_rows_shared`:
 rows of one item pass the same vectors object, so they form one token trie whose
 common prefixes (the read, the question, the yes/no question before ``Yes.`` /
 ``No.``) run once. Zeroed vectors carry nothing of the dialog, so a row given zeros
-depends only on their shape, its question and its answer: :class:`ZeroedScores` scores
+depends only on their shape, its question and its answer: :class:`RunScores` scores
 each such row once per run and gives rows of one shape one zeros object (one trie).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +33,17 @@ def _progress(desc: str):
     return lambda chunks: tqdm(list(chunks), desc=desc, leave=False)
 
 
+def reference_means(
+    reader: Reader, desc: str
+) -> Callable[[Sequence[tuple[str, str]]], dict[tuple[str, str], float]]:
+    """Per ``(question, answer)``, its normalised score averaged over the reference reads
+    (:meth:`~latentqa.reader.Reader.reference_scores`, as ``latentqa read`` weighs an
+    answer),
+    with a progress bar."""
+    refs = reader.reference_reads()
+    return lambda pairs: reader.reference_scores(refs, pairs, progress=_progress(desc))
+
+
 def score_rows(reader: Reader, rows: Sequence[Row], desc: str) -> list[float]:
     """Normalised log-likelihoods of (vectors, question, answer) rows, with a progress bar;
     rows that pass the same vectors object share one trie."""
@@ -44,11 +55,12 @@ def score_rows(reader: Reader, rows: Sequence[Row], desc: str) -> list[float]:
     )
 
 
-class ZeroedScores:
-    """Normalised scores of rows given all-zero vectors, each computed once per run (and
-    of rows given a read: :attr:`live`).
+class RunScores:
+    """What one reader computed in a run, kept so that no row is scored twice: rows
+    given all-zero vectors (:attr:`cache`), rows given a read (:attr:`live`) and greedy
+    open answers (:attr:`answers`).
 
-    Such a row's score depends only on the vectors' shape and dtype, the question and
+    A zeroed row's score depends only on the vectors' shape and dtype, the question and
     the answer (the decoder's prompt holds nothing of the dialog), so that is the key:
     an item's calibration baseline, ``lit_zeroed``'s rows and the baselines of the
     other methods' reads of the same shape are scored once. Rows of one shape share
@@ -118,7 +130,7 @@ def item_scores(
     reader: Reader,
     vectors: Sequence[torch.Tensor],
     items: Sequence[Item],
-    zeroed: ZeroedScores,
+    zeroed: RunScores,
     desc: str,
     yes_no: bool = True,
     likelihood: bool = True,
@@ -193,7 +205,7 @@ def decoder_answers(
 
     Rows given all-zero vectors of one shape and the same question are one prompt, so
     they are generated once (``lit_zeroed``: one answer per read length, not per item).
-    ``known`` (:attr:`ZeroedScores.answers`, one per reader and run) keeps each answer
+    ``known`` (:attr:`RunScores.answers`, one per reader and run) keeps each answer
     by vectors object and question: ``lit_shuffled`` passes ``lit``'s vectors in another
     order, so its answers are ``lit``'s, not generated again.
     """

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from latentqa.errors import LatentQAError
+from latentqa.layers import check_layer_index
 from latentqa.server.schemas import MAX_LAYERS
 
 
@@ -22,14 +23,7 @@ def check_layer(layer: int, n_layers: int | None) -> int:
     Raises:
         LatentQAError: Out of range, saying the valid ones.
     """
-    if n_layers is None:
-        return layer
-    if not -n_layers <= layer < n_layers:
-        raise LatentQAError(
-            f"layer {layer} is out of range: the target has {n_layers} layers "
-            f"(valid: 0..{n_layers - 1}, or negative from the end)"
-        )
-    return layer % n_layers
+    return layer if n_layers is None else check_layer_index(layer, n_layers)
 
 
 def every_layer(described: dict[str, Any]) -> list[int]:
