@@ -26,7 +26,7 @@ from latentqa.chat import render
 from latentqa.decoder.loss import lm_head_logits
 from latentqa.errors import LatentQAError
 from latentqa.handle import stop_token_ids
-from latentqa.models import unwrap_causal_lm
+from latentqa.models import cache_keyword, unwrap_causal_lm
 
 
 def until_stop(ids: list[int], stops: Sequence[int]) -> list[int]:
@@ -199,12 +199,13 @@ def continuation_logprobs(
         input_ids, attention, cache = _shared_opening(
             causal_lm, input_ids, attention, min(len(head) for head, _ in chunk) - 1, pad
         )
-        hidden = causal_lm.base_model(
+        body = causal_lm.base_model
+        hidden = body(
             input_ids=input_ids,
             attention_mask=attention,
             position_ids=position_ids_for(attention)[:, -input_ids.shape[1] :],
-            cache=cache,
             use_cache=cache is not None,
+            **({} if cache is None else {cache_keyword(body): cache}),
         ).last_hidden_state  # [rows, seq, d_model]: the rows' own tokens
         width = input_ids.shape[1]
         predicts = torch.zeros((len(rows), width), dtype=torch.bool, device=hidden.device)

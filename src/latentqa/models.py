@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import os
 import pathlib
 import re
@@ -293,3 +294,10 @@ def model_shape(target: str, *, trust_remote_code: bool = False) -> tuple[int, i
             return _config_shape(str(cached), trust_remote_code)
         return gguf_shape(where)
     return _config_shape(str(where), trust_remote_code)
+
+
+def cache_keyword(body: Any) -> str:
+    """The model body's KV-cache argument: ``cache`` (transformers 5) or
+    ``past_key_values`` (transformers 4), which would swallow the other unused."""
+    parameters = inspect.signature(body.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"

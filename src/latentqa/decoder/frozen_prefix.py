@@ -20,13 +20,12 @@ backward. The answer losses and gradients are those of one pass
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import nn
 
 from latentqa.decoder.lora_gate import gate_lora, reads_seen
 from latentqa.layers import DecoderLayers
+from latentqa.models import cache_keyword
 from latentqa.patch import PatchMode, patch_activations
 
 
@@ -42,12 +41,6 @@ def allowed_keys(attention_mask: torch.Tensor, seq: int) -> torch.Tensor:
         causal = torch.ones(seq, seq, dtype=torch.bool, device=attention_mask.device).tril()
         return causal[None] & attention_mask.to(torch.bool)[:, None, :]
     return attention_mask[:, 0] == 0
-
-
-def _cache_keyword(body: nn.Module) -> str:
-    """The body's KV-cache argument: ``cache`` (transformers 5) or ``past_key_values``."""
-    parameters = inspect.signature(body.forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _cache_of(output) -> object:
@@ -95,7 +88,7 @@ def live_body(
     positions = torch.arange(width, device=input_ids.device)
     valid = positions[None, :] < n_live[:, None]  # [rows, width]
     body = causal_lm.base_model
-    keyword = _cache_keyword(body)
+    keyword = cache_keyword(body)
     with torch.no_grad(), gate_lora(causal_lm, torch.zeros_like(live)):
         frozen = body(
             input_ids=input_ids,

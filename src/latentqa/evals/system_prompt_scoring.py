@@ -36,10 +36,9 @@ def _progress(desc: str):
 def reference_means(
     reader: Reader, desc: str
 ) -> Callable[[Sequence[tuple[str, str]]], dict[tuple[str, str], float]]:
-    """Per ``(question, answer)``, its normalised score averaged over the reference reads
-    (:meth:`~latentqa.reader.Reader.reference_scores`, as ``latentqa read`` weighs an
-    answer),
-    with a progress bar."""
+    """Per ``(question, answer)``, its normalised score averaged over the reference reads,
+    with a progress bar (:meth:`~latentqa.reader.Reader.reference_scores`: ``latentqa
+    read`` weighs an answer against the same means)."""
     refs = reader.reference_reads()
     return lambda pairs: reader.reference_scores(refs, pairs, progress=_progress(desc))
 
