@@ -9,43 +9,14 @@ import pytest
 import torch
 from lit_fixtures import STEER_PROMPTS
 
-from latentqa.capture import pad_token_id, read_encoded
-from latentqa.decoder.inputs import decoder_batch
-from latentqa.decoder.loss import answer_token_loss
 from latentqa.decoder.packing import SharedBatch, cpu_attention
 from latentqa.steer import STEER_ADAPTER, SteerableModel, encode_prompt, steering_loss
 from latentqa.steer.loss import shared_pairs_batch
-from latentqa.steer.model import DECODER_ADAPTER
 
 CONTROL = [
     ("What persona is the assistant adopting?", "A pirate captain."),
     ("Describe the assistant's tone.", "Cheerful and loud."),
 ]
-
-
-def _row_per_prompt_loss(steerable: SteerableModel, encoded, pairs, read_layers):
-    """The loss as it was computed before sharing: every (read, pair) its own row."""
-    steerable.use(STEER_ADAPTER)
-    pad = pad_token_id(steerable.tokenizer)
-    spans = read_encoded(steerable.model, encoded, pad, read_layers, blocks=steerable.blocks)
-    steerable.use(DECODER_ADAPTER)
-    vectors = [steerable.decoder.inputs(span, read_layers) for span in spans]
-    rows = [v for v in vectors for _ in pairs]
-    questions = [q for _ in vectors for q, _ in pairs]
-    answers = [a for _ in vectors for _, a in pairs]
-    spec = steerable.spec
-    batch, flat = decoder_batch(
-        steerable.tokenizer, rows, questions, answers, order=spec.prompt_order
-    )
-    return answer_token_loss(
-        steerable.model,
-        batch,
-        flat,
-        write_layer=spec.write_layer,
-        mode=spec.mode,
-        blocks=steerable.blocks,
-        lora_from=spec.lora_from,
-    )
 
 
 def _steer_grads(steerable: SteerableModel) -> dict[str, torch.Tensor]:
@@ -73,7 +44,7 @@ def test_shared_steering_loss_equals_one_prompt_per_row(paths, order):
         shared, _ = steering_loss(steerable, encoded, CONTROL, read_layers)
         shared.backward()
     shared_grads = _steer_grads(steerable)
-    alone = _row_per_prompt_loss(steerable, encoded, CONTROL, read_layers)
+    alone, _ = steering_loss(steerable, encoded, CONTROL, read_layers, shared=False)
     alone.backward()
     alone_grads = _steer_grads(steerable)
 

@@ -15,6 +15,7 @@ import torch
 
 from latentqa.capture import pad_token_id, read_encoded
 from latentqa.chat import EncodedDialog
+from latentqa.decoder.inputs import decoder_batch
 from latentqa.decoder.loss import answer_token_loss
 from latentqa.decoder.packing import SharedBatch, question_shared_batch, shared_decoder_batch
 from latentqa.steer.model import DECODER_ADAPTER, STEER_ADAPTER, SteerableModel
@@ -28,6 +29,7 @@ def steering_loss(
     read_layers: Sequence[int],
     *,
     per_layer_loss: bool = False,
+    shared: bool = True,
 ) -> tuple[torch.Tensor, list[float]]:
     """The decoder's answer loss on the control, reading the steered target on ``encoded``.
 
@@ -39,6 +41,9 @@ def steering_loss(
         read_layers: The target layers read (checked, normalised).
         per_layer_loss: One loss per read layer (each read alone) instead of one loss
             of all read layers together.
+        shared: Compute each read (or question) once for all the pairs that share it
+            (:func:`shared_pairs_batch`); ``False`` gives every (read, pair) its own row,
+            the same loss and gradients at more cost (for checks and benchmarks).
 
     Returns:
         The loss to minimise (the mean over layer groups) and each group's value: one
@@ -66,7 +71,16 @@ def steering_loss(
         # (frozen) maps each layer with its own map, and the gradient passes through it
         layers = [read_layers[i] for i in group]
         vectors = [steerable.decoder.inputs(span[group], layers) for span in spans]
-        batch, flat = shared_pairs_batch(steerable.tokenizer, vectors, pairs, spec.prompt_order)
+        if shared:
+            batch, flat = shared_pairs_batch(steerable.tokenizer, vectors, pairs, spec.prompt_order)
+        else:
+            batch, flat = decoder_batch(
+                steerable.tokenizer,
+                [v for v in vectors for _ in pairs],
+                [q for _ in vectors for q, _ in pairs],
+                [a for _ in vectors for _, a in pairs],
+                order=spec.prompt_order,
+            )
         loss = answer_token_loss(
             steerable.model,
             batch.to(steerable.device),
