@@ -75,10 +75,7 @@ def option_scores(
     options = check_options(options)
     if not dialogs:
         raise LatentQAError("pick among options: give at least one dialog")
-    if reads is None:
-        reads = reader.read_many([list(d) for d in dialogs])
-    elif len(reads) != len(dialogs):
-        raise LatentQAError(f"{len(reads)} reads for {len(dialogs)} dialogs: one each")
+    reads = reader.reads_for([list(d) for d in dialogs], reads)
     if reader.spec.picks_by_yes_no:
         return [reader.yes_no_margins(vectors, question, options) for vectors in reads]
     # Each option's mean likelihood over the reference dialogs, then given each read: all

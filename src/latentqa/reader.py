@@ -164,6 +164,20 @@ class Reader(DecoderHolder):
         return encoded
 
     @torch.no_grad()
+    def reads_for(
+        self,
+        dialogs: Sequence[Sequence[Message]],
+        reads: Sequence[torch.Tensor] | None,
+        *args,
+        **kwargs,
+    ) -> list[torch.Tensor]:
+        """``reads`` checked (one per dialog); ``None``: :meth:`read_many` with the rest."""
+        if reads is None:
+            return self.read_many(dialogs, *args, **kwargs)
+        if len(reads) != len(dialogs):
+            raise LatentQAError(f"{len(reads)} reads for {len(dialogs)} dialogs: one each")
+        return list(reads)
+
     def read_many(
         self,
         dialogs: Sequence[Sequence[Message]],
@@ -313,13 +327,8 @@ class Reader(DecoderHolder):
             raise TypeError(f"unknown option(s) {', '.join(unknown)}; the options are {known}")
         items = check_questions(questions)
         batch_size = options.get("batch_size", 32)
-        if reads is None:
-            reads = self.read_many(dialogs, options.get("layer"), batch_size, subject=subject)
-        elif len(reads) != len(dialogs):
-            raise LatentQAError(f"{len(reads)} reads for {len(dialogs)} dialogs: one each")
-        vectors = list(reads)
-        transform = options.get("vectors_transform")
-        if transform is not None:
+        vectors = self.reads_for(dialogs, reads, options.get("layer"), batch_size, subject=subject)
+        if (transform := options.get("vectors_transform")) is not None:
             vectors = [transform(v) for v in vectors]
         rows = [v for v in vectors for _ in items]  # dialog-major: every question per dialog
         row_questions = items * len(vectors)
