@@ -241,15 +241,12 @@ def _shared_opening(
     this: the opening predicts no scored token, as ``most`` keeps each head's last token,
     which predicts its tail's first, among the rows' own.
     """
-    from latentqa.decoder.header_cache import MIN_HEADER, common_header, split_header
+    from latentqa.decoder.header_cache import share_header
 
     no_slots = torch.zeros_like(input_ids, dtype=torch.bool)
-    shared = common_header(input_ids, attention, no_slots) if len(input_ids) > 1 else 0
-    shared = min(shared, most)
-    if shared < MIN_HEADER:
-        return input_ids, attention, None
-    split = split_header(causal_lm, input_ids, attention, no_slots, shared, "start", pad_id)
-    return split.input_ids[:, shared:], split.attention_mask, split.cache
+    split = share_header(causal_lm, input_ids, attention, no_slots, "start", pad_id, most)
+    own = split.rest_attention.shape[1]  # the rows' own tokens, after the opening
+    return split.input_ids[:, -own:], split.attention_mask, split.cache
 
 
 def reply_logprobs(

@@ -163,7 +163,6 @@ class Reader(DecoderHolder):
         self.decoder.check_length(len(encoded.input_ids), "the dialog")
         return encoded
 
-    @torch.no_grad()
     def reads_for(
         self,
         dialogs: Sequence[Sequence[Message]],
@@ -178,6 +177,7 @@ class Reader(DecoderHolder):
             raise LatentQAError(f"{len(reads)} reads for {len(dialogs)} dialogs: one each")
         return list(reads)
 
+    @torch.no_grad()
     def read_many(
         self,
         dialogs: Sequence[Sequence[Message]],

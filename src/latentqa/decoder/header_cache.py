@@ -121,11 +121,15 @@ def share_header(
     placeholder_mask: torch.Tensor,
     lora_from: str,
     pad_id: int,
+    most: int | None = None,
 ) -> HeaderSplit:
     """:func:`split_header` where two or more rows share at least :data:`MIN_HEADER`
-    tokens; else the batch as it is (``cache`` ``None``). Arguments as there."""
+    tokens (at most ``most`` of them, when given); else the batch as it is (``cache``
+    ``None``). Other arguments as there."""
     rows = len(input_ids)
     header = common_header(input_ids, attention_mask, placeholder_mask) if rows > 1 else 0
+    if most is not None:
+        header = min(header, most)
     if header < MIN_HEADER:
         return HeaderSplit(input_ids, attention_mask, placeholder_mask, attention_mask, None)
     return split_header(
