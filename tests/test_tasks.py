@@ -149,6 +149,24 @@ def test_distractors_come_from_the_facts_own_folder(negatives):
         assert {folder[c] for c in candidates} == {folder[e.dialog]}
 
 
+@pytest.mark.parametrize("negatives", ["answer", "both", "read"])
+def test_a_label_in_two_folders_draws_distractors_from_each(negatives):
+    # A replies folder (`latentqa data replies`) holds its source folder's labels with
+    # other dialogs: each folder draws from the labels it holds, and every draw works.
+    base = [Fact(i, f"a{i}", "Who?", f"Style A {i}.", 0) for i in range(6)]
+    replies = [Fact(10 + i, f"a{i}", "Who?", f"Style A {i}.", 1) for i in range(3)]
+    other = [Fact(20 + i, f"b{i}", "Who?", f"style b {i}", 2) for i in range(6)]
+    s = TaskSampler(base + replies + other, [], [], make_tokenizer(), 0, negatives=negatives)
+    folder_of = {f.dialog: f.source for f in base + replies + other}
+    held = {src: {f.answer for f in base + replies + other if f.source == src} for src in (0, 1, 2)}
+    drawn = s.sample({"yes_no": 1.0}, 400, context_offset=100)
+    assert {folder_of[e.dialog] for e in drawn} == {0, 1, 2}
+    for e in drawn:
+        candidate = e.question.split('"')[1]
+        if e.pair < 0:  # an answer negative: the candidate is of the read's own folder
+            assert candidate in held[folder_of[e.dialog]]
+
+
 def test_task_questions_restrict_open_yes_no_and_choice():
     only = TaskSampler(facts(), [], [], make_tokenizer(), 0, questions=[RECONSTRUCT_QUESTION])
     for e in only.sample({"open": 1.0, "yes_no": 1.0}, 100, context_offset=100):

@@ -200,20 +200,22 @@ class TaskSampler:
         # (question, folder) -> (dialog, label) pairs whose read a "no" may borrow.
         self.readers: dict[tuple[str, int], list[tuple[int, str]]] = defaultdict(list)
         self.labels: dict[tuple[str, int], set[str]] = defaultdict(set)
-        self.source: dict[str, int] = {}
         for fact in self.facts:
             self.answers[fact.question].setdefault(fact.label, fact.answer)
             self.readers[fact.question, fact.source].append((fact.dialog, fact.label))
             self.labels[fact.question, fact.source].add(fact.label)
-            self.source.setdefault(fact.label, fact.source)
-        self.sources = sorted(set(self.source.values()))
-        # (question, folder or -1 for all) -> its distinct answers, sorted.
-        self.distinct: dict[tuple[str, int], list[str]] = {}
+        self.sources = sorted({fact.source for fact in self.facts})
+        # (question, folder or -1 for all) -> its distinct answers (each label's), sorted.
+        # A label may be in several folders (a replies folder shares its source's labels),
+        # so each folder lists the labels it holds, not the folder a label was first seen in.
+        self.distinct: dict[tuple[str, int], list[str]] = {
+            (question, source): sorted(
+                {self.answers[question][label] for label in self.labels[question, source]}
+            )
+            for question, source in list(self.labels)
+        }
         for question, by_label in self.answers.items():
-            for source in [*self.sources, -1]:
-                self.distinct[question, source] = sorted(
-                    {a for label, a in by_label.items() if source in (-1, self.source[label])}
-                )
+            self.distinct[question, -1] = sorted(set(by_label.values()))
         self.contested = [f for f in self.facts if len(self.answers[f.question]) > 1]
         self.short = [
             f
