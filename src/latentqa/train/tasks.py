@@ -212,7 +212,7 @@ class TaskSampler:
             (question, source): sorted(
                 {self.answers[question][label] for label in self.labels[question, source]}
             )
-            for question, source in list(self.labels)
+            for question, source in self.labels
         }
         for question, by_label in self.answers.items():
             self.distinct[question, -1] = sorted(set(by_label.values()))
