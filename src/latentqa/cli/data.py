@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from latentqa.cli.data_folders import FOLDER_COMMANDS, register_folder_commands, run_folder_command
 from latentqa.cli.options import add_config_arguments, add_model_alias, config_from_args
 from latentqa.data.relations_facts import DEFAULT_HELDOUT_RELATION
 from latentqa.errors import LatentQAError
@@ -82,8 +83,8 @@ class DataBuildConfig:
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``data`` command (``build``, ``replies`` and ``stats``) to the CLI's
-    subparsers."""
+    """Add the ``data`` command (``build``, ``replies``, ``user-turns`` and ``stats``) to
+    the CLI's subparsers."""
     parser = subparsers.add_parser(
         "data",
         help="build the built-in LatentQA dataset or show dataset statistics",
@@ -111,29 +112,7 @@ def register(subparsers: Any) -> None:
         "heldout/ and meta.json are replaced; other files stay)",
     )
 
-    replies = commands.add_parser(
-        "replies",
-        help="add the target's own replies under the hidden system prompts (set B's form)",
-        description=(
-            "Give every system behaviour of a folder (LatentQA release layout: system.json, "
-            "qa.json optional) the target's greedy reply to its system prompt and user turn, "
-            "written to OUT/system.json (qa.json copied). A decoder trained on OUT reads "
-            "the user turn and that reply, as `eval system-prompt --set replies` does. "
-            "Replies are cached in OUT/completions-cache.jsonl: a stopped run continues."
-        ),
-    )
-    replies.add_argument("--data", required=True, type=Path, help="input folder (system.json)")
-    replies.add_argument("--out", required=True, type=Path, help="output folder")
-    replies.add_argument("--target", default=EMBEDDED_MODEL, help="target model that replies")
-    replies.add_argument(
-        "--max-new-tokens", type=int, default=48, help="most tokens per reply (set B: 48)"
-    )
-    replies.add_argument("--batch-size", type=int, default=16, help="generation batch")
-    replies.add_argument(
-        "--limit", type=int, default=None, help="keep at most N behaviours (a seeded sample)"
-    )
-    replies.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
-    replies.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    register_folder_commands(commands)
 
     stats = commands.add_parser(
         "stats",
@@ -148,13 +127,14 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``latentqa data build``, ``replies`` or ``stats``; returns the exit status."""
+    """Run ``latentqa data build``, ``replies``, ``user-turns`` or ``stats``; returns the
+    exit status."""
     if args.data_command == "build":
         return _build(args)
     if args.data_command == "stats":
         return _stats(args)
-    if args.data_command == "replies":
-        return _replies(args)
+    if args.data_command in FOLDER_COMMANDS:
+        return run_folder_command(args)
     args.data_parser.print_help()
     return 1
 
@@ -202,28 +182,6 @@ def _build(args: argparse.Namespace) -> int:
     if generate is not None:
         print(f"replies: {done['generated']} generated, {done['cached']} from the cache")
     print(f"wrote {out} in {elapsed:.1f} s")
-    return 0
-
-
-def _replies(args: argparse.Namespace) -> int:
-    from latentqa.data.replies import make_generate
-    from latentqa.data.system_replies import add_replies, describe
-    from latentqa.models import load_model
-
-    if args.max_new_tokens < 1 or args.batch_size < 1:
-        raise LatentQAError("--max-new-tokens and --batch-size must be positive")
-    if not (args.data / "system.json").is_file():  # before the model loads
-        raise LatentQAError(f"{args.data}: no system.json (a folder in the release layout)")
-    start = time.perf_counter()
-    model, tokenizer = load_model(args.target, device=args.device, dtype="float32")
-    generate = make_generate(
-        model, tokenizer, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
-    )
-    generator_id = f"{args.target}|max_new_tokens={args.max_new_tokens}"
-    summary = add_replies(
-        args.data, args.out, generate, generator_id, limit=args.limit, seed=args.seed
-    )
-    print(f"{describe(summary, args.out)} in {time.perf_counter() - start:.1f} s")
     return 0
 
 

@@ -1,0 +1,81 @@
+"""Hidden system prompts re-paired with ordinary user turns: training data in set A's form.
+
+The public release pairs each training system prompt with a user turn written for it
+("I'm feeling a bit stuck on a challenge at work." under a problem-solving prompt), so
+the user turn itself often says what the behaviour is about. ``latentqa eval
+system-prompt`` (set A) asks about user turns that say nothing of the hidden prompt
+("How do I bleed a radiator?"): there only the prompt's imprint on the activations
+tells. :func:`swap_user_turns` writes a folder whose ``system`` behaviours keep their
+hidden prompts and take user turns drawn from another folder's ordinary ones (the
+built-in train split's), so that a decoder trains on the form it is asked about.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from latentqa.data.format import load_latentqa
+from latentqa.errors import LatentQAError
+from latentqa.json_files import write_json_atomic
+
+__all__ = ["swap_user_turns"]
+
+
+def swap_user_turns(
+    data: str | Path,
+    users_from: str | Path,
+    out: str | Path,
+    *,
+    per_behavior: int = 1,
+    seed: int = 0,
+) -> dict[str, int]:
+    """Write ``out/system.json``: ``data``'s system prompts with other user turns.
+
+    Args:
+        data: A folder in the public LatentQA layout with a ``system.json`` (``qa.json``
+            optional; copied when present).
+        users_from: A folder whose ``system`` behaviours' user turns form the pool
+            (distinct turns, in first-seen order), e.g. the built-in ``train`` split.
+            Never a held-out folder: its user turns are what the evaluation asks about.
+        out: The output folder (created; a ``system.json`` there is replaced atomically).
+        per_behavior: How many behaviours each input behaviour becomes, each with
+            another user turn from the pool (distinct while the pool allows).
+        seed: Seed of the draws.
+
+    Returns:
+        ``{"behaviors", "user_turns"}``: behaviours written and the pool's size.
+
+    Raises:
+        LatentQAError: A folder without ``system.json``, ``out`` equal to ``data``, a
+            pool smaller than ``per_behavior``, or ``per_behavior`` below 1.
+    """
+    source, pool_folder, target = Path(data), Path(users_from), Path(out)
+    for folder in (source, pool_folder):
+        if not (folder / "system.json").is_file():
+            raise LatentQAError(f"{folder}: no system.json (a folder in the release layout)")
+    if target.resolve() == source.resolve():
+        raise LatentQAError("--out must be another folder than --data (the input stays as it is)")
+    if per_behavior < 1:
+        raise LatentQAError(f"--per-behavior must be at least 1, got {per_behavior}")
+    pool_behaviors = load_latentqa(pool_folder, ["system"], require_qa=False).behaviors
+    pool = list(dict.fromkeys(b.stimulus_user for b in pool_behaviors if b.stimulus_user))
+    if len(pool) < per_behavior:
+        raise LatentQAError(
+            f"{pool_folder} has {len(pool)} distinct user turns; --per-behavior "
+            f"{per_behavior} needs at least that many"
+        )
+    behaviors = load_latentqa(source, ["system"], require_qa=False).behaviors
+    rng = random.Random(f"user-turns:{seed}")
+    items = []
+    for behavior in behaviors:
+        # A reply written for the old user turn would not answer the new one: dropped.
+        for user in rng.sample(pool, per_behavior):
+            items.append(replace(behavior, stimulus_user=user, stimulus_model="").to_json())
+    target.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(target / "system.json", items)
+    if (source / "qa.json").is_file():
+        shutil.copyfile(source / "qa.json", target / "qa.json")
+    return {"behaviors": len(items), "user_turns": len(pool)}
