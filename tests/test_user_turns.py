@@ -11,6 +11,7 @@ from latentqa.cli import main
 from latentqa.data.format import load_latentqa
 from latentqa.data.user_turns import swap_user_turns
 from latentqa.errors import LatentQAError
+from latentqa.evals.system_prompt_items import SHIPPED_DATA
 
 PROMPTS = [
     {
@@ -73,6 +74,15 @@ def test_bad_requests_are_user_errors(tmp_path):
     with pytest.raises(LatentQAError, match=r"no system\.json"):
         swap_user_turns(data, tmp_path / "missing", tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing written before the checks pass
+
+
+def test_a_pool_with_the_evaluations_user_turns_is_refused(tmp_path):
+    data, pool = _folders(tmp_path)
+    shipped = load_latentqa(SHIPPED_DATA, ["system"]).behaviors
+    leaky = [*POOL, {"label": "tone-x", "system": "X.", "stimulus_user": shipped[0].stimulus_user}]
+    (pool / "system.json").write_text(json.dumps(leaky))
+    with pytest.raises(LatentQAError, match="held-out set"):
+        swap_user_turns(data, pool, tmp_path / "out")
 
 
 def test_cli_writes_the_folder(tmp_path, capsys):

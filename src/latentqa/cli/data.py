@@ -87,8 +87,11 @@ def register(subparsers: Any) -> None:
     the CLI's subparsers."""
     parser = subparsers.add_parser(
         "data",
-        help="build the built-in LatentQA dataset or show dataset statistics",
-        description="Build the built-in LatentQA dataset offline, or count a dataset.",
+        help="build the built-in LatentQA dataset, derive training folders, show statistics",
+        description=(
+            "Build the built-in LatentQA dataset offline, derive a training folder from "
+            "another (the target's replies, ordinary user turns), or count a dataset."
+        ),
     )
     parser.set_defaults(func=run, data_command=None, data_parser=parser)
     commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")

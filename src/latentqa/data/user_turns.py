@@ -20,8 +20,22 @@ from pathlib import Path
 from latentqa.data.format import load_latentqa
 from latentqa.errors import LatentQAError
 from latentqa.json_files import write_json_atomic
+from latentqa.package_data import package_file
 
 __all__ = ["swap_user_turns"]
+
+HELDOUT_SETS = ("resources/heldout/system-prompt",)
+"""The shipped held-out sets whose user turns a pool must not hold (set A; set B shares
+its dialogs)."""
+
+
+def heldout_user_turns() -> set[str]:
+    """The user turns of the shipped held-out evaluation sets."""
+    turns: set[str] = set()
+    for name in HELDOUT_SETS:
+        behaviors = load_latentqa(package_file("latentqa", name), ["system"]).behaviors
+        turns.update(b.stimulus_user for b in behaviors)
+    return turns
 
 
 def swap_user_turns(
@@ -50,7 +64,8 @@ def swap_user_turns(
 
     Raises:
         LatentQAError: A folder without ``system.json``, ``out`` equal to ``data``, a
-            pool smaller than ``per_behavior``, or ``per_behavior`` below 1.
+            pool with a user turn of the shipped held-out set, a pool smaller than
+            ``per_behavior``, or ``per_behavior`` below 1.
     """
     source, pool_folder, target = Path(data), Path(users_from), Path(out)
     for folder in (source, pool_folder):
@@ -62,6 +77,13 @@ def swap_user_turns(
         raise LatentQAError(f"--per-behavior must be at least 1, got {per_behavior}")
     pool_behaviors = load_latentqa(pool_folder, ["system"], require_qa=False).behaviors
     pool = list(dict.fromkeys(b.stimulus_user for b in pool_behaviors if b.stimulus_user))
+    held_out = heldout_user_turns()
+    leaked = [turn for turn in pool if turn in held_out]
+    if leaked:
+        raise LatentQAError(
+            f"{pool_folder} holds {len(leaked)} user turns of the shipped held-out set "
+            f"(e.g. {leaked[0]!r}): draw from a training split such as DATA/train"
+        )
     if len(pool) < per_behavior:
         raise LatentQAError(
             f"{pool_folder} has {len(pool)} distinct user turns; --per-behavior "
