@@ -1,11 +1,11 @@
 """Hidden system prompts re-paired with ordinary user turns: training data in set A's form.
 
 The public release pairs each training system prompt with a user turn written for it
-("I'm feeling a bit stuck on a challenge at work." under a problem-solving prompt), so
-the user turn itself often says what the behaviour is about. ``latentqa eval
-system-prompt`` (set A) asks about user turns that say nothing of the hidden prompt
-("How do I bleed a radiator?"): there only the prompt's imprint on the activations
-tells. :func:`swap_user_turns` writes a folder whose ``system`` behaviours keep their
+("I'm feeling a bit stuck on a challenge I've encountered at work." under a prompt
+about problem-solving), so the user turn itself often says what the behaviour is about.
+``latentqa eval system-prompt`` (set A) asks about user turns that say nothing of the
+hidden prompt ("How do I bleed a radiator?"): there only the prompt's imprint on the
+activations tells. :func:`swap_user_turns` writes a folder whose ``system`` behaviours keep their
 hidden prompts and take user turns drawn from another folder's ordinary ones (the
 built-in train split's), so that a decoder trains on the form it is asked about.
 """
@@ -56,7 +56,7 @@ def swap_user_turns(
             Never a held-out folder: its user turns are what the evaluation asks about.
         out: The output folder (created; a ``system.json`` there is replaced atomically).
         per_behavior: How many behaviours each input behaviour becomes, each with
-            another user turn from the pool (distinct while the pool allows).
+            another user turn from the pool (one behaviour's turns are distinct).
         seed: Seed of the draws.
 
     Returns:
