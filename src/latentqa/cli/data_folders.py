@@ -76,14 +76,14 @@ def run_folder_command(args: argparse.Namespace) -> int:
 
 
 def _replies(args: argparse.Namespace) -> int:
+    from latentqa.data.derived_folder import require_system_json
     from latentqa.data.replies import make_generate
     from latentqa.data.system_replies import add_replies, describe
     from latentqa.models import load_model
 
     if args.max_new_tokens < 1 or args.batch_size < 1:
         raise LatentQAError("--max-new-tokens and --batch-size must be positive")
-    if not (args.data / "system.json").is_file():  # before the model loads
-        raise LatentQAError(f"{args.data}: no system.json (a folder in the release layout)")
+    require_system_json(args.data)  # before the model loads
     start = time.perf_counter()
     model, tokenizer = load_model(args.target, device=args.device, dtype="float32")
     generate = make_generate(

@@ -13,14 +13,13 @@ system prompt stays masked). Replies are cached in a JSONL file (see
 from __future__ import annotations
 
 import random
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from latentqa.data.derived_folder import check_derived, write_derived
 from latentqa.data.format import load_latentqa
 from latentqa.data.replies import Generate, complete_dialogs
 from latentqa.errors import LatentQAError
-from latentqa.json_files import write_json_atomic
 
 __all__ = ["add_replies"]
 
@@ -59,10 +58,7 @@ def add_replies(
             ``limit``.
     """
     source, target = Path(data), Path(out)
-    if not (source / "system.json").is_file():
-        raise LatentQAError(f"{source}: no system.json (a folder in the LatentQA release layout)")
-    if target.resolve() == source.resolve():
-        raise LatentQAError("--out must be another folder than --data (the input stays as it is)")
+    check_derived(source, target)
     if limit is not None and limit < 1:
         raise LatentQAError(f"--limit must be positive, got {limit}")
     behaviors = list(load_latentqa(source, ["system"], require_qa=False).behaviors)
@@ -79,9 +75,7 @@ def add_replies(
         replace(b, stimulus_model=reply.strip() or "...").to_json()
         for b, reply in zip(behaviors, replies, strict=True)
     ]
-    write_json_atomic(target / "system.json", items)
-    if (source / "qa.json").is_file():
-        shutil.copyfile(source / "qa.json", target / "qa.json")
+    write_derived(source, target, items)
     return {"behaviors": len(items), "generated": generated, "cached": len(items) - generated}
 
 

@@ -5,37 +5,33 @@ The public release pairs each training system prompt with a user turn written fo
 about problem-solving), so the user turn itself often says what the behaviour is about.
 ``latentqa eval system-prompt`` (set A) asks about user turns that say nothing of the
 hidden prompt ("How do I bleed a radiator?"): there only the prompt's imprint on the
-activations tells. :func:`swap_user_turns` writes a folder whose ``system`` behaviours keep their
-hidden prompts and take user turns drawn from another folder's ordinary ones (the
-built-in train split's), so that a decoder trains on the form it is asked about.
+activations tells. :func:`swap_user_turns` writes a folder whose ``system`` behaviours
+keep their hidden prompts and take user turns drawn from another folder's ordinary ones
+(the built-in train split's), so that a decoder trains on the form it is asked about.
 """
 
 from __future__ import annotations
 
 import random
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from latentqa.data.derived_folder import check_derived, require_system_json, write_derived
 from latentqa.data.format import load_latentqa
 from latentqa.errors import LatentQAError
-from latentqa.json_files import write_json_atomic
 from latentqa.package_data import package_file
 
 __all__ = ["swap_user_turns"]
 
-HELDOUT_SETS = ("resources/heldout/system-prompt",)
-"""The shipped held-out sets whose user turns a pool must not hold (set A; set B shares
-its dialogs)."""
+HELDOUT_SET = "resources/heldout/system-prompt"
+"""The shipped held-out set whose user turns a pool must not hold (set A; set B's dialogs
+are the same user turns with the target's replies)."""
 
 
 def heldout_user_turns() -> set[str]:
-    """The user turns of the shipped held-out evaluation sets."""
-    turns: set[str] = set()
-    for name in HELDOUT_SETS:
-        behaviors = load_latentqa(package_file("latentqa", name), ["system"]).behaviors
-        turns.update(b.stimulus_user for b in behaviors)
-    return turns
+    """The user turns of the shipped held-out evaluation set."""
+    behaviors = load_latentqa(package_file("latentqa", HELDOUT_SET), ["system"]).behaviors
+    return {b.stimulus_user for b in behaviors}
 
 
 def swap_user_turns(
@@ -68,11 +64,8 @@ def swap_user_turns(
             ``per_behavior``, or ``per_behavior`` below 1.
     """
     source, pool_folder, target = Path(data), Path(users_from), Path(out)
-    for folder in (source, pool_folder):
-        if not (folder / "system.json").is_file():
-            raise LatentQAError(f"{folder}: no system.json (a folder in the release layout)")
-    if target.resolve() == source.resolve():
-        raise LatentQAError("--out must be another folder than --data (the input stays as it is)")
+    check_derived(source, target)
+    require_system_json(pool_folder)
     if per_behavior < 1:
         raise LatentQAError(f"--per-behavior must be at least 1, got {per_behavior}")
     pool_behaviors = load_latentqa(pool_folder, ["system"], require_qa=False).behaviors
@@ -96,8 +89,5 @@ def swap_user_turns(
         # A reply written for the old user turn would not answer the new one: dropped.
         for user in rng.sample(pool, per_behavior):
             items.append(replace(behavior, stimulus_user=user, stimulus_model="").to_json())
-    target.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(target / "system.json", items)
-    if (source / "qa.json").is_file():
-        shutil.copyfile(source / "qa.json", target / "qa.json")
+    write_derived(source, target, items)
     return {"behaviors": len(items), "user_turns": len(pool)}
