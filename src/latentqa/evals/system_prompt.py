@@ -47,7 +47,9 @@ the decoder given, in every soft-token slot, its own mean input embedding of the
 system prompt (what a fitted projector aims at; :func:`~latentqa.decoder.projector.
 text_soft_tokens`) instead of a read: the ceiling of a decoder that reads through its
 projector, which tells a decoder that cannot put such a vector into words from a
-projector that does not reach it.
+projector that does not reach it. ``linear_probe_contrast``: the probe on each read minus
+the same dialog's read without its system prompt
+(:mod:`latentqa.evals.system_prompt_probe`).
 
 Cost: each condition's vectors are read once; each item's rows (options, yes/no) are
 scored as one token trie and a row given zeroed vectors once per run
@@ -90,13 +92,7 @@ from latentqa.evals.system_prompt_items import (
 from latentqa.evals.system_prompt_marks import margin_gaps, pick_evidence, read_marks
 from latentqa.evals.system_prompt_open import open_marks, open_win_rate
 from latentqa.evals.system_prompt_pooled import POOLED, pooled_measures
-from latentqa.evals.system_prompt_probe import (
-    DEFAULT_MAX_EXTRA,
-    extra_folders,
-    extra_pairs,
-    probe_features,
-    run_probe,
-)
+from latentqa.evals.system_prompt_probe import DEFAULT_MAX_EXTRA, probe_method
 from latentqa.evals.system_prompt_scoring import (
     DECODER_CONDITIONS,
     ConditionReads,
@@ -133,11 +129,14 @@ METHODS = (
     "no_system_prompt",
     "base_patchscope",
     "linear_probe",
+    "linear_probe_contrast",
     "black_box",
 )
 """Every method the evaluation can run, in report order."""
-OPT_IN_METHODS = ("lit_text_oracle",)
+OPT_IN_METHODS = ("lit_text_oracle", "linear_probe_contrast")
 """Methods run only when named: diagnostics, not part of the default run."""
+PROBES = {"linear_probe": {}, "linear_probe_contrast": {"contrast": True}}
+"""The ridge probes (:mod:`latentqa.evals.system_prompt_probe`) and their options."""
 MEASURES = (
     "mc_accuracy",
     "mc_accuracy_calibrated",
@@ -329,9 +328,10 @@ def evaluate_system_prompt(
             results[name] = _decoder_method(name, who, vectors, items, cache, *args)
             if pooled:
                 results[name].update(pooled_measures(who, vectors, items, cache, name))
-        elif name == "linear_probe":
-            extra = (probe_data, probe_max_extra)
-            results[name] = _probe(reader, train_pairs, reads, items, seed, log, *extra)
+        elif name in PROBES:
+            probe = dict(probe_data=probe_data, max_extra=probe_max_extra, **PROBES[name])
+            found = probe_method(reader, reads, items, train_pairs, seed, log, **probe)
+            results[name] = _measures(**found)
         else:
             # The black box sees the target's reply under the hidden prompt: set B's items
             # carry it; set A's get set B's replies (shipped, or generated as set B's are).
@@ -349,18 +349,6 @@ def evaluate_system_prompt(
         "seconds": round(time.perf_counter() - started, 2),
         "methods": results,
     }
-
-
-def _probe(reader, train_pairs, reads, items, seed, log, probe_data, max_extra) -> dict:
-    """The strong ridge probe (:mod:`latentqa.evals.system_prompt_probe`)."""
-    reads("real")  # the items' raw spans
-    folders = extra_folders(reader, probe_data, log)
-    labels, form = [i.label for i in items], items[0].dialog[-1]["role"]
-    extra = extra_pairs(folders, labels, max_extra, seed, ends_with=form) if folders else []
-    target = getattr(reader, "target_name", "")
-    features_of = probe_features(target, reads.layers, reads.raw, reads.spans)
-    found = run_probe(features_of, reads.spans, items, train_pairs, extra, seed, log)
-    return _measures(**found)
 
 
 def items_with_replies(reader: Reader, items, data, log: Log) -> list[Item]:

@@ -52,9 +52,11 @@ class EvalSystemPromptConfig:
     methods: list[str] | None = dataclasses.field(default=None, metadata={"metavar": "METHOD"})
     """run only these methods (lit lit_zeroed lit_shuffled no_system_prompt base_patchscope
     linear_probe black_box; default: all, or with --quick lit lit_zeroed lit_shuffled
-    no_system_prompt); lit_text_oracle, run only when named, gives a decoder with a
+    no_system_prompt); run only when named: lit_text_oracle gives a decoder with a
     projector its own mean embedding of the hidden prompt instead of a read (the ceiling
-    of reading through the projector)"""
+    of reading through the projector), and linear_probe_contrast is the probe on each
+    read minus the same dialog's read without its system prompt (each dialog read twice;
+    the strongest probe measured)"""
     set: Literal["user", "replies"] = "user"
     """which held-out set: user (set A: the decoder reads the user turn alone) or replies
     (set B, the paper's setting: the user turn and the target's own greedy reply under the
