@@ -139,6 +139,26 @@ def tiny_train_config(workspace: tuple[Path, Path], out: Path, **values) -> Trai
     return config_from_dict(TrainConfig, {**base, **values})
 
 
+def tiny_projector_config(workspace: tuple[Path, Path], out: Path, **values) -> TrainConfig:
+    """:func:`tiny_train_config` of a two-step run with a linear projector on standardized
+    mean reads of layers 1 and 2 (a decoder a second phase can start from), with ``values``."""
+    defaults = dict(
+        steps=2,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=1,
+        eval_every=0,
+        save_every=0,
+        eval_examples=8,
+        device="cpu",
+        projector="linear",
+        read_pool="mean",
+        read_layers=[1, 2],
+        standardize=True,
+    )
+    return tiny_train_config(workspace, out, **{**defaults, **values})
+
+
 def tiny_run_reads(cfg: TrainConfig):
     """What a fresh run of ``cfg`` builds before its fitted projector, as the trainer does:
     ``(decoder, tokenizer, data, source)`` with reads of ``cfg.read_layers``, float32."""

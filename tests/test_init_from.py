@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lit_fixtures import tiny_train_config, write_tiny_data, write_tiny_model
+from lit_fixtures import tiny_projector_config, write_tiny_data, write_tiny_model
 from safetensors.torch import load_file
 
 import latentqa.train.trainer as trainer
@@ -22,21 +22,7 @@ def workspace(tmp_path_factory):
 
 
 def config(workspace, out, **overrides):
-    defaults = dict(
-        steps=2,
-        batch_size=4,
-        lr=1e-2,
-        warmup_steps=1,
-        eval_every=0,
-        save_every=0,
-        eval_examples=8,
-        device="cpu",
-        projector="linear",
-        read_pool="mean",
-        read_layers=[1, 2],
-        standardize=True,
-    )
-    return tiny_train_config(workspace, out, **{**defaults, **overrides})
+    return tiny_projector_config(workspace, out, **overrides)
 
 
 @pytest.fixture(scope="module")

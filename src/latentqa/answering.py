@@ -128,6 +128,18 @@ def generate_ids(
     return answers
 
 
+def check_ask_options(options: dict) -> None:
+    """Refuse keyword options that are not :class:`AskOptions`.
+
+    Raises:
+        TypeError: Names the unknown options and lists the known ones.
+    """
+    unknown = sorted(set(options) - AskOptions.__optional_keys__)
+    if unknown:
+        known = ", ".join(sorted(AskOptions.__optional_keys__))
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}; the options are {known}")
+
+
 def generate_ids_once(
     generate: Callable[..., list[list[int]]],
     vectors: Sequence[torch.Tensor],

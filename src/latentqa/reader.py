@@ -5,21 +5,17 @@ one copy of the weights, the target with the decoder's LoRA adapters, read with 
 adapters disabled (as in training). A dialog is read once for all questions; generation
 patches the prompt pass only and decodes from the KV cache. :meth:`Reader.base` is the
 same reader without an adapter (a training-free, SelfIE / Patchscope-style baseline);
-the ``*_vectors`` methods and the ``vectors_transform`` option let evaluations zero or
-shuffle the activations. ``ask(..., evidence=True)`` also reports, per answer, whether
-it was read from the activations or could be guessed from the question alone (see
-:class:`~latentqa.scoring.Answer`). With a ``subject``, only that text's tokens in the
-last user turn are read (as the shipped ``relations`` decoder, trained on a country
-name's tokens, expects).
-
-Answer generation lives in :mod:`latentqa.answering`, scoring and evidence in
-:mod:`latentqa.scoring` (functions of a loaded decoder; the Reader's methods of the
-same names call them), decoder folders in :mod:`latentqa.decoder`.
+``vectors_transform`` lets evaluations zero or shuffle the activations; ``ask(...,
+evidence=True)`` also says whether each answer was read or guessed
+(:class:`~latentqa.scoring.Answer`). With a ``subject``, only that text's tokens in the
+last user turn are read (as ``shipped:relations`` expects). Generation:
+:mod:`latentqa.answering`; scoring, evidence: :mod:`latentqa.scoring`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 import torch
@@ -37,6 +33,7 @@ from latentqa.chat import (
     validate_dialog,
 )
 from latentqa.data.references import reference_dialogs
+from latentqa.decoder.contrast import read_contrasted
 from latentqa.decoder.folder import DecoderSpec
 from latentqa.decoder.loaded import DecoderHolder, LoadedDecoder, decoder_method
 from latentqa.errors import LatentQAError
@@ -231,11 +228,16 @@ class Reader(DecoderHolder):
         """The target's raw hidden states, ``[n_layers, span, d_model]`` per dialog: the
         tokens :meth:`read_many` reads (one subject, or ``None``, per dialog), before the
         decoder's pooling, truncation or standardization (evaluations pool them their own
-        way: a probe's mean, Patchscope's last token)."""
+        way: a probe's mean, Patchscope's last token); a contrast decoder's: ``[n_layers, 1,
+        d_model]`` (:func:`~latentqa.decoder.contrast.read_contrasted`)."""
         if len(subject) != len(dialogs):
             raise LatentQAError(f"{len(subject)} subjects for {len(dialogs)} dialogs")
         encoded = [self.encode(d, s) for d, s in zip(dialogs, subject, strict=True)]
-        return self.read_encoded(encoded, layers, batch_size)
+        spans = self.read_encoded(encoded, layers, batch_size)
+        if self.spec.read_contrast == "none":
+            return spans
+        read = partial(self.read_encoded, layers=layers, batch_size=batch_size)
+        return read_contrasted(dialogs, subject, spans, self.encode, read, self.spec)
 
     @torch.no_grad()
     def read_encoded(
@@ -321,10 +323,7 @@ class Reader(DecoderHolder):
             LatentQAError: Bad dialogs, questions, subject, layer or settings.
             TypeError: An option that is not one of :class:`~latentqa.answering.AskOptions`.
         """
-        unknown = sorted(set(options) - AskOptions.__optional_keys__)
-        if unknown:
-            known = ", ".join(sorted(AskOptions.__optional_keys__))
-            raise TypeError(f"unknown option(s) {', '.join(unknown)}; the options are {known}")
+        answering.check_ask_options(options)
         items = check_questions(questions)
         batch_size = options.get("batch_size", 32)
         vectors = self.reads_for(dialogs, reads, options.get("layer"), batch_size, subject=subject)

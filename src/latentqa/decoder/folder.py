@@ -54,6 +54,22 @@ def pool_width(pool: str) -> int:
     return len(POOLS[pool])
 
 
+READ_CONTRASTS = ("none", "no-system")
+"""``none``: the read as it is; ``no-system``: minus the read without the system prompt
+(:mod:`latentqa.decoder.contrast`), one pooled vector per layer (``mean`` or ``last``)."""
+
+
+def check_contrast(contrast: str, pool: str) -> None:
+    """Refuse an unknown read contrast, or one with a pool it cannot difference."""
+    if contrast not in READ_CONTRASTS:
+        raise LatentQAError(f"unknown read contrast {contrast!r}; use none or no-system")
+    if contrast != "none" and pool not in ("mean", "last"):
+        raise LatentQAError(
+            f"--read-contrast {contrast} subtracts one pooled vector per read layer: "
+            f"use --read-pool mean or last (not {pool!r})"
+        )
+
+
 @dataclass
 class DecoderSpec:
     """What a trained decoder folder records about how it reads (``latentqa.json``)."""
@@ -89,6 +105,9 @@ class DecoderSpec:
     lora_from: str = "start"
     """Where the LoRA acts: on every token (``start``) or only on tokens that see a read
     (``reads``); see :mod:`latentqa.decoder.lora_gate`."""
+    read_contrast: str = "none"
+    """``no-system``: the decoder reads each pooled read minus that of the same dialog
+    without its system prompt (see :mod:`latentqa.decoder.contrast`); ``none``: the read itself."""
     extra: dict = field(default_factory=dict)
     """Training config, data version and final metrics, for reproducibility."""
 
@@ -201,6 +220,7 @@ class DecoderSpec:
             "projector": PROJECTOR_KINDS,
             "prompt_order": PROMPT_ORDERS,
             "lora_from": LORA_FROM,
+            "read_contrast": READ_CONTRASTS,
         }
         for name, allowed in choices.items():
             if name in data and data[name] not in allowed:
@@ -210,6 +230,10 @@ class DecoderSpec:
                 )
         if data.get("projector", "none") != "none" and data.get("pool", "none") == "none":
             raise LatentQAError(f"{path}: a projector needs a pooled read, but 'pool' is none")
+        try:
+            check_contrast(data.get("read_contrast", "none"), data.get("pool", "none"))
+        except LatentQAError as error:
+            raise LatentQAError(f"{path}: {error}") from None
         return cls(**data)
 
     def check_target(self, target: nn.Module, n_layers: int) -> None:
@@ -223,7 +247,12 @@ class DecoderSpec:
             )
 
 
-_LATER_FIELDS = {"projector": "none", "prompt_order": "vectors-first", "lora_from": "start"}
+_LATER_FIELDS = {
+    "projector": "none",
+    "prompt_order": "vectors-first",
+    "lora_from": "start",
+    "read_contrast": "none",
+}
 """Spec fields added after the first decoders shipped, with the value they default to."""
 
 

@@ -164,7 +164,8 @@ def fit_ridge(
     Args:
         features: ``[n, n_slots, d_in]`` read vectors (standardized as the decoder reads
             them).
-        targets: ``[n, d_out]``, e.g. :func:`mean_token_embeddings` of each hidden prompt.
+        targets: ``[n, d_out]``, e.g. :func:`mean_token_embeddings` of each hidden prompt,
+            or ``[n, n_slots, d_out]``: one target per slot (another projector's outputs).
         alpha: Ridge penalty.
         target_norm: Output norm to match (0: no rescaling).
 
@@ -175,19 +176,20 @@ def fit_ridge(
     Raises:
         LatentQAError: Shapes that disagree, or fewer than two rows.
     """
-    if features.dim() != 3 or targets.dim() != 2 or len(features) != len(targets):
+    per_slot = targets.dim() == 3 and targets.shape[1] == features.shape[1]
+    if features.dim() != 3 or not (targets.dim() == 2 or per_slot) or len(features) != len(targets):
         raise LatentQAError(
-            f"need features [n, slots, d_in] and targets [n, d_out] with the same n, got "
-            f"{tuple(features.shape)} and {tuple(targets.shape)}"
+            f"need features [n, slots, d_in] and targets [n, d_out] or [n, slots, d_out] "
+            f"with the same n, got {tuple(features.shape)} and {tuple(targets.shape)}"
         )
     if len(features) < 2:
         raise LatentQAError("fitting a projector needs at least two examples")
     x = features.double()  # [n, slots, d_in]
-    t = targets.double()  # [n, d_out]
-    t_mean = t.mean(0)  # [d_out]
     weights, biases = [], []
     eye = torch.eye(x.shape[-1], dtype=torch.float64)
     for slot in range(x.shape[1]):
+        t = targets[:, slot].double() if per_slot else targets.double()  # [n, d_out]
+        t_mean = t.mean(0)  # [d_out]
         x_mean = x[:, slot].mean(0)  # [d_in]
         z = x[:, slot] - x_mean  # [n, d_in]
         w = torch.linalg.solve(z.T @ z + alpha * eye, z.T @ (t - t_mean))  # [d_in, d_out]

@@ -39,6 +39,7 @@ from latentqa.data.control import (
     build_control_dataset,
 )
 from latentqa.data.format import Behavior, load_latentqa
+from latentqa.decoder.contrast import check_plain_reads
 from latentqa.errors import LatentQAError
 from latentqa.evals.probe import LogisticProbe
 from latentqa.evals.registry import Evaluation, Log
@@ -110,6 +111,7 @@ def reading_items(folder: Path, n: int, seed: int) -> dict[str, list[ReadingItem
 
 
 def _spans(reader: Reader, items: Sequence[ReadingItem]) -> list[torch.Tensor]:
+    check_plain_reads(reader.spec.read_contrast, "control reading")
     encoded = [
         encode_reply(reader.tokenizer, i.behavior.stimulus_user, i.behavior.stimulus_model)
         for i in items

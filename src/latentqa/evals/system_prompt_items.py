@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latentqa.data.format import load_latentqa
+from latentqa.decoder.contrast import without_system
 from latentqa.errors import LatentQAError
 from latentqa.package_data import package_file
 from latentqa.questions import INSTRUCTION_QUESTION, yes_no_question
@@ -64,12 +65,6 @@ def with_replies(items: list[Item], replies: dict[str, str]) -> list[Item]:
 
 Log = Callable[[str], None]
 Dialog = list[dict[str, str]]
-
-
-def without_system(dialog: Dialog) -> Dialog:
-    """The same messages with no leading system message (what reading the turn with
-    nothing hidden sees: ``no_system_prompt``, and the contrast probe's baseline)."""
-    return dialog[1:] if dialog and dialog[0]["role"] == "system" else list(dialog)
 
 
 @dataclass

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from latentqa.decoder.contrast import check_plain_reads
 from latentqa.decoder.folder import ADAPTER_FILES, first_line
 from latentqa.decoder.loaded import DecoderHolder, LoadedDecoder
 from latentqa.errors import LatentQAError
@@ -69,6 +70,7 @@ class SteerableModel(DecoderHolder):
 
     def __init__(self, decoder: LoadedDecoder) -> None:
         super().__init__(decoder)
+        check_plain_reads(self.spec.read_contrast, "steering")
         # The handle applies the gradient rule now and after every adapter switch.
         self.handle.trainable = STEER_ADAPTER
         self.handle.apply_gradient_rule()

@@ -67,6 +67,9 @@ class ActivationSource:
         blocks: The target's decoder blocks (searched when ``None``).
         pool: ``none``, ``mean``, ``last`` or ``mean+last`` (see
             :func:`latentqa.decoder.inputs.flatten_reads`; the cache key covers it).
+        baselines: Per dialog, the dialog whose read is subtracted from its read
+            (``--read-contrast no-system``: the same turn without its system prompt;
+            ``None`` for a dialog without one, which reads zeros). Unset: plain reads.
 
     :meth:`from_handle` builds one from a :class:`~latentqa.handle.TargetHandle`, whose
     ``target()`` is the one way to switch the decoder's adapters off.
@@ -88,6 +91,7 @@ class ActivationSource:
         target_context: Callable[[], AbstractContextManager] = nullcontext,
         blocks: DecoderLayers | None = None,
         pool: str = "none",
+        baselines: Sequence[EncodedDialog | None] | None = None,
     ) -> None:
         self.target = target
         self.dialogs = list(dialogs)
@@ -98,7 +102,17 @@ class ActivationSource:
         self.blocks = blocks
         self.pool = pool
         self.scale: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.baselines = None if baselines is None else list(baselines)
+        if self.baselines is not None and len(self.baselines) != len(self.dialogs):
+            raise ValueError(f"{len(self.baselines)} baselines for {len(self.dialogs)} dialogs")
+        # Rows of every read the source needs: the dialogs, then each baseline.
+        self._rows = self.dialogs + [b for b in self.baselines or [] if b is not None]
+        self._baseline_row: dict[int, int] = {}
+        for i, baseline in enumerate(self.baselines or []):
+            if baseline is not None:
+                self._baseline_row[i] = len(self.dialogs) + len(self._baseline_row)
         self._cache: dict[int, torch.Tensor] | None = None
+        """Raw reads by row (see ``_rows``), once loaded."""
 
     @classmethod
     def from_handle(
@@ -123,23 +137,48 @@ class ActivationSource:
         )
 
     def compute(self, indices: Sequence[int]) -> list[torch.Tensor]:
-        """Run the target on the given dialogs (one padded batch), standardized if set."""
+        """The given dialogs' vectors, standardized if set: read now (one padded batch; a
+        contrast source reads the baselines in a second) or from the cache once loaded."""
         return [self._scaled(v) for v in self._raw(indices)]
 
     def _scaled(self, vector: torch.Tensor) -> torch.Tensor:
         return vector if self.scale is None else self.scale(vector)
 
-    @torch.no_grad()
     def _raw(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        """Unstandardized vectors of dialogs: contrasted when there are baselines."""
+        plain = self._read_rows(indices)
+        return plain if self.baselines is None else self._contrasted(indices, plain)
+
+    def _contrasted(self, indices: Sequence[int], plain: list[torch.Tensor]) -> list[torch.Tensor]:
+        rows = [self._baseline_row[i] for i in indices if i in self._baseline_row]
+        baselines = iter(self._read_rows(rows))
+        return [
+            v - next(baselines) if i in self._baseline_row else torch.zeros_like(v)
+            for i, v in zip(indices, plain, strict=True)
+        ]
+
+    @torch.no_grad()
+    def _read_rows(self, rows: Sequence[int]) -> list[torch.Tensor]:
+        """Raw vectors of rows (dialogs, then baselines): from the cache when loaded."""
+        if not rows:
+            return []
+        if self._cache is not None:
+            device = next(self.target.parameters()).device
+            return [self._cache[r].to(device) for r in rows]
         with self.target_context():
             spans = read_encoded(
                 self.target,
-                [self.dialogs[i] for i in indices],
+                [self._rows[r] for r in rows],
                 self.pad_id,
                 self.read_layers,
                 blocks=self.blocks,
             )
         return [flatten_reads(span, self.max_read_tokens, self.pool).clone() for span in spans]
+
+    def plain(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        """The dialogs' own reads, unstandardized and not contrasted (what a decoder of
+        plain reads is given: ``--projector-init distilled``)."""
+        return self._read_rows(indices)
 
     def standardize(self, mean: list[float], std: list[float]) -> None:
         """From now on, return vectors standardized with these per-dimension statistics."""
@@ -148,8 +187,7 @@ class ActivationSource:
     def get(self, indices: Sequence[int]) -> list[torch.Tensor]:
         """Vectors for ``indices``: from the cache when loaded, else computed now."""
         if self._cache is not None:
-            device = next(self.target.parameters()).device
-            return [self._scaled(self._cache[i].to(device)) for i in indices]
+            return [self._scaled(v) for v in self._raw(indices)]
         unique = sorted(set(indices))
         computed = dict(zip(unique, self.compute(unique), strict=True))
         return [computed[i] for i in indices]
@@ -177,6 +215,10 @@ class ActivationSource:
         digest.update(self.read_key(target_name).encode())
         for dialog in self.dialogs:
             digest.update(json.dumps([dialog.input_ids, dialog.read_start]).encode())
+        if self.baselines is not None:  # plain sources keep the keys they always had
+            for i, row in sorted(self._baseline_row.items()):
+                baseline = self._rows[row]
+                digest.update(json.dumps([i, baseline.input_ids, baseline.read_start]).encode())
         return digest.hexdigest()[:16]
 
     def load_or_build_cache(
@@ -196,16 +238,16 @@ class ActivationSource:
         run) only loads: the caller synchronises after rank 0 built the file.
         """
         if not path.exists() and build:
-            keys = [dialog_key(dialog) for dialog in self.dialogs]
+            keys = [dialog_key(dialog) for dialog in self._rows]
             vectors = _reuse(path.parent, read_key, keys) if read_key is not None else {}
             # Similar lengths together: less padding, faster reads.
-            todo = [i for i in range(len(self.dialogs)) if str(i) not in vectors]
-            order = sorted(todo, key=lambda i: len(self.dialogs[i].input_ids))
+            todo = [i for i in range(len(self._rows)) if str(i) not in vectors]
+            order = sorted(todo, key=lambda i: len(self._rows[i].input_ids))
             desc = "caching target activations"
             if vectors:
                 desc += f" ({len(vectors)} of {len(keys)} from earlier caches)"
             for chunk in tqdm(list(_chunks(order, batch_size)), desc=desc, disable=not progress):
-                for i, v in zip(chunk, self._raw(chunk), strict=True):
+                for i, v in zip(chunk, self._read_rows(chunk), strict=True):
                     vectors[str(i)] = v.cpu().contiguous()
             metadata = None
             if read_key is not None:
@@ -225,10 +267,12 @@ def run_reads(
     read_layers: Sequence[int],
     config,
     blocks: DecoderLayers | None = None,
+    baselines: Sequence[EncodedDialog | None] | None = None,
 ) -> ActivationSource:
     """A LIT run's reads: the decoder with its adapter off (the frozen target) reading
     ``dialogs`` at ``read_layers``, pooled and truncated as ``config`` (a
-    :class:`~latentqa.train.config.TrainConfig`) says."""
+    :class:`~latentqa.train.config.TrainConfig`) says, minus the ``baselines``' reads
+    when given (``--read-contrast``)."""
     return ActivationSource(
         decoder,
         dialogs,
@@ -238,6 +282,7 @@ def run_reads(
         target_context=decoder.disable_adapter,
         blocks=blocks,
         pool=config.read_pool,
+        baselines=baselines,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Literal
 
+from latentqa.decoder.folder import READ_CONTRASTS, check_contrast
 from latentqa.embedded import EMBEDDED_MODEL
 from latentqa.errors import LatentQAError
 from latentqa.typed_config import require_int, require_number
@@ -48,6 +49,11 @@ class TrainConfig:
     """none: one placeholder per read position; mean: one per read layer holding the mean of
     its read positions; last: the last read position; mean+last: both, per read layer its
     mean then its last position (layer by layer). Pooled reads are short decoder inputs."""
+    read_contrast: Literal["none", "no-system"] = "none"
+    """no-system: the decoder reads each dialog's pooled read minus that of the same dialog
+    without its system prompt (what the hidden prompt adds; a dialog without one reads
+    zeros); needs --read-pool mean or last. Stored in latentqa.json: every reader of the
+    decoder reads the same way."""
     standardize: bool = False
     """Standardize each read vector per dimension with the mean and standard deviation of
     up to 512 training dialogs' vectors (stored in latentqa.json and applied whenever the
@@ -80,11 +86,14 @@ class TrainConfig:
     read toward), so the LoRA learns to put a bag of words into words before it reads a
     target; the later steps read the target through the projector. Needs --projector;
     the learning-rate schedule counts them."""
-    projector_init: Literal["fitted", "random"] = "fitted"
+    projector_init: Literal["fitted", "random", "distilled"] = "fitted"
     """fitted: each slot's map starts as the ridge map (closed form, see --projector-alpha)
     from the training dialogs' vectors to the decoder's mean input embedding of each
     dialog's masked text (its hidden system prompt or control turn; the answer where there
-    is none), scaled to the embeddings' median norm; random: orthogonal maps of that norm."""
+    is none), scaled to the embeddings' median norm; random: orthogonal maps of that norm;
+    distilled (with --init-from, for a new --read-contrast): the ridge map from this run's
+    reads to the soft tokens the --init-from decoder makes of the same dialogs as it reads
+    them, with statistics refit on this run's reads: the decoder keeps what it learned."""
     projector_alpha: float = 100.0
     """Ridge penalty of the fitted start."""
     projector_fit_dialogs: int = 3000
@@ -226,9 +235,10 @@ class TrainConfig:
             "read_pool": ("none", "mean", "last", "mean+last"),
             "mode": ("replace", "add", "embed"),
             "projector": ("none", "linear", "mlp"),
-            "projector_init": ("fitted", "random"),
+            "projector_init": ("fitted", "random", "distilled"),
             "prompt_order": ("vectors-first", "question-first"),
             "lora_from": ("start", "reads"),
+            "read_contrast": READ_CONTRASTS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -236,6 +246,7 @@ class TrainConfig:
                     f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
                 )
         self._check_projector()
+        check_contrast(self.read_contrast, self.read_pool)
         if self.lora_layers is not None and not self.lora_layers:
             raise LatentQAError("lora_layers must name at least one block (or leave it unset)")
         if not self.lora_targets.strip():
@@ -253,6 +264,11 @@ class TrainConfig:
             raise LatentQAError("read_layers must name at least one layer")
         if self.init_from is not None and not str(self.init_from).strip():
             raise LatentQAError("init_from must name a decoder folder (or leave it unset)")
+        if self.projector_init == "distilled" and (self.init_from is None or not self.standardize):
+            raise LatentQAError(
+                "--projector-init distilled maps this run's reads onto the soft tokens of the "
+                "--init-from decoder: add --init-from DECODER and --standardize"
+            )
         if self.task_questions is not None and not (
             self.task_questions
             and all(isinstance(q, str) and q.strip() for q in self.task_questions)

@@ -9,16 +9,23 @@ are taken over as well, since the projector was trained on vectors standardized 
 
 Only the weights are taken: the optimizer, schedule and step count start afresh (that
 is ``--resume``'s job, for the same run).
+
+With ``--projector-init distilled`` the run may read differently (``--read-contrast``):
+it refits the statistics on its own reads and fits its projector so that they give the
+soft tokens the first decoder makes of the same dialogs (:func:`distill_projector`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from latentqa.decoder.folder import DecoderSpec, first_line, open_decoder_folder
-from latentqa.decoder.projector import Projector
+from latentqa.decoder.inputs import standardizer
+from latentqa.decoder.projector import Projector, fit_ridge
 from latentqa.errors import LatentQAError
 from latentqa.train.activations import ActivationSource
 from latentqa.train.config import TrainConfig
@@ -41,6 +48,8 @@ def check_fits(spec: DecoderSpec, config: TrainConfig, read_layers: list[int]) -
         "lora_from": (spec.lora_from, config.lora_from),
         "standardize": (spec.vector_mean is not None, config.standardize),
     }
+    if config.projector_init != "distilled":  # a distilled projector bridges the reads
+        pairs["read_contrast"] = (spec.read_contrast, config.read_contrast)
     for name in ("lora_r", "lora_alpha", "lora_targets", "lora_layers", "max_read_tokens"):
         if name in first:
             pairs[name] = (first[name], getattr(config, name))
@@ -76,7 +85,8 @@ def init_from_decoder(
             (the options are still checked and the statistics still taken).
 
     Returns:
-        The standardization mean and std now in force (``None`` without ``--standardize``).
+        The standardization mean and std taken over (``None`` without ``--standardize``,
+        or with ``--projector-init distilled``, which keeps the run's own).
 
     Raises:
         LatentQAError: The folder is not a decoder, was trained on another target or
@@ -91,7 +101,7 @@ def init_from_decoder(
     check_fits(spec, config, read_layers)
     if fresh:
         _load_weights(path, decoder, projector)
-    if spec.vector_mean is None or spec.vector_std is None:
+    if spec.vector_mean is None or spec.vector_std is None or config.projector_init == "distilled":
         return None
     source.standardize(spec.vector_mean, spec.vector_std)
     return list(spec.vector_mean), list(spec.vector_std)
@@ -117,3 +127,36 @@ def _load_weights(path: Path, decoder: nn.Module, projector: Projector | None) -
         raise LatentQAError(
             f"--init-from: the weights in {path} do not fit this run ({first_line(error)})"
         ) from None
+
+
+@torch.no_grad()
+def distill_projector(
+    folder: str | Path,
+    config: TrainConfig,
+    projector: Projector,
+    source: ActivationSource,
+    dialogs: Sequence[int],
+) -> None:
+    """``--projector-init distilled``: per slot, the ridge map (see
+    :func:`~latentqa.decoder.projector.fit_ridge`) from this run's reads of ``dialogs``
+    (standardized as the run reads them) to the soft tokens the ``--init-from`` decoder
+    makes of the same dialogs' plain reads (standardized with its statistics, through its
+    projector), scaled to their median norm: at step 0 the decoder sees about what it saw.
+
+    Up to ``config.projector_fit_dialogs`` of ``dialogs`` (a seeded sample) are read.
+    """
+    path, spec = open_decoder_folder(config.target, str(folder))
+    teacher = Projector.load(path)
+    scale = standardizer(spec.vector_mean, spec.vector_std)
+    generator = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(len(dialogs), generator=generator)[: config.projector_fit_dialogs]
+    pick = sorted(dialogs[i] for i in order.tolist())
+    features, targets = [], []
+    for start in range(0, len(pick), 16):  # one target pass per 16 dialogs (or the cache)
+        chunk = pick[start : start + 16]
+        features += [v.float().cpu() for v in source.get(chunk)]  # each [n_slots, d_in]
+        plain = [v.float().cpu() for v in source.plain(chunk)]
+        targets += [teacher(scale(v) if scale else v) for v in plain]  # each [n_slots, d_out]
+    soft = torch.stack(targets)  # [n, n_slots, d_out]
+    norm = float(soft.norm(dim=-1).median())
+    projector.init_fitted(*fit_ridge(torch.stack(features), soft, config.projector_alpha, norm))

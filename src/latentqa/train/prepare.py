@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from latentqa.chat import EncodedDialog, encode_dialog, subject_span
 from latentqa.data.format import LatentQADataset, load_latentqa
+from latentqa.decoder.contrast import has_system, without_system
 from latentqa.decoder.folder import pool_width
 from latentqa.decoder.inputs import fit_standardizer
 from latentqa.errors import LatentQAError
@@ -65,6 +66,7 @@ _LATER_KEYS = (
     "prompt_order",
     "lora_from",
     "init_from",
+    "read_contrast",
 )
 """Options added later that also make a checkpoint meaningless: keyed only when set, so
 runs from before them keep their fingerprint."""
@@ -121,6 +123,10 @@ class PreparedData:
     """Per training example, the key the example order keeps together (up to
     ``share_reads`` examples per key): its dialog, so that they compute its read once, or
     for a contrastive yes/no pair a key of the pair's own (negative); None: the dialogs."""
+    baselines: list[EncodedDialog | None] | None = None
+    """With ``--read-contrast no-system``, per dialog, the same turn without its system
+    prompt, encoded as :meth:`latentqa.reader.Reader.encode` does (``None``: the dialog
+    has none, and reads zeros); unset otherwise."""
 
 
 def example_lengths(
@@ -157,10 +163,13 @@ def _encode_all(
     dialogs: list[EncodedDialog],
     index_of: dict[tuple[str, str], int],
     source: int = 0,
+    baselines: dict[int, EncodedDialog] | None = None,
 ) -> tuple[list[Fact], list[tuple[int, str]]]:
     """Encode each behaviour's dialog once; its QA pairs and masked text refer to it.
 
     ``source`` numbers the data folder (facts draw their distractors from their own).
+    With ``baselines``, each dialog with a system prompt also gets its contrast baseline
+    there, by dialog index: the dialog without it (see :mod:`latentqa.decoder.contrast`).
     """
     facts, hidden = [], []
     for behavior in dataset.behaviors:
@@ -172,6 +181,8 @@ def _encode_all(
             else:
                 encoded = encode_dialog(tokenizer, behavior.dialog(), behavior.n_masked_messages)
             dialogs.append(encoded)
+            if baselines is not None and has_system(behavior.dialog()):
+                baselines[index_of[key]] = _baseline(tokenizer, behavior)
             if masked_text(behavior) and not behavior.read_text:
                 hidden.append((index_of[key], masked_text(behavior)))
         system = behavior.system if behavior.kind == "system" else ""
@@ -182,6 +193,14 @@ def _encode_all(
             pairs.append((RECONSTRUCT_QUESTION, masked_text(behavior)))
         facts += [Fact(index_of[key], behavior.label, q, a, source) for q, a in pairs]
     return facts, hidden
+
+
+def _baseline(tokenizer: PreTrainedTokenizerBase, behavior) -> EncodedDialog:
+    """The behaviour's dialog without its system prompt, read as the Reader reads it."""
+    dialog = without_system(behavior.dialog())
+    if behavior.read_text:
+        return subject_span(tokenizer, dialog, behavior.read_text)
+    return encode_dialog(tokenizer, dialog, 0, mask_default_system=True)
 
 
 def _load_split(folder: Path, config: TrainConfig, require_qa: bool = True) -> LatentQADataset:
@@ -233,8 +252,11 @@ def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
     dialogs: list[EncodedDialog] = []
     index_of: dict[tuple[str, str], int] = {}
     facts, hidden = [], []
+    baselines = {} if config.read_contrast != "none" else None
     for source, dataset in enumerate(train_sets):
-        more_facts, more_hidden = _encode_all(dataset, tokenizer, dialogs, index_of, source)
+        more_facts, more_hidden = _encode_all(
+            dataset, tokenizer, dialogs, index_of, source, baselines
+        )
         facts += more_facts
         hidden += more_hidden
     if not facts and not hidden:
@@ -273,7 +295,9 @@ def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
                 f"{len(overlap)} held-out labels also appear in training data "
                 f"(e.g. {sorted(overlap)[0]!r}): the evaluation would not be held out"
             )
-        held_facts, held_hidden = _encode_all(eval_set, tokenizer, dialogs, index_of)
+        held_facts, held_hidden = _encode_all(
+            eval_set, tokenizer, dialogs, index_of, baselines=baselines
+        )
         # The held-out loss follows the training questions where the held-out data asks them.
         asked = {f.question for f in held_facts}
         held_questions = [q for q in config.task_questions or [] if q in asked] or None
@@ -314,6 +338,7 @@ def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
         reads=reads_of(train_sets),
         fit_texts=fit_texts,
         groups=[e.dialog if e.pair < 0 else -1 - e.pair for e in train],
+        baselines=None if baselines is None else [baselines.get(i) for i in range(len(dialogs))],
     )
 
 

@@ -224,6 +224,7 @@ def write_decoder(
         projector=config.projector,
         prompt_order=config.prompt_order,
         lora_from=config.lora_from,
+        read_contrast=config.read_contrast,
         hidden_size=hidden,
         n_layers=n_layers,
         extra={

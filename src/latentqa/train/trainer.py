@@ -34,7 +34,7 @@ from latentqa.train.activations import ActivationSource, run_reads
 from latentqa.train.checkpoint import TrainerState, projector_state, resume_from, save_checkpoint
 from latentqa.train.config import TrainConfig
 from latentqa.train.evaluate import evaluate_losses
-from latentqa.train.init_from import init_from_decoder
+from latentqa.train.init_from import distill_projector, init_from_decoder
 from latentqa.train.objective import LITObjective, lit_inputs
 from latentqa.train.plots import plot_losses
 from latentqa.train.preflight import preflight_train
@@ -191,9 +191,13 @@ def _start(config: TrainConfig, *, resume: bool, force: bool, progress: bool) ->
     check_layer_index(config.write_layer, n_layers, "write layer")
     data = prepare_data(config, tokenizer)
     decoder = add_lora(model, config)
-    source = run_reads(decoder, data.dialogs, tokenizer, read_layers, config, blocks)
-    # A run from a trained decoder standardizes with that decoder's statistics (below).
-    fit_stats = config.standardize and config.init_from is None
+    source = run_reads(
+        decoder, data.dialogs, tokenizer, read_layers, config, blocks, data.baselines
+    )
+    # A run from a trained decoder standardizes with that decoder's statistics (below),
+    # unless its projector is distilled onto this run's reads.
+    distilled = config.init_from is not None and config.projector_init == "distilled"
+    fit_stats = config.standardize and (config.init_from is None or distilled)
     stats = fit_vector_standardizer(source, data, config) if fit_stats else None
     if config.cache_activations:
         cache = Path(config.cache_dir or out / "activation-cache")
@@ -215,7 +219,7 @@ def _start(config: TrainConfig, *, resume: bool, force: bool, progress: bool) ->
         config, decoder, tokenizer, source, data, n_slots=n_slots, fit=fresh
     )
     if config.init_from is not None:  # resumed too: its statistics, not refitted ones
-        stats = init_from_decoder(
+        taken = init_from_decoder(
             config.init_from,
             config,
             decoder,
@@ -224,6 +228,11 @@ def _start(config: TrainConfig, *, resume: bool, force: bool, progress: bool) ->
             read_layers,
             fresh=checkpoint is None,
         )
+        stats = stats if distilled else taken
+    if distilled and projector is not None and checkpoint is None:
+        hidden = data.baselines  # contrast reads: dialogs with nothing hidden read zeros
+        fit = sorted({d for d, _, _ in data.train if hidden is None or hidden[d] is not None})
+        distill_projector(config.init_from, config, projector, source, fit)
     if projector is None:  # one group, as runs before the projector had it
         optimizer = torch.optim.AdamW(lora, lr=config.lr, weight_decay=config.weight_decay)
     else:
